@@ -1,0 +1,255 @@
+//! The running agent: attaches to targets, drains events, notices exits.
+//!
+//! Two threads: the control loop owns the kernel handles (attach, watch,
+//! detach, rescan); the drain thread owns the ring buffer. Both feed the
+//! shared tracker that the HTTP server reads.
+
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+use aya::maps::{MapData, RingBuf};
+
+use crate::{
+    config::RunArgs,
+    gobin::{GoBinError, GoBinary},
+    kernel::Kernel,
+    procfs::{self, FileId},
+    scan,
+    state::Shared,
+    tracker::{decode_event, ProcessInfo},
+};
+
+/// A process being watched.
+struct Watched {
+    start_time: u64,
+    file: FileId,
+}
+
+/// The control loop's state.
+pub struct Agent {
+    kernel: Kernel,
+    shared: Arc<Shared>,
+    /// Analysed executables by file identity: a hundred processes of one
+    /// binary cost one parse.
+    binaries: HashMap<FileId, Arc<GoBinary>>,
+    /// Executables that are not watchable, so they are not parsed again.
+    rejected: HashMap<FileId, String>,
+    watched: HashMap<u32, Watched>,
+    /// `--binary` targets, by file identity.
+    binary_targets: Vec<(PathBuf, FileId)>,
+}
+
+/// Why one process could not be attached, as a metric label.
+fn failure_reason(err: &anyhow::Error) -> &'static str {
+    match err.downcast_ref::<GoBinError>() {
+        Some(GoBinError::NotGo | GoBinError::NotElf(_)) => "not_go",
+        Some(GoBinError::TooOld { .. }) => "go_too_old",
+        Some(GoBinError::Arch(_)) => "unsupported_arch",
+        Some(_) => "unreadable_binary",
+        None => "attach_error",
+    }
+}
+
+impl Agent {
+    /// Loads the probes and attaches to every target named on the command
+    /// line. A target that cannot be watched is an error here: the user
+    /// asked for it by name.
+    pub fn start(args: &RunArgs, shared: Arc<Shared>) -> anyhow::Result<(Self, RingBuf<MapData>)> {
+        let mut binary_targets = Vec::new();
+        for path in &args.binaries {
+            let file = FileId::of(path).with_context(|| format!("binary {}", path.display()))?;
+            GoBinary::open(path).with_context(|| format!("{}", path.display()))?;
+            binary_targets.push((path.clone(), file));
+        }
+        for &pid in &args.pids {
+            if procfs::start_time(pid).is_err() {
+                anyhow::bail!("no process with PID {pid}");
+            }
+        }
+        let (kernel, ring) = Kernel::load(args.ring_buffer_bytes)?;
+        let mut agent = Self {
+            kernel,
+            shared,
+            binaries: HashMap::new(),
+            rejected: HashMap::new(),
+            watched: HashMap::new(),
+            binary_targets,
+        };
+        for &pid in &args.pids {
+            agent.attach(pid).with_context(|| format!("PID {pid}"))?;
+        }
+        agent.discover();
+        agent.shared.ready.store(true, Ordering::Relaxed);
+        Ok((agent, ring))
+    }
+
+    /// Attaches to one process: analyse its executable (cached), attach the
+    /// probes to that executable once, start the kernel's filter for the
+    /// PID, then read its goroutine table so goroutines that predate us count.
+    fn attach(&mut self, pid: u32) -> anyhow::Result<()> {
+        let start_time = procfs::start_time(pid).context("process exited")?;
+        let exe = procfs::exe_path(pid);
+        let file = FileId::of(&exe).context("reading /proc/PID/exe")?;
+        if let Some(why) = self.rejected.get(&file) {
+            anyhow::bail!("{why}");
+        }
+        let bin = match self.binaries.get(&file) {
+            Some(bin) => bin.clone(),
+            None => match GoBinary::open(&exe) {
+                Ok(bin) => self.binaries.entry(file).or_insert(Arc::new(bin)).clone(),
+                Err(e) => {
+                    self.rejected.insert(file, e.to_string());
+                    return Err(e.into());
+                }
+            },
+        };
+        self.kernel.attach_binary(file, &exe, &bin)?;
+        let bias = if bin.pie {
+            procfs::image_start(pid, file)?
+                .context("executable mapping not found in /proc/PID/maps")?
+                .wrapping_sub(bin.image_base)
+        } else {
+            0
+        };
+        let info = ProcessInfo {
+            exe: procfs::exe_name(pid).unwrap_or_default(),
+            go_version: bin.version.to_string(),
+        };
+        self.shared.tracker.lock().expect("tracker lock").add_process(pid, info);
+        if let Err(e) = self.kernel.watch(pid, &bin) {
+            self.shared.tracker.lock().expect("tracker lock").remove_process(pid);
+            return Err(e);
+        }
+        self.watched.insert(pid, Watched { start_time, file });
+        let begun = Instant::now();
+        // A failed scan still leaves the process watched: its counts are then
+        // only those of events since attach.
+        let scanned = scan::scan(pid, &bin, bias).unwrap_or_else(|e| {
+            tracing::warn!(pid, error = %e, "goroutine table scan failed");
+            Vec::new()
+        });
+        self.shared.tracker.lock().expect("tracker lock").merge_scan(pid, &scanned);
+        tracing::info!(
+            pid,
+            go = %bin.version,
+            goroutines = scanned.len(),
+            create_site = format_args!("{:#x} ({:?})", bin.create_site.address, bin.create_site.kind),
+            exit_site = format_args!("{:#x} ({:?})", bin.exit_site.address, bin.exit_site.kind),
+            scan_ms = begun.elapsed().as_secs_f64() * 1e3,
+            "attached"
+        );
+        Ok(())
+    }
+
+    /// Attaches to processes of the `--binary` targets that are not watched yet.
+    fn discover(&mut self) {
+        if self.binary_targets.is_empty() {
+            return;
+        }
+        for pid in procfs::all_pids() {
+            if self.watched.contains_key(&pid) || pid == std::process::id() {
+                continue;
+            }
+            let Ok(file) = FileId::of(&procfs::exe_path(pid)) else { continue };
+            if !self.binary_targets.iter().any(|(_, f)| *f == file) {
+                continue;
+            }
+            if let Err(e) = self.attach(pid) {
+                let reason = failure_reason(&e);
+                *self.shared.stats.lock().expect("stats lock").attach_failures.entry(reason).or_default() += 1;
+                tracing::warn!(pid, error = format!("{e:#}"), "attach failed");
+            }
+        }
+    }
+
+    /// Forgets processes that exited (or whose PID now names another process).
+    fn reap(&mut self) {
+        let gone: Vec<u32> = self
+            .watched
+            .iter()
+            .filter(|(pid, w)| procfs::start_time(**pid).ok() != Some(w.start_time))
+            .map(|(pid, _)| *pid)
+            .collect();
+        for pid in gone {
+            self.kernel.unwatch(pid);
+            let Some(w) = self.watched.remove(&pid) else { continue };
+            self.shared.tracker.lock().expect("tracker lock").remove_process(pid);
+            tracing::info!(pid, "process exited; forgotten");
+            let still_used = self.watched.values().any(|o| o.file == w.file);
+            if !still_used && !self.binary_targets.iter().any(|(_, f)| *f == w.file) {
+                self.kernel.detach_binary(w.file);
+                self.binaries.remove(&w.file);
+            }
+        }
+    }
+
+    /// Copies kernel-side counters into the shared state.
+    fn refresh_stats(&mut self) {
+        let lost: Vec<(u32, u64)> = self.watched.keys().map(|&pid| (pid, self.kernel.lost(pid))).collect();
+        {
+            let mut tracker = self.shared.tracker.lock().expect("tracker lock");
+            for (pid, n) in lost {
+                tracker.set_lost(pid, n);
+            }
+        }
+        let mut stats = self.shared.stats.lock().expect("stats lock");
+        stats.attached_binaries = self.kernel.attached_binaries();
+        stats.probe_errors = self.kernel.probe_errors();
+    }
+
+    /// Runs the control loop until `stop` is set; dropping `self` then
+    /// detaches every probe.
+    pub fn run(mut self, every: Duration, stop: &AtomicBool) {
+        while !stop.load(Ordering::Relaxed) {
+            self.reap();
+            self.discover();
+            self.refresh_stats();
+            sleep_unless(stop, every);
+        }
+    }
+}
+
+/// Sleeps for `d`, waking early when `stop` is set.
+fn sleep_unless(stop: &AtomicBool, d: Duration) {
+    let until = Instant::now() + d;
+    while !stop.load(Ordering::Relaxed) {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        thread::sleep(left.min(Duration::from_millis(50)));
+    }
+}
+
+/// Drains the ring buffer every `every` into the tracker until `stop`.
+pub fn drain(mut ring: RingBuf<MapData>, shared: &Shared, every: Duration, stop: &AtomicBool) {
+    let mut batch = Vec::with_capacity(4096);
+    while !stop.load(Ordering::Relaxed) {
+        while let Some(item) = ring.next() {
+            if let Some(event) = decode_event(&item) {
+                batch.push(event);
+            }
+            if batch.len() == batch.capacity() {
+                break;
+            }
+        }
+        if !batch.is_empty() {
+            let mut tracker = shared.tracker.lock().expect("tracker lock");
+            for event in batch.drain(..) {
+                tracker.apply(&event);
+            }
+            // A full batch means more is waiting: go round again at once.
+            continue;
+        }
+        thread::sleep(every);
+    }
+}

@@ -1,0 +1,145 @@
+//! Command line: clap types whose doc comments are the `--help` text, turned
+//! once into a validated [`RunConfig`].
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Finds stray goroutines in running, unmodified Go programs.
+///
+/// gostray attaches eBPF uprobes to the Go runtime of the processes you name
+/// and keeps a live table of their goroutines, served as Prometheus metrics.
+/// It needs root, or CAP_BPF + CAP_PERFMON + CAP_SYS_PTRACE.
+#[derive(Debug, Parser)]
+#[command(name = "gostray", version, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+
+    /// Log format: `text` for people, `json` for log pipelines.
+    #[arg(long, global = true, env = "GOSTRAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Log filter, in `tracing` syntax (`info`, `debug`, `gostray=trace`…).
+    #[arg(long, global = true, env = "GOSTRAY_LOG", default_value = "info")]
+    pub log: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Watch Go processes and serve what is seen on --listen.
+    ///
+    /// Examples:
+    ///   gostray run --pid 4242
+    ///   gostray run --binary /usr/local/bin/api-server --listen 0.0.0.0:9981
+    Run(RunArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Watch this process (repeatable).
+    #[arg(long = "pid", value_name = "PID", env = "GOSTRAY_PIDS", value_delimiter = ',')]
+    pub pids: Vec<u32>,
+
+    /// Watch every process running this executable, now and later (repeatable).
+    #[arg(long = "binary", value_name = "PATH", env = "GOSTRAY_BINARIES", value_delimiter = ',')]
+    pub binaries: Vec<PathBuf>,
+
+    /// Address for /metrics, /healthz and /readyz. Loopback by default: expose
+    /// it deliberately.
+    #[arg(long, env = "GOSTRAY_LISTEN", default_value = "127.0.0.1:9981")]
+    pub listen: SocketAddr,
+
+    /// Size of the event ring buffer in bytes (a power of two, at least 4096).
+    /// Each event takes 56 bytes; the buffer is drained every --drain-interval.
+    #[arg(long, env = "GOSTRAY_RING_BUFFER_BYTES", default_value_t = 4 << 20, value_parser = parse_ring_bytes)]
+    pub ring_buffer_bytes: u32,
+
+    /// How often the ring buffer is drained (`10ms`, `50ms`…). Probes never
+    /// wake the agent: a wakeup per event costs more than the event.
+    #[arg(long, env = "GOSTRAY_DRAIN_INTERVAL", default_value = "10ms", value_parser = parse_drain_interval)]
+    pub drain_interval: Duration,
+
+    /// How often watched processes are checked for exit, and --binary
+    /// executables for new processes.
+    #[arg(long, env = "GOSTRAY_RESCAN_INTERVAL", default_value = "1s", value_parser = parse_rescan_interval)]
+    pub rescan_interval: Duration,
+
+    /// Goroutines stored per process; beyond it they are counted, not stored.
+    #[arg(long, env = "GOSTRAY_MAX_GOROUTINES", default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..=50_000_000))]
+    pub max_goroutines: u64,
+}
+
+/// Parses `250ms`, `10s`, `5m`, `1h`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration like 250ms, 10s or 5m"))?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        _ => return Err(format!("{s:?} has no unit: use ms, s, m or h")),
+    };
+    Ok(d)
+}
+
+fn parse_bounded(s: &str, min: Duration, max: Duration) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d < min || d > max {
+        return Err(format!("must be between {min:?} and {max:?}"));
+    }
+    Ok(d)
+}
+
+fn parse_drain_interval(s: &str) -> Result<Duration, String> {
+    parse_bounded(s, Duration::from_millis(1), Duration::from_secs(1))
+}
+
+fn parse_rescan_interval(s: &str) -> Result<Duration, String> {
+    parse_bounded(s, Duration::from_millis(100), Duration::from_secs(600))
+}
+
+fn parse_ring_bytes(s: &str) -> Result<u32, String> {
+    let n: u32 = s.parse().map_err(|_| format!("{s:?} is not a number of bytes"))?;
+    if n < 4096 || !n.is_power_of_two() {
+        return Err("must be a power of two and at least 4096".into());
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert!(parse_duration("5").unwrap_err().contains("unit"));
+        assert!(parse_duration("fast").is_err());
+        assert!(parse_drain_interval("2s").is_err());
+    }
+
+    #[test]
+    fn ring_sizes() {
+        assert_eq!(parse_ring_bytes("8192"), Ok(8192));
+        assert!(parse_ring_bytes("5000").is_err());
+        assert!(parse_ring_bytes("1024").is_err());
+    }
+
+    #[test]
+    fn cli_parses_repeated_targets() {
+        let cli = Cli::try_parse_from(["gostray", "run", "--pid", "1", "--pid", "2", "--binary", "/x"]).unwrap();
+        let Command::Run(run) = cli.command;
+        assert_eq!(run.pids, vec![1, 2]);
+        assert!(Cli::try_parse_from(["gostray", "run", "--pid", "abc"]).is_err());
+    }
+}

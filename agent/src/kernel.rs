@@ -1,0 +1,153 @@
+//! The thin layer that touches the kernel: loading the probes, attaching them
+//! per binary, and the map of watched processes.
+
+use std::{collections::HashMap, path::Path};
+
+use anyhow::{bail, Context};
+use aya::{
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    programs::{
+        uprobe::{UProbeAttachLocation, UProbeLinkId, UProbeScope},
+        UProbe,
+    },
+    Ebpf, EbpfLoader,
+};
+use gostray_common::{
+    ProbeErrorKind, ProcConfig, MAP_ERRORS, MAP_EVENTS, MAP_TARGETS, OFFSET_ABSENT, PROG_GOROUTINE_CREATE,
+    PROG_GOROUTINE_EXIT,
+};
+
+use crate::{gobin::GoBinary, procfs::FileId};
+
+/// The kernel object, embedded at build time (see `build.rs`).
+static OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/gostray.bpf.o"));
+
+/// Which probe goes where in a binary: (program name, site chooser).
+const PROBES: [(&str, fn(&GoBinary) -> u64); 2] = [
+    (PROG_GOROUTINE_CREATE, |b| b.create_site.file_offset),
+    (PROG_GOROUTINE_EXIT, |b| b.exit_site.file_offset),
+];
+
+/// Loaded probes and their attachments. Dropping it detaches everything.
+pub struct Kernel {
+    ebpf: Ebpf,
+    targets: BpfHashMap<MapData, u32, ProcConfig>,
+    errors: PerCpuArray<MapData, u64>,
+    /// Attachments per executable file: one set shared by all its processes.
+    links: HashMap<FileId, Vec<(&'static str, UProbeLinkId)>>,
+}
+
+impl Kernel {
+    /// Loads and verifies the programs. Returns the event ring buffer
+    /// separately so that a drain thread can own it.
+    pub fn load(ring_bytes: u32) -> anyhow::Result<(Self, RingBuf<MapData>)> {
+        if OBJECT.is_empty() {
+            bail!("this gostray was built without its eBPF object; build it with `cargo xtask build`");
+        }
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(MAP_EVENTS, ring_bytes)
+            .load(OBJECT)
+            .context("loading the eBPF object (needs root, or CAP_BPF and CAP_PERFMON)")?;
+        for (name, _) in PROBES {
+            let prog: &mut UProbe = ebpf
+                .program_mut(name)
+                .with_context(|| format!("program {name} missing from the eBPF object"))?
+                .try_into()?;
+            prog.load().with_context(|| format!("verifying program {name}"))?;
+        }
+        let take = |ebpf: &mut Ebpf, name: &str| ebpf.take_map(name).with_context(|| format!("map {name} missing"));
+        let ring = RingBuf::try_from(take(&mut ebpf, MAP_EVENTS)?)?;
+        let targets = BpfHashMap::try_from(take(&mut ebpf, MAP_TARGETS)?)?;
+        let errors = PerCpuArray::try_from(take(&mut ebpf, MAP_ERRORS)?)?;
+        Ok((
+            Self {
+                ebpf,
+                targets,
+                errors,
+                links: HashMap::new(),
+            },
+            ring,
+        ))
+    }
+
+    /// Attaches every probe to the executable `id`, reachable at `path`
+    /// (`/proc/PID/exe`, so a file inside a container resolves in the
+    /// process's own mount namespace). Idempotent per file.
+    pub fn attach_binary(&mut self, id: FileId, path: &Path, bin: &GoBinary) -> anyhow::Result<()> {
+        if self.links.contains_key(&id) {
+            return Ok(());
+        }
+        let mut links = Vec::with_capacity(PROBES.len());
+        for (name, site) in PROBES {
+            let prog: &mut UProbe = self.ebpf.program_mut(name).context("program vanished")?.try_into()?;
+            match prog.attach(UProbeAttachLocation::AbsoluteOffset(site(bin)), path, UProbeScope::AllProcesses) {
+                Ok(link) => links.push((name, link)),
+                Err(e) => {
+                    self.detach_links(links);
+                    return Err(anyhow::Error::new(e).context(format!("attaching {name} to {}", path.display())));
+                }
+            }
+        }
+        self.links.insert(id, links);
+        Ok(())
+    }
+
+    /// Detaches the probes of an executable no watched process runs any more.
+    pub fn detach_binary(&mut self, id: FileId) {
+        if let Some(links) = self.links.remove(&id) {
+            self.detach_links(links);
+        }
+    }
+
+    fn detach_links(&mut self, links: Vec<(&'static str, UProbeLinkId)>) {
+        for (name, link) in links {
+            let prog: Option<&mut UProbe> = self.ebpf.program_mut(name).and_then(|p| p.try_into().ok());
+            if let Some(prog) = prog {
+                if let Err(e) = prog.detach(link) {
+                    tracing::warn!(program = name, error = %e, "detach failed");
+                }
+            }
+        }
+    }
+
+    /// Number of executables with probes attached.
+    pub fn attached_binaries(&self) -> usize {
+        self.links.len()
+    }
+
+    /// Starts reporting events from `pid`.
+    pub fn watch(&mut self, pid: u32, bin: &GoBinary) -> anyhow::Result<()> {
+        let o = bin.offsets;
+        let cfg = ProcConfig {
+            g_goid: o.goid,
+            g_parent_goid: o.parent_goid.unwrap_or(OFFSET_ABSENT),
+            g_gopc: o.gopc,
+            g_startpc: o.startpc,
+            lost: 0,
+        };
+        self.targets
+            .insert(pid, cfg, 0)
+            .with_context(|| format!("adding PID {pid} to the watch map (full at {} processes?)", gostray_common::MAX_TARGETS))
+    }
+
+    /// Stops reporting events from `pid`.
+    pub fn unwatch(&mut self, pid: u32) {
+        // A PID that is already gone from the map is fine.
+        let _ = self.targets.remove(&pid);
+    }
+
+    /// Events `pid` lost to a full ring buffer, as counted by the probes.
+    pub fn lost(&self, pid: u32) -> u64 {
+        self.targets.get(&pid, 0).map_or(0, |c| c.lost)
+    }
+
+    /// Probe failures summed over CPUs, indexed by [`ProbeErrorKind`].
+    pub fn probe_errors(&self) -> [u64; 2] {
+        let sum = |kind: ProbeErrorKind| {
+            self.errors
+                .get(&(kind as u32), 0)
+                .map_or(0, |per_cpu| per_cpu.iter().sum::<u64>())
+        };
+        [sum(ProbeErrorKind::ReadUser), sum(ProbeErrorKind::RingFull)]
+    }
+}

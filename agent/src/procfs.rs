@@ -1,0 +1,120 @@
+//! What `/proc` tells about a process: its executable, start time, mappings.
+
+use std::{
+    fs, io,
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+};
+
+/// Longest executable name kept (it ends up in labels and logs).
+const MAX_EXE_LEN: usize = 64;
+
+/// Identity of an executable file: same device and inode, same binary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FileId {
+    pub dev: u64,
+    pub ino: u64,
+}
+
+impl FileId {
+    pub fn of(path: &Path) -> io::Result<Self> {
+        let m = fs::metadata(path)?;
+        Ok(Self {
+            dev: m.dev(),
+            ino: m.ino(),
+        })
+    }
+}
+
+/// `/proc/PID/exe`: opening through it reaches the file in the process's own
+/// mount namespace, even when that file was deleted or replaced since.
+pub fn exe_path(pid: u32) -> PathBuf {
+    PathBuf::from(format!("/proc/{pid}/exe"))
+}
+
+/// The executable's base name, bounded, without the " (deleted)" suffix.
+pub fn exe_name(pid: u32) -> io::Result<String> {
+    let target = fs::read_link(exe_path(pid))?;
+    let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = name.strip_suffix(" (deleted)").unwrap_or(&name);
+    Ok(bounded(name))
+}
+
+/// Keeps at most [`MAX_EXE_LEN`] characters of printable text.
+pub fn bounded(s: &str) -> String {
+    s.chars()
+        .filter(|c| !c.is_control())
+        .take(MAX_EXE_LEN)
+        .collect()
+}
+
+/// The process start time (clock ticks since boot, field 22 of
+/// `/proc/PID/stat`): with the PID it identifies a process across PID reuse.
+pub fn start_time(pid: u32) -> io::Result<u64> {
+    parse_start_time(&fs::read_to_string(format!("/proc/{pid}/stat"))?)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "malformed /proc/PID/stat"))
+}
+
+fn parse_start_time(stat: &str) -> Option<u64> {
+    // The command name (field 2) may contain spaces and parentheses: split
+    // after its last ')'. Field 3 is then the first, so field 22 is index 19.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// The address where the executable with inode `ino` is mapped at file
+/// offset 0 in `pid`, from `/proc/PID/maps`.
+pub fn image_start(pid: u32, id: FileId) -> io::Result<Option<u64>> {
+    Ok(parse_image_start(&fs::read_to_string(format!("/proc/{pid}/maps"))?, id.ino))
+}
+
+fn parse_image_start(maps: &str, ino: u64) -> Option<u64> {
+    maps.lines().find_map(|line| {
+        let mut f = line.split_whitespace();
+        let range = f.next()?;
+        let _perms = f.next()?;
+        let offset = u64::from_str_radix(f.next()?, 16).ok()?;
+        let _dev = f.next()?;
+        let inode: u64 = f.next()?.parse().ok()?;
+        (inode == ino && offset == 0).then(|| u64::from_str_radix(range.split('-').next()?, 16).ok())?
+    })
+}
+
+/// Every PID in `/proc` (processes, not threads).
+pub fn all_pids() -> Vec<u32> {
+    fs::read_dir("/proc")
+        .map(|dir| {
+            dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_time_survives_hostile_command_names() {
+        let stat = "4242 (my) (evil) prog) S 1 4242 4242 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 8 0 987654 1000 10";
+        assert_eq!(parse_start_time(stat), Some(987_654));
+        assert_eq!(parse_start_time("4242 (x) S 1"), None);
+        assert_eq!(parse_start_time("garbage"), None);
+    }
+
+    #[test]
+    fn finds_the_image_mapping_by_inode_at_offset_zero() {
+        let maps = "\
+55d0c0000000-55d0c0100000 r--p 00000000 fd:01 1234 /app/svc
+55d0c0100000-55d0c0300000 r-xp 00100000 fd:01 1234 /app/svc
+7f0000000000-7f0000001000 r--p 00000000 fd:01 999 /lib/other.so";
+        assert_eq!(parse_image_start(maps, 1234), Some(0x55d0_c000_0000));
+        assert_eq!(parse_image_start(maps, 5), None);
+    }
+
+    #[test]
+    fn bounds_and_cleans_names() {
+        assert_eq!(bounded("a\nb\u{1b}[31m"), "ab[31m");
+        assert_eq!(bounded(&"x".repeat(500)).len(), MAX_EXE_LEN);
+    }
+}

@@ -1,0 +1,125 @@
+//! A deliberately small HTTP/1.1 server: GET only, bounded request size, one
+//! request per connection. Nothing here writes state or reads a file named
+//! by the client.
+
+use std::{
+    net::SocketAddr,
+    sync::{atomic::Ordering, Arc},
+    time::Duration,
+};
+
+use prometheus_client::registry::Registry;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+};
+
+use crate::{metrics, state::Shared};
+
+const MAX_REQUEST: usize = 8 * 1024;
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections served at once; the rest wait in the listen backlog.
+const MAX_CONNECTIONS: usize = 64;
+
+/// Binds `addr`; the returned future serves until dropped.
+pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    use anyhow::Context;
+    TcpListener::bind(addr).await.with_context(|| format!("listening on {addr}"))
+}
+
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+    let registry = Arc::new(metrics::registry(shared.clone()));
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok(permit) = permits.clone().acquire_owned().await else { return };
+        let (shared, registry) = (shared.clone(), registry.clone());
+        tokio::spawn(async move {
+            if let Err(e) = handle(stream, &shared, &registry).await {
+                tracing::debug!(error = %e, "http connection");
+            }
+            drop(permit);
+        });
+    }
+}
+
+async fn handle(mut stream: TcpStream, shared: &Shared, registry: &Registry) -> std::io::Result<()> {
+    let mut buf = Vec::with_capacity(1024);
+    let head_end = tokio::time::timeout(READ_TIMEOUT, async {
+        let mut chunk = [0u8; 1024];
+        loop {
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                return Ok::<_, std::io::Error>(Some(end));
+            }
+            if buf.len() >= MAX_REQUEST {
+                return Ok(None);
+            }
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                return Ok(None);
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await
+    .unwrap_or(Ok(None))?;
+    let response = match head_end {
+        None => reply(400, "text/plain", "bad request\n"),
+        Some(end) => route(&String::from_utf8_lossy(&buf[..end]), shared, registry),
+    };
+    stream.write_all(&response).await?;
+    stream.shutdown().await
+}
+
+fn route(head: &str, shared: &Shared, registry: &Registry) -> Vec<u8> {
+    let mut parts = head.lines().next().unwrap_or_default().split(' ');
+    let (method, target) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
+    if method != "GET" && method != "HEAD" {
+        return reply(405, "text/plain", "only GET\n");
+    }
+    let path = target.split('?').next().unwrap_or_default();
+    match path {
+        "/metrics" => reply(200, "text/plain; version=0.0.4; charset=utf-8", &metrics::render(registry)),
+        "/healthz" => reply(200, "text/plain", "ok\n"),
+        "/readyz" if shared.ready.load(Ordering::Relaxed) => reply(200, "text/plain", "ready\n"),
+        "/readyz" => reply(503, "text/plain", "not ready\n"),
+        "/" => reply(200, "text/plain", "gostray: see /metrics, /healthz, /readyz\n"),
+        _ => reply(404, "text/plain", "not found\n"),
+    }
+}
+
+fn reply(status: u16, content_type: &str, body: &str) -> Vec<u8> {
+    let reason = match status {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        _ => "Service Unavailable",
+    };
+    format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_and_refuses() {
+        let shared = Arc::new(Shared::new(10));
+        let registry = metrics::registry(shared.clone());
+        let get = |head: &str| String::from_utf8(route(head, &shared, &registry)).unwrap();
+        assert!(get("GET /healthz HTTP/1.1").starts_with("HTTP/1.1 200"));
+        assert!(get("GET /readyz HTTP/1.1").starts_with("HTTP/1.1 503"));
+        shared.ready.store(true, Ordering::Relaxed);
+        assert!(get("GET /readyz HTTP/1.1").starts_with("HTTP/1.1 200"));
+        assert!(get("POST /metrics HTTP/1.1").starts_with("HTTP/1.1 405"));
+        assert!(get("GET /../etc/passwd HTTP/1.1").starts_with("HTTP/1.1 404"));
+        let metrics = get("GET /metrics HTTP/1.1");
+        assert!(metrics.contains("gostray_build_info{version="), "{metrics}");
+        assert!(metrics.contains("# EOF"));
+    }
+}

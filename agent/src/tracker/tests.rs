@@ -1,0 +1,122 @@
+use gostray_common::{EventKind, GoroutineEvent, EVENT_SIZE};
+
+use super::*;
+
+fn info() -> ProcessInfo {
+    ProcessInfo {
+        exe: "svc".into(),
+        go_version: "go1.24.0".into(),
+    }
+}
+
+fn ev(kind: EventKind, pid: u32, goid: u64) -> GoroutineEvent {
+    GoroutineEvent {
+        kind: kind as u32,
+        pid,
+        goid,
+        parent_goid: 1,
+        gopc: 0x1000,
+        startpc: 0x2000,
+        ktime_ns: goid * 10,
+    }
+}
+
+fn scanned(goid: u64) -> ScannedG {
+    ScannedG {
+        goid,
+        status: 4,
+        gopc: 0x10,
+        startpc: 0x20,
+        parent_goid: 0,
+    }
+}
+
+#[test]
+fn counts_creates_and_exits() {
+    let mut t = Tracker::new(100);
+    t.add_process(7, info());
+    t.merge_scan(7, &[]);
+    for goid in 10..20 {
+        t.apply(&ev(EventKind::Create, 7, goid));
+    }
+    for goid in 10..14 {
+        t.apply(&ev(EventKind::Exit, 7, goid));
+    }
+    let p = t.process(7).unwrap();
+    assert_eq!((p.created_total, p.exited_total, p.live_count()), (10, 4, 6));
+    assert_eq!(p.goroutine(15).unwrap().created_ns, 150);
+    assert!(p.goroutine(12).is_none());
+}
+
+#[test]
+fn scan_fills_goroutines_that_predate_attach_without_double_counting() {
+    let mut t = Tracker::new(100);
+    t.add_process(7, info());
+    // Created after attach and also seen by the scan.
+    t.apply(&ev(EventKind::Create, 7, 50));
+    t.merge_scan(7, &[scanned(1), scanned(2), scanned(50)]);
+    let p = t.process(7).unwrap();
+    assert_eq!(p.live_count(), 3);
+    assert_eq!(p.created_total, 1);
+    // The event's richer record wins over the scan's.
+    assert_eq!(p.goroutine(50).unwrap().gopc, 0x1000);
+}
+
+#[test]
+fn exit_seen_before_the_scan_merges_is_not_resurrected() {
+    let mut t = Tracker::new(100);
+    t.add_process(7, info());
+    // Goroutine 2 predates attach, exits while the scan runs, and the scan
+    // (read a moment earlier) still reports it.
+    t.apply(&ev(EventKind::Exit, 7, 2));
+    t.merge_scan(7, &[scanned(1), scanned(2)]);
+    let p = t.process(7).unwrap();
+    assert_eq!(p.live_count(), 1);
+    assert!(p.goroutine(2).is_none());
+    assert!(p.is_ready());
+}
+
+#[test]
+fn table_is_bounded_and_overflow_is_counted() {
+    let mut t = Tracker::new(3);
+    t.add_process(7, info());
+    t.merge_scan(7, &[]);
+    for goid in 1..=5 {
+        t.apply(&ev(EventKind::Create, 7, goid));
+    }
+    let p = t.process(7).unwrap();
+    assert_eq!((p.live_count(), p.untracked), (5, 2));
+    t.apply(&ev(EventKind::Exit, 7, 5)); // untracked one exits
+    assert_eq!(t.process(7).unwrap().live_count(), 4);
+}
+
+#[test]
+fn events_for_unknown_processes_or_kinds_are_counted_not_applied() {
+    let mut t = Tracker::new(10);
+    t.apply(&ev(EventKind::Create, 99, 1));
+    let mut bad = ev(EventKind::Create, 99, 1);
+    bad.kind = 77;
+    t.apply(&bad);
+    assert_eq!(t.stray_events, 2);
+    assert!(t.process(99).is_none());
+}
+
+#[test]
+fn decodes_events_and_rejects_short_records() {
+    let e = ev(EventKind::Exit, 3, 42);
+    // SAFETY: reading a repr(C) struct of integers as bytes.
+    let bytes = unsafe { std::slice::from_raw_parts((&raw const e).cast::<u8>(), EVENT_SIZE) };
+    let mut unaligned = vec![0u8];
+    unaligned.extend_from_slice(bytes);
+    assert_eq!(decode_event(&unaligned[1..]), Some(e));
+    assert_eq!(decode_event(&bytes[..EVENT_SIZE - 1]), None);
+}
+
+#[test]
+fn removing_a_process_forgets_it() {
+    let mut t = Tracker::new(10);
+    t.add_process(7, info());
+    assert!(t.remove_process(7).is_some());
+    assert!(t.process(7).is_none());
+    assert!(t.pids().is_empty());
+}

@@ -1,0 +1,110 @@
+//! Types shared by the kernel programs (`ebpf/`) and the agent (`agent/`).
+//!
+//! Everything here crosses the kernel boundary, so it is `#[repr(C)]`, has
+//! explicit padding and uses integers rather than `bool` or `Option`.
+#![no_std]
+
+/// Name of the ring buffer that carries [`GoroutineEvent`]s to user space.
+pub const MAP_EVENTS: &str = "EVENTS";
+/// Name of the hash map from watched PID (tgid) to its [`ProcConfig`].
+pub const MAP_TARGETS: &str = "TARGETS";
+/// Name of the per-CPU array of [`ProbeErrorKind`] counters.
+pub const MAP_ERRORS: &str = "ERRORS";
+/// Name of the global that gates kernel-side aya-log output.
+pub const GLOBAL_LOG_LEVEL: &str = "LOG_LEVEL";
+
+/// Program fired at the call to `runtime.runqput` inside `runtime.newproc.func1`.
+pub const PROG_GOROUTINE_CREATE: &str = "goroutine_create";
+/// Program fired early in `runtime.goexit0`.
+pub const PROG_GOROUTINE_EXIT: &str = "goroutine_exit";
+
+/// Upper bound on processes the kernel side tracks at once.
+pub const MAX_TARGETS: u32 = 4096;
+
+/// Marks an absent struct field in [`ProcConfig`] (e.g. `g.parentGoid` before Go 1.21).
+pub const OFFSET_ABSENT: u32 = u32::MAX;
+
+/// What a [`GoroutineEvent`] reports.
+#[repr(u32)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// A goroutine was created and is about to be queued.
+    Create = 1,
+    /// A goroutine finished and its g is being freed.
+    Exit = 2,
+}
+
+impl EventKind {
+    pub fn from_u32(v: u32) -> Option<Self> {
+        match v {
+            1 => Some(Self::Create),
+            2 => Some(Self::Exit),
+            _ => None,
+        }
+    }
+}
+
+/// One goroutine lifecycle event, as written to the ring buffer.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct GoroutineEvent {
+    /// An [`EventKind`] value.
+    pub kind: u32,
+    /// Process (thread group) ID.
+    pub pid: u32,
+    /// `g.goid`.
+    pub goid: u64,
+    /// `g.parentGoid` (Go ≥ 1.21), else 0. Create events only.
+    pub parent_goid: u64,
+    /// `g.gopc`: PC of the `go` statement. Create events only.
+    pub gopc: u64,
+    /// `g.startpc`: PC of the goroutine's function. Create events only.
+    pub startpc: u64,
+    /// `bpf_ktime_get_ns()` at the probe.
+    pub ktime_ns: u64,
+}
+
+/// Size of [`GoroutineEvent`] on the wire.
+pub const EVENT_SIZE: usize = core::mem::size_of::<GoroutineEvent>();
+
+/// Per-process configuration the probes need: where fields live in this
+/// binary's `runtime.g`, plus counters the kernel bumps for this process.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProcConfig {
+    /// Offset of `runtime.g.goid`.
+    pub g_goid: u32,
+    /// Offset of `runtime.g.parentGoid`, or [`OFFSET_ABSENT`].
+    pub g_parent_goid: u32,
+    /// Offset of `runtime.g.gopc`.
+    pub g_gopc: u32,
+    /// Offset of `runtime.g.startpc`.
+    pub g_startpc: u32,
+    /// Events this process could not submit because the ring buffer was full.
+    /// Incremented atomically by the probes; read by the agent.
+    pub lost: u64,
+}
+
+/// Why a probe failed; indexes the [`MAP_ERRORS`] per-CPU array.
+#[repr(u32)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum ProbeErrorKind {
+    /// `bpf_probe_read_user` failed on a g field.
+    ReadUser = 0,
+    /// The ring buffer had no room (also counted per process in [`ProcConfig::lost`]).
+    RingFull = 1,
+}
+
+/// Number of [`ProbeErrorKind`] slots.
+pub const PROBE_ERROR_KINDS: u32 = 2;
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: both are `#[repr(C)]`, contain only integers and have no
+    // implicit padding (checked by the size asserts below).
+    unsafe impl aya::Pod for super::GoroutineEvent {}
+    unsafe impl aya::Pod for super::ProcConfig {}
+}
+
+const _: () = assert!(core::mem::size_of::<GoroutineEvent>() == 48);
+const _: () = assert!(core::mem::size_of::<ProcConfig>() == 24);

@@ -1,0 +1,27 @@
+//! Go's internal register ABI (Go ≥ 1.17 on amd64), read from `pt_regs`.
+//!
+//! Integer arguments travel in RAX, RBX, RCX, RDI, RSI, R8, R9, R10, R11 and
+//! the current g lives in R14. arm64 (Go ≥ 1.18: R0–R15, g in R28) is planned
+//! and belongs here, behind the same functions.
+
+use aya_ebpf::programs::ProbeContext;
+
+/// The `n`th integer argument (0-based) of a Go function at a probe placed
+/// where the ABI registers still hold the arguments (entry, prologue or the
+/// call instruction of the callee being observed).
+#[inline(always)]
+pub fn arg(ctx: &ProbeContext, n: u32) -> u64 {
+    // SAFETY: `regs` points at the pt_regs the kernel handed to the uprobe.
+    let regs = unsafe { &*ctx.regs };
+    match n {
+        0 => regs.rax,
+        1 => regs.rbx,
+        2 => regs.rcx,
+        3 => regs.rdi,
+        4 => regs.rsi,
+        5 => regs.r8,
+        6 => regs.r9,
+        7 => regs.r10,
+        _ => regs.r11,
+    }
+}

@@ -1,0 +1,22 @@
+//! Every map the probes use.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{HashMap, PerCpuArray, RingBuf},
+};
+use gostray_common::{ProcConfig, MAX_TARGETS, PROBE_ERROR_KINDS};
+
+/// Goroutine events for the agent. Sized by the agent at load time
+/// (`--ring-buffer-bytes`); this is only the default.
+#[map(name = "EVENTS")]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
+
+/// Watched processes (tgid) and the `runtime.g` offsets of their binary.
+/// A probe in a process that is not here returns at once: uprobes attach to
+/// an inode, so unwatched processes running the same binary also hit them.
+#[map(name = "TARGETS")]
+pub static TARGETS: HashMap<u32, ProcConfig> = HashMap::with_max_entries(MAX_TARGETS, 0);
+
+/// Probe failures by `ProbeErrorKind`, per CPU; exported by the agent.
+#[map(name = "ERRORS")]
+pub static ERRORS: PerCpuArray<u64> = PerCpuArray::with_max_entries(PROBE_ERROR_KINDS, 0);

@@ -1,0 +1,66 @@
+//! One module per hooked Go runtime function, plus what they share.
+
+mod create;
+mod exit;
+
+use aya_ebpf::{
+    bindings::BPF_RB_NO_WAKEUP,
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
+};
+use core::intrinsics::{atomic_xadd, AtomicOrdering};
+use gostray_common::{GoroutineEvent, ProbeErrorKind, ProcConfig};
+
+use crate::maps::{ERRORS, EVENTS, TARGETS};
+
+/// Why a probe gave up; counted in `ERRORS`, never silently dropped.
+pub enum ProbeError {
+    ReadUser,
+    RingFull,
+}
+
+/// The watched process this probe fired in, or `None` for any other process.
+#[inline(always)]
+fn current_target() -> Option<(u32, *mut ProcConfig)> {
+    let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    TARGETS.get_ptr_mut(&pid).map(|cfg| (pid, cfg))
+}
+
+/// Reads a `u64` field at `base + offset` in the target's memory.
+#[inline(always)]
+fn read_u64(base: u64, offset: u32) -> Result<u64, ProbeError> {
+    // SAFETY: bpf_probe_read_user validates the address; a bad one is an error.
+    unsafe { bpf_probe_read_user((base + u64::from(offset)) as *const u64) }
+        .map_err(|_| ProbeError::ReadUser)
+}
+
+/// Submits `event` without waking the reader: the agent drains on a short
+/// timer, because a wakeup per event costs more than the probe itself on
+/// small machines.
+#[inline(always)]
+fn submit(cfg: *mut ProcConfig, mut event: GoroutineEvent) -> Result<(), ProbeError> {
+    // SAFETY: a helper call with no arguments.
+    event.ktime_ns = unsafe { bpf_ktime_get_ns() };
+    if EVENTS.output::<GoroutineEvent>(&event, u64::from(BPF_RB_NO_WAKEUP)).is_err() {
+        // SAFETY: `cfg` points into a TARGETS value. The BPF target has no
+        // `AtomicU64::fetch_add`; this intrinsic lowers to BPF_ATOMIC add.
+        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*cfg).lost, 1) };
+        return Err(ProbeError::RingFull);
+    }
+    Ok(())
+}
+
+/// Turns a probe result into the program's return value, counting failures.
+#[inline(always)]
+fn finish(result: Result<(), ProbeError>) -> u32 {
+    if let Err(err) = result {
+        let kind = match err {
+            ProbeError::ReadUser => ProbeErrorKind::ReadUser,
+            ProbeError::RingFull => ProbeErrorKind::RingFull,
+        };
+        if let Some(slot) = ERRORS.get_ptr_mut(kind as u32) {
+            // SAFETY: a per-CPU slot is only touched by this CPU.
+            unsafe { *slot += 1 };
+        }
+    }
+    0
+}
