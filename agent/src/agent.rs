@@ -48,6 +48,23 @@ pub struct Agent {
     binary_targets: Vec<(PathBuf, FileId)>,
 }
 
+/// Checks the targets named on the command line before anything is loaded,
+/// so a typo gets one clear line. Returns the `--binary` file identities.
+pub fn validate_targets(args: &RunArgs) -> anyhow::Result<Vec<(PathBuf, FileId)>> {
+    let mut binary_targets = Vec::new();
+    for path in &args.binaries {
+        let file = FileId::of(path).with_context(|| format!("binary {}", path.display()))?;
+        GoBinary::open(path).with_context(|| format!("{}", path.display()))?;
+        binary_targets.push((path.clone(), file));
+    }
+    for &pid in &args.pids {
+        if procfs::start_time(pid).is_err() {
+            anyhow::bail!("no process with PID {pid}");
+        }
+    }
+    Ok(binary_targets)
+}
+
 /// Why one process could not be attached, as a metric label.
 fn failure_reason(err: &anyhow::Error) -> &'static str {
     match err.downcast_ref::<GoBinError>() {
@@ -61,21 +78,14 @@ fn failure_reason(err: &anyhow::Error) -> &'static str {
 
 impl Agent {
     /// Loads the probes and attaches to every target named on the command
-    /// line. A target that cannot be watched is an error here: the user
+    /// line (checked first by [`validate_targets`]). A target that cannot be watched is an error here: the user
     /// asked for it by name.
-    pub fn start(args: &RunArgs, shared: Arc<Shared>) -> anyhow::Result<(Self, RingBuf<MapData>)> {
-        let mut binary_targets = Vec::new();
-        for path in &args.binaries {
-            let file = FileId::of(path).with_context(|| format!("binary {}", path.display()))?;
-            GoBinary::open(path).with_context(|| format!("{}", path.display()))?;
-            binary_targets.push((path.clone(), file));
-        }
-        for &pid in &args.pids {
-            if procfs::start_time(pid).is_err() {
-                anyhow::bail!("no process with PID {pid}");
-            }
-        }
-        let (kernel, ring) = Kernel::load(args.ring_buffer_bytes)?;
+    pub fn start(
+        args: &RunArgs,
+        binary_targets: Vec<(PathBuf, FileId)>,
+        shared: Arc<Shared>,
+    ) -> anyhow::Result<(Self, RingBuf<MapData>)> {
+        let (kernel, ring) = Kernel::load(args.ring_buffer_bytes, args.kernel_log)?;
         let mut agent = Self {
             kernel,
             shared,
@@ -124,9 +134,17 @@ impl Agent {
             exe: procfs::exe_name(pid).unwrap_or_default(),
             go_version: bin.version.to_string(),
         };
-        self.shared.tracker.lock().expect("tracker lock").add_process(pid, info);
+        self.shared
+            .tracker
+            .lock()
+            .expect("tracker lock")
+            .add_process(pid, info);
         if let Err(e) = self.kernel.watch(pid, &bin) {
-            self.shared.tracker.lock().expect("tracker lock").remove_process(pid);
+            self.shared
+                .tracker
+                .lock()
+                .expect("tracker lock")
+                .remove_process(pid);
             return Err(e);
         }
         self.watched.insert(pid, Watched { start_time, file });
@@ -137,7 +155,11 @@ impl Agent {
             tracing::warn!(pid, error = %e, "goroutine table scan failed");
             Vec::new()
         });
-        self.shared.tracker.lock().expect("tracker lock").merge_scan(pid, &scanned);
+        self.shared
+            .tracker
+            .lock()
+            .expect("tracker lock")
+            .merge_scan(pid, &scanned);
         tracing::info!(
             pid,
             go = %bin.version,
@@ -159,13 +181,22 @@ impl Agent {
             if self.watched.contains_key(&pid) || pid == std::process::id() {
                 continue;
             }
-            let Ok(file) = FileId::of(&procfs::exe_path(pid)) else { continue };
+            let Ok(file) = FileId::of(&procfs::exe_path(pid)) else {
+                continue;
+            };
             if !self.binary_targets.iter().any(|(_, f)| *f == file) {
                 continue;
             }
             if let Err(e) = self.attach(pid) {
                 let reason = failure_reason(&e);
-                *self.shared.stats.lock().expect("stats lock").attach_failures.entry(reason).or_default() += 1;
+                *self
+                    .shared
+                    .stats
+                    .lock()
+                    .expect("stats lock")
+                    .attach_failures
+                    .entry(reason)
+                    .or_default() += 1;
                 tracing::warn!(pid, error = format!("{e:#}"), "attach failed");
             }
         }
@@ -181,8 +212,14 @@ impl Agent {
             .collect();
         for pid in gone {
             self.kernel.unwatch(pid);
-            let Some(w) = self.watched.remove(&pid) else { continue };
-            self.shared.tracker.lock().expect("tracker lock").remove_process(pid);
+            let Some(w) = self.watched.remove(&pid) else {
+                continue;
+            };
+            self.shared
+                .tracker
+                .lock()
+                .expect("tracker lock")
+                .remove_process(pid);
             tracing::info!(pid, "process exited; forgotten");
             let still_used = self.watched.values().any(|o| o.file == w.file);
             if !still_used && !self.binary_targets.iter().any(|(_, f)| *f == w.file) {
@@ -194,7 +231,12 @@ impl Agent {
 
     /// Copies kernel-side counters into the shared state.
     fn refresh_stats(&mut self) {
-        let lost: Vec<(u32, u64)> = self.watched.keys().map(|&pid| (pid, self.kernel.lost(pid))).collect();
+        self.kernel.flush_logs();
+        let lost: Vec<(u32, u64)> = self
+            .watched
+            .keys()
+            .map(|&pid| (pid, self.kernel.lost(pid)))
+            .collect();
         {
             let mut tracker = self.shared.tracker.lock().expect("tracker lock");
             for (pid, n) in lost {

@@ -31,6 +31,19 @@ pub enum LogFormat {
     Json,
 }
 
+/// Kernel-side log level (aya-log), fixed when the probes are loaded. Only
+/// failure paths log, so even `debug` costs nothing while probes succeed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[repr(u8)]
+pub enum KernelLog {
+    Off = 0,
+    Error = 1,
+    Warn = 2,
+    Info = 3,
+    Debug = 4,
+    Trace = 5,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Watch Go processes and serve what is seen on --listen.
@@ -44,11 +57,21 @@ pub enum Command {
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
     /// Watch this process (repeatable).
-    #[arg(long = "pid", value_name = "PID", env = "GOSTRAY_PIDS", value_delimiter = ',')]
+    #[arg(
+        long = "pid",
+        value_name = "PID",
+        env = "GOSTRAY_PIDS",
+        value_delimiter = ','
+    )]
     pub pids: Vec<u32>,
 
     /// Watch every process running this executable, now and later (repeatable).
-    #[arg(long = "binary", value_name = "PATH", env = "GOSTRAY_BINARIES", value_delimiter = ',')]
+    #[arg(
+        long = "binary",
+        value_name = "PATH",
+        env = "GOSTRAY_BINARIES",
+        value_delimiter = ','
+    )]
     pub binaries: Vec<PathBuf>,
 
     /// Address for /metrics, /healthz and /readyz. Loopback by default: expose
@@ -71,6 +94,10 @@ pub struct RunArgs {
     #[arg(long, env = "GOSTRAY_RESCAN_INTERVAL", default_value = "1s", value_parser = parse_rescan_interval)]
     pub rescan_interval: Duration,
 
+    /// Kernel-side diagnostics (probe failures), forwarded to the agent's log.
+    #[arg(long, env = "GOSTRAY_KERNEL_LOG", value_enum, default_value_t = KernelLog::Off)]
+    pub kernel_log: KernelLog,
+
     /// Goroutines stored per process; beyond it they are counted, not stored.
     #[arg(long, env = "GOSTRAY_MAX_GOROUTINES", default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..=50_000_000))]
     pub max_goroutines: u64,
@@ -80,7 +107,9 @@ pub struct RunArgs {
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration like 250ms, 10s or 5m"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 250ms, 10s or 5m"))?;
     let d = match unit {
         "ms" => Duration::from_millis(n),
         "s" => Duration::from_secs(n),
@@ -108,7 +137,9 @@ fn parse_rescan_interval(s: &str) -> Result<Duration, String> {
 }
 
 fn parse_ring_bytes(s: &str) -> Result<u32, String> {
-    let n: u32 = s.parse().map_err(|_| format!("{s:?} is not a number of bytes"))?;
+    let n: u32 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of bytes"))?;
     if n < 4096 || !n.is_power_of_two() {
         return Err("must be a power of two and at least 4096".into());
     }
@@ -137,7 +168,10 @@ mod tests {
 
     #[test]
     fn cli_parses_repeated_targets() {
-        let cli = Cli::try_parse_from(["gostray", "run", "--pid", "1", "--pid", "2", "--binary", "/x"]).unwrap();
+        let cli = Cli::try_parse_from([
+            "gostray", "run", "--pid", "1", "--pid", "2", "--binary", "/x",
+        ])
+        .unwrap();
         let Command::Run(run) = cli.command;
         assert_eq!(run.pids, vec![1, 2]);
         assert!(Cli::try_parse_from(["gostray", "run", "--pid", "abc"]).is_err());

@@ -12,12 +12,13 @@ use aya::{
     },
     Ebpf, EbpfLoader,
 };
+use aya_log::EbpfLogger;
 use gostray_common::{
-    ProbeErrorKind, ProcConfig, MAP_ERRORS, MAP_EVENTS, MAP_TARGETS, OFFSET_ABSENT, PROG_GOROUTINE_CREATE,
-    PROG_GOROUTINE_EXIT,
+    ProbeErrorKind, ProcConfig, GLOBAL_LOG_LEVEL, MAP_ERRORS, MAP_EVENTS, MAP_TARGETS,
+    OFFSET_ABSENT, PROG_GOROUTINE_CREATE, PROG_GOROUTINE_EXIT,
 };
 
-use crate::{gobin::GoBinary, procfs::FileId};
+use crate::{config::KernelLog, gobin::GoBinary, procfs::FileId};
 
 /// The kernel object, embedded at build time (see `build.rs`).
 static OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/gostray.bpf.o"));
@@ -35,27 +36,41 @@ pub struct Kernel {
     errors: PerCpuArray<MapData, u64>,
     /// Attachments per executable file: one set shared by all its processes.
     links: HashMap<FileId, Vec<(&'static str, UProbeLinkId)>>,
+    logger: Option<EbpfLogger<&'static dyn log::Log>>,
 }
 
 impl Kernel {
     /// Loads and verifies the programs. Returns the event ring buffer
     /// separately so that a drain thread can own it.
-    pub fn load(ring_bytes: u32) -> anyhow::Result<(Self, RingBuf<MapData>)> {
+    pub fn load(ring_bytes: u32, log_level: KernelLog) -> anyhow::Result<(Self, RingBuf<MapData>)> {
         if OBJECT.is_empty() {
-            bail!("this gostray was built without its eBPF object; build it with `cargo xtask build`");
+            bail!(
+                "this gostray was built without its eBPF object; build it with `cargo xtask build`"
+            );
         }
+        let level = log_level as u8;
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(MAP_EVENTS, ring_bytes)
+            .override_global(GLOBAL_LOG_LEVEL, &level, true)
             .load(OBJECT)
             .context("loading the eBPF object (needs root, or CAP_BPF and CAP_PERFMON)")?;
+        // Kernel log records reach `tracing` through the `log` bridge.
+        let logger = match log_level {
+            KernelLog::Off => None,
+            _ => Some(EbpfLogger::init(&mut ebpf).context("starting the kernel log reader")?),
+        };
         for (name, _) in PROBES {
             let prog: &mut UProbe = ebpf
                 .program_mut(name)
                 .with_context(|| format!("program {name} missing from the eBPF object"))?
                 .try_into()?;
-            prog.load().with_context(|| format!("verifying program {name}"))?;
+            prog.load()
+                .with_context(|| format!("verifying program {name}"))?;
         }
-        let take = |ebpf: &mut Ebpf, name: &str| ebpf.take_map(name).with_context(|| format!("map {name} missing"));
+        let take = |ebpf: &mut Ebpf, name: &str| {
+            ebpf.take_map(name)
+                .with_context(|| format!("map {name} missing"))
+        };
         let ring = RingBuf::try_from(take(&mut ebpf, MAP_EVENTS)?)?;
         let targets = BpfHashMap::try_from(take(&mut ebpf, MAP_TARGETS)?)?;
         let errors = PerCpuArray::try_from(take(&mut ebpf, MAP_ERRORS)?)?;
@@ -65,6 +80,7 @@ impl Kernel {
                 targets,
                 errors,
                 links: HashMap::new(),
+                logger,
             },
             ring,
         ))
@@ -79,12 +95,21 @@ impl Kernel {
         }
         let mut links = Vec::with_capacity(PROBES.len());
         for (name, site) in PROBES {
-            let prog: &mut UProbe = self.ebpf.program_mut(name).context("program vanished")?.try_into()?;
-            match prog.attach(UProbeAttachLocation::AbsoluteOffset(site(bin)), path, UProbeScope::AllProcesses) {
+            let prog: &mut UProbe = self
+                .ebpf
+                .program_mut(name)
+                .context("program vanished")?
+                .try_into()?;
+            match prog.attach(
+                UProbeAttachLocation::AbsoluteOffset(site(bin)),
+                path,
+                UProbeScope::AllProcesses,
+            ) {
                 Ok(link) => links.push((name, link)),
                 Err(e) => {
                     self.detach_links(links);
-                    return Err(anyhow::Error::new(e).context(format!("attaching {name} to {}", path.display())));
+                    return Err(anyhow::Error::new(e)
+                        .context(format!("attaching {name} to {}", path.display())));
                 }
             }
         }
@@ -101,12 +126,20 @@ impl Kernel {
 
     fn detach_links(&mut self, links: Vec<(&'static str, UProbeLinkId)>) {
         for (name, link) in links {
-            let prog: Option<&mut UProbe> = self.ebpf.program_mut(name).and_then(|p| p.try_into().ok());
+            let prog: Option<&mut UProbe> =
+                self.ebpf.program_mut(name).and_then(|p| p.try_into().ok());
             if let Some(prog) = prog {
                 if let Err(e) = prog.detach(link) {
                     tracing::warn!(program = name, error = %e, "detach failed");
                 }
             }
+        }
+    }
+
+    /// Forwards pending kernel log records.
+    pub fn flush_logs(&mut self) {
+        if let Some(logger) = &mut self.logger {
+            logger.flush();
         }
     }
 
@@ -125,9 +158,12 @@ impl Kernel {
             g_startpc: o.startpc,
             lost: 0,
         };
-        self.targets
-            .insert(pid, cfg, 0)
-            .with_context(|| format!("adding PID {pid} to the watch map (full at {} processes?)", gostray_common::MAX_TARGETS))
+        self.targets.insert(pid, cfg, 0).with_context(|| {
+            format!(
+                "adding PID {pid} to the watch map (full at {} processes?)",
+                gostray_common::MAX_TARGETS
+            )
+        })
     }
 
     /// Stops reporting events from `pid`.

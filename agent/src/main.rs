@@ -40,8 +40,11 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(format: LogFormat, filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
@@ -52,6 +55,7 @@ fn run(args: &RunArgs) -> anyhow::Result<()> {
     if args.pids.is_empty() && args.binaries.is_empty() {
         anyhow::bail!("nothing to watch: give --pid PID or --binary PATH (see gostray run --help)");
     }
+    let binary_targets = agent::validate_targets(args)?;
     let missing = privileges::missing();
     if !missing.is_empty() {
         anyhow::bail!(
@@ -65,9 +69,12 @@ fn run(args: &RunArgs) -> anyhow::Result<()> {
         .thread_name("gostray-http")
         .build()
         .context("starting the async runtime")?;
+    // Install the handlers before anything can report ready, so a SIGTERM
+    // from an orchestrator always means a clean detach.
+    let signals = runtime.block_on(async { Signals::new() })?;
     let shared = Arc::new(state::Shared::new(args.max_goroutines as usize));
     let listener = runtime.block_on(server::bind(args.listen))?;
-    let (agent, ring) = agent::Agent::start(args, shared.clone())?;
+    let (agent, ring) = agent::Agent::start(args, binary_targets, shared.clone())?;
     tracing::info!(listen = %args.listen, "serving /metrics, /healthz, /readyz");
     runtime.spawn(server::serve(listener, shared.clone()));
 
@@ -84,7 +91,7 @@ fn run(args: &RunArgs) -> anyhow::Result<()> {
             .name("gostray-control".into())
             .spawn(move || agent.run(every, &stop))?
     };
-    runtime.block_on(shutdown_signal());
+    runtime.block_on(signals.wait());
     tracing::info!("shutting down: detaching probes");
     shared.ready.store(false, Ordering::Relaxed);
     stop.store(true, Ordering::Relaxed);
@@ -93,17 +100,25 @@ fn run(args: &RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
+/// SIGINT and SIGTERM, either of which stops the agent.
+struct Signals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Self {
+            int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+        })
+    }
+
+    async fn wait(mut self) {
+        tokio::select! {
+            _ = self.int.recv() => {}
+            _ = self.term.recv() => {}
         }
     }
 }

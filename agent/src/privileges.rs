@@ -24,7 +24,9 @@ fn missing_from(effective: u64) -> Vec<&'static str> {
     let sys_admin = effective & (1 << 21) != 0;
     NEEDED
         .iter()
-        .filter(|(bit, name)| effective & (1 << bit) == 0 && !(sys_admin && *name != "CAP_SYS_PTRACE"))
+        .filter(|(bit, name)| {
+            effective & (1 << bit) == 0 && !(sys_admin && *name != "CAP_SYS_PTRACE")
+        })
         .map(|(_, name)| *name)
         .collect()
 }
@@ -35,7 +37,10 @@ mod tests {
 
     #[test]
     fn names_what_is_missing() {
-        assert_eq!(missing_from(0), vec!["CAP_BPF", "CAP_PERFMON", "CAP_SYS_PTRACE"]);
+        assert_eq!(
+            missing_from(0),
+            vec!["CAP_BPF", "CAP_PERFMON", "CAP_SYS_PTRACE"]
+        );
         assert!(missing_from(u64::MAX).is_empty());
         assert_eq!(missing_from(1 << 21), vec!["CAP_SYS_PTRACE"]);
         assert_eq!(missing_from((1 << 39) | (1 << 19)), vec!["CAP_PERFMON"]);

@@ -35,7 +35,10 @@ pub fn exe_path(pid: u32) -> PathBuf {
 /// The executable's base name, bounded, without the " (deleted)" suffix.
 pub fn exe_name(pid: u32) -> io::Result<String> {
     let target = fs::read_link(exe_path(pid))?;
-    let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let name = name.strip_suffix(" (deleted)").unwrap_or(&name);
     Ok(bounded(name))
 }
@@ -65,7 +68,10 @@ fn parse_start_time(stat: &str) -> Option<u64> {
 /// The address where the executable with inode `ino` is mapped at file
 /// offset 0 in `pid`, from `/proc/PID/maps`.
 pub fn image_start(pid: u32, id: FileId) -> io::Result<Option<u64>> {
-    Ok(parse_image_start(&fs::read_to_string(format!("/proc/{pid}/maps"))?, id.ino))
+    Ok(parse_image_start(
+        &fs::read_to_string(format!("/proc/{pid}/maps"))?,
+        id.ino,
+    ))
 }
 
 fn parse_image_start(maps: &str, ino: u64) -> Option<u64> {
@@ -76,7 +82,8 @@ fn parse_image_start(maps: &str, ino: u64) -> Option<u64> {
         let offset = u64::from_str_radix(f.next()?, 16).ok()?;
         let _dev = f.next()?;
         let inode: u64 = f.next()?.parse().ok()?;
-        (inode == ino && offset == 0).then(|| u64::from_str_radix(range.split('-').next()?, 16).ok())?
+        (inode == ino && offset == 0)
+            .then(|| u64::from_str_radix(range.split('-').next()?, 16).ok())?
     })
 }
 

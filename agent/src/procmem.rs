@@ -16,11 +16,23 @@ pub fn read(pid: u32, address: u64, buf: &mut [u8]) -> io::Result<()> {
         iov_len: buf.len(),
     };
     // SAFETY: `local` covers exactly `buf`; the kernel checks `remote`.
-    let n = unsafe { libc::process_vm_readv(pid as libc::pid_t, &raw const local, 1, &raw const remote, 1, 0) };
+    let n = unsafe {
+        libc::process_vm_readv(
+            pid as libc::pid_t,
+            &raw const local,
+            1,
+            &raw const remote,
+            1,
+            0,
+        )
+    };
     match usize::try_from(n) {
         Err(_) => Err(io::Error::last_os_error()),
         Ok(n) if n == buf.len() => Ok(()),
-        Ok(n) => Err(io::Error::new(io::ErrorKind::UnexpectedEof, format!("short read: {n} of {} bytes", buf.len()))),
+        Ok(n) => Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("short read: {n} of {} bytes", buf.len()),
+        )),
     }
 }
 

@@ -32,7 +32,10 @@ pub fn scan(pid: u32, bin: &GoBinary, bias: u64) -> io::Result<Vec<ScannedG>> {
     let len = procmem::read_u64(pid, bin.allglen + bias)?;
     let array = procmem::read_u64(pid, bin.allgs + bias)?;
     if len > MAX_GOROUTINES {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("allglen {len} is implausible")));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("allglen {len} is implausible"),
+        ));
     }
     if len == 0 || array == 0 {
         return Ok(Vec::new());
@@ -45,15 +48,34 @@ pub fn scan(pid: u32, bin: &GoBinary, bias: u64) -> io::Result<Vec<ScannedG>> {
         .filter(|&p| p != 0)
         .collect();
     let o = bin.offsets;
-    let record = [o.goid, o.atomicstatus, o.gopc, o.startpc, o.parent_goid.unwrap_or(0)]
-        .into_iter()
-        .max()
-        .unwrap_or(0) as usize
+    let record = [
+        o.goid,
+        o.atomicstatus,
+        o.gopc,
+        o.startpc,
+        o.parent_goid.unwrap_or(0),
+    ]
+    .into_iter()
+    .max()
+    .unwrap_or(0) as usize
         + 8;
-    let field = |b: &[u8], off: u32| u64::from_le_bytes(b[off as usize..off as usize + 8].try_into().expect("8 bytes"));
+    let field = |b: &[u8], off: u32| {
+        u64::from_le_bytes(
+            b[off as usize..off as usize + 8]
+                .try_into()
+                .expect("8 bytes"),
+        )
+    };
     let mut out = Vec::with_capacity(pointers.len());
-    for bytes in procmem::read_many(pid, &pointers, record).into_iter().flatten() {
-        let status = u32::from_le_bytes(bytes[o.atomicstatus as usize..o.atomicstatus as usize + 4].try_into().expect("4 bytes")) & !G_SCAN;
+    for bytes in procmem::read_many(pid, &pointers, record)
+        .into_iter()
+        .flatten()
+    {
+        let status = u32::from_le_bytes(
+            bytes[o.atomicstatus as usize..o.atomicstatus as usize + 4]
+                .try_into()
+                .expect("4 bytes"),
+        ) & !G_SCAN;
         if status == G_IDLE || status == G_DEAD || status > G_MAX_STATUS {
             continue;
         }

@@ -24,15 +24,21 @@ const MAX_CONNECTIONS: usize = 64;
 /// Binds `addr`; the returned future serves until dropped.
 pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
     use anyhow::Context;
-    TcpListener::bind(addr).await.with_context(|| format!("listening on {addr}"))
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("listening on {addr}"))
 }
 
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     let registry = Arc::new(metrics::registry(shared.clone()));
     let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
-        let Ok(permit) = permits.clone().acquire_owned().await else { return };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
         let (shared, registry) = (shared.clone(), registry.clone());
         tokio::spawn(async move {
             if let Err(e) = handle(stream, &shared, &registry).await {
@@ -43,7 +49,11 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     }
 }
 
-async fn handle(mut stream: TcpStream, shared: &Shared, registry: &Registry) -> std::io::Result<()> {
+async fn handle(
+    mut stream: TcpStream,
+    shared: &Shared,
+    registry: &Registry,
+) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(1024);
     let head_end = tokio::time::timeout(READ_TIMEOUT, async {
         let mut chunk = [0u8; 1024];
@@ -73,17 +83,24 @@ async fn handle(mut stream: TcpStream, shared: &Shared, registry: &Registry) -> 
 
 fn route(head: &str, shared: &Shared, registry: &Registry) -> Vec<u8> {
     let mut parts = head.lines().next().unwrap_or_default().split(' ');
-    let (method, target) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
+    let (method, target) = (
+        parts.next().unwrap_or_default(),
+        parts.next().unwrap_or_default(),
+    );
     if method != "GET" && method != "HEAD" {
         return reply(405, "text/plain", "only GET\n");
     }
     let path = target.split('?').next().unwrap_or_default();
     match path {
-        "/metrics" => reply(200, "text/plain; version=0.0.4; charset=utf-8", &metrics::render(registry)),
+        "/metrics" => reply(200, metrics::CONTENT_TYPE, &metrics::render(registry)),
         "/healthz" => reply(200, "text/plain", "ok\n"),
         "/readyz" if shared.ready.load(Ordering::Relaxed) => reply(200, "text/plain", "ready\n"),
         "/readyz" => reply(503, "text/plain", "not ready\n"),
-        "/" => reply(200, "text/plain", "gostray: see /metrics, /healthz, /readyz\n"),
+        "/" => reply(
+            200,
+            "text/plain",
+            "gostray: see /metrics, /healthz, /readyz\n",
+        ),
         _ => reply(404, "text/plain", "not found\n"),
     }
 }

@@ -10,8 +10,9 @@ pub const MAP_EVENTS: &str = "EVENTS";
 pub const MAP_TARGETS: &str = "TARGETS";
 /// Name of the per-CPU array of [`ProbeErrorKind`] counters.
 pub const MAP_ERRORS: &str = "ERRORS";
-/// Name of the global that gates kernel-side aya-log output.
-pub const GLOBAL_LOG_LEVEL: &str = "LOG_LEVEL";
+/// Name of aya-log-ebpf's global that gates kernel-side log output; the
+/// agent sets it at load time (0 = off, 1 = error … 5 = trace).
+pub const GLOBAL_LOG_LEVEL: &str = "AYA_LOG_LEVEL";
 
 /// Program fired at the call to `runtime.runqput` inside `runtime.newproc.func1`.
 pub const PROG_GOROUTINE_CREATE: &str = "goroutine_create";

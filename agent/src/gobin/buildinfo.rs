@@ -48,18 +48,25 @@ impl GoVersion {
         let major = nums.next()??;
         let minor = nums.next()??;
         let patch = nums.next().flatten().unwrap_or(0);
-        Some(Self { major, minor, patch })
+        Some(Self {
+            major,
+            minor,
+            patch,
+        })
     }
 }
 
 /// Reads the Go version from a parsed ELF file.
 pub fn read_version(file: &object::File) -> Result<GoVersion, GoBinError> {
-    let section = file.section_by_name(".go.buildinfo").ok_or(GoBinError::NotGo)?;
+    let section = file
+        .section_by_name(".go.buildinfo")
+        .ok_or(GoBinError::NotGo)?;
     let data = section
         .data()
         .map_err(|e| GoBinError::BuildInfo(e.to_string()))?;
     let raw = version_string(data)?;
-    GoVersion::parse(&raw).ok_or_else(|| GoBinError::BuildInfo(format!("unparsable version {raw:?}")))
+    GoVersion::parse(&raw)
+        .ok_or_else(|| GoBinError::BuildInfo(format!("unparsable version {raw:?}")))
 }
 
 /// The raw version string from `.go.buildinfo` bytes.
@@ -69,7 +76,9 @@ pub fn version_string(data: &[u8]) -> Result<String, GoBinError> {
         return Err(bad("missing magic"));
     }
     if data[15] & FLAG_INLINE == 0 {
-        return Err(bad("pre-Go 1.18 pointer format (Go older than 1.18 is not supported)"));
+        return Err(bad(
+            "pre-Go 1.18 pointer format (Go older than 1.18 is not supported)",
+        ));
     }
     let (len, used) = uvarint(&data[32..]).ok_or_else(|| bad("truncated version length"))?;
     if len == 0 || len > MAX_VERSION_LEN {
@@ -102,11 +111,29 @@ mod tests {
 
     #[test]
     fn parses_release_and_rc_versions() {
-        assert_eq!(GoVersion::parse("go1.24.3"), Some(GoVersion { major: 1, minor: 24, patch: 3 }));
-        assert_eq!(GoVersion::parse("go1.21rc2"), Some(GoVersion { major: 1, minor: 21, patch: 0 }));
+        assert_eq!(
+            GoVersion::parse("go1.24.3"),
+            Some(GoVersion {
+                major: 1,
+                minor: 24,
+                patch: 3
+            })
+        );
+        assert_eq!(
+            GoVersion::parse("go1.21rc2"),
+            Some(GoVersion {
+                major: 1,
+                minor: 21,
+                patch: 0
+            })
+        );
         assert_eq!(
             GoVersion::parse("go1.27.1 X:nodwarf5"),
-            Some(GoVersion { major: 1, minor: 27, patch: 1 })
+            Some(GoVersion {
+                major: 1,
+                minor: 27,
+                patch: 1
+            })
         );
         assert_eq!(GoVersion::parse("devel"), None);
         assert!(GoVersion::parse("go1.16.9").unwrap() < MIN_SUPPORTED);
@@ -130,13 +157,19 @@ mod tests {
     fn rejects_truncated_and_lying_sections() {
         let full = section("go1.19.8");
         for cut in 0..full.len() {
-            assert!(version_string(&full[..cut]).is_err(), "accepted {cut} bytes");
+            assert!(
+                version_string(&full[..cut]).is_err(),
+                "accepted {cut} bytes"
+            );
         }
         let mut lying = full.clone();
         lying[32] = 0x7f; // claims 127 bytes that are not there
         assert!(version_string(&lying).is_err());
         let mut old = full;
         old[15] = 0;
-        assert!(version_string(&old).unwrap_err().to_string().contains("1.18"));
+        assert!(version_string(&old)
+            .unwrap_err()
+            .to_string()
+            .contains("1.18"));
     }
 }

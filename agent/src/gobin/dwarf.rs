@@ -51,7 +51,10 @@ pub fn g_offsets(file: &object::File) -> Result<GOffsets, String> {
 
 /// The (name, offset) members of the struct type named `wanted`, or `None`
 /// when the DWARF has no such type.
-fn struct_members(dwarf: &gimli::Dwarf<Reader>, wanted: &str) -> Result<Option<Vec<(String, u32)>>, String> {
+fn struct_members(
+    dwarf: &gimli::Dwarf<Reader>,
+    wanted: &str,
+) -> Result<Option<Vec<(String, u32)>>, String> {
     let err = |e: gimli::Error| format!("DWARF: {e}");
     let mut units = dwarf.units();
     while let Some(header) = units.next().map_err(err)? {
@@ -78,7 +81,9 @@ fn struct_members(dwarf: &gimli::Dwarf<Reader>, wanted: &str) -> Result<Option<V
                 }
                 let (Some(name), Some(loc)) = (
                     member.attr_value(gimli::DW_AT_name).map_err(err)?,
-                    member.attr_value(gimli::DW_AT_data_member_location).map_err(err)?,
+                    member
+                        .attr_value(gimli::DW_AT_data_member_location)
+                        .map_err(err)?,
                 ) else {
                     continue;
                 };
@@ -92,7 +97,8 @@ fn struct_members(dwarf: &gimli::Dwarf<Reader>, wanted: &str) -> Result<Option<V
                     AttributeValue::Sdata(v) if v >= 0 => v as u64,
                     _ => continue,
                 };
-                let offset = u32::try_from(offset).map_err(|_| format!("{wanted} member offset {offset} too large"))?;
+                let offset = u32::try_from(offset)
+                    .map_err(|_| format!("{wanted} member offset {offset} too large"))?;
                 members.push((String::from_utf8_lossy(name.slice()).into_owned(), offset));
             }
             if !members.is_empty() {

@@ -16,7 +16,10 @@ pub struct Symbol {
 pub fn function_and_data_symbols<'a>(file: &'a object::File<'a>) -> SymbolTable<'a> {
     let mut table = SymbolTable::new();
     for sym in file.symbols() {
-        if !matches!(sym.kind(), SymbolKind::Text | SymbolKind::Data | SymbolKind::Unknown) {
+        if !matches!(
+            sym.kind(),
+            SymbolKind::Text | SymbolKind::Data | SymbolKind::Unknown
+        ) {
             continue;
         }
         let Ok(name) = sym.name() else { continue };

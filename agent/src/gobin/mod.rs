@@ -31,7 +31,9 @@ pub enum GoBinError {
     NotGo,
     #[error("unsupported architecture {0}: only x86-64 is supported so far")]
     Arch(String),
-    #[error("built with {found}, older than {min}, which lacks the register ABI the probes rely on")]
+    #[error(
+        "built with {found}, older than {min}, which lacks the register ABI the probes rely on"
+    )]
     TooOld { found: GoVersion, min: GoVersion },
     #[error("malformed Go build info: {0}")]
     BuildInfo(String),
@@ -97,7 +99,12 @@ impl GoBinary {
             });
         }
         let symbols = elf::function_and_data_symbols(&file);
-        let sym = |name: &'static str| symbols.get(name).copied().ok_or(GoBinError::MissingSymbol(name));
+        let sym = |name: &'static str| {
+            symbols
+                .get(name)
+                .copied()
+                .ok_or(GoBinError::MissingSymbol(name))
+        };
         let offsets = dwarf::g_offsets(&file).map_err(GoBinError::Dwarf)?;
 
         let newproc = sym(SYM_NEWPROC_FUNC1)?;

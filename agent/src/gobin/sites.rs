@@ -6,7 +6,10 @@
 //! by decoding the function. This is the amd64 part; arm64 will sit behind
 //! the same two functions.
 
-use iced_x86::{Code, Decoder, DecoderOptions, Instruction, InstructionInfoFactory, Mnemonic, OpAccess, Register};
+use iced_x86::{
+    Code, Decoder, DecoderOptions, Instruction, InstructionInfoFactory, Mnemonic, OpAccess,
+    Register,
+};
 
 /// How the kernel will execute the probed instruction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -98,11 +101,22 @@ pub fn entry_site(address: u64, code: &[u8], live_args: &[usize]) -> Result<Prob
         }
         let clobbers = info.info(&instr).used_registers().iter().any(|used| {
             watched.contains(&used.register().full_register())
-                && matches!(used.access(), OpAccess::Write | OpAccess::ReadWrite | OpAccess::CondWrite | OpAccess::ReadCondWrite)
+                && matches!(
+                    used.access(),
+                    OpAccess::Write
+                        | OpAccess::ReadWrite
+                        | OpAccess::CondWrite
+                        | OpAccess::ReadCondWrite
+                )
         });
         // A branch leaves the straight-line prologue: stop looking past it
         // unless it is the stack-check `jbe` that falls through.
-        if clobbers || matches!(instr.mnemonic(), Mnemonic::Call | Mnemonic::Jmp | Mnemonic::Ret) {
+        if clobbers
+            || matches!(
+                instr.mnemonic(),
+                Mnemonic::Call | Mnemonic::Jmp | Mnemonic::Ret
+            )
+        {
             break;
         }
     }
@@ -116,7 +130,9 @@ mod tests {
     // cmp rsp,[r14+0x10]; jbe +0x20; push rbp; mov rbp,rsp
     const GO121_PROLOGUE: &[u8] = &[0x49, 0x3b, 0x66, 0x10, 0x76, 0x20, 0x55, 0x48, 0x89, 0xe5];
     // cmp rsp,[r14+0x10]; jbe +0x20; sub rsp,0x28; mov [rsp+0x20],rbp
-    const GO119_PROLOGUE: &[u8] = &[0x49, 0x3b, 0x66, 0x10, 0x76, 0x20, 0x48, 0x83, 0xec, 0x28, 0x48, 0x89, 0x6c, 0x24, 0x20];
+    const GO119_PROLOGUE: &[u8] = &[
+        0x49, 0x3b, 0x66, 0x10, 0x76, 0x20, 0x48, 0x83, 0xec, 0x28, 0x48, 0x89, 0x6c, 0x24, 0x20,
+    ];
 
     #[test]
     fn prefers_push_rbp_after_stack_check() {
@@ -136,7 +152,10 @@ mod tests {
         let code = [0x48, 0x89, 0xd8, 0x55];
         assert!(entry_site(0x1000, &code, &[0]).is_err());
         // ... but RCX is not touched, so the push is fine when only RCX matters.
-        assert_eq!(entry_site(0x1000, &code, &[2]).unwrap().kind, SiteKind::Push);
+        assert_eq!(
+            entry_site(0x1000, &code, &[2]).unwrap().kind,
+            SiteKind::Push
+        );
     }
 
     #[test]

@@ -34,7 +34,8 @@ impl Tracker {
     /// Starts tracking `pid`. Events for it are accepted from now on; the
     /// first [`Tracker::merge_scan`] completes the picture.
     pub fn add_process(&mut self, pid: u32, info: ProcessInfo) {
-        self.procs.insert(pid, ProcessState::new(info, self.max_goroutines));
+        self.procs
+            .insert(pid, ProcessState::new(info, self.max_goroutines));
     }
 
     /// Forgets `pid` and everything about it (its metric series go with it).
@@ -42,6 +43,7 @@ impl Tracker {
         self.procs.remove(&pid)
     }
 
+    #[cfg(test)]
     pub fn process(&self, pid: u32) -> Option<&ProcessState> {
         self.procs.get(&pid)
     }
@@ -50,13 +52,12 @@ impl Tracker {
         self.procs.iter().map(|(&pid, p)| (pid, p))
     }
 
-    pub fn pids(&self) -> Vec<u32> {
-        self.procs.keys().copied().collect()
-    }
-
     /// Applies one decoded ring-buffer event.
     pub fn apply(&mut self, event: &GoroutineEvent) {
-        let (Some(kind), Some(proc)) = (EventKind::from_u32(event.kind), self.procs.get_mut(&event.pid)) else {
+        let (Some(kind), Some(proc)) = (
+            EventKind::from_u32(event.kind),
+            self.procs.get_mut(&event.pid),
+        ) else {
             self.stray_events += 1;
             return;
         };

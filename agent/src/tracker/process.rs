@@ -71,10 +71,12 @@ impl ProcessState {
         self.live.len() as u64 + self.untracked
     }
 
+    #[cfg(test)]
     pub fn goroutine(&self, goid: u64) -> Option<&Goroutine> {
         self.live.get(&goid)
     }
 
+    #[cfg(test)]
     pub fn is_ready(&self) -> bool {
         self.phase == Phase::Ready
     }

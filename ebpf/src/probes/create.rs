@@ -11,7 +11,7 @@ use crate::goabi;
 /// Checked on Go 1.19, 1.24, 1.27 (amd64).
 #[uprobe]
 pub fn goroutine_create(ctx: ProbeContext) -> u32 {
-    finish(try_goroutine_create(&ctx))
+    finish(&ctx, try_goroutine_create(&ctx))
 }
 
 fn try_goroutine_create(ctx: &ProbeContext) -> Result<(), ProbeError> {

@@ -10,7 +10,7 @@ use crate::goabi;
 /// Checked on Go 1.19, 1.24, 1.27 (amd64).
 #[uprobe]
 pub fn goroutine_exit(ctx: ProbeContext) -> u32 {
-    finish(try_goroutine_exit(&ctx))
+    finish(&ctx, try_goroutine_exit(&ctx))
 }
 
 fn try_goroutine_exit(ctx: &ProbeContext) -> Result<(), ProbeError> {

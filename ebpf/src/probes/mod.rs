@@ -3,10 +3,12 @@
 mod create;
 mod exit;
 
+use aya_ebpf::programs::ProbeContext;
 use aya_ebpf::{
     bindings::BPF_RB_NO_WAKEUP,
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
 };
+use aya_log_ebpf::debug;
 use core::intrinsics::{atomic_xadd, AtomicOrdering};
 use gostray_common::{GoroutineEvent, ProbeErrorKind, ProcConfig};
 
@@ -40,7 +42,10 @@ fn read_u64(base: u64, offset: u32) -> Result<u64, ProbeError> {
 fn submit(cfg: *mut ProcConfig, mut event: GoroutineEvent) -> Result<(), ProbeError> {
     // SAFETY: a helper call with no arguments.
     event.ktime_ns = unsafe { bpf_ktime_get_ns() };
-    if EVENTS.output::<GoroutineEvent>(&event, u64::from(BPF_RB_NO_WAKEUP)).is_err() {
+    if EVENTS
+        .output::<GoroutineEvent>(&event, u64::from(BPF_RB_NO_WAKEUP))
+        .is_err()
+    {
         // SAFETY: `cfg` points into a TARGETS value. The BPF target has no
         // `AtomicU64::fetch_add`; this intrinsic lowers to BPF_ATOMIC add.
         unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*cfg).lost, 1) };
@@ -50,8 +55,10 @@ fn submit(cfg: *mut ProcConfig, mut event: GoroutineEvent) -> Result<(), ProbeEr
 }
 
 /// Turns a probe result into the program's return value, counting failures.
+/// The log line is on the failure path only, and compiled out of the
+/// program's work unless the agent loads it with `--kernel-log debug`.
 #[inline(always)]
-fn finish(result: Result<(), ProbeError>) -> u32 {
+fn finish(ctx: &ProbeContext, result: Result<(), ProbeError>) -> u32 {
     if let Err(err) = result {
         let kind = match err {
             ProbeError::ReadUser => ProbeErrorKind::ReadUser,
@@ -61,6 +68,7 @@ fn finish(result: Result<(), ProbeError>) -> u32 {
             // SAFETY: a per-CPU slot is only touched by this CPU.
             unsafe { *slot += 1 };
         }
+        debug!(ctx, "probe error kind={}", kind as u32);
     }
     0
 }

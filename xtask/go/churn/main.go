@@ -5,8 +5,12 @@
 package main
 
 import (
+	"bufio"
 	"flag"
 	"fmt"
+	"io"
+	"os"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -15,7 +19,16 @@ import (
 func main() {
 	batch := flag.Int("batch", 2000, "goroutines per 10 ms tick")
 	ticks := flag.Int("ticks", 500, "number of ticks (0: run forever)")
+	hold := flag.Bool("hold", false, "after the last tick, print the totals and wait for stdin to close")
+	wait := flag.Bool("wait", false, "print \"ready\" and wait for a line on stdin before starting")
 	flag.Parse()
+	in := bufio.NewReader(os.Stdin)
+	if *wait {
+		// Start the GC's workers now so that only our goroutines are created later.
+		runtime.GC()
+		fmt.Println("ready")
+		in.ReadString('\n')
+	}
 	var sum, created atomic.Int64
 	tick := time.NewTicker(10 * time.Millisecond)
 	defer tick.Stop()
@@ -36,4 +49,9 @@ func main() {
 		}
 	}
 	fmt.Printf("total %d checksum %d\n", created.Load(), sum.Load())
+	if *hold {
+		time.Sleep(50 * time.Millisecond) // let the last batch reach goexit
+		fmt.Printf("numgoroutine %d\n", runtime.NumGoroutine())
+		io.Copy(io.Discard, in)
+	}
 }

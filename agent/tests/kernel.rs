@@ -1,0 +1,182 @@
+//! Kernel tests: real probes on real Go programs. They need root and the
+//! fixtures that `cargo xtask test` builds; under CI=true they fail rather
+//! than skip when they cannot run.
+
+mod support;
+
+use std::{process::Command, time::Duration};
+
+use support::{Agent, KernelEnv, Proc};
+
+const SETTLE: Duration = Duration::from_secs(10);
+
+/// Spawns known numbers of goroutines in a Go program and checks the
+/// agent's created/exited/live counts exactly.
+fn exact_counts(go_line: &str) {
+    let Some(env) = KernelEnv::get() else { return };
+    let mut spawner = Proc::spawn(&mut Command::new(env.fixture("spawner", go_line)));
+    assert_eq!(spawner.line(), "ready");
+    let pid = spawner.pid();
+    let agent = Agent::start(&["--pid", &pid.to_string()]);
+
+    let before = agent.metrics();
+    let (created0, exited0, live0) = before.counts(pid);
+    assert_eq!(
+        (created0, exited0),
+        (0, 0),
+        "nothing created yet:\n{}",
+        before.0
+    );
+    // The memory scan at attach found the goroutines that predate us:
+    // main and the runtime's own (at least the GC workers started by runtime.GC()).
+    assert!(live0 >= 3, "scan at attach found only {live0} goroutines");
+
+    let mut expected = (0, 0, live0);
+    for (exiting, blocking) in [(500, 50), (300, 0), (0, 25)] {
+        spawner.send(&format!("spawn {exiting} {blocking}"));
+        spawner.expect_line("done");
+        expected = (
+            expected.0 + exiting + blocking,
+            expected.1 + exiting,
+            expected.2 + blocking,
+        );
+        let m = agent.metrics_until(SETTLE, |m| m.counts(pid) == expected);
+        assert_eq!(
+            m.counts(pid),
+            expected,
+            "Go {go_line}: (created, exited, live) after spawn {exiting} {blocking}"
+        );
+        assert_eq!(m.for_pid("gostray_events_lost_total", pid), Some(0));
+    }
+}
+
+#[test]
+fn exact_counts_go_1_19() {
+    exact_counts("1.19");
+}
+
+#[test]
+fn exact_counts_go_1_24() {
+    exact_counts("1.24");
+}
+
+#[test]
+fn exact_counts_go_1_27() {
+    exact_counts("1.27");
+}
+
+/// 2000 short goroutines every 10 ms: the agent's counts follow the program
+/// exactly, no event is lost, and the program's output is unchanged.
+#[test]
+fn churn_is_counted_exactly_and_output_is_unchanged() {
+    let Some(env) = KernelEnv::get() else { return };
+    let (batch, ticks) = (2000u64, 200u64);
+    let binary = env.fixture("churn", "1.27");
+    let mut churn =
+        Proc::spawn(Command::new(&binary).args(["-wait", "-hold", "-ticks", &ticks.to_string()]));
+    assert_eq!(churn.line(), "ready");
+    let pid = churn.pid();
+    let agent = Agent::start(&["--pid", &pid.to_string()]);
+    let (_, _, live0) = agent.metrics().counts(pid);
+
+    churn.send("go");
+    // While it runs, the created count rises with the program's own.
+    let progress = churn.expect_line("created ");
+    let m = agent.metrics();
+    let (created_mid, _, _) = m.counts(pid);
+    assert!(
+        created_mid > 0,
+        "{progress}: agent saw nothing yet:\n{}",
+        m.0
+    );
+
+    let total_line = churn.expect_line("total ");
+    let expected_sum: u64 = (0..batch).sum::<u64>() * ticks;
+    assert_eq!(
+        total_line,
+        format!("total {} checksum {expected_sum}", batch * ticks)
+    );
+    let live_true: u64 = churn
+        .expect_line("numgoroutine ")
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+
+    let created = batch * ticks;
+    let m = agent.metrics_until(SETTLE, |m| {
+        m.counts(pid).0 == created && m.counts(pid).1 == created
+    });
+    let (c, e, live) = m.counts(pid);
+    assert_eq!((c, e), (created, created), "created/exited");
+    assert_eq!(m.for_pid("gostray_events_lost_total", pid), Some(0));
+    // Back to where it started: the main goroutine plus the runtime's own.
+    assert_eq!(live, live0, "live goroutines after the churn");
+    assert!(
+        live >= live_true,
+        "agent's {live} below runtime.NumGoroutine() = {live_true}"
+    );
+
+    // The same program without the agent prints the same thing.
+    drop(agent);
+    let bare = Command::new(&binary)
+        .args(["-ticks", &ticks.to_string()])
+        .output()
+        .unwrap();
+    let bare = String::from_utf8(bare.stdout).unwrap();
+    assert!(
+        bare.ends_with(&format!("{total_line}\n")),
+        "bare run printed {bare}"
+    );
+}
+
+/// `--binary`: processes started after the agent are found and attached,
+/// and their series vanish when they exit.
+#[test]
+fn binary_mode_attaches_later_processes_and_forgets_exited_ones() {
+    let Some(env) = KernelEnv::get() else { return };
+    let binary = env.fixture("spawner", "1.24");
+    let agent = Agent::start(&[
+        "--binary",
+        binary.to_str().unwrap(),
+        "--rescan-interval",
+        "200ms",
+    ]);
+    let mut spawner = Proc::spawn(&mut Command::new(&binary));
+    assert_eq!(spawner.line(), "ready");
+    let pid = spawner.pid();
+    let m = agent.metrics_until(SETTLE, |m| m.for_pid("gostray_goroutines", pid).is_some());
+    let (_, _, live0) = m.counts(pid);
+    assert!(live0 > 0, "process {pid} not attached:\n{}", m.0);
+
+    spawner.send("spawn 100 10");
+    spawner.expect_line("done");
+    let m = agent.metrics_until(SETTLE, |m| m.counts(pid) == (110, 100, live0 + 10));
+    assert_eq!(m.counts(pid), (110, 100, live0 + 10));
+
+    spawner.send("quit");
+    let _ = spawner.child.wait();
+    let m = agent.metrics_until(SETTLE, |m| m.for_pid("gostray_goroutines", pid).is_none());
+    assert!(
+        m.for_pid("gostray_goroutines", pid).is_none(),
+        "stale series:\n{}",
+        m.0
+    );
+}
+
+/// SIGTERM detaches within a couple of seconds and the target keeps running.
+#[test]
+fn sigterm_detaches_and_target_survives() {
+    let Some(env) = KernelEnv::get() else { return };
+    let mut spawner = Proc::spawn(&mut Command::new(env.fixture("spawner", "1.27")));
+    assert_eq!(spawner.line(), "ready");
+    let mut agent = Agent::start(&["--pid", &spawner.pid().to_string()]);
+    let status = agent
+        .proc
+        .terminate(Duration::from_secs(3))
+        .expect("agent stopped within 3 s");
+    assert!(status.success(), "agent exit status {status}");
+    spawner.send("spawn 1000 0");
+    assert!(spawner.expect_line("done").starts_with("done"));
+}

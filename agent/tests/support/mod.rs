@@ -1,0 +1,225 @@
+//! Shared by the kernel tests: the environment check, process guards, and
+//! reading /metrics.
+#![allow(dead_code)]
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::{TcpListener, TcpStream},
+    path::PathBuf,
+    process::{Child, ChildStdin, ChildStdout, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+/// What a kernel test needs: root and the fixtures built by `cargo xtask test`.
+pub struct KernelEnv {
+    pub fixtures: PathBuf,
+}
+
+impl KernelEnv {
+    /// Returns `None` (after saying so loudly) when kernel tests cannot run
+    /// here. Under CI=true that is a failure, never a skip.
+    pub fn get() -> Option<Self> {
+        let why = if !is_root() {
+            "not running as root"
+        } else if std::env::var_os("GOSTRAY_FIXTURES").is_none() {
+            "GOSTRAY_FIXTURES is not set (run through `cargo xtask test`)"
+        } else {
+            return Some(Self {
+                fixtures: PathBuf::from(std::env::var_os("GOSTRAY_FIXTURES").unwrap()),
+            });
+        };
+        let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+        assert!(!ci, "kernel test cannot run under CI: {why}");
+        eprintln!("SKIPPED kernel test: {why}; run `cargo xtask test` as root");
+        None
+    }
+
+    /// The fixture `name` built with Go `line`.
+    pub fn fixture(&self, name: &str, line: &str) -> PathBuf {
+        let path = self.fixtures.join(format!("{name}-{line}"));
+        assert!(
+            path.exists(),
+            "fixture {} missing: run `cargo xtask test`",
+            path.display()
+        );
+        path
+    }
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// A child process killed (SIGTERM, then SIGKILL) when dropped.
+pub struct Proc {
+    pub child: Child,
+    pub stdin: Option<ChildStdin>,
+    stdout: Option<BufReader<ChildStdout>>,
+}
+
+impl Proc {
+    /// Starts `cmd` with piped stdin and stdout.
+    pub fn spawn(cmd: &mut Command) -> Self {
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"));
+        Self {
+            stdin: child.stdin.take(),
+            stdout: child.stdout.take().map(BufReader::new),
+            child,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn send(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        writeln!(stdin, "{line}").expect("write to fixture");
+        stdin.flush().expect("flush");
+    }
+
+    /// The next stdout line.
+    pub fn line(&mut self) -> String {
+        let mut s = String::new();
+        self.stdout
+            .as_mut()
+            .expect("stdout piped")
+            .read_line(&mut s)
+            .expect("read fixture stdout");
+        assert!(!s.is_empty(), "fixture closed its stdout");
+        s.trim_end().to_string()
+    }
+
+    /// Reads lines until one starts with `prefix`; returns it.
+    pub fn expect_line(&mut self, prefix: &str) -> String {
+        loop {
+            let l = self.line();
+            if l.starts_with(prefix) {
+                return l;
+            }
+        }
+    }
+
+    /// Sends SIGTERM and waits up to `within` for the exit status.
+    pub fn terminate(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if self.terminate(Duration::from_secs(3)).is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The agent under test, serving on a free loopback port.
+pub struct Agent {
+    pub proc: Proc,
+    pub port: u16,
+}
+
+impl Agent {
+    /// Starts `gostray run <args>` and waits until /readyz says ready.
+    pub fn start(args: &[&str]) -> Self {
+        let port = free_port();
+        let listen = format!("127.0.0.1:{port}");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_gostray"));
+        cmd.arg("run").args(args).args(["--listen", &listen]);
+        let mut agent = Self {
+            proc: Proc::spawn(&mut cmd),
+            port,
+        };
+        agent.wait_ready(Duration::from_secs(30));
+        agent
+    }
+
+    fn wait_ready(&mut self, within: Duration) {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.proc.child.try_wait() {
+                panic!("agent exited before ready: {status}");
+            }
+            if http_get(self.port, "/readyz").is_some_and(|r| r.starts_with("HTTP/1.1 200")) {
+                return;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        panic!("agent not ready within {within:?}");
+    }
+
+    pub fn metrics(&self) -> Metrics {
+        Metrics(http_get(self.port, "/metrics").expect("scrape /metrics"))
+    }
+
+    /// Polls /metrics until `ok` holds, returning the last scrape either way.
+    pub fn metrics_until(&self, within: Duration, ok: impl Fn(&Metrics) -> bool) -> Metrics {
+        let deadline = Instant::now() + within;
+        loop {
+            let m = self.metrics();
+            if ok(&m) || Instant::now() >= deadline {
+                return m;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// One scrape of /metrics.
+pub struct Metrics(pub String);
+
+impl Metrics {
+    /// The value of `name` for process `pid`, if that series exists.
+    pub fn for_pid(&self, name: &str, pid: u32) -> Option<u64> {
+        let needle = format!("pid=\"{pid}\"");
+        self.0
+            .lines()
+            .filter(|l| l.starts_with(&format!("{name}{{")) && l.contains(&needle))
+            .find_map(|l| l.rsplit(' ').next()?.parse().ok())
+    }
+
+    /// (created, exited, live) for `pid`, zeros where absent.
+    pub fn counts(&self, pid: u32) -> (u64, u64, u64) {
+        let get = |n| self.for_pid(n, pid).unwrap_or(0);
+        (
+            get("gostray_goroutines_created_total"),
+            get("gostray_goroutines_exited_total"),
+            get("gostray_goroutines"),
+        )
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A GET request; the whole response, or `None` if nothing answered.
+pub fn http_get(port: u16, path: &str) -> Option<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out)
+}

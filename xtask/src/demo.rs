@@ -1,0 +1,118 @@
+//! `cargo xtask demo`: a leaking Go service under the agent, live.
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpStream},
+    process::{Child, Command},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context};
+
+use crate::{build, tools, util};
+
+#[derive(clap::Args)]
+pub struct DemoArgs {
+    /// Where the agent serves /metrics.
+    #[arg(long, default_value = "127.0.0.1:9981")]
+    listen: SocketAddr,
+    /// Stop after this many seconds (default: until Ctrl-C).
+    #[arg(long)]
+    seconds: Option<u64>,
+}
+
+/// Kills a child process when dropped.
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        // SIGTERM first so the agent detaches cleanly.
+        let _ = Command::new("kill").arg(self.0.id().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            if matches!(self.0.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn demo(args: &DemoArgs) -> anyhow::Result<()> {
+    if !util::is_root() {
+        bail!("the demo attaches eBPF probes: run it as root (sudo -E cargo xtask demo), or grant CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE");
+    }
+    let agent = build::build_agent(true)?;
+    let fixtures = build::build_fixtures(&[tools::GO_NEWEST], &["demo"])?;
+    let demo = fixtures.join(format!("demo-{}", tools::GO_NEWEST.line));
+
+    let service = Guard(
+        Command::new(&demo)
+            .spawn()
+            .context("starting the demo service")?,
+    );
+    let pid = service.0.id();
+    let _agent = Guard(
+        Command::new(&agent)
+            .args([
+                "run",
+                "--pid",
+                &pid.to_string(),
+                "--listen",
+                &args.listen.to_string(),
+            ])
+            .spawn()
+            .context("starting the agent")?,
+    );
+    eprintln!(
+        "==> demo service PID {pid}; agent metrics at http://{}/metrics (Ctrl-C to stop)",
+        args.listen
+    );
+    let started = Instant::now();
+    loop {
+        thread::sleep(Duration::from_secs(2));
+        if args
+            .seconds
+            .is_some_and(|s| started.elapsed() >= Duration::from_secs(s))
+        {
+            return Ok(());
+        }
+        match scrape(args.listen) {
+            Ok(text) => {
+                let value = |name: &str| sample(&text, name).map_or("?".into(), |v| v.to_string());
+                println!(
+                    "[{:>4}s] demo goroutines live: {:>5}   created: {:>6}   exited: {:>6}   events lost: {}",
+                    started.elapsed().as_secs(),
+                    value("gostray_goroutines{"),
+                    value("gostray_goroutines_created_total{"),
+                    value("gostray_goroutines_exited_total{"),
+                    value("gostray_events_lost_total{"),
+                );
+            }
+            Err(e) => println!(
+                "[{:>4}s] agent not answering yet: {e}",
+                started.elapsed().as_secs()
+            ),
+        }
+    }
+}
+
+/// GETs /metrics.
+fn scrape(addr: SocketAddr) -> anyhow::Result<String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out)
+}
+
+/// The first sample whose line starts with `prefix`.
+fn sample(text: &str, prefix: &str) -> Option<u64> {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
