@@ -1,11 +1,12 @@
-//! The running agent: attaches to targets, drains events, notices exits.
+//! The running agent: attaches to targets, drains events, scans goroutine
+//! tables, draws verdicts, notices exits.
 //!
 //! Two threads: the control loop owns the kernel handles (attach, watch,
-//! detach, rescan); the drain thread owns the ring buffer. Both feed the
-//! shared tracker that the HTTP server reads.
+//! detach, rescan, memory scans); the drain thread owns the ring buffer.
+//! Both feed the shared tracker that the HTTP server reads.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     path::PathBuf,
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -20,18 +21,23 @@ use aya::maps::{MapData, RingBuf};
 
 use crate::{
     config::RunArgs,
-    gobin::{GoBinError, GoBinary},
+    gobin::GoBinError,
     kernel::Kernel,
     procfs::{self, FileId},
     scan,
     state::Shared,
-    tracker::{decode_event, ProcessInfo},
+    target::{ProcSymbols, Target},
+    tracker::{decode_event, waitclass::WaitClass, ProcessInfo},
 };
 
 /// A process being watched.
 struct Watched {
     start_time: u64,
     file: FileId,
+    bias: u64,
+    target: Arc<Target>,
+    /// The runtime's wait reason names, read once at attach.
+    reasons: Arc<Vec<String>>,
 }
 
 /// The control loop's state.
@@ -40,12 +46,15 @@ pub struct Agent {
     shared: Arc<Shared>,
     /// Analysed executables by file identity: a hundred processes of one
     /// binary cost one parse.
-    binaries: HashMap<FileId, Arc<GoBinary>>,
+    binaries: HashMap<FileId, Arc<Target>>,
     /// Executables that are not watchable, so they are not parsed again.
     rejected: HashMap<FileId, String>,
     watched: HashMap<u32, Watched>,
     /// `--binary` targets, by file identity.
     binary_targets: Vec<(PathBuf, FileId)>,
+    leak_after: Duration,
+    scan_every: Duration,
+    last_scan: Option<Instant>,
 }
 
 /// Checks the targets named on the command line before anything is loaded,
@@ -54,7 +63,7 @@ pub fn validate_targets(args: &RunArgs) -> anyhow::Result<Vec<(PathBuf, FileId)>
     let mut binary_targets = Vec::new();
     for path in &args.binaries {
         let file = FileId::of(path).with_context(|| format!("binary {}", path.display()))?;
-        GoBinary::open(path).with_context(|| format!("{}", path.display()))?;
+        crate::gobin::GoBinary::open(path).with_context(|| format!("{}", path.display()))?;
         binary_targets.push((path.clone(), file));
     }
     for &pid in &args.pids {
@@ -76,10 +85,21 @@ fn failure_reason(err: &anyhow::Error) -> &'static str {
     }
 }
 
+/// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into `ts`, which outlives the call.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 impl Agent {
     /// Loads the probes and attaches to every target named on the command
-    /// line (checked first by [`validate_targets`]). A target that cannot be watched is an error here: the user
-    /// asked for it by name.
+    /// line (checked first by [`validate_targets`]). A target that cannot be
+    /// watched is an error here: the user asked for it by name.
     pub fn start(
         args: &RunArgs,
         binary_targets: Vec<(PathBuf, FileId)>,
@@ -93,6 +113,9 @@ impl Agent {
             rejected: HashMap::new(),
             watched: HashMap::new(),
             binary_targets,
+            leak_after: args.leak_after,
+            scan_every: args.scan_interval,
+            last_scan: None,
         };
         for &pid in &args.pids {
             agent.attach(pid).with_context(|| format!("PID {pid}"))?;
@@ -102,6 +125,22 @@ impl Agent {
         Ok((agent, ring))
     }
 
+    fn target_for(&mut self, file: FileId, exe: &std::path::Path) -> anyhow::Result<Arc<Target>> {
+        if let Some(why) = self.rejected.get(&file) {
+            anyhow::bail!("{why}");
+        }
+        if let Some(t) = self.binaries.get(&file) {
+            return Ok(t.clone());
+        }
+        match Target::open(exe) {
+            Ok(t) => Ok(self.binaries.entry(file).or_insert(Arc::new(t)).clone()),
+            Err(e) => {
+                self.rejected.insert(file, e.to_string());
+                Err(e.into())
+            }
+        }
+    }
+
     /// Attaches to one process: analyse its executable (cached), attach the
     /// probes to that executable once, start the kernel's filter for the
     /// PID, then read its goroutine table so goroutines that predate us count.
@@ -109,20 +148,9 @@ impl Agent {
         let start_time = procfs::start_time(pid).context("process exited")?;
         let exe = procfs::exe_path(pid);
         let file = FileId::of(&exe).context("reading /proc/PID/exe")?;
-        if let Some(why) = self.rejected.get(&file) {
-            anyhow::bail!("{why}");
-        }
-        let bin = match self.binaries.get(&file) {
-            Some(bin) => bin.clone(),
-            None => match GoBinary::open(&exe) {
-                Ok(bin) => self.binaries.entry(file).or_insert(Arc::new(bin)).clone(),
-                Err(e) => {
-                    self.rejected.insert(file, e.to_string());
-                    return Err(e.into());
-                }
-            },
-        };
-        self.kernel.attach_binary(file, &exe, &bin)?;
+        let target = self.target_for(file, &exe)?;
+        self.kernel.attach_binary(file, &exe, &target)?;
+        let bin = &target.bin;
         let bias = if bin.pie {
             procfs::image_start(pid, file)?
                 .context("executable mapping not found in /proc/PID/maps")?
@@ -130,16 +158,26 @@ impl Agent {
         } else {
             0
         };
+        let reasons = target
+            .leak
+            .as_ref()
+            .and_then(|l| l.wait_reason_strings)
+            .map(|(addr, n)| scan::wait_reasons(pid, addr + bias, n).unwrap_or_default())
+            .unwrap_or_default();
+        let reasons = Arc::new(reasons);
         let info = ProcessInfo {
             exe: procfs::exe_name(pid).unwrap_or_default(),
             go_version: bin.version.to_string(),
         };
-        self.shared
-            .tracker
-            .lock()
-            .expect("tracker lock")
-            .add_process(pid, info);
-        if let Err(e) = self.kernel.watch(pid, &bin) {
+        {
+            let mut tracker = self.shared.tracker.lock().expect("tracker lock");
+            tracker.add_process(pid, info);
+            if let Some(p) = tracker.process_mut(pid) {
+                p.bias = bias;
+                p.wait_reasons = reasons.as_ref().clone();
+            }
+        }
+        if let Err(e) = self.kernel.watch(pid, &target) {
             self.shared
                 .tracker
                 .lock()
@@ -147,11 +185,10 @@ impl Agent {
                 .remove_process(pid);
             return Err(e);
         }
-        self.watched.insert(pid, Watched { start_time, file });
         let begun = Instant::now();
         // A failed scan still leaves the process watched: its counts are then
         // only those of events since attach.
-        let scanned = scan::scan(pid, &bin, bias).unwrap_or_else(|e| {
+        let scanned = scan::scan(pid, bin, None, bias, &|_| false).unwrap_or_else(|e| {
             tracing::warn!(pid, error = %e, "goroutine table scan failed");
             Vec::new()
         });
@@ -164,10 +201,21 @@ impl Agent {
             pid,
             go = %bin.version,
             goroutines = scanned.len(),
+            leak_probes = target.leak.as_ref().map_or(0, |l| l.block_sites.len() + 1 + l.send_closed_sites.len()),
             create_site = format_args!("{:#x} ({:?})", bin.create_site.address, bin.create_site.kind),
             exit_site = format_args!("{:#x} ({:?})", bin.exit_site.address, bin.exit_site.kind),
             scan_ms = begun.elapsed().as_secs_f64() * 1e3,
             "attached"
+        );
+        self.watched.insert(
+            pid,
+            Watched {
+                start_time,
+                file,
+                bias,
+                target,
+                reasons,
+            },
         );
         Ok(())
     }
@@ -229,6 +277,57 @@ impl Agent {
         }
     }
 
+    /// Reads every watched process's goroutine table, reconciles the
+    /// tracker with it and re-draws the verdicts.
+    fn scan_all(&mut self) {
+        let leak_after_ns = self.leak_after.as_nanos() as u64;
+        let mut total = Duration::ZERO;
+        for (&pid, w) in &self.watched {
+            let begun = Instant::now();
+            let started_ns = monotonic_ns();
+            let reasons = w.reasons.clone();
+            let walk = move |r: u8| {
+                WaitClass::from_name(reasons.get(usize::from(r)).map_or("", String::as_str))
+                    .is_blocking()
+            };
+            let scanned =
+                match scan::scan(pid, &w.target.bin, w.target.leak.as_ref(), w.bias, &walk) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::debug!(pid, error = %e, "scan failed (process exiting?)");
+                        continue;
+                    }
+                };
+            let chans: HashSet<u64> = scanned
+                .iter()
+                .filter_map(|g| g.chan.map(|c| c.address))
+                .collect();
+            let globals = match &w.target.leak {
+                Some(l) if !chans.is_empty() => {
+                    scan::referenced_from_globals(pid, &l.data_ranges, w.bias, &chans)
+                }
+                _ => HashSet::new(),
+            };
+            let symbols = ProcSymbols {
+                functions: w
+                    .target
+                    .leak
+                    .as_ref()
+                    .map(|l| l.functions.clone())
+                    .unwrap_or_default(),
+                bias: w.bias,
+            };
+            let mut tracker = self.shared.tracker.lock().expect("tracker lock");
+            tracker.observe_scan(pid, started_ns, scanned);
+            tracker.evaluate(pid, monotonic_ns(), leak_after_ns, &symbols, &globals);
+            drop(tracker);
+            total += begun.elapsed();
+        }
+        let mut stats = self.shared.stats.lock().expect("stats lock");
+        stats.scans += 1;
+        stats.scan_seconds += total.as_secs_f64();
+    }
+
     /// Copies kernel-side counters into the shared state.
     fn refresh_stats(&mut self) {
         self.kernel.flush_logs();
@@ -249,13 +348,22 @@ impl Agent {
     }
 
     /// Runs the control loop until `stop` is set; dropping `self` then
-    /// detaches every probe.
+    /// detaches every probe. `every` paces the exit/new-process checks; the
+    /// memory scans run every `--scan-interval`.
     pub fn run(mut self, every: Duration, stop: &AtomicBool) {
+        let tick = every.min(self.scan_every);
         while !stop.load(Ordering::Relaxed) {
             self.reap();
             self.discover();
+            if self
+                .last_scan
+                .is_none_or(|t| t.elapsed() >= self.scan_every)
+            {
+                self.last_scan = Some(Instant::now());
+                self.scan_all();
+            }
             self.refresh_stats();
-            sleep_unless(stop, every);
+            sleep_unless(stop, tick);
         }
     }
 }
@@ -277,8 +385,9 @@ pub fn drain(mut ring: RingBuf<MapData>, shared: &Shared, every: Duration, stop:
     let mut batch = Vec::with_capacity(4096);
     while !stop.load(Ordering::Relaxed) {
         while let Some(item) = ring.next() {
-            if let Some(event) = decode_event(&item) {
-                batch.push(event);
+            match decode_event(&item) {
+                Some(event) => batch.push(event),
+                None => shared.tracker.lock().expect("tracker lock").stray_events += 1,
             }
             if batch.len() == batch.capacity() {
                 break;
@@ -289,7 +398,7 @@ pub fn drain(mut ring: RingBuf<MapData>, shared: &Shared, every: Duration, stop:
             for event in batch.drain(..) {
                 tracker.apply(&event);
             }
-            // A full batch means more is waiting: go round again at once.
+            // More may be waiting: go round again at once.
             continue;
         }
         thread::sleep(every);

@@ -94,6 +94,16 @@ pub struct RunArgs {
     #[arg(long, env = "GOSTRAY_RESCAN_INTERVAL", default_value = "1s", value_parser = parse_rescan_interval)]
     pub rescan_interval: Duration,
 
+    /// How long a goroutine must stay parked on a channel or lock before it
+    /// can be called a leak (`90s`, `5m`…).
+    #[arg(long, env = "GOSTRAY_LEAK_AFTER", default_value = "5m", value_parser = parse_leak_after)]
+    pub leak_after: Duration,
+
+    /// How often each process's goroutine table is read from memory to
+    /// confirm what the probes suggest and draw verdicts.
+    #[arg(long, env = "GOSTRAY_SCAN_INTERVAL", default_value = "15s", value_parser = parse_rescan_interval)]
+    pub scan_interval: Duration,
+
     /// Kernel-side diagnostics (probe failures), forwarded to the agent's log.
     #[arg(long, env = "GOSTRAY_KERNEL_LOG", value_enum, default_value_t = KernelLog::Off)]
     pub kernel_log: KernelLog,
@@ -134,6 +144,10 @@ fn parse_drain_interval(s: &str) -> Result<Duration, String> {
 
 fn parse_rescan_interval(s: &str) -> Result<Duration, String> {
     parse_bounded(s, Duration::from_millis(100), Duration::from_secs(600))
+}
+
+fn parse_leak_after(s: &str) -> Result<Duration, String> {
+    parse_bounded(s, Duration::from_secs(1), Duration::from_secs(7 * 86_400))
 }
 
 fn parse_ring_bytes(s: &str) -> Result<u32, String> {

@@ -7,7 +7,7 @@ use anyhow::{bail, Context};
 use aya::{
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
     programs::{
-        uprobe::{UProbeAttachLocation, UProbeLinkId, UProbeScope},
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope},
         UProbe,
     },
     Ebpf, EbpfLoader,
@@ -15,19 +15,50 @@ use aya::{
 use aya_log::EbpfLogger;
 use gostray_common::{
     ProbeErrorKind, ProcConfig, GLOBAL_LOG_LEVEL, MAP_ERRORS, MAP_EVENTS, MAP_TARGETS,
-    OFFSET_ABSENT, PROG_GOROUTINE_CREATE, PROG_GOROUTINE_EXIT,
+    OFFSET_ABSENT, PROG_CHAN_CLOSE, PROG_GOROUTINE_BLOCK, PROG_GOROUTINE_CREATE,
+    PROG_GOROUTINE_EXIT, PROG_SEND_CLOSED,
 };
 
-use crate::{config::KernelLog, gobin::GoBinary, procfs::FileId};
+use crate::{config::KernelLog, procfs::FileId, target::Target};
 
 /// The kernel object, embedded at build time (see `build.rs`).
 static OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/gostray.bpf.o"));
 
-/// Which probe goes where in a binary: (program name, site chooser).
-const PROBES: [(&str, fn(&GoBinary) -> u64); 2] = [
-    (PROG_GOROUTINE_CREATE, |b| b.create_site.file_offset),
-    (PROG_GOROUTINE_EXIT, |b| b.exit_site.file_offset),
+/// Every program, loaded once.
+const PROGRAMS: [&str; 5] = [
+    PROG_GOROUTINE_CREATE,
+    PROG_GOROUTINE_EXIT,
+    PROG_GOROUTINE_BLOCK,
+    PROG_CHAN_CLOSE,
+    PROG_SEND_CLOSED,
 ];
+
+/// One probe to attach: program, file offset, attach cookie.
+type Placement = (&'static str, u64, Option<u64>);
+
+/// Where each program goes in one binary. The leak probes come only with a
+/// leak layout (a binary without one still gets lifecycle counts).
+fn placements(target: &Target) -> Vec<Placement> {
+    let bin = &target.bin;
+    let mut out = vec![
+        (PROG_GOROUTINE_CREATE, bin.create_site.file_offset, None),
+        (PROG_GOROUTINE_EXIT, bin.exit_site.file_offset, None),
+    ];
+    if let Some(leak) = &target.leak {
+        out.extend(
+            leak.block_sites
+                .iter()
+                .map(|s| (PROG_GOROUTINE_BLOCK, s.file_offset, Some(s.cookie))),
+        );
+        out.push((PROG_CHAN_CLOSE, leak.close_site, None));
+        out.extend(
+            leak.send_closed_sites
+                .iter()
+                .map(|&o| (PROG_SEND_CLOSED, o, None)),
+        );
+    }
+    out
+}
 
 /// Loaded probes and their attachments. Dropping it detaches everything.
 pub struct Kernel {
@@ -59,7 +90,7 @@ impl Kernel {
             KernelLog::Off => None,
             _ => Some(EbpfLogger::init(&mut ebpf).context("starting the kernel log reader")?),
         };
-        for (name, _) in PROBES {
+        for name in PROGRAMS {
             let prog: &mut UProbe = ebpf
                 .program_mut(name)
                 .with_context(|| format!("program {name} missing from the eBPF object"))?
@@ -89,22 +120,28 @@ impl Kernel {
     /// Attaches every probe to the executable `id`, reachable at `path`
     /// (`/proc/PID/exe`, so a file inside a container resolves in the
     /// process's own mount namespace). Idempotent per file.
-    pub fn attach_binary(&mut self, id: FileId, path: &Path, bin: &GoBinary) -> anyhow::Result<()> {
+    pub fn attach_binary(
+        &mut self,
+        id: FileId,
+        path: &Path,
+        target: &Target,
+    ) -> anyhow::Result<()> {
         if self.links.contains_key(&id) {
             return Ok(());
         }
-        let mut links = Vec::with_capacity(PROBES.len());
-        for (name, site) in PROBES {
+        let wanted = placements(target);
+        let mut links = Vec::with_capacity(wanted.len());
+        for (name, offset, cookie) in wanted {
             let prog: &mut UProbe = self
                 .ebpf
                 .program_mut(name)
                 .context("program vanished")?
                 .try_into()?;
-            match prog.attach(
-                UProbeAttachLocation::AbsoluteOffset(site(bin)),
-                path,
-                UProbeScope::AllProcesses,
-            ) {
+            let point = UProbeAttachPoint {
+                location: UProbeAttachLocation::AbsoluteOffset(offset),
+                cookie,
+            };
+            match prog.attach(point, path, UProbeScope::AllProcesses) {
                 Ok(link) => links.push((name, link)),
                 Err(e) => {
                     self.detach_links(links);
@@ -149,13 +186,18 @@ impl Kernel {
     }
 
     /// Starts reporting events from `pid`.
-    pub fn watch(&mut self, pid: u32, bin: &GoBinary) -> anyhow::Result<()> {
-        let o = bin.offsets;
+    pub fn watch(&mut self, pid: u32, target: &Target) -> anyhow::Result<()> {
+        let o = target.bin.offsets;
+        let chan = target.leak.as_ref().map(|l| l.chan);
         let cfg = ProcConfig {
             g_goid: o.goid,
             g_parent_goid: o.parent_goid.unwrap_or(OFFSET_ABSENT),
             g_gopc: o.gopc,
             g_startpc: o.startpc,
+            hchan_qcount: chan.map_or(0, |c| c.qcount),
+            hchan_dataqsiz: chan.map_or(0, |c| c.dataqsiz),
+            hchan_closed: chan.map_or(0, |c| c.closed),
+            hchan_lock: chan.map_or(0, |c| c.lock),
             lost: 0,
         };
         self.targets.insert(pid, cfg, 0).with_context(|| {

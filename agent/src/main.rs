@@ -4,13 +4,16 @@ mod agent;
 mod config;
 mod gobin;
 mod kernel;
+mod leakbin;
 mod metrics;
 mod privileges;
 mod procfs;
 mod procmem;
+mod report;
 mod scan;
 mod server;
 mod state;
+mod target;
 mod tracker;
 
 use std::{

@@ -45,10 +45,13 @@ pub fn exe_name(pid: u32) -> io::Result<String> {
 
 /// Keeps at most [`MAX_EXE_LEN`] characters of printable text.
 pub fn bounded(s: &str) -> String {
-    s.chars()
-        .filter(|c| !c.is_control())
-        .take(MAX_EXE_LEN)
-        .collect()
+    bounded_to(s, MAX_EXE_LEN)
+}
+
+/// Keeps at most `max` characters of printable text: strings taken from a
+/// target go into labels, JSON and terminals.
+pub fn bounded_to(s: &str, max: usize) -> String {
+    s.chars().filter(|c| !c.is_control()).take(max).collect()
 }
 
 /// The process start time (clock ticks since boot, field 22 of

@@ -1,34 +1,70 @@
 //! Reading the runtime's goroutine table (`runtime.allgs`) from process memory.
 //!
-//! Used at attach, so goroutines that predate the probes are counted. Every
-//! value read may be torn: lengths are bounded, statuses validated.
+//! Used at attach, so goroutines that predate the probes are counted, and on
+//! a timer, to confirm what the probes suggest and to recover from lost
+//! events. Every value read may be torn: lengths are bounded, statuses
+//! validated, pointer chains bounded and checked to move the right way.
 
-use std::io;
+use std::{collections::HashSet, io};
 
-use crate::{gobin::GoBinary, procmem};
+use crate::{gobin::GoBinary, leakbin::LeakLayout, procmem};
 
-/// `runtime._Gidle`, `_Gdead` and the `_Gscan` bit (runtime2.go; stable since Go 1.0).
+/// `runtime._Gidle`, `_Gwaiting`, `_Gdead` and the `_Gscan` bit (runtime2.go; stable since Go 1.0).
 const G_IDLE: u32 = 0;
+pub const G_WAITING: u32 = 4;
 const G_DEAD: u32 = 6;
 const G_SCAN: u32 = 0x1000;
-/// Highest plain status value we accept (`_Gpreempted` = 9; 1.26 adds `_Gdeadextra`=10… be lenient).
+/// Highest plain status value we accept (`_Gpreempted` = 9; later releases add a few).
 const G_MAX_STATUS: u32 = 16;
 /// Refuse to believe in more goroutines than this (a torn or lying length).
 pub const MAX_GOROUTINES: u64 = 10_000_000;
+/// Frames kept per walked stack.
+pub const MAX_FRAMES: usize = 24;
+/// Stacks walked per scan; the rest are counted as not walked.
+pub const MAX_STACKS: usize = 4096;
+/// Longest wait reason name kept.
+const MAX_REASON_LEN: u64 = 64;
+/// Global data read per scan when looking for channel references.
+const MAX_GLOBALS_BYTES: u64 = 32 << 20;
+
+/// A channel a goroutine is parked on, as read from memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChanState {
+    pub address: u64,
+    pub qcount: u64,
+    pub dataqsiz: u64,
+    pub closed: bool,
+    /// Whether goroutines wait to receive from / send to it.
+    pub receivers_waiting: bool,
+    pub senders_waiting: bool,
+}
 
 /// One live goroutine as seen in memory.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ScannedG {
     pub goid: u64,
     pub status: u32,
     pub gopc: u64,
     pub startpc: u64,
     pub parent_goid: u64,
+    /// The runtime's waitReason value (meaningful while waiting).
+    pub waitreason: u8,
+    pub chan: Option<ChanState>,
+    /// Return addresses from the parked PC outward (runtime addresses).
+    pub stack: Vec<u64>,
 }
 
 /// Reads every live goroutine of process `pid`, whose executable is `bin`
-/// loaded with `bias` added to its link-time addresses.
-pub fn scan(pid: u32, bin: &GoBinary, bias: u64) -> io::Result<Vec<ScannedG>> {
+/// loaded with `bias` added to its link-time addresses. With `leak`, parked
+/// goroutines for which `walk(waitreason)` holds also get their channel and
+/// stack.
+pub fn scan(
+    pid: u32,
+    bin: &GoBinary,
+    leak: Option<&LeakLayout>,
+    bias: u64,
+    walk: &dyn Fn(u8) -> bool,
+) -> io::Result<Vec<ScannedG>> {
     let len = procmem::read_u64(pid, bin.allglen + bias)?;
     let array = procmem::read_u64(pid, bin.allgs + bias)?;
     if len > MAX_GOROUTINES {
@@ -42,31 +78,23 @@ pub fn scan(pid: u32, bin: &GoBinary, bias: u64) -> io::Result<Vec<ScannedG>> {
     }
     let mut raw = vec![0u8; len as usize * 8];
     procmem::read(pid, array, &mut raw)?;
-    let pointers: Vec<u64> = raw
-        .chunks_exact(8)
-        .map(|c| u64::from_le_bytes(c.try_into().expect("8-byte chunk")))
-        .filter(|&p| p != 0)
-        .collect();
+    let pointers: Vec<u64> = raw.chunks_exact(8).map(le64).filter(|&p| p != 0).collect();
     let o = bin.offsets;
-    let record = [
+    let mut fields = vec![
         o.goid,
         o.atomicstatus,
         o.gopc,
         o.startpc,
         o.parent_goid.unwrap_or(0),
-    ]
-    .into_iter()
-    .max()
-    .unwrap_or(0) as usize
-        + 8;
-    let field = |b: &[u8], off: u32| {
-        u64::from_le_bytes(
-            b[off as usize..off as usize + 8]
-                .try_into()
-                .expect("8 bytes"),
-        )
-    };
+    ];
+    if let Some(l) = leak {
+        fields.extend([l.g.waitreason, l.g.waiting, l.g.sched_pc, l.g.sched_bp]);
+    }
+    let record = fields.into_iter().max().unwrap_or(0) as usize + 8;
+    let at = |b: &[u8], off: u32| le64(&b[off as usize..off as usize + 8]);
+
     let mut out = Vec::with_capacity(pointers.len());
+    let mut parked: Vec<(usize, u64, u64, u64)> = Vec::new(); // (index, waiting, pc, bp)
     for bytes in procmem::read_many(pid, &pointers, record)
         .into_iter()
         .flatten()
@@ -79,13 +107,168 @@ pub fn scan(pid: u32, bin: &GoBinary, bias: u64) -> io::Result<Vec<ScannedG>> {
         if status == G_IDLE || status == G_DEAD || status > G_MAX_STATUS {
             continue;
         }
-        out.push(ScannedG {
-            goid: field(&bytes, o.goid),
+        let mut g = ScannedG {
+            goid: at(&bytes, o.goid),
             status,
-            gopc: field(&bytes, o.gopc),
-            startpc: field(&bytes, o.startpc),
-            parent_goid: o.parent_goid.map_or(0, |off| field(&bytes, off)),
-        });
+            gopc: at(&bytes, o.gopc),
+            startpc: at(&bytes, o.startpc),
+            parent_goid: o.parent_goid.map_or(0, |off| at(&bytes, off)),
+            ..ScannedG::default()
+        };
+        if let Some(l) = leak {
+            g.waitreason = bytes[l.g.waitreason as usize];
+            if status == G_WAITING && walk(g.waitreason) && parked.len() < MAX_STACKS {
+                parked.push((
+                    out.len(),
+                    at(&bytes, l.g.waiting),
+                    at(&bytes, l.g.sched_pc),
+                    at(&bytes, l.g.sched_bp),
+                ));
+            }
+        }
+        out.push(g);
+    }
+    if let Some(l) = leak {
+        read_channels(pid, l, &parked, &mut out);
+        walk_stacks(pid, &parked, &mut out);
     }
     Ok(out)
+}
+
+fn le64(b: &[u8]) -> u64 {
+    u64::from_le_bytes(b[..8].try_into().expect("8 bytes"))
+}
+
+/// Follows `g.waiting` (a sudog) to its channel for each parked goroutine.
+fn read_channels(
+    pid: u32,
+    l: &LeakLayout,
+    parked: &[(usize, u64, u64, u64)],
+    out: &mut [ScannedG],
+) {
+    let with_sudog: Vec<(usize, u64)> = parked
+        .iter()
+        .filter(|p| p.1 != 0)
+        .map(|p| (p.0, p.1 + u64::from(l.chan.sudog_c)))
+        .collect();
+    let addrs: Vec<u64> = with_sudog.iter().map(|p| p.1).collect();
+    let chans: Vec<(usize, u64)> = procmem::read_many(pid, &addrs, 8)
+        .into_iter()
+        .zip(&with_sudog)
+        .filter_map(|(b, &(i, _))| Some((i, le64(&b?))))
+        .filter(|&(_, c)| c != 0)
+        .collect();
+    let c = l.chan;
+    let size = [c.qcount, c.dataqsiz, c.closed, c.recvq_first, c.sendq_first]
+        .into_iter()
+        .max()
+        .unwrap_or(0) as usize
+        + 8;
+    let addrs: Vec<u64> = chans.iter().map(|p| p.1).collect();
+    for (bytes, &(i, address)) in procmem::read_many(pid, &addrs, size)
+        .into_iter()
+        .zip(&chans)
+    {
+        let Some(b) = bytes else { continue };
+        let at = |off: u32| le64(&b[off as usize..]);
+        out[i].chan = Some(ChanState {
+            address,
+            qcount: at(c.qcount),
+            dataqsiz: at(c.dataqsiz),
+            closed: u32::from_le_bytes(
+                b[c.closed as usize..c.closed as usize + 4]
+                    .try_into()
+                    .expect("4 bytes"),
+            ) != 0,
+            receivers_waiting: at(c.recvq_first) != 0,
+            senders_waiting: at(c.sendq_first) != 0,
+        });
+    }
+}
+
+/// Walks the frame-pointer chains of parked goroutines, all at once, one
+/// batched read per depth. A frame must lie above the previous one (stacks
+/// grow down), which also ends any cycle a torn read could create.
+fn walk_stacks(pid: u32, parked: &[(usize, u64, u64, u64)], out: &mut [ScannedG]) {
+    let mut live: Vec<(usize, u64)> = Vec::new();
+    for &(i, _, pc, bp) in parked {
+        out[i].stack.push(pc);
+        if bp != 0 {
+            live.push((i, bp));
+        }
+    }
+    for _ in 1..MAX_FRAMES {
+        if live.is_empty() {
+            break;
+        }
+        let addrs: Vec<u64> = live.iter().map(|p| p.1).collect();
+        let frames = procmem::read_many(pid, &addrs, 16);
+        let mut next = Vec::with_capacity(live.len());
+        for (bytes, &(i, bp)) in frames.into_iter().zip(&live) {
+            let Some(b) = bytes else { continue };
+            let (up, ret) = (le64(&b[..8]), le64(&b[8..]));
+            if ret == 0 {
+                continue;
+            }
+            out[i].stack.push(ret);
+            if up > bp {
+                next.push((i, up));
+            }
+        }
+        live = next;
+    }
+}
+
+/// The runtime's wait reason names, read from the live process (works for
+/// PIE binaries, whose string pointers are only relocated in memory).
+pub fn wait_reasons(pid: u32, address: u64, count: u64) -> io::Result<Vec<String>> {
+    let count = count.min(256);
+    let mut raw = vec![0u8; count as usize * 16];
+    procmem::read(pid, address, &mut raw)?;
+    let mut names = Vec::with_capacity(count as usize);
+    for pair in raw.chunks_exact(16) {
+        let (ptr, len) = (le64(&pair[..8]), le64(&pair[8..]).min(MAX_REASON_LEN));
+        let mut s = vec![0u8; len as usize];
+        if len > 0 && procmem::read(pid, ptr, &mut s).is_err() {
+            s.clear();
+        }
+        names.push(crate::procfs::bounded_to(
+            &String::from_utf8_lossy(&s),
+            MAX_REASON_LEN as usize,
+        ));
+    }
+    Ok(names)
+}
+
+/// Which of `wanted` (channel addresses) are stored in a package-level
+/// variable: the process's data and bss, read in chunks.
+pub fn referenced_from_globals(
+    pid: u32,
+    ranges: &[(u64, u64)],
+    bias: u64,
+    wanted: &HashSet<u64>,
+) -> HashSet<u64> {
+    const CHUNK: u64 = 64 << 10;
+    let mut found = HashSet::new();
+    let mut budget = MAX_GLOBALS_BYTES;
+    let mut buf = vec![0u8; CHUNK as usize];
+    for &(start, end) in ranges {
+        let mut at = (start + bias) & !7;
+        let end = end + bias;
+        while at < end && budget > 0 && found.len() < wanted.len() {
+            let n = (end - at).min(CHUNK).min(budget);
+            let chunk = &mut buf[..n as usize];
+            if procmem::read(pid, at, chunk).is_ok() {
+                found.extend(
+                    chunk
+                        .chunks_exact(8)
+                        .map(le64)
+                        .filter(|v| wanted.contains(v)),
+                );
+            }
+            at += n;
+            budget -= n;
+        }
+    }
+    found
 }

@@ -93,13 +93,26 @@ fn route(head: &str, shared: &Shared, registry: &Registry) -> Vec<u8> {
     let path = target.split('?').next().unwrap_or_default();
     match path {
         "/metrics" => reply(200, metrics::CONTENT_TYPE, &metrics::render(registry)),
+        "/api/v1/leaks" => {
+            let report = {
+                let tracker = shared
+                    .tracker
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                crate::report::build(&tracker)
+            };
+            match serde_json::to_string_pretty(&report) {
+                Ok(json) => reply(200, "application/json", &json),
+                Err(_) => reply(500, "text/plain", "report failed\n"),
+            }
+        }
         "/healthz" => reply(200, "text/plain", "ok\n"),
         "/readyz" if shared.ready.load(Ordering::Relaxed) => reply(200, "text/plain", "ready\n"),
         "/readyz" => reply(503, "text/plain", "not ready\n"),
         "/" => reply(
             200,
             "text/plain",
-            "gostray: see /metrics, /healthz, /readyz\n",
+            "gostray: see /metrics, /api/v1/leaks, /healthz, /readyz\n",
         ),
         _ => reply(404, "text/plain", "not found\n"),
     }
@@ -111,6 +124,7 @@ fn reply(status: u16, content_type: &str, body: &str) -> Vec<u8> {
         400 => "Bad Request",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        500 => "Internal Server Error",
         _ => "Service Unavailable",
     };
     format!(

@@ -22,6 +22,9 @@ pub struct Stats {
     pub attached_binaries: usize,
     pub probe_errors: [u64; 2],
     pub attach_failures: BTreeMap<&'static str, u64>,
+    /// Periodic memory scans done, and their total duration.
+    pub scans: u64,
+    pub scan_seconds: f64,
 }
 
 impl Shared {

@@ -18,6 +18,33 @@ pub const GLOBAL_LOG_LEVEL: &str = "AYA_LOG_LEVEL";
 pub const PROG_GOROUTINE_CREATE: &str = "goroutine_create";
 /// Program fired early in `runtime.goexit0`.
 pub const PROG_GOROUTINE_EXIT: &str = "goroutine_exit";
+/// Program fired at the `gopark` calls on the blocking paths of channel and
+/// sync operations (never on their fast paths, never on network waits).
+pub const PROG_GOROUTINE_BLOCK: &str = "goroutine_block";
+/// Program fired early in `runtime.closechan`.
+pub const PROG_CHAN_CLOSE: &str = "chan_close";
+/// Program fired at the `gopanic` calls in `runtime.chansend`: a send on a
+/// closed channel, about to panic.
+pub const PROG_SEND_CLOSED: &str = "chan_send_closed";
+/// Name of the LRU map from (pid, channel) to its first closer.
+pub const MAP_CLOSERS: &str = "CLOSERS";
+/// Bound on remembered first closers, across processes.
+pub const MAX_CLOSERS: u32 = 16384;
+/// Return addresses a [`ChanEvent`] carries, innermost first.
+pub const EVENT_PCS: usize = 4;
+
+/// Attach cookie of [`PROG_GOROUTINE_BLOCK`]: which call form the site is
+/// and whether its lock is `hchan.lock`. `gopark(unlockf, lock, reason, …)`
+/// has the lock in RBX and the reason in RCX; `goparkunlock(lock, reason, …)`
+/// (when not inlined) has them in RAX and RBX.
+pub mod block_cookie {
+    pub const UNLOCK_FORM: u64 = 1;
+    pub const CHAN_LOCK: u64 = 1 << 1;
+
+    pub const fn encode(unlock_form: bool, chan_lock: bool) -> u64 {
+        (if unlock_form { UNLOCK_FORM } else { 0 }) | if chan_lock { CHAN_LOCK } else { 0 }
+    }
+}
 
 /// Upper bound on processes the kernel side tracks at once.
 pub const MAX_TARGETS: u32 = 4096;
@@ -27,12 +54,20 @@ pub const OFFSET_ABSENT: u32 = u32::MAX;
 
 /// What a [`GoroutineEvent`] reports.
 #[repr(u32)]
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
 pub enum EventKind {
     /// A goroutine was created and is about to be queued.
     Create = 1,
     /// A goroutine finished and its g is being freed.
     Exit = 2,
+    /// A goroutine parks on a channel or sync primitive ([`ChanEvent`]).
+    Block = 3,
+    /// A channel is closed a second time, about to panic ([`ChanEvent`]).
+    DoubleClose = 4,
+    /// `close(nil)`, about to panic ([`ChanEvent`]).
+    CloseNil = 5,
+    /// A send on a closed channel, about to panic ([`ChanEvent`]).
+    SendClosed = 6,
 }
 
 impl EventKind {
@@ -40,6 +75,10 @@ impl EventKind {
         match v {
             1 => Some(Self::Create),
             2 => Some(Self::Exit),
+            3 => Some(Self::Block),
+            4 => Some(Self::DoubleClose),
+            5 => Some(Self::CloseNil),
+            6 => Some(Self::SendClosed),
             _ => None,
         }
     }
@@ -68,6 +107,52 @@ pub struct GoroutineEvent {
 /// Size of [`GoroutineEvent`] on the wire.
 pub const EVENT_SIZE: usize = core::mem::size_of::<GoroutineEvent>();
 
+/// A channel or sync event: a block, or a misuse about to panic.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct ChanEvent {
+    /// An [`EventKind`] value (`Block`, `DoubleClose`, `CloseNil`, `SendClosed`).
+    pub kind: u32,
+    pub pid: u32,
+    /// The goroutine doing it.
+    pub goid: u64,
+    /// The `hchan` address, or 0 (select, sync primitives, nil channel).
+    pub hchan: u64,
+    /// The runtime's waitReason value (Block only; its meaning is per binary).
+    pub reason: u32,
+    /// 1 if `hchan` fields below were read.
+    pub has_chan: u32,
+    /// `hchan.qcount` and `hchan.dataqsiz` at the event.
+    pub qcount: u64,
+    pub dataqsiz: u64,
+    /// DoubleClose: the first closer's goid and call site (0 if forgotten).
+    pub other_goid: u64,
+    pub other_pc: u64,
+    /// Return addresses from the frame-pointer chain, innermost first.
+    pub pcs: [u64; EVENT_PCS],
+    pub ktime_ns: u64,
+}
+
+/// Size of [`ChanEvent`] on the wire.
+pub const CHAN_EVENT_SIZE: usize = core::mem::size_of::<ChanEvent>();
+
+/// Key of [`MAP_CLOSERS`].
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct CloserKey {
+    pub pid: u32,
+    pub _pad: u32,
+    pub hchan: u64,
+}
+
+/// Value of [`MAP_CLOSERS`]: who closed the channel first.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct Closer {
+    pub goid: u64,
+    pub pc: u64,
+}
+
 /// Per-process configuration the probes need: where fields live in this
 /// binary's `runtime.g`, plus counters the kernel bumps for this process.
 #[repr(C)]
@@ -81,6 +166,11 @@ pub struct ProcConfig {
     pub g_gopc: u32,
     /// Offset of `runtime.g.startpc`.
     pub g_startpc: u32,
+    /// Offsets in `runtime.hchan`.
+    pub hchan_qcount: u32,
+    pub hchan_dataqsiz: u32,
+    pub hchan_closed: u32,
+    pub hchan_lock: u32,
     /// Events this process could not submit because the ring buffer was full.
     /// Incremented atomically by the probes; read by the agent.
     pub lost: u64,
@@ -105,7 +195,11 @@ mod pod {
     // implicit padding (checked by the size asserts below).
     unsafe impl aya::Pod for super::GoroutineEvent {}
     unsafe impl aya::Pod for super::ProcConfig {}
+    unsafe impl aya::Pod for super::ChanEvent {}
+    unsafe impl aya::Pod for super::CloserKey {}
+    unsafe impl aya::Pod for super::Closer {}
 }
 
 const _: () = assert!(core::mem::size_of::<GoroutineEvent>() == 48);
-const _: () = assert!(core::mem::size_of::<ProcConfig>() == 24);
+const _: () = assert!(core::mem::size_of::<ProcConfig>() == 40);
+const _: () = assert!(core::mem::size_of::<ChanEvent>() == 104);

@@ -25,3 +25,42 @@ pub fn arg(ctx: &ProbeContext, n: u32) -> u64 {
         _ => regs.r11,
     }
 }
+
+/// The first three argument registers, each read at its own constant
+/// offset: a computed index into pt_regs would be a variable-offset context
+/// access, which the verifier rejects.
+#[inline(always)]
+pub fn first_args(ctx: &ProbeContext) -> [u64; 3] {
+    // SAFETY: as in `arg`; volatile keeps the loads separate and constant.
+    unsafe {
+        let regs = ctx.regs;
+        [
+            core::ptr::read_volatile(&raw const (*regs).rax),
+            core::ptr::read_volatile(&raw const (*regs).rbx),
+            core::ptr::read_volatile(&raw const (*regs).rcx),
+        ]
+    }
+}
+
+/// The current goroutine's g (R14 in Go's ABI). Valid at any probe on a
+/// goroutine's own stack; on the system stack it is g0.
+#[inline(always)]
+pub fn current_g(ctx: &ProbeContext) -> u64 {
+    // SAFETY: as in `arg`.
+    unsafe { (*ctx.regs).r14 }
+}
+
+/// The frame pointer (RBP): Go keeps frame pointers on amd64, so the chain
+/// `[rbp] = caller's rbp, [rbp+8] = return address` walks the stack.
+#[inline(always)]
+pub fn frame_pointer(ctx: &ProbeContext) -> u64 {
+    // SAFETY: as in `arg`.
+    unsafe { (*ctx.regs).rbp }
+}
+
+/// The stack pointer; at a function's entry `[rsp]` is its return address.
+#[inline(always)]
+pub fn stack_pointer(ctx: &ProbeContext) -> u64 {
+    // SAFETY: as in `arg`.
+    unsafe { (*ctx.regs).rsp }
+}

@@ -2,9 +2,9 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
-use gostray_common::{ProcConfig, MAX_TARGETS, PROBE_ERROR_KINDS};
+use gostray_common::{Closer, CloserKey, ProcConfig, MAX_CLOSERS, MAX_TARGETS, PROBE_ERROR_KINDS};
 
 /// Goroutine events for the agent. Sized by the agent at load time
 /// (`--ring-buffer-bytes`); this is only the default.
@@ -20,3 +20,8 @@ pub static TARGETS: HashMap<u32, ProcConfig> = HashMap::with_max_entries(MAX_TAR
 /// Probe failures by `ProbeErrorKind`, per CPU; exported by the agent.
 #[map(name = "ERRORS")]
 pub static ERRORS: PerCpuArray<u64> = PerCpuArray::with_max_entries(PROBE_ERROR_KINDS, 0);
+
+/// The first closer of each recently closed channel, so that a second close
+/// can name both sites. LRU: old channels are forgotten, never a full map.
+#[map(name = "CLOSERS")]
+pub static CLOSERS: LruHashMap<CloserKey, Closer> = LruHashMap::with_max_entries(MAX_CLOSERS, 0);

@@ -16,7 +16,27 @@ pub struct GOffsets {
     pub parent_goid: Option<u32>,
 }
 
-type Reader<'a> = EndianSlice<'a, RunTimeEndian>;
+pub(crate) type Reader<'a> = EndianSlice<'a, RunTimeEndian>;
+
+/// Loads the DWARF sections of `file` (empty when absent) and runs `f` on them.
+pub(crate) fn with_dwarf<T>(
+    file: &object::File,
+    f: impl FnOnce(&gimli::Dwarf<Reader>) -> Result<T, String>,
+) -> Result<T, String> {
+    let endian = if file.is_little_endian() {
+        RunTimeEndian::Little
+    } else {
+        RunTimeEndian::Big
+    };
+    let sections = gimli::DwarfSections::load(|id| -> Result<Cow<[u8]>, String> {
+        Ok(file
+            .section_by_name(id.name())
+            .and_then(|s| s.uncompressed_data().ok())
+            .unwrap_or(Cow::Borrowed(&[])))
+    })?;
+    let dwarf = sections.borrow(|s| EndianSlice::new(s, endian));
+    f(&dwarf)
+}
 
 /// Finds `runtime.g` in the DWARF of `file` and returns its field offsets.
 pub fn g_offsets(file: &object::File) -> Result<GOffsets, String> {
@@ -51,7 +71,7 @@ pub fn g_offsets(file: &object::File) -> Result<GOffsets, String> {
 
 /// The (name, offset) members of the struct type named `wanted`, or `None`
 /// when the DWARF has no such type.
-fn struct_members(
+pub(crate) fn struct_members(
     dwarf: &gimli::Dwarf<Reader>,
     wanted: &str,
 ) -> Result<Option<Vec<(String, u32)>>, String> {

@@ -4,8 +4,8 @@
 //! [`GoBinError`] saying why the binary cannot be watched.
 
 mod buildinfo;
-mod dwarf;
-mod elf;
+pub(crate) mod dwarf;
+pub(crate) mod elf;
 pub mod sites;
 
 use std::{collections::HashMap, path::Path};

@@ -80,6 +80,14 @@ pub fn call_site(address: u64, code: &[u8], callee: u64) -> Result<ProbeSite, St
         .ok_or_else(|| format!("no call to {callee:#x}"))
 }
 
+/// Every call in the function at `address` whose target is `callee`.
+pub fn call_sites(address: u64, code: &[u8], callee: u64) -> Vec<u64> {
+    decode(address, code)
+        .filter(|i| i.is_call_near() && i.near_branch_target() == callee)
+        .map(|i| i.ip())
+        .collect()
+}
+
 /// The first emulated instruction near the entry of the function at `address`
 /// reached before any of the argument registers in `live_args` is written.
 /// A `push` (Go ≥ 1.21's `push rbp` after the stack check) is preferred.

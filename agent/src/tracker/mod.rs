@@ -1,15 +1,27 @@
-//! The live goroutine table: pure state fed by events and memory scans.
+//! The live goroutine table: pure state fed by events and memory scans, and
+//! the verdicts drawn from it.
 //!
 //! Nothing here touches the kernel, so it is unit-tested without root.
 
+pub mod histogram;
 mod process;
+pub mod verdict;
+pub mod waitclass;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
-use gostray_common::{EventKind, GoroutineEvent};
+use gostray_common::{ChanEvent, EventKind, GoroutineEvent, CHAN_EVENT_SIZE, EVENT_SIZE};
 pub use process::{ProcessInfo, ProcessState};
+pub use verdict::{Summary, Symbols};
 
 use crate::scan::ScannedG;
+
+/// One decoded ring-buffer record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    Goroutine(GoroutineEvent),
+    Chan(ChanEvent),
+}
 
 /// Every watched process, by PID.
 #[derive(Debug)]
@@ -20,6 +32,8 @@ pub struct Tracker {
     /// Events whose kind was not understood, or for a PID not watched (a race
     /// with detach); counted so that nothing is dropped silently.
     pub stray_events: u64,
+    /// The last evaluation's counts, per process.
+    pub summaries: HashMap<u32, Summary>,
 }
 
 impl Tracker {
@@ -28,6 +42,7 @@ impl Tracker {
             procs: HashMap::new(),
             max_goroutines,
             stray_events: 0,
+            summaries: HashMap::new(),
         }
     }
 
@@ -40,6 +55,7 @@ impl Tracker {
 
     /// Forgets `pid` and everything about it (its metric series go with it).
     pub fn remove_process(&mut self, pid: u32) -> Option<ProcessState> {
+        self.summaries.remove(&pid);
         self.procs.remove(&pid)
     }
 
@@ -48,30 +64,87 @@ impl Tracker {
         self.procs.get(&pid)
     }
 
+    pub fn process_mut(&mut self, pid: u32) -> Option<&mut ProcessState> {
+        self.procs.get_mut(&pid)
+    }
+
     pub fn processes(&self) -> impl Iterator<Item = (u32, &ProcessState)> {
         self.procs.iter().map(|(&pid, p)| (pid, p))
     }
 
     /// Applies one decoded ring-buffer event.
-    pub fn apply(&mut self, event: &GoroutineEvent) {
-        let (Some(kind), Some(proc)) = (
-            EventKind::from_u32(event.kind),
-            self.procs.get_mut(&event.pid),
-        ) else {
+    pub fn apply(&mut self, event: &Event) {
+        let (kind, pid) = match event {
+            Event::Goroutine(e) => (e.kind, e.pid),
+            Event::Chan(e) => (e.kind, e.pid),
+        };
+        let (Some(kind), Some(proc)) = (EventKind::from_u32(kind), self.procs.get_mut(&pid)) else {
             self.stray_events += 1;
             return;
         };
-        match kind {
-            EventKind::Create => proc.created(event),
-            EventKind::Exit => proc.exited(event.goid),
+        match (kind, event) {
+            (EventKind::Create, Event::Goroutine(e)) => proc.created(e),
+            (EventKind::Exit, Event::Goroutine(e)) => proc.exited(e.goid, e.ktime_ns),
+            (EventKind::Block, Event::Chan(e)) => proc.blocked(e),
+            (
+                EventKind::DoubleClose | EventKind::CloseNil | EventKind::SendClosed,
+                Event::Chan(e),
+            ) => proc.misused(kind, e),
+            _ => self.stray_events += 1,
         }
     }
 
-    /// Merges a memory scan of `pid`'s goroutine table.
+    /// Merges the memory scan made at attach.
     pub fn merge_scan(&mut self, pid: u32, scanned: &[ScannedG]) {
         if let Some(proc) = self.procs.get_mut(&pid) {
             proc.merge_scan(scanned);
         }
+    }
+
+    /// Applies a periodic scan of `pid` that started at `started_ns`.
+    pub fn observe_scan(&mut self, pid: u32, started_ns: u64, scanned: Vec<ScannedG>) {
+        if let Some(proc) = self.procs.get_mut(&pid) {
+            proc.observe(started_ns, scanned);
+        }
+    }
+
+    /// Re-evaluates the verdicts of `pid`.
+    pub fn evaluate(
+        &mut self,
+        pid: u32,
+        now_ns: u64,
+        leak_after_ns: u64,
+        symbols: &dyn Symbols,
+        globals: &HashSet<u64>,
+    ) {
+        let Some(proc) = self.procs.get_mut(&pid) else {
+            return;
+        };
+        let (groups, summary, sizes) =
+            verdict::evaluate(proc, now_ns, leak_after_ns, symbols, globals);
+        proc.groups = groups;
+        let site = |pc: u64| {
+            symbols
+                .site(pc.saturating_sub(1))
+                .unwrap_or_default()
+                .into()
+        };
+        let mut misuse: Vec<_> = proc
+            .misuse
+            .iter()
+            .map(|(m, &count)| {
+                let report = crate::report::MisuseReport {
+                    site: site(m.pc),
+                    first_closer: (m.kind == EventKind::DoubleClose).then(|| site(m.other_pc)),
+                    count,
+                };
+                (m.kind, report)
+            })
+            .collect();
+        misuse.sort_by(|a, b| b.1.count.cmp(&a.1.count));
+        proc.misuse_report = misuse;
+        proc.record_trends(&sizes);
+        self.summaries.insert(pid, summary);
     }
 
     /// Records the kernel's count of events `pid` could not submit.
@@ -82,15 +155,29 @@ impl Tracker {
     }
 }
 
-/// Decodes one ring-buffer record. Short records (never written by our
-/// probes, but the bytes come from a shared buffer) are rejected.
-pub fn decode_event(bytes: &[u8]) -> Option<GoroutineEvent> {
-    if bytes.len() < gostray_common::EVENT_SIZE {
-        return None;
+/// Decodes one ring-buffer record by its kind. Short or unknown records
+/// (never written by our probes, but the bytes come from a shared buffer)
+/// are rejected.
+pub fn decode_event(bytes: &[u8]) -> Option<Event> {
+    let kind = EventKind::from_u32(u32::from_le_bytes(bytes.get(..4)?.try_into().ok()?))?;
+    match kind {
+        EventKind::Create | EventKind::Exit if bytes.len() >= EVENT_SIZE => {
+            // SAFETY: the length is checked; the struct is plain integers, any
+            // bit pattern is valid; read_unaligned copes with alignment.
+            Some(Event::Goroutine(unsafe {
+                bytes.as_ptr().cast::<GoroutineEvent>().read_unaligned()
+            }))
+        }
+        EventKind::Block | EventKind::DoubleClose | EventKind::CloseNil | EventKind::SendClosed
+            if bytes.len() >= CHAN_EVENT_SIZE =>
+        {
+            // SAFETY: as above.
+            Some(Event::Chan(unsafe {
+                bytes.as_ptr().cast::<ChanEvent>().read_unaligned()
+            }))
+        }
+        _ => None,
     }
-    // SAFETY: the length is checked; GoroutineEvent is plain integers, any bit
-    // pattern is valid; read_unaligned copes with the buffer's alignment.
-    Some(unsafe { bytes.as_ptr().cast::<GoroutineEvent>().read_unaligned() })
 }
 
 #[cfg(test)]

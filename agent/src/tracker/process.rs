@@ -1,10 +1,14 @@
-//! One watched process: its goroutines and counters.
+//! One watched process: its goroutines, counters and last verdicts.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 
-use gostray_common::GoroutineEvent;
+use gostray_common::{ChanEvent, GoroutineEvent};
 
-use crate::scan::ScannedG;
+use super::{
+    histogram::Histogram,
+    verdict::{Group, Misuse},
+};
+use crate::scan::{ChanState, ScannedG, G_WAITING};
 
 /// What the agent knows about a process apart from its goroutines.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -14,14 +18,51 @@ pub struct ProcessInfo {
     pub go_version: String,
 }
 
-/// A live goroutine.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The last probed park of a goroutine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockEvent {
+    pub at_ns: u64,
+    pub reason: u8,
+    pub chan: Option<(u64, u64, u64)>,
+    pub pcs: [u64; gostray_common::EVENT_PCS],
+}
+
+/// What the last memory scan saw of a goroutine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seen {
+    pub status: u32,
+    pub waitreason: u8,
+    pub chan: Option<ChanState>,
+    pub stack: Vec<u64>,
+}
+
+/// A live goroutine. Rare parts are boxed: most goroutines never block long.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Goroutine {
     /// Kernel monotonic time of creation; 0 when found by a memory scan.
     pub created_ns: u64,
     pub gopc: u64,
     pub startpc: u64,
     pub parent_goid: u64,
+    pub last_block: Option<Box<BlockEvent>>,
+    pub seen: Option<Box<Seen>>,
+    /// Since when it has been parked for its current reason, as far as the
+    /// probes and scans can tell.
+    pub blocked_since_ns: Option<u64>,
+}
+
+impl Goroutine {
+    fn new(created_ns: u64, gopc: u64, startpc: u64, parent_goid: u64) -> Self {
+        Self {
+            created_ns,
+            gopc,
+            startpc,
+            parent_goid,
+            last_block: None,
+            seen: None,
+            blocked_since_ns: None,
+        }
+    }
 }
 
 /// How far the attach has come.
@@ -34,10 +75,17 @@ enum Phase {
     Ready,
 }
 
+/// Scans of history kept per group, for the trend.
+pub const TREND_LEN: usize = 8;
+/// Groups whose trend is remembered.
+const MAX_TRENDS: usize = 512;
+/// Distinct double-close site pairs remembered.
+const MAX_MISUSE_SITES: usize = 256;
+
 #[derive(Debug)]
 pub struct ProcessState {
     pub info: ProcessInfo,
-    live: HashMap<u64, Goroutine>,
+    pub(super) live: HashMap<u64, Goroutine>,
     max_goroutines: usize,
     phase: Phase,
     exited_unseen: HashSet<u64>,
@@ -49,6 +97,25 @@ pub struct ProcessState {
     pub lost_total: u64,
     /// Goroutines alive but not stored because the table was full.
     pub untracked: u64,
+    /// Goroutines the scans found that no event announced, and tracked
+    /// goroutines the scans no longer found (lost events, repaired).
+    pub reconciled_creates: u64,
+    pub reconciled_exits: u64,
+    /// Lifetimes of exited goroutines whose creation was seen.
+    pub lifetimes: Histogram,
+    /// The runtime's wait reason names, by value.
+    pub wait_reasons: Vec<String>,
+    /// Added to link-time addresses to get this process's addresses.
+    pub bias: u64,
+    /// Channel misuse, by site pair.
+    pub misuse: HashMap<Misuse, u64>,
+    pub misuse_total: HashMap<gostray_common::EventKind, u64>,
+    /// Verdicts of the last evaluation.
+    pub groups: Vec<Group>,
+    /// Misuse sites named at the last evaluation.
+    pub misuse_report: Vec<(gostray_common::EventKind, crate::report::MisuseReport)>,
+    /// Member counts per group fingerprint over the last scans.
+    pub(super) trends: HashMap<u64, VecDeque<u64>>,
 }
 
 impl ProcessState {
@@ -63,6 +130,16 @@ impl ProcessState {
             exited_total: 0,
             lost_total: 0,
             untracked: 0,
+            reconciled_creates: 0,
+            reconciled_exits: 0,
+            lifetimes: Histogram::default(),
+            wait_reasons: Vec::new(),
+            bias: 0,
+            misuse: HashMap::new(),
+            misuse_total: HashMap::new(),
+            groups: Vec::new(),
+            misuse_report: Vec::new(),
+            trends: HashMap::new(),
         }
     }
 
@@ -81,22 +158,27 @@ impl ProcessState {
         self.phase == Phase::Ready
     }
 
+    /// The wait reason name for a runtime value ("" when unknown).
+    pub fn reason_name(&self, reason: u8) -> &str {
+        self.wait_reasons
+            .get(usize::from(reason))
+            .map_or("", String::as_str)
+    }
+
     pub(super) fn created(&mut self, event: &GoroutineEvent) {
         self.created_total += 1;
         self.insert(
             event.goid,
-            Goroutine {
-                created_ns: event.ktime_ns,
-                gopc: event.gopc,
-                startpc: event.startpc,
-                parent_goid: event.parent_goid,
-            },
+            Goroutine::new(event.ktime_ns, event.gopc, event.startpc, event.parent_goid),
         );
     }
 
-    pub(super) fn exited(&mut self, goid: u64) {
+    pub(super) fn exited(&mut self, goid: u64, at_ns: u64) {
         self.exited_total += 1;
-        if self.live.remove(&goid).is_some() {
+        if let Some(g) = self.live.remove(&goid) {
+            if g.created_ns != 0 && at_ns >= g.created_ns {
+                self.lifetimes.observe_ns(at_ns - g.created_ns);
+            }
             return;
         }
         if self.phase == Phase::AwaitingScan {
@@ -109,23 +191,90 @@ impl ProcessState {
         }
     }
 
+    pub(super) fn blocked(&mut self, e: &ChanEvent) {
+        if let Some(g) = self.live.get_mut(&e.goid) {
+            g.blocked_since_ns = Some(e.ktime_ns);
+            g.last_block = Some(Box::new(BlockEvent {
+                at_ns: e.ktime_ns,
+                reason: e.reason as u8,
+                chan: (e.has_chan != 0).then_some((e.hchan, e.qcount, e.dataqsiz)),
+                pcs: e.pcs,
+            }));
+        }
+    }
+
+    pub(super) fn misused(&mut self, kind: gostray_common::EventKind, e: &ChanEvent) {
+        *self.misuse_total.entry(kind).or_default() += 1;
+        let site = Misuse {
+            kind,
+            pc: e.pcs[0],
+            other_pc: e.other_pc,
+        };
+        if self.misuse.len() < MAX_MISUSE_SITES || self.misuse.contains_key(&site) {
+            *self.misuse.entry(site).or_default() += 1;
+        }
+    }
+
+    /// Merges the scan made at attach.
     pub(super) fn merge_scan(&mut self, scanned: &[ScannedG]) {
         for g in scanned {
             if self.exited_unseen.contains(&g.goid) || self.live.contains_key(&g.goid) {
                 continue;
             }
-            self.insert(
-                g.goid,
-                Goroutine {
-                    created_ns: 0,
-                    gopc: g.gopc,
-                    startpc: g.startpc,
-                    parent_goid: g.parent_goid,
-                },
-            );
+            self.insert(g.goid, Goroutine::new(0, g.gopc, g.startpc, g.parent_goid));
         }
         self.exited_unseen = HashSet::new();
         self.phase = Phase::Ready;
+    }
+
+    /// Applies a periodic scan started at `started_ns`: refreshes what each
+    /// goroutine is doing, adds goroutines whose creation event was lost and
+    /// drops those whose exit event was lost (absent from the scan, and
+    /// created before it began).
+    pub(super) fn observe(&mut self, started_ns: u64, scanned: Vec<ScannedG>) {
+        let mut present = HashSet::with_capacity(scanned.len());
+        for sg in scanned {
+            present.insert(sg.goid);
+            if !self.live.contains_key(&sg.goid) {
+                if self.live.len() >= self.max_goroutines {
+                    continue;
+                }
+                self.reconciled_creates += 1;
+                self.live.insert(
+                    sg.goid,
+                    Goroutine::new(0, sg.gopc, sg.startpc, sg.parent_goid),
+                );
+            }
+            let Some(g) = self.live.get_mut(&sg.goid) else {
+                continue;
+            };
+            g.blocked_since_ns = (sg.status == G_WAITING).then(|| parked_since(g, &sg, started_ns));
+            g.seen = Some(Box::new(Seen {
+                status: sg.status,
+                waitreason: sg.waitreason,
+                chan: sg.chan,
+                stack: sg.stack,
+            }));
+        }
+        let before = self.live.len();
+        self.live
+            .retain(|goid, g| present.contains(goid) || g.created_ns >= started_ns);
+        self.reconciled_exits += (before - self.live.len()) as u64;
+    }
+
+    /// Records this evaluation's group sizes and forgets groups that are gone.
+    pub(super) fn record_trends(&mut self, sizes: &HashMap<u64, u64>) {
+        self.trends.retain(|fp, _| sizes.contains_key(fp));
+        for (&fp, &n) in sizes {
+            if !self.trends.contains_key(&fp) && self.trends.len() >= MAX_TRENDS {
+                continue;
+            }
+            let t = self.trends.entry(fp).or_default();
+            if t.len() == TREND_LEN {
+                t.pop_front();
+            }
+            t.push_back(n);
+        }
     }
 
     fn insert(&mut self, goid: u64, g: Goroutine) {
@@ -134,5 +283,27 @@ impl ProcessState {
         } else {
             self.untracked += 1;
         }
+    }
+}
+
+/// Since when `g`, seen parked by `sg`, has been parked for this reason: a
+/// probed park with the same reason is exact; otherwise the earlier scan
+/// that already saw it parked the same way; otherwise this scan.
+fn parked_since(g: &Goroutine, sg: &ScannedG, started_ns: u64) -> u64 {
+    let event = g
+        .last_block
+        .as_ref()
+        .filter(|b| b.reason == sg.waitreason)
+        .map(|b| b.at_ns);
+    let continued = g
+        .seen
+        .as_ref()
+        .filter(|s| s.status == G_WAITING && s.waitreason == sg.waitreason)
+        .and(g.blocked_since_ns);
+    match (continued, event) {
+        (Some(c), Some(e)) => c.max(e),
+        (Some(c), None) => c,
+        (None, Some(e)) => e,
+        (None, None) => started_ns,
     }
 }

@@ -37,10 +37,10 @@ fn counts_creates_and_exits() {
     t.add_process(7, info());
     t.merge_scan(7, &[]);
     for goid in 10..20 {
-        t.apply(&ev(EventKind::Create, 7, goid));
+        t.apply(&Event::Goroutine(ev(EventKind::Create, 7, goid)));
     }
     for goid in 10..14 {
-        t.apply(&ev(EventKind::Exit, 7, goid));
+        t.apply(&Event::Goroutine(ev(EventKind::Exit, 7, goid)));
     }
     let p = t.process(7).unwrap();
     assert_eq!(
@@ -56,7 +56,7 @@ fn scan_fills_goroutines_that_predate_attach_without_double_counting() {
     let mut t = Tracker::new(100);
     t.add_process(7, info());
     // Created after attach and also seen by the scan.
-    t.apply(&ev(EventKind::Create, 7, 50));
+    t.apply(&Event::Goroutine(ev(EventKind::Create, 7, 50)));
     t.merge_scan(7, &[scanned(1), scanned(2), scanned(50)]);
     let p = t.process(7).unwrap();
     assert_eq!(p.live_count(), 3);
@@ -71,7 +71,7 @@ fn exit_seen_before_the_scan_merges_is_not_resurrected() {
     t.add_process(7, info());
     // Goroutine 2 predates attach, exits while the scan runs, and the scan
     // (read a moment earlier) still reports it.
-    t.apply(&ev(EventKind::Exit, 7, 2));
+    t.apply(&Event::Goroutine(ev(EventKind::Exit, 7, 2)));
     t.merge_scan(7, &[scanned(1), scanned(2)]);
     let p = t.process(7).unwrap();
     assert_eq!(p.live_count(), 1);
@@ -85,21 +85,21 @@ fn table_is_bounded_and_overflow_is_counted() {
     t.add_process(7, info());
     t.merge_scan(7, &[]);
     for goid in 1..=5 {
-        t.apply(&ev(EventKind::Create, 7, goid));
+        t.apply(&Event::Goroutine(ev(EventKind::Create, 7, goid)));
     }
     let p = t.process(7).unwrap();
     assert_eq!((p.live_count(), p.untracked), (5, 2));
-    t.apply(&ev(EventKind::Exit, 7, 5)); // untracked one exits
+    t.apply(&Event::Goroutine(ev(EventKind::Exit, 7, 5))); // untracked one exits
     assert_eq!(t.process(7).unwrap().live_count(), 4);
 }
 
 #[test]
 fn events_for_unknown_processes_or_kinds_are_counted_not_applied() {
     let mut t = Tracker::new(10);
-    t.apply(&ev(EventKind::Create, 99, 1));
+    t.apply(&Event::Goroutine(ev(EventKind::Create, 99, 1)));
     let mut bad = ev(EventKind::Create, 99, 1);
     bad.kind = 77;
-    t.apply(&bad);
+    t.apply(&Event::Goroutine(bad));
     assert_eq!(t.stray_events, 2);
     assert!(t.process(99).is_none());
 }
@@ -111,7 +111,7 @@ fn decodes_events_and_rejects_short_records() {
     let bytes = unsafe { std::slice::from_raw_parts((&raw const e).cast::<u8>(), EVENT_SIZE) };
     let mut unaligned = vec![0u8];
     unaligned.extend_from_slice(bytes);
-    assert_eq!(decode_event(&unaligned[1..]), Some(e));
+    assert_eq!(decode_event(&unaligned[1..]), Some(Event::Goroutine(e)));
     assert_eq!(decode_event(&bytes[..EVENT_SIZE - 1]), None);
 }
 

@@ -1,7 +1,10 @@
 //! One module per hooked Go runtime function, plus what they share.
 
+mod block;
+mod close;
 mod create;
 mod exit;
+mod send_closed;
 
 use aya_ebpf::programs::ProbeContext;
 use aya_ebpf::{
@@ -10,7 +13,7 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use core::intrinsics::{atomic_xadd, AtomicOrdering};
-use gostray_common::{GoroutineEvent, ProbeErrorKind, ProcConfig};
+use gostray_common::{ChanEvent, GoroutineEvent, ProbeErrorKind, ProcConfig, EVENT_PCS};
 
 use crate::maps::{ERRORS, EVENTS, TARGETS};
 
@@ -35,6 +38,32 @@ fn read_u64(base: u64, offset: u32) -> Result<u64, ProbeError> {
         .map_err(|_| ProbeError::ReadUser)
 }
 
+/// Reads a `u32` field at `base + offset` in the target's memory.
+#[inline(always)]
+fn read_u32(base: u64, offset: u32) -> Result<u32, ProbeError> {
+    // SAFETY: as in `read_u64`.
+    unsafe { bpf_probe_read_user((base + u64::from(offset)) as *const u32) }
+        .map_err(|_| ProbeError::ReadUser)
+}
+
+/// Up to [`EVENT_PCS`] return addresses up the frame-pointer chain from
+/// `fp`; stops quietly at the first unreadable or null frame.
+#[inline(always)]
+fn return_pcs(mut fp: u64) -> [u64; EVENT_PCS] {
+    let mut pcs = [0u64; EVENT_PCS];
+    for slot in &mut pcs {
+        if fp == 0 {
+            break;
+        }
+        let (Ok(pc), Ok(next)) = (read_u64(fp, 8), read_u64(fp, 0)) else {
+            break;
+        };
+        *slot = pc;
+        fp = next;
+    }
+    pcs
+}
+
 /// Submits `event` without waking the reader: the agent drains on a short
 /// timer, because a wakeup per event costs more than the probe itself on
 /// small machines.
@@ -42,8 +71,21 @@ fn read_u64(base: u64, offset: u32) -> Result<u64, ProbeError> {
 fn submit(cfg: *mut ProcConfig, mut event: GoroutineEvent) -> Result<(), ProbeError> {
     // SAFETY: a helper call with no arguments.
     event.ktime_ns = unsafe { bpf_ktime_get_ns() };
+    output(cfg, &event)
+}
+
+/// Like [`submit`], for a [`ChanEvent`].
+#[inline(always)]
+fn submit_chan(cfg: *mut ProcConfig, mut event: ChanEvent) -> Result<(), ProbeError> {
+    // SAFETY: a helper call with no arguments.
+    event.ktime_ns = unsafe { bpf_ktime_get_ns() };
+    output(cfg, &event)
+}
+
+#[inline(always)]
+fn output<T: 'static>(cfg: *mut ProcConfig, event: &T) -> Result<(), ProbeError> {
     if EVENTS
-        .output::<GoroutineEvent>(&event, u64::from(BPF_RB_NO_WAKEUP))
+        .output::<T>(event, u64::from(BPF_RB_NO_WAKEUP))
         .is_err()
     {
         // SAFETY: `cfg` points into a TARGETS value. The BPF target has no

@@ -1,0 +1,86 @@
+//! The leak report: what `/api/v1/leaks` serves and `gostray leaks` prints.
+
+use serde::{Deserialize, Serialize};
+
+use crate::tracker::{verdict::Site, ProcessState, Tracker};
+
+/// The whole report, one entry per watched process.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Report {
+    pub processes: Vec<ProcessReport>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ProcessReport {
+    pub pid: u32,
+    pub exe: String,
+    pub go_version: String,
+    pub goroutines: u64,
+    pub groups: Vec<serde_json::Value>,
+    pub double_closes: Vec<MisuseReport>,
+    pub sends_on_closed: Vec<MisuseReport>,
+    pub closes_of_nil: Vec<MisuseReport>,
+}
+
+/// A channel misuse site, with how often it happened.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MisuseReport {
+    /// The goroutine's site (for a double close: the second closer).
+    pub site: SiteOut,
+    /// A double close's first closer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_closer: Option<SiteOut>,
+    pub count: u64,
+}
+
+/// A site as printed (owned, deserializable for the CLI).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SiteOut {
+    pub function: String,
+    pub file: String,
+    pub line: u32,
+}
+
+impl From<Site> for SiteOut {
+    fn from(s: Site) -> Self {
+        Self {
+            function: s.function,
+            file: s.file,
+            line: s.line,
+        }
+    }
+}
+
+/// Builds the report from the tracker's last evaluation.
+pub fn build(tracker: &Tracker) -> Report {
+    let mut processes: Vec<ProcessReport> = tracker
+        .processes()
+        .map(|(pid, p)| process(pid, p))
+        .collect();
+    processes.sort_by_key(|p| p.pid);
+    Report { processes }
+}
+
+fn process(pid: u32, p: &ProcessState) -> ProcessReport {
+    let misuse = |kind| {
+        p.misuse_report
+            .iter()
+            .filter(|(k, _)| *k == kind)
+            .map(|(_, r)| r.clone())
+            .collect()
+    };
+    ProcessReport {
+        pid,
+        exe: p.info.exe.clone(),
+        go_version: p.info.go_version.clone(),
+        goroutines: p.live_count(),
+        groups: p
+            .groups
+            .iter()
+            .filter_map(|g| serde_json::to_value(g).ok())
+            .collect(),
+        double_closes: misuse(gostray_common::EventKind::DoubleClose),
+        sends_on_closed: misuse(gostray_common::EventKind::SendClosed),
+        closes_of_nil: misuse(gostray_common::EventKind::CloseNil),
+    }
+}

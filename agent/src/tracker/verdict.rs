@@ -1,0 +1,426 @@
+//! Deciding which parked goroutines are leaks, from evidence only.
+//!
+//! From outside the process we cannot prove a goroutine unreachable the way
+//! the runtime's GC-based detector can, so a verdict combines: how long it
+//! has been parked, on what, whether its creator is still running, whether
+//! the channel is held by a package-level variable, and how the number of
+//! goroutines parked the same way moves over time. See the README's rules.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use serde::Serialize;
+
+use super::{
+    process::{Goroutine, ProcessState, TREND_LEN},
+    waitclass::WaitClass,
+};
+use crate::scan::{ChanState, G_WAITING};
+
+/// A source location, as reported.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize)]
+pub struct Site {
+    pub function: String,
+    pub file: String,
+    pub line: u32,
+}
+
+/// Names PCs of one process (runtime addresses; the implementation removes
+/// the load bias).
+pub trait Symbols {
+    fn site(&self, pc: u64) -> Option<Site>;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    Leak,
+    Suspect,
+}
+
+/// Who created the goroutines of a group, and is it still able to run?
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Creator {
+    Alive,
+    Exited,
+    /// Parked for good itself.
+    Stuck,
+    /// Go < 1.21 records no parent, or the table is incomplete.
+    Unknown,
+}
+
+/// The channel of a group's oldest member.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ChannelReport {
+    pub address: String,
+    pub capacity: u64,
+    pub queued: u64,
+    pub closed: bool,
+    /// Whether any goroutine waits on the other side.
+    pub counterpart_waiting: bool,
+    /// Stored in a package-level variable, so code may still reach it.
+    pub global: bool,
+}
+
+/// Goroutines parked the same way: same creation site, blocking site and reason.
+#[derive(Debug, Clone, Serialize)]
+pub struct Group {
+    pub fingerprint: String,
+    pub verdict: Verdict,
+    pub wait_reason: String,
+    pub wait_class: &'static str,
+    /// Members parked at least `--leak-after`.
+    pub count: u64,
+    /// All members, however long parked.
+    pub blocked: u64,
+    pub oldest_blocked_seconds: f64,
+    pub start_function: String,
+    pub created_at: Site,
+    pub blocked_at: Site,
+    pub channel: Option<ChannelReport>,
+    pub creator: Creator,
+    /// Member counts at the last scans, oldest first.
+    pub trend: Vec<u64>,
+    pub evidence: Vec<String>,
+    pub stack: Vec<Site>,
+}
+
+/// A misuse site pair (double close: second and first closer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Misuse {
+    pub kind: gostray_common::EventKind,
+    pub pc: u64,
+    pub other_pc: u64,
+}
+
+/// Counts the metrics need, whatever the verdicts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// Parked goroutines by wait class, any duration.
+    pub blocked_by_class: BTreeMap<&'static str, u64>,
+    /// Goroutines parked sending on a channel for at least `--leak-after`.
+    pub blocked_senders: u64,
+}
+
+/// Groups reported per process, worst first.
+pub const MAX_GROUPS: usize = 100;
+
+/// Package prefixes whose frames are the mechanism of a wait, not its site.
+const MECHANISM: [&str; 5] = [
+    "runtime.",
+    "sync.",
+    "internal/sync.",
+    "sync/atomic.",
+    "internal/",
+];
+
+/// Evaluates every parked goroutine of `proc` at `now_ns`.
+pub fn evaluate(
+    proc: &ProcessState,
+    now_ns: u64,
+    leak_after_ns: u64,
+    symbols: &dyn Symbols,
+    globals: &HashSet<u64>,
+) -> (Vec<Group>, Summary, HashMap<u64, u64>) {
+    let mut summary = Summary::default();
+    let class_of = |g: &Goroutine| -> Option<(WaitClass, u8)> {
+        let seen = g.seen.as_ref().filter(|s| s.status == G_WAITING)?;
+        Some((
+            WaitClass::from_name(proc.reason_name(seen.waitreason)),
+            seen.waitreason,
+        ))
+    };
+    let system = |g: &Goroutine| {
+        symbols
+            .site(g.startpc)
+            .is_some_and(|s| s.function.starts_with("runtime.") && s.function != "runtime.main")
+    };
+    let main_goroutine = |g: &Goroutine| {
+        symbols
+            .site(g.startpc)
+            .is_some_and(|s| s.function == "runtime.main")
+    };
+    let blocked_for = |g: &Goroutine| g.blocked_since_ns.map_or(0, |s| now_ns.saturating_sub(s));
+
+    // Goroutines that will not run again on their own: parked long on a
+    // blocking primitive, or parked where nothing can wake them.
+    let mut stuck: HashSet<u64> = HashSet::new();
+    for (&goid, g) in &proc.live {
+        let Some((class, _)) = class_of(g) else {
+            continue;
+        };
+        *summary.blocked_by_class.entry(class.as_str()).or_default() += 1;
+        if class == WaitClass::ChanSend && blocked_for(g) >= leak_after_ns && !system(g) {
+            summary.blocked_senders += 1;
+        }
+        if class.never_wakes()
+            || (class.is_blocking() && blocked_for(g) >= leak_after_ns && !main_goroutine(g))
+        {
+            stuck.insert(goid);
+        }
+    }
+
+    struct Acc<'a> {
+        members: Vec<(u64, &'a Goroutine)>,
+        class: WaitClass,
+        reason: u8,
+    }
+    let mut groups: HashMap<(u64, u64, u8), Acc> = HashMap::new();
+    for (&goid, g) in &proc.live {
+        let Some((class, reason)) = class_of(g) else {
+            continue;
+        };
+        if !class.is_blocking() || system(g) || main_goroutine(g) {
+            continue;
+        }
+        let site_pc = blocking_pc(g, symbols).unwrap_or(0);
+        let key = (g.gopc, site_pc, reason);
+        groups
+            .entry(key)
+            .or_insert_with(|| Acc {
+                members: Vec::new(),
+                class,
+                reason,
+            })
+            .members
+            .push((goid, g));
+    }
+
+    let mut sizes = HashMap::new();
+    let mut out = Vec::new();
+    for ((gopc, site_pc, _), acc) in groups {
+        let created_at = symbols.site(gopc.saturating_sub(1)).unwrap_or_default();
+        let blocked_at = symbols.site(site_pc.saturating_sub(1)).unwrap_or_default();
+        let reason_name = proc.reason_name(acc.reason).to_string();
+        let fp = fingerprint(&created_at, &blocked_at, &reason_name);
+        sizes.insert(fp, acc.members.len() as u64);
+        let ripe: Vec<&(u64, &Goroutine)> = acc
+            .members
+            .iter()
+            .filter(|(_, g)| blocked_for(g) >= leak_after_ns)
+            .collect();
+        let Some(&&(_, oldest)) = ripe.iter().max_by_key(|(_, g)| blocked_for(g)) else {
+            continue;
+        };
+
+        let creator = creator_of(proc, &ripe, &stuck);
+        let chan = oldest.seen.as_ref().and_then(|s| s.chan);
+        let global = chan.is_some_and(|c| globals.contains(&c.address));
+        let shared = shared_channel(&ripe);
+        let mut trend: Vec<u64> = proc
+            .trends
+            .get(&fp)
+            .map(|t| t.iter().copied().collect())
+            .unwrap_or_default();
+        trend.push(acc.members.len() as u64);
+        if trend.len() > TREND_LEN {
+            trend.remove(0);
+        }
+        let growth = Growth::of(&trend);
+
+        let mut evidence = vec![format!(
+            "{} goroutine(s) parked in \"{reason_name}\" for up to {:.0}s",
+            ripe.len(),
+            blocked_for(oldest) as f64 / 1e9
+        )];
+        let verdict = if acc.class.never_wakes() {
+            evidence.push("nothing can ever wake this wait".into());
+            Some(Verdict::Leak)
+        } else if global {
+            evidence.push(
+                "the channel is held by a package-level variable: code may still use it".into(),
+            );
+            (growth == Growth::Strong).then_some(Verdict::Suspect)
+        } else if matches!(creator, Creator::Exited | Creator::Stuck)
+            && !(shared && growth == Growth::None)
+        {
+            evidence.push(match creator {
+                Creator::Exited => "the goroutine that created it has exited".into(),
+                _ => "the goroutine that created it is itself parked for good".into(),
+            });
+            Some(Verdict::Leak)
+        } else if growth == Growth::Strong {
+            evidence.push(format!("the count at this site keeps growing: {trend:?}"));
+            Some(Verdict::Leak)
+        } else if growth == Growth::Weak
+            || creator == Creator::Unknown
+            || matches!(creator, Creator::Exited | Creator::Stuck)
+        {
+            evidence.push(match (growth, creator) {
+                (Growth::Weak, _) => format!("the count at this site grew: {trend:?}"),
+                (_, Creator::Unknown) => "its creator is unknown (Go < 1.21 records none)".into(),
+                _ => "its creator is gone, but the goroutines share one channel like a worker pool"
+                    .into(),
+            });
+            Some(Verdict::Suspect)
+        } else {
+            None
+        };
+        let Some(verdict) = verdict else { continue };
+        if let Some(c) = chan {
+            evidence.push(channel_evidence(&c, acc.class));
+        }
+        out.push(Group {
+            fingerprint: format!("{fp:016x}"),
+            verdict,
+            wait_reason: reason_name,
+            wait_class: acc.class.as_str(),
+            count: ripe.len() as u64,
+            blocked: acc.members.len() as u64,
+            oldest_blocked_seconds: blocked_for(oldest) as f64 / 1e9,
+            start_function: symbols
+                .site(oldest.startpc)
+                .map(|s| s.function)
+                .unwrap_or_default(),
+            created_at,
+            blocked_at,
+            channel: chan.map(|c| ChannelReport {
+                address: format!("{:#x}", c.address),
+                capacity: c.dataqsiz,
+                queued: c.qcount,
+                closed: c.closed,
+                counterpart_waiting: if acc.class == WaitClass::ChanSend {
+                    c.receivers_waiting
+                } else {
+                    c.senders_waiting
+                },
+                global,
+            }),
+            creator,
+            trend,
+            evidence,
+            stack: stack_of(oldest, symbols),
+        });
+    }
+    out.sort_by(|a, b| {
+        a.verdict
+            .cmp(&b.verdict)
+            .then(b.count.cmp(&a.count))
+            .then(a.fingerprint.cmp(&b.fingerprint))
+    });
+    out.truncate(MAX_GROUPS);
+    (out, summary, sizes)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Growth {
+    None,
+    /// Grew at least once and never shrank.
+    Weak,
+    /// Grew at three or more scans and never shrank.
+    Strong,
+}
+
+impl Growth {
+    fn of(trend: &[u64]) -> Self {
+        let steps: Vec<i64> = trend
+            .windows(2)
+            .map(|w| w[1] as i64 - w[0] as i64)
+            .collect();
+        let ups = steps.iter().filter(|&&d| d > 0).count();
+        if ups == 0 || steps.iter().any(|&d| d < 0) {
+            Self::None
+        } else if ups >= 3 {
+            Self::Strong
+        } else {
+            Self::Weak
+        }
+    }
+}
+
+/// The first frame that is not the waiting machinery: where user code waits.
+fn blocking_pc(g: &Goroutine, symbols: &dyn Symbols) -> Option<u64> {
+    let stack: Vec<u64> = match (&g.seen, &g.last_block) {
+        (Some(s), _) if !s.stack.is_empty() => s.stack.iter().skip(1).copied().collect(),
+        (_, Some(b)) => b.pcs.iter().copied().filter(|&p| p != 0).collect(),
+        _ => return None,
+    };
+    stack
+        .iter()
+        .copied()
+        .find(|&pc| {
+            symbols
+                .site(pc.saturating_sub(1))
+                .is_some_and(|s| !MECHANISM.iter().any(|m| s.function.starts_with(m)))
+        })
+        .or_else(|| stack.last().copied())
+}
+
+fn stack_of(g: &Goroutine, symbols: &dyn Symbols) -> Vec<Site> {
+    let Some(seen) = &g.seen else {
+        return Vec::new();
+    };
+    seen.stack
+        .iter()
+        .enumerate()
+        .filter_map(|(i, &pc)| symbols.site(if i == 0 { pc } else { pc.saturating_sub(1) }))
+        .collect()
+}
+
+fn creator_of(
+    proc: &ProcessState,
+    members: &[&(u64, &Goroutine)],
+    stuck: &HashSet<u64>,
+) -> Creator {
+    let mut verdicts = members.iter().map(|(_, g)| {
+        if g.parent_goid == 0 || proc.untracked > 0 {
+            Creator::Unknown
+        } else if stuck.contains(&g.parent_goid) {
+            Creator::Stuck
+        } else if proc.live.contains_key(&g.parent_goid) {
+            Creator::Alive
+        } else {
+            Creator::Exited
+        }
+    });
+    let first = verdicts.next().unwrap_or(Creator::Unknown);
+    // One live creator is enough to call the group's creator alive.
+    verdicts.fold(first, |acc, c| {
+        if c == Creator::Alive || acc == Creator::Alive {
+            Creator::Alive
+        } else {
+            acc
+        }
+    })
+}
+
+/// True when two or more members wait on the same channel (a pool shape).
+fn shared_channel(members: &[&(u64, &Goroutine)]) -> bool {
+    let mut seen = HashSet::new();
+    members
+        .iter()
+        .filter_map(|(_, g)| g.seen.as_ref()?.chan.map(|c| c.address))
+        .any(|a| !seen.insert(a))
+}
+
+fn channel_evidence(c: &ChanState, class: WaitClass) -> String {
+    let kind = if c.dataqsiz == 0 {
+        "unbuffered".to_string()
+    } else {
+        format!("buffer {}/{}", c.qcount, c.dataqsiz)
+    };
+    let other = match class {
+        WaitClass::ChanSend if !c.receivers_waiting => ", no receiver waiting",
+        WaitClass::ChanReceive if !c.senders_waiting => ", no sender waiting",
+        _ => "",
+    };
+    format!("channel {:#x} ({kind}{other})", c.address)
+}
+
+/// A stable FNV-1a hash of what identifies a group.
+fn fingerprint(created: &Site, blocked: &Site, reason: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in [
+        created.function.as_str(),
+        &created.line.to_string(),
+        &blocked.function,
+        &blocked.line.to_string(),
+        reason,
+    ] {
+        for b in part.bytes().chain([0]) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h
+}
