@@ -52,6 +52,22 @@ pub enum Command {
     ///   gostray run --pid 4242
     ///   gostray run --binary /usr/local/bin/api-server --listen 0.0.0.0:9981
     Run(RunArgs),
+    /// Print the running agent's leak report, worst first.
+    ///
+    /// Examples:
+    ///   gostray leaks
+    ///   gostray leaks --url http://10.0.0.7:9981 --json
+    Leaks(LeaksArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct LeaksArgs {
+    /// Where the agent listens.
+    #[arg(long, env = "GOSTRAY_URL", default_value = "http://127.0.0.1:9981")]
+    pub url: String,
+    /// Print the raw JSON report instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -186,7 +202,9 @@ mod tests {
             "gostray", "run", "--pid", "1", "--pid", "2", "--binary", "/x",
         ])
         .unwrap();
-        let Command::Run(run) = cli.command;
+        let Command::Run(run) = cli.command else {
+            panic!("not run")
+        };
         assert_eq!(run.pids, vec![1, 2]);
         assert!(Cli::try_parse_from(["gostray", "run", "--pid", "abc"]).is_err());
     }

@@ -189,11 +189,14 @@ impl Kernel {
     pub fn watch(&mut self, pid: u32, target: &Target) -> anyhow::Result<()> {
         let o = target.bin.offsets;
         let chan = target.leak.as_ref().map(|l| l.chan);
+        let g = target.leak.as_ref().map(|l| l.g);
         let cfg = ProcConfig {
             g_goid: o.goid,
             g_parent_goid: o.parent_goid.unwrap_or(OFFSET_ABSENT),
             g_gopc: o.gopc,
             g_startpc: o.startpc,
+            g_m: g.map_or(OFFSET_ABSENT, |g| g.m),
+            m_curg: g.map_or(OFFSET_ABSENT, |g| g.m_curg),
             hchan_qcount: chan.map_or(0, |c| c.qcount),
             hchan_dataqsiz: chan.map_or(0, |c| c.dataqsiz),
             hchan_closed: chan.map_or(0, |c| c.closed),

@@ -17,6 +17,9 @@ pub struct GScanOffsets {
     pub waiting: u32,
     pub sched_pc: u32,
     pub sched_bp: u32,
+    /// `g.m` and `m.curg`: the creator of a goroutine on Go < 1.21.
+    pub m: u32,
+    pub m_curg: u32,
 }
 
 /// Offsets in `runtime.hchan`, `runtime.waitq` and `runtime.sudog`.
@@ -177,6 +180,7 @@ fn layouts(d: &gimli::Dwarf<dwarf::Reader>) -> Result<(GScanOffsets, ChanOffsets
     let sudog = members("runtime.sudog")?;
     let waitq = members("runtime.waitq")?;
     let sched = field(&g, "runtime.g", "sched")?;
+    let m = members("runtime.m")?;
     let first = field(&waitq, "runtime.waitq", "first")?;
     Ok((
         GScanOffsets {
@@ -184,6 +188,8 @@ fn layouts(d: &gimli::Dwarf<dwarf::Reader>) -> Result<(GScanOffsets, ChanOffsets
             waiting: field(&g, "runtime.g", "waiting")?,
             sched_pc: sched + field(&gobuf, "runtime.gobuf", "pc")?,
             sched_bp: sched + field(&gobuf, "runtime.gobuf", "bp")?,
+            m: field(&g, "runtime.g", "m")?,
+            m_curg: field(&m, "runtime.m", "curg")?,
         },
         ChanOffsets {
             qcount: field(&hchan, "runtime.hchan", "qcount")?,

@@ -5,6 +5,7 @@ mod config;
 mod gobin;
 mod kernel;
 mod leakbin;
+mod leaks;
 mod metrics;
 mod privileges;
 mod procfs;
@@ -31,6 +32,7 @@ fn main() -> ExitCode {
     init_logging(cli.log_format, &cli.log);
     let result = match cli.command {
         Command::Run(args) => run(&args),
+        Command::Leaks(args) => leaks::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

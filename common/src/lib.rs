@@ -166,6 +166,11 @@ pub struct ProcConfig {
     pub g_gopc: u32,
     /// Offset of `runtime.g.startpc`.
     pub g_startpc: u32,
+    /// Offsets of `runtime.g.m` and `runtime.m.curg`, or [`OFFSET_ABSENT`]:
+    /// before Go 1.21 g has no parentGoid, but the creating goroutine is
+    /// g0.m.curg while newproc runs on the system stack.
+    pub g_m: u32,
+    pub m_curg: u32,
     /// Offsets in `runtime.hchan`.
     pub hchan_qcount: u32,
     pub hchan_dataqsiz: u32,
@@ -201,5 +206,5 @@ mod pod {
 }
 
 const _: () = assert!(core::mem::size_of::<GoroutineEvent>() == 48);
-const _: () = assert!(core::mem::size_of::<ProcConfig>() == 40);
+const _: () = assert!(core::mem::size_of::<ProcConfig>() == 48);
 const _: () = assert!(core::mem::size_of::<ChanEvent>() == 104);

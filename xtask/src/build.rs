@@ -81,7 +81,7 @@ pub fn host_cargo() -> Command {
 }
 
 /// Go programs under `xtask/go/`, each one `main.go`.
-pub const FIXTURES: [&str; 3] = ["spawner", "churn", "demo"];
+pub const FIXTURES: [&str; 4] = ["spawner", "churn", "demo", "patterns"];
 
 /// Directory of built fixtures: `<name>-<go line>` executables.
 pub fn fixtures_dir() -> PathBuf {

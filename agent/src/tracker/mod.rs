@@ -134,7 +134,7 @@ impl Tracker {
             .iter()
             .map(|(m, &count)| {
                 let report = crate::report::MisuseReport {
-                    site: site(m.pc),
+                    site: verdict::user_site(&m.pcs, symbols).into(),
                     first_closer: (m.kind == EventKind::DoubleClose).then(|| site(m.other_pc)),
                     count,
                 };

@@ -207,7 +207,7 @@ impl ProcessState {
         *self.misuse_total.entry(kind).or_default() += 1;
         let site = Misuse {
             kind,
-            pc: e.pcs[0],
+            pcs: e.pcs,
             other_pc: e.other_pc,
         };
         if self.misuse.len() < MAX_MISUSE_SITES || self.misuse.contains_key(&site) {

@@ -89,8 +89,24 @@ pub struct Group {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Misuse {
     pub kind: gostray_common::EventKind,
-    pub pc: u64,
+    /// Return addresses of the misusing goroutine, innermost first.
+    pub pcs: [u64; gostray_common::EVENT_PCS],
     pub other_pc: u64,
+}
+
+/// The first of `pcs` (return addresses) outside the runtime's machinery.
+pub fn user_site(pcs: &[u64], symbols: &dyn Symbols) -> Site {
+    let sites: Vec<Site> = pcs
+        .iter()
+        .filter(|&&p| p != 0)
+        .filter_map(|&p| symbols.site(p.saturating_sub(1)))
+        .collect();
+    sites
+        .iter()
+        .find(|s| !MECHANISM.iter().any(|m| s.function.starts_with(m)))
+        .or(sites.first())
+        .cloned()
+        .unwrap_or_default()
 }
 
 /// Counts the metrics need, whatever the verdicts.

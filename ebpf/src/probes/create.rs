@@ -21,10 +21,15 @@ fn try_goroutine_create(ctx: &ProbeContext) -> Result<(), ProbeError> {
     // SAFETY: the pointer comes from a successful map lookup.
     let cfg = unsafe { *cfg_ptr };
     let g = goabi::arg(ctx, 1);
-    let parent_goid = if cfg.g_parent_goid == OFFSET_ABSENT {
-        0
-    } else {
+    let parent_goid = if cfg.g_parent_goid != OFFSET_ABSENT {
         read_u64(g, cfg.g_parent_goid)?
+    } else if cfg.g_m != OFFSET_ABSENT && cfg.m_curg != OFFSET_ABSENT {
+        // newproc.func1 runs on g0: the creator is the M's current user g.
+        let m = read_u64(goabi::current_g(ctx), cfg.g_m)?;
+        let curg = read_u64(m, cfg.m_curg)?;
+        read_u64(curg, cfg.g_goid)?
+    } else {
+        0
     };
     let event = GoroutineEvent {
         kind: EventKind::Create as u32,
