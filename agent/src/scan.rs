@@ -13,6 +13,11 @@ use crate::{gobin::GoBinary, leakbin::LeakLayout, procmem};
 const G_IDLE: u32 = 0;
 pub const G_WAITING: u32 = 4;
 const G_DEAD: u32 = 6;
+/// Go ≥ 1.26: `_Gleaked`, a parked goroutine the runtime's own leak profile
+/// caught (still parked, wait reason kept), and `_Gdeadextra`, a dead g
+/// kept for an extra M. Older releases never use these values.
+const G_LEAKED: u32 = 10;
+const G_DEAD_EXTRA: u32 = 11;
 const G_SCAN: u32 = 0x1000;
 /// Highest plain status value we accept (`_Gpreempted` = 9; later releases add a few).
 const G_MAX_STATUS: u32 = 16;
@@ -104,9 +109,15 @@ pub fn scan(
                 .try_into()
                 .expect("4 bytes"),
         ) & !G_SCAN;
-        if status == G_IDLE || status == G_DEAD || status > G_MAX_STATUS {
+        if status == G_IDLE || status == G_DEAD || status == G_DEAD_EXTRA || status > G_MAX_STATUS {
             continue;
         }
+        // A goroutine the runtime itself found leaked is still parked.
+        let status = if status == G_LEAKED {
+            G_WAITING
+        } else {
+            status
+        };
         let mut g = ScannedG {
             goid: at(&bytes, o.goid),
             status,

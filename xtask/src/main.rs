@@ -2,6 +2,7 @@
 
 mod build;
 mod demo;
+mod oracle;
 mod tools;
 mod util;
 
@@ -36,6 +37,8 @@ enum Task {
     },
     /// Start a leaking Go demo service under the agent and show what it sees.
     Demo(demo::DemoArgs),
+    /// Score the agent against the Go runtime's own goroutine leak cases.
+    Oracle(oracle::OracleArgs),
     /// Run every test: unit tests, then kernel tests (root) against Go fixtures.
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
@@ -70,6 +73,14 @@ fn dispatch(task: Task) -> anyhow::Result<()> {
         }
         Task::Demo(args) => demo::demo(&args),
         Task::Test { args } => test(&args),
+        Task::Oracle(args) => {
+            let agent = build::build_agent(true)?;
+            let (recall, false_leaks) = oracle::oracle(&args, &agent)?;
+            println!(
+                "oracle: {recall:.1}% of expected leaks found, {false_leaks} false leak group(s)"
+            );
+            Ok(())
+        }
     }
 }
 

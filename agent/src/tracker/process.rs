@@ -79,6 +79,8 @@ enum Phase {
 pub const TREND_LEN: usize = 8;
 /// Groups whose trend is remembered.
 const MAX_TRENDS: usize = 512;
+/// Exited goroutines whose parent is remembered.
+const MAX_EXIT_LINKS: usize = 65_536;
 /// Distinct double-close site pairs remembered.
 const MAX_MISUSE_SITES: usize = 256;
 
@@ -114,6 +116,10 @@ pub struct ProcessState {
     pub groups: Vec<Group>,
     /// Misuse sites named at the last evaluation.
     pub misuse_report: Vec<(gostray_common::EventKind, crate::report::MisuseReport)>,
+    /// Parents of goroutines that exited, so that descendant chains stay
+    /// connected through goroutines that are gone. Bounded: cleared whole
+    /// when full (an older link only matters for a long-lived grandchild).
+    pub(super) exit_links: HashMap<u64, u64>,
     /// Member counts per group fingerprint over the last scans.
     pub(super) trends: HashMap<u64, VecDeque<u64>>,
 }
@@ -139,6 +145,7 @@ impl ProcessState {
             misuse_total: HashMap::new(),
             groups: Vec::new(),
             misuse_report: Vec::new(),
+            exit_links: HashMap::new(),
             trends: HashMap::new(),
         }
     }
@@ -178,6 +185,12 @@ impl ProcessState {
         if let Some(g) = self.live.remove(&goid) {
             if g.created_ns != 0 && at_ns >= g.created_ns {
                 self.lifetimes.observe_ns(at_ns - g.created_ns);
+            }
+            if g.parent_goid != 0 {
+                if self.exit_links.len() >= MAX_EXIT_LINKS {
+                    self.exit_links.clear();
+                }
+                self.exit_links.insert(goid, g.parent_goid);
             }
             return;
         }

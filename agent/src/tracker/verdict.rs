@@ -176,6 +176,8 @@ pub fn evaluate(
         }
     }
 
+    let active_below = waiting_on_active_descendants(proc, &stuck, &system);
+
     struct Acc<'a> {
         members: Vec<(u64, &'a Goroutine)>,
         class: WaitClass,
@@ -222,7 +224,11 @@ pub fn evaluate(
         let creator = creator_of(proc, &ripe, &stuck);
         let chan = oldest.seen.as_ref().and_then(|s| s.chan);
         let global = chan.is_some_and(|c| globals.contains(&c.address));
-        let shared = shared_channel(&ripe);
+        // Receivers sharing one channel are a pool's shape; senders sharing
+        // one with no receiver are not.
+        let shared = shared_channel(&ripe)
+            && matches!(acc.class, WaitClass::ChanReceive | WaitClass::Select);
+        let waits_on_work = ripe.iter().any(|(goid, _)| active_below.contains(goid));
         let mut trend: Vec<u64> = proc
             .trends
             .get(&fp)
@@ -247,6 +253,11 @@ pub fn evaluate(
                 "the channel is held by a package-level variable: code may still use it".into(),
             );
             (growth == Growth::Strong).then_some(Verdict::Suspect)
+        } else if waits_on_work && growth != Growth::Strong {
+            // A goroutine it started (or one they started) is still at work
+            // and may yet deliver: waiting on a sleeping or running
+            // descendant is not being stuck.
+            None
         } else if matches!(creator, Creator::Exited | Creator::Stuck)
             && !(shared && growth == Growth::None)
         {
@@ -284,10 +295,7 @@ pub fn evaluate(
             count: ripe.len() as u64,
             blocked: acc.members.len() as u64,
             oldest_blocked_seconds: blocked_for(oldest) as f64 / 1e9,
-            start_function: symbols
-                .site(oldest.startpc)
-                .map(|s| s.function)
-                .unwrap_or_default(),
+            start_function: start_function(oldest, symbols),
             created_at,
             blocked_at,
             channel: chan.map(|c| ChannelReport {
@@ -362,6 +370,26 @@ fn blocking_pc(g: &Goroutine, symbols: &dyn Symbols) -> Option<u64> {
         .or_else(|| stack.last().copied())
 }
 
+/// The goroutine's own function: the bottom of its stack, past the
+/// compiler's `go f(x)` wrappers (`gowrapN`) and `goexit`, as the runtime's
+/// tracebacks show it; else its start PC's function.
+fn start_function(g: &Goroutine, symbols: &dyn Symbols) -> String {
+    let is_wrapper = |f: &str| {
+        f.starts_with("runtime.goexit")
+            || f.rsplit('.')
+                .next()
+                .is_some_and(|last| last.starts_with("gowrap"))
+    };
+    let from_stack = stack_of(g, symbols)
+        .into_iter()
+        .rev()
+        .map(|s| s.function)
+        .find(|f| !is_wrapper(f));
+    from_stack
+        .or_else(|| symbols.site(g.startpc).map(|s| s.function))
+        .unwrap_or_default()
+}
+
 fn stack_of(g: &Goroutine, symbols: &dyn Symbols) -> Vec<Site> {
     let Some(seen) = &g.seen else {
         return Vec::new();
@@ -398,6 +426,35 @@ fn creator_of(
             acc
         }
     })
+}
+
+/// Goroutines with a live descendant (child, grandchild…) that is not
+/// parked for good: whatever they wait for may still come from it.
+fn waiting_on_active_descendants(
+    proc: &ProcessState,
+    stuck: &HashSet<u64>,
+    system: &dyn Fn(&Goroutine) -> bool,
+) -> HashSet<u64> {
+    // Mark every ancestor of an active goroutine, walking parent links up.
+    // Each goroutine is marked once, so this is linear in the table.
+    let mut marked: HashSet<u64> = HashSet::new();
+    for (&goid, g) in &proc.live {
+        if stuck.contains(&goid) || system(g) {
+            continue;
+        }
+        let mut parent = g.parent_goid;
+        let mut hops = 0;
+        while parent != 0 && hops < 10_000 && marked.insert(parent) {
+            parent = proc
+                .live
+                .get(&parent)
+                .map(|p| p.parent_goid)
+                .or_else(|| proc.exit_links.get(&parent).copied())
+                .unwrap_or(0);
+            hops += 1;
+        }
+    }
+    marked
 }
 
 /// True when two or more members wait on the same channel (a pool shape).
