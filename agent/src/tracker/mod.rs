@@ -182,3 +182,5 @@ pub fn decode_event(bytes: &[u8]) -> Option<Event> {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod verdict_tests;

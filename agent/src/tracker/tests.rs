@@ -28,6 +28,7 @@ fn scanned(goid: u64) -> ScannedG {
         gopc: 0x10,
         startpc: 0x20,
         parent_goid: 0,
+        ..ScannedG::default()
     }
 }
 
