@@ -52,6 +52,33 @@ pub enum Command {
     ///   gostray run --pid 4242
     ///   gostray run --binary /usr/local/bin/api-server --listen 0.0.0.0:9981
     Run(RunArgs),
+    /// Show what gostray reads from a Go binary and whether it can watch it.
+    ///
+    /// Prints the Go version and build settings, whether the binary is
+    /// stripped, where each struct offset came from (DWARF or the table),
+    /// every probe site with its instruction kind, and the wait reason
+    /// table. Exits non-zero with one line when the binary is not
+    /// supported. No privileges are needed for a file path.
+    ///
+    /// Examples:
+    ///   gostray inspect /usr/local/bin/api-server
+    ///   gostray inspect 4242 --json
+    Inspect(InspectArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct InspectArgs {
+    /// An executable path, or the PID of a running process.
+    #[arg(value_name = "BINARY|PID")]
+    pub target: String,
+
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Also report how long the analysis took and the memory it used.
+    #[arg(long)]
+    pub timing: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -172,7 +199,9 @@ mod tests {
             "gostray", "run", "--pid", "1", "--pid", "2", "--binary", "/x",
         ])
         .unwrap();
-        let Command::Run(run) = cli.command;
+        let Command::Run(run) = cli.command else {
+            panic!("not run")
+        };
         assert_eq!(run.pids, vec![1, 2]);
         assert!(Cli::try_parse_from(["gostray", "run", "--pid", "abc"]).is_err());
     }

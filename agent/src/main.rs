@@ -3,6 +3,7 @@
 mod agent;
 mod config;
 mod gobin;
+mod inspect;
 mod kernel;
 mod metrics;
 mod privileges;
@@ -28,6 +29,7 @@ fn main() -> ExitCode {
     init_logging(cli.log_format, &cli.log);
     let result = match cli.command {
         Command::Run(args) => run(&args),
+        Command::Inspect(args) => inspect::inspect(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

