@@ -2,6 +2,7 @@
 
 mod build;
 mod demo;
+mod offsets;
 mod tools;
 mod util;
 
@@ -36,6 +37,9 @@ enum Task {
     },
     /// Start a leaking Go demo service under the agent and show what it sees.
     Demo(demo::DemoArgs),
+    /// Regenerate the struct offsets table (agent/src/gobin/offsets.json)
+    /// from the DWARF of a probe program built with every Go toolchain.
+    Offsets,
     /// Run every test: unit tests, then kernel tests (root) against Go fixtures.
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
@@ -70,6 +74,7 @@ fn dispatch(task: Task) -> anyhow::Result<()> {
         }
         Task::Demo(args) => demo::demo(&args),
         Task::Test { args } => test(&args),
+        Task::Offsets => offsets::offsets(),
     }
 }
 
