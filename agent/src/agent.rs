@@ -20,7 +20,7 @@ use aya::maps::{MapData, RingBuf};
 
 use crate::{
     config::RunArgs,
-    gobin::{GoBinError, GoBinary},
+    gobin::{cache::BinaryCache, GoBinError, GoBinary},
     kernel::Kernel,
     procfs::{self, FileId},
     scan,
@@ -38,11 +38,9 @@ struct Watched {
 pub struct Agent {
     kernel: Kernel,
     shared: Arc<Shared>,
-    /// Analysed executables by file identity: a hundred processes of one
+    /// Analysed (and refused) executables: a hundred processes of one
     /// binary cost one parse.
-    binaries: HashMap<FileId, Arc<GoBinary>>,
-    /// Executables that are not watchable, so they are not parsed again.
-    rejected: HashMap<FileId, String>,
+    binaries: BinaryCache,
     watched: HashMap<u32, Watched>,
     /// `--binary` targets, by file identity.
     binary_targets: Vec<(PathBuf, FileId)>,
@@ -89,8 +87,7 @@ impl Agent {
         let mut agent = Self {
             kernel,
             shared,
-            binaries: HashMap::new(),
-            rejected: HashMap::new(),
+            binaries: BinaryCache::default(),
             watched: HashMap::new(),
             binary_targets,
         };
@@ -109,19 +106,11 @@ impl Agent {
         let start_time = procfs::start_time(pid).context("process exited")?;
         let exe = procfs::exe_path(pid);
         let file = FileId::of(&exe).context("reading /proc/PID/exe")?;
-        if let Some(why) = self.rejected.get(&file) {
-            anyhow::bail!("{why}");
+        let bin = self.binaries.get(&exe)?;
+        if bin.layout_source.is_guess() {
+            tracing::warn!(pid, go = %bin.version, layout = ?bin.layout_source,
+                "no DWARF and no offsets for this exact Go release: using another release's layout");
         }
-        let bin = match self.binaries.get(&file) {
-            Some(bin) => bin.clone(),
-            None => match GoBinary::open(&exe) {
-                Ok(bin) => self.binaries.entry(file).or_insert(Arc::new(bin)).clone(),
-                Err(e) => {
-                    self.rejected.insert(file, e.to_string());
-                    return Err(e.into());
-                }
-            },
-        };
         self.kernel.attach_binary(file, &exe, &bin)?;
         let bias = if bin.pie {
             procfs::image_start(pid, file)?
@@ -224,7 +213,7 @@ impl Agent {
             let still_used = self.watched.values().any(|o| o.file == w.file);
             if !still_used && !self.binary_targets.iter().any(|(_, f)| *f == w.file) {
                 self.kernel.detach_binary(w.file);
-                self.binaries.remove(&w.file);
+                self.binaries.forget(w.file.dev, w.file.ino);
             }
         }
     }

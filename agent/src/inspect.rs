@@ -9,8 +9,8 @@ use serde::Serialize;
 use crate::{
     config::InspectArgs,
     gobin::{
-        AddressSource, BuildInfo, ChosenSite, GOffsets, GoBinary, HchanOffsets, LayoutSource,
-        SudogOffsets, WaitReason, WaitqOffsets,
+        AddressSource, BuildInfo, ChosenSite, Frame, FuncRange, GOffsets, GoBinary, HchanOffsets,
+        LayoutSource, SudogOffsets, WaitReason, WaitqOffsets,
     },
 };
 
@@ -34,10 +34,20 @@ struct Report<'a> {
     allgs: String,
     allglen: String,
     allgs_source: AddressSource,
-    sites: &'a [ChosenSite],
+    sites: Vec<SiteReport<'a>>,
     wait_reasons: Vec<WaitReasonEntry<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     timing: Option<Timing>,
+}
+
+#[derive(Serialize)]
+struct SiteReport<'a> {
+    #[serde(flatten)]
+    chosen: &'a ChosenSite,
+    /// `[entry, end)` of the function the site is in.
+    function_range: Option<FuncRange>,
+    /// Where the instruction is in the source, from the function table.
+    source: Option<Frame>,
 }
 
 #[derive(Serialize)]
@@ -89,7 +99,15 @@ pub fn inspect(args: &InspectArgs) -> anyhow::Result<()> {
         allgs: format!("{:#x}", bin.allgs),
         allglen: format!("{:#x}", bin.allglen),
         allgs_source: bin.allgs_source,
-        sites: &bin.sites,
+        sites: bin
+            .sites
+            .iter()
+            .map(|chosen| SiteReport {
+                chosen,
+                function_range: bin.function(chosen.function),
+                source: bin.symbolize(chosen.site.address),
+            })
+            .collect(),
         wait_reasons: bin
             .wait_reasons
             .iter()
@@ -183,10 +201,15 @@ fn print_text(r: &Report) {
         r.allgs, r.allglen, r.allgs_source
     );
     println!("  probe sites");
-    for s in r.sites {
+    for s in &r.sites {
+        let c = s.chosen;
+        let at = s
+            .source
+            .as_ref()
+            .map_or(String::new(), |f| format!(" at {}:{}", f.file, f.line));
         println!(
-            "    {:<8} {:<28} {:#x} (file offset {:#x}) {:?}",
-            s.name, s.function, s.site.address, s.site.file_offset, s.site.kind
+            "    {:<8} {:<28} {:#x} (file offset {:#x}) {:?}{at}",
+            c.name, c.function, c.site.address, c.site.file_offset, c.site.kind
         );
     }
     if r.wait_reasons.is_empty() {

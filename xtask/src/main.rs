@@ -85,6 +85,12 @@ fn test(args: &[String]) -> anyhow::Result<()> {
     }
     build::build_ebpf()?;
     let fixtures = build::build_fixtures(&tools::GO_RELEASES, &build::FIXTURES)?;
+    let sqlc = tools::ensure_sqlc()?;
+    // `line=go` pairs, so the tests can ask each toolchain (`go tool
+    // addr2line`) about the binaries it built.
+    let go_tools = tools::GO_RELEASES
+        .map(|r| format!("{}={}", r.line, r.go().display()))
+        .join(",");
     let t = util::step("running the tests (unit, then kernel)");
     let totals = util::run_counting_tests(
         build::host_cargo()
@@ -94,7 +100,10 @@ fn test(args: &[String]) -> anyhow::Result<()> {
             .env(
                 "GOSTRAY_GO_LINES",
                 tools::GO_RELEASES.map(|r| r.line).join(","),
-            ),
+            )
+            .env("GOSTRAY_GO_TOOLS", go_tools)
+            .env("GOSTRAY_SQLC", sqlc)
+            .env("GOSTRAY_FUZZ_SECONDS", "30"),
     );
     util::done(t);
     let (passed, failed) = totals?;

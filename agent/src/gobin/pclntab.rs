@@ -44,7 +44,6 @@ pub struct Pclntab {
     /// True for the Go ≥ 1.20 magic (0xfffffff1).
     pub go120: bool,
     quantum: u8,
-    ptr_size: u8,
     nfunc: usize,
     /// Link-time address the function entry offsets are relative to.
     pub text_start: u64,
@@ -106,7 +105,6 @@ impl Pclntab {
         Ok(Self {
             go120: magic == MAGIC_GO120,
             quantum,
-            ptr_size,
             nfunc,
             text_start: header_text_start,
             header_text_start,
@@ -234,10 +232,6 @@ impl Pclntab {
             }
         }
         found
-    }
-
-    pub fn ptr_size(&self) -> u8 {
-        self.ptr_size
     }
 }
 
