@@ -51,3 +51,104 @@ fn bad_flag_values_are_rejected() {
     assert!(!ok);
     assert!(stderr.contains("unit"), "{stderr}");
 }
+
+#[test]
+fn inspect_non_go_binary_is_one_clear_line() {
+    assert_one_line_error(&["inspect", "/bin/ls"], "not a Go binary");
+}
+
+#[test]
+fn inspect_random_bytes_is_one_clear_line() {
+    let path = std::env::temp_dir().join(format!("gostray-random-{}", std::process::id()));
+    // Deterministic noise (xorshift), not an ELF.
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let bytes: Vec<u8> = (0..65536)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    std::fs::write(&path, bytes).unwrap();
+    assert_one_line_error(&["inspect", path.to_str().unwrap()], "not an ELF");
+    let _ = std::fs::remove_file(path);
+}
+
+#[test]
+fn inspect_missing_file_is_one_clear_line() {
+    assert_one_line_error(&["inspect", "/nonexistent/app"], "/nonexistent/app");
+}
+
+/// A Go binary cut short: refused with one line, whatever part is missing.
+#[test]
+fn inspect_truncated_go_binary_is_one_clear_line() {
+    let Some(fixtures) = std::env::var_os("GOSTRAY_FIXTURES") else {
+        assert!(
+            std::env::var("CI").is_err(),
+            "GOSTRAY_FIXTURES unset under CI"
+        );
+        eprintln!("SKIPPED: fixtures not built; run `cargo xtask test`");
+        return;
+    };
+    let full = std::fs::read(std::path::Path::new(&fixtures).join("spawner-1.27")).unwrap();
+    let path = std::env::temp_dir().join(format!("gostray-truncated-{}", std::process::id()));
+    for keep in [64, 4096, full.len() / 3, full.len() / 2, full.len() - 4096] {
+        std::fs::write(&path, &full[..keep]).unwrap();
+        assert_one_line_error(&["inspect", path.to_str().unwrap()], "not supported");
+    }
+    let _ = std::fs::remove_file(path);
+}
+
+/// Every fixture of the matrix: supported, with its own Go version.
+#[test]
+fn inspect_succeeds_on_every_fixture() {
+    let (Some(fixtures), Ok(lines)) = (
+        std::env::var_os("GOSTRAY_FIXTURES"),
+        std::env::var("GOSTRAY_GO_LINES"),
+    ) else {
+        assert!(
+            std::env::var("CI").is_err(),
+            "GOSTRAY_FIXTURES unset under CI"
+        );
+        eprintln!("SKIPPED: fixtures not built; run `cargo xtask test`");
+        return;
+    };
+    for line in lines.split(',') {
+        for variant in ["", "-stripped", "-pie"] {
+            let path = std::path::Path::new(&fixtures).join(format!("spawner-{line}{variant}"));
+            let out = Command::new(env!("CARGO_BIN_EXE_gostray"))
+                .args(["inspect", "--json"])
+                .arg(&path)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}: {}",
+                path.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            let version = report["go_version"].as_str().unwrap();
+            assert!(
+                version.starts_with(&format!("go{line}.")),
+                "{}: {version}",
+                path.display()
+            );
+            assert_eq!(report["supported"], true);
+            assert_eq!(report["stripped"], variant == "-stripped");
+            let kinds: Vec<&str> = report["sites"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| s["site"]["kind"].as_str().unwrap())
+                .collect();
+            assert!(
+                kinds
+                    .iter()
+                    .all(|k| ["push", "call", "jump", "nop"].contains(k)),
+                "{kinds:?}"
+            );
+        }
+    }
+}

@@ -40,6 +40,14 @@ enum Task {
     /// Regenerate the struct offsets table (agent/src/gobin/offsets.json)
     /// from the DWARF of a probe program built with every Go toolchain.
     Offsets,
+    /// Fuzz the binary readers (ELF, .go.buildinfo, .gopclntab) with
+    /// mutated real Go binaries for a time budget; `cargo xtask test` runs
+    /// the same harness for 30 s.
+    Fuzz {
+        /// How long to run.
+        #[arg(long, default_value_t = 300)]
+        seconds: u64,
+    },
     /// Run every test: unit tests, then kernel tests (root) against Go fixtures.
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
@@ -75,7 +83,26 @@ fn dispatch(task: Task) -> anyhow::Result<()> {
         Task::Demo(args) => demo::demo(&args),
         Task::Test { args } => test(&args),
         Task::Offsets => offsets::offsets(),
+        Task::Fuzz { seconds } => fuzz(seconds),
     }
+}
+
+fn fuzz(seconds: u64) -> anyhow::Result<()> {
+    let fixtures = build::build_fixtures(&tools::GO_RELEASES, &["spawner"])?;
+    util::run(
+        build::host_cargo()
+            .args([
+                "test",
+                "--release",
+                "--package",
+                "gostray",
+                "--bin",
+                "gostray",
+            ])
+            .args(["gobin::fuzz", "--", "--nocapture"])
+            .env("GOSTRAY_FIXTURES", &fixtures)
+            .env("GOSTRAY_FUZZ_SECONDS", seconds.to_string()),
+    )
 }
 
 fn test(args: &[String]) -> anyhow::Result<()> {
