@@ -115,7 +115,7 @@ fn inspect_succeeds_on_every_fixture() {
         return;
     };
     for line in lines.split(',') {
-        for variant in ["", "-stripped", "-pie"] {
+        for variant in ["", "-stripped", "-pie", "-extlink-stripped"] {
             let path = std::path::Path::new(&fixtures).join(format!("spawner-{line}{variant}"));
             let out = Command::new(env!("CARGO_BIN_EXE_gostray"))
                 .args(["inspect", "--json"])
@@ -136,7 +136,7 @@ fn inspect_succeeds_on_every_fixture() {
                 path.display()
             );
             assert_eq!(report["supported"], true);
-            assert_eq!(report["stripped"], variant == "-stripped");
+            assert_eq!(report["stripped"], variant.ends_with("-stripped"));
             let kinds: Vec<&str> = report["sites"]
                 .as_array()
                 .unwrap()

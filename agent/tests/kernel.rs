@@ -84,6 +84,14 @@ fn exact_counts_go_1_27_pie() {
     exact_counts("1.27-pie");
 }
 
+/// Stripped and linked by the C linker: Go 1.27's function table has no
+/// textStart and .text begins with C code, so functions are anchored
+/// through the runtime's module data.
+#[test]
+fn exact_counts_go_1_27_extlink_stripped() {
+    exact_counts("1.27-extlink-stripped");
+}
+
 #[test]
 fn exact_counts_go_1_21_stripped() {
     exact_counts("1.21-stripped");

@@ -93,9 +93,12 @@ pub struct Variant {
     pub flags: &'static [&'static str],
 }
 
-/// The default build, then the variants. Only `spawner` is built in all of
+/// The default build, then the variants. `-extlink-stripped` is linked by
+/// the system's C linker, which puts C start-up code at the head of .text:
+/// a stripped Go ≥ 1.26 binary (no textStart in its function table) must
+/// then be anchored through the runtime's module data. Only `spawner` is built in all of
 /// them; the other fixtures only in the default one.
-pub const VARIANTS: [Variant; 3] = [
+pub const VARIANTS: [Variant; 4] = [
     Variant {
         suffix: "",
         flags: &[],
@@ -107,6 +110,10 @@ pub const VARIANTS: [Variant; 3] = [
     Variant {
         suffix: "-pie",
         flags: &["-buildmode=pie"],
+    },
+    Variant {
+        suffix: "-extlink-stripped",
+        flags: &["-ldflags=-linkmode=external -s -w"],
     },
 ];
 

@@ -11,6 +11,7 @@ use super::{
     image::{self, Image},
     offsets,
     pclntab::{Func, Pclntab, PclntabError},
+    read,
     sites::{self, ChosenSite, Find},
     waitreason, AddressSource, GoBinError, GoBinary, LayoutSource, MIN_SUPPORTED,
 };
@@ -127,6 +128,37 @@ pub fn analyse(bytes: &super::image::Bytes) -> Result<GoBinary, GoBinError> {
     })
 }
 
+/// `runtime.firstmoduledata.text`, found without symbols: moduledata
+/// starts with a pointer to the pclntab header and the `funcnametab` slice
+/// (pointer, len, cap); `text` follows six slices and three words (offset
+/// 176 on 64-bit, unchanged from Go 1.18 to 1.27). This is what anchors a
+/// stripped, externally linked Go ≥ 1.26 binary, whose .text starts with C
+/// code and whose pclntab no longer stores textStart.
+pub(super) fn moduledata_text(file: &object::File, pclntab: &Pclntab) -> Option<u64> {
+    const TEXT: usize = 8 + 6 * 24 + 3 * 8;
+    let header = [".gopclntab", ".data.rel.ro.gopclntab"]
+        .iter()
+        .find_map(|n| file.section_by_name(n))?
+        .address();
+    let names = header.checked_add(pclntab.funcnames_offset())?;
+    // Go ≥ 1.26 gives moduledata a section of its own.
+    for name in [".go.module", ".noptrdata", ".data", ".data.rel.ro"] {
+        let Some(data) = file.section_by_name(name).and_then(|s| s.data().ok()) else {
+            continue;
+        };
+        let found = (0..data.len().saturating_sub(TEXT + 8))
+            .step_by(8)
+            .find(|&off| {
+                read::u64_at(data, off) == Some(header)
+                    && read::u64_at(data, off + 8) == Some(names)
+            });
+        if let Some(off) = found {
+            return read::u64_at(data, off + TEXT).filter(|&t| t != 0);
+        }
+    }
+    None
+}
+
 /// The function table and its file range. Go ≥ 1.26 no longer stores
 /// textStart: entry offsets are then relative to `runtime.text`, which is
 /// where .text begins unless an external linker put C code first (then
@@ -149,6 +181,7 @@ fn read_pclntab(
         pclntab.text_start = symbols
             .get("runtime.text")
             .map(|s| s.0)
+            .or_else(|| moduledata_text(file, &pclntab))
             .or_else(|| file.section_by_name(".text").map(|s| s.address()))
             .ok_or(PclntabError::Malformed("no textStart and no .text section"))?;
     }

@@ -116,6 +116,11 @@ impl Pclntab {
         })
     }
 
+    /// Offset of the function name table from the header.
+    pub fn funcnames_offset(&self) -> u64 {
+        self.funcnames as u64
+    }
+
     pub fn len(&self) -> usize {
         self.nfunc
     }
