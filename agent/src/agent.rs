@@ -65,13 +65,8 @@ pub fn validate_targets(args: &RunArgs) -> anyhow::Result<Vec<(PathBuf, FileId)>
 
 /// Why one process could not be attached, as a metric label.
 fn failure_reason(err: &anyhow::Error) -> &'static str {
-    match err.downcast_ref::<GoBinError>() {
-        Some(GoBinError::NotGo | GoBinError::NotElf(_)) => "not_go",
-        Some(GoBinError::TooOld { .. }) => "go_too_old",
-        Some(GoBinError::Arch(_)) => "unsupported_arch",
-        Some(_) => "unreadable_binary",
-        None => "attach_error",
-    }
+    err.downcast_ref::<GoBinError>()
+        .map_or("attach_error", GoBinError::reason)
 }
 
 impl Agent {

@@ -29,7 +29,7 @@ pub struct BinaryCache {
 
 #[derive(Default)]
 struct Inner {
-    by_file: HashMap<FileKey, Result<Arc<GoBinary>, String>>,
+    by_file: HashMap<FileKey, Result<Arc<GoBinary>, (&'static str, String)>>,
     by_build_id: HashMap<String, Arc<GoBinary>>,
 }
 
@@ -49,7 +49,9 @@ impl BinaryCache {
             mtime: meta.mtime(),
         };
         if let Some(hit) = self.lock().by_file.get(&key) {
-            return hit.clone().map_err(anyhow::Error::msg);
+            return hit.clone().map_err(|(reason, message)| {
+                anyhow::Error::new(GoBinError::Refused { reason, message })
+            });
         }
         // Parse outside the lock: other lookups need not wait for it.
         let result = GoBinary::open(path).map(|bin| {
@@ -63,7 +65,10 @@ impl BinaryCache {
                 None => Arc::new(bin),
             }
         });
-        let stored = result.as_ref().map(Arc::clone).map_err(ToString::to_string);
+        let stored = result
+            .as_ref()
+            .map(Arc::clone)
+            .map_err(|e| (e.reason(), e.to_string()));
         self.lock().by_file.insert(key, stored);
         result.map_err(anyhow::Error::new)
     }
@@ -105,10 +110,16 @@ mod tests {
     #[test]
     fn refusals_are_remembered() {
         let cache = BinaryCache::default();
-        let first = cache.get(Path::new("/bin/ls")).unwrap_err().to_string();
-        let second = cache.get(Path::new("/bin/ls")).unwrap_err().to_string();
-        assert_eq!(first, second);
-        assert!(first.contains("not a Go binary"), "{first}");
+        let first = cache.get(Path::new("/bin/ls")).unwrap_err();
+        let second = cache.get(Path::new("/bin/ls")).unwrap_err();
+        assert_eq!(first.to_string(), second.to_string());
+        assert!(first.to_string().contains("not a Go binary"), "{first}");
+        for e in [first, second] {
+            assert_eq!(
+                e.downcast_ref::<GoBinError>().map(GoBinError::reason),
+                Some("not_go")
+            );
+        }
         assert_eq!(cache.len(), 0);
     }
 }

@@ -96,6 +96,11 @@ fn exercise(data: &[u8], pcln_at: usize, info_at: usize) {
 fn fuzz_parsers() {
     let dir = std::env::var_os("GOSTRAY_FIXTURES");
     let Some(dir) = dir.map(std::path::PathBuf::from) else {
+        let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+        assert!(
+            !ci,
+            "GOSTRAY_FIXTURES unset under CI: run `cargo xtask test`"
+        );
         eprintln!("SKIPPED: fixtures not built; run `cargo xtask test`");
         return;
     };

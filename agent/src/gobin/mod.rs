@@ -67,6 +67,26 @@ pub enum GoBinError {
     Layout(String),
     #[error("no usable probe site in {function}: {why}")]
     NoSite { function: &'static str, why: String },
+    /// A refusal remembered by [`cache::BinaryCache`]: the file is not
+    /// parsed again, and the reason label survives.
+    #[error("{message}")]
+    Refused {
+        reason: &'static str,
+        message: String,
+    },
+}
+
+impl GoBinError {
+    /// A short label for metrics (`gostray_attach_failures_total{reason}`).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::NotGo | Self::NotElf(_) => "not_go",
+            Self::TooOld { .. } => "go_too_old",
+            Self::Arch(_) => "unsupported_arch",
+            Self::Refused { reason, .. } => reason,
+            _ => "unreadable_binary",
+        }
+    }
 }
 
 impl From<PclntabError> for GoBinError {
