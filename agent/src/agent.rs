@@ -105,6 +105,7 @@ impl Agent {
         if bin.layout_source.is_guess() {
             tracing::warn!(pid, go = %bin.version, layout = ?bin.layout_source,
                 "no DWARF and no offsets for this exact Go release: using another release's layout");
+            self.stats().layout_guessed.insert((file.dev, file.ino));
         }
         self.kernel.attach_binary(file, &exe, &bin)?;
         let bias = if bin.pie {
@@ -209,8 +210,15 @@ impl Agent {
             if !still_used && !self.binary_targets.iter().any(|(_, f)| *f == w.file) {
                 self.kernel.detach_binary(w.file);
                 self.binaries.forget(w.file.dev, w.file.ino);
+                self.stats()
+                    .layout_guessed
+                    .remove(&(w.file.dev, w.file.ino));
             }
         }
+    }
+
+    fn stats(&self) -> std::sync::MutexGuard<'_, crate::state::Stats> {
+        self.shared.stats.lock().expect("stats lock")
     }
 
     /// Copies kernel-side counters into the shared state.

@@ -1,7 +1,7 @@
 //! `gostray inspect`: what the agent reads from one Go binary, and whether
 //! it can watch it. Needs no privileges for a file path.
 
-use std::{path::PathBuf, time::Instant};
+use std::{fmt::Write as _, io::Write as _, path::PathBuf, time::Instant};
 
 use anyhow::Context;
 use serde::Serialize;
@@ -121,10 +121,20 @@ pub fn inspect(args: &InspectArgs) -> anyhow::Result<()> {
             .collect(),
         timing,
     };
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+    let text = if args.json {
+        serde_json::to_string_pretty(&report)? + "\n"
     } else {
-        print_text(&report);
+        print_text(&report)
+    };
+    // A closed pipe (`gostray inspect … | head`) is not an error.
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            return Err(e).context("writing the report");
+        }
     }
     if bin.layout_source.is_guess() {
         eprintln!(
@@ -145,22 +155,29 @@ fn target_path(target: &str) -> PathBuf {
 }
 
 #[allow(clippy::many_single_char_names)] // one letter per struct printed
-fn print_text(r: &Report) {
-    println!("{}: supported", r.path);
-    println!("  go version     {}", r.go_version);
+fn print_text(r: &Report) -> String {
+    let mut out = String::new();
+    // Writing to a String cannot fail.
+    macro_rules! line {
+        ($($t:tt)*) => {
+            let _ = writeln!(out, $($t)*);
+        };
+    }
+    line!("{}: supported", r.path);
+    line!("  go version     {}", r.go_version);
     if let Some(m) = &r.build.module {
-        println!("  module         {m}");
+        line!("  module         {m}");
     }
     for (k, v) in &r.build.settings {
         if matches!(
             k.as_str(),
             "-race" | "CGO_ENABLED" | "GOEXPERIMENT" | "-ldflags" | "-buildmode" | "GOAMD64"
         ) {
-            println!("  build          {k}={v}");
+            line!("  build          {k}={v}");
         }
     }
-    println!("  build id       {}", r.build_id.unwrap_or("-"));
-    println!(
+    line!("  build id       {}", r.build_id.unwrap_or("-"));
+    line!(
         "  binary         {}{}, {} functions",
         if r.pie { "PIE" } else { "fixed address" },
         match (r.stripped, r.dwarf) {
@@ -176,58 +193,72 @@ fn print_text(r: &Report) {
         LayoutSource::Table { version } => format!("offsets table ({version})"),
         LayoutSource::Guessed { version } => format!("GUESSED from the table's {version}"),
     };
-    println!("  offsets from   {source}");
+    line!("  offsets from   {source}");
     let g = &r.g;
-    println!(
+    line!(
         "  runtime.g      goid={} atomicstatus={} gopc={} startpc={} parentGoid={} waitreason={} waitsince={} sched.pc/sp/bp={}/{}/{} stack.lo/hi={}/{}",
         g.goid, g.atomicstatus, g.gopc, g.startpc,
         g.parent_goid.map_or("-".into(), |o| o.to_string()),
         g.waitreason, g.waitsince, g.sched_pc, g.sched_sp, g.sched_bp, g.stack_lo, g.stack_hi
     );
     let h = &r.hchan;
-    println!(
+    line!(
         "  runtime.hchan  qcount={} dataqsiz={} buf={} elemsize={} closed={} recvq={} sendq={} lock={}",
         h.qcount, h.dataqsiz, h.buf, h.elemsize, h.closed, h.recvq, h.sendq, h.lock
     );
-    println!(
+    line!(
         "  runtime.waitq  first={} last={}",
-        r.waitq.first, r.waitq.last
+        r.waitq.first,
+        r.waitq.last
     );
     let s = &r.sudog;
-    println!(
+    line!(
         "  runtime.sudog  g={} next={} elem={} c={}",
-        s.g, s.next, s.elem, s.c
+        s.g,
+        s.next,
+        s.elem,
+        s.c
     );
-    println!(
+    line!(
         "  allgs          {} allglen {} (from {:?})",
-        r.allgs, r.allglen, r.allgs_source
+        r.allgs,
+        r.allglen,
+        r.allgs_source
     );
-    println!("  probe sites");
+    line!("  probe sites");
     for s in &r.sites {
         let c = s.chosen;
         let at = s
             .source
             .as_ref()
             .map_or(String::new(), |f| format!(" at {}:{}", f.file, f.line));
-        println!(
+        line!(
             "    {:<8} {:<28} {:#x} (file offset {:#x}) {:?}{at}",
-            c.name, c.function, c.site.address, c.site.file_offset, c.site.kind
+            c.name,
+            c.function,
+            c.site.address,
+            c.site.file_offset,
+            c.site.kind
         );
     }
     if r.wait_reasons.is_empty() {
-        println!("  wait reasons   not found (parked goroutines will be labelled `other`)");
+        line!("  wait reasons   not found (parked goroutines will be labelled `other`)");
     } else {
-        println!("  wait reasons   {}", r.wait_reasons.len());
+        line!("  wait reasons   {}", r.wait_reasons.len());
         for w in &r.wait_reasons {
-            println!("    {:>3} {:<32} {}", w.value, w.name, w.kind);
+            line!("    {:>3} {:<32} {}", w.value, w.name, w.kind);
         }
     }
     if let Some(t) = &r.timing {
-        println!(
+        line!(
             "  timing         parse {:.1} ms, peak RSS {} KiB (anon {} KiB, file {} KiB)",
-            t.parse_ms, t.peak_rss_kib, t.rss_anon_kib, t.rss_file_kib
+            t.parse_ms,
+            t.peak_rss_kib,
+            t.rss_anon_kib,
+            t.rss_file_kib
         );
     }
+    out
 }
 
 /// A `kB` line of /proc/self/status.

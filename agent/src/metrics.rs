@@ -25,6 +25,7 @@ pub mod names {
     pub const PROBE_ERRORS: &str = "gostray_probe_errors";
     pub const ATTACH_FAILURES: &str = "gostray_attach_failures";
     pub const STRAY_EVENTS: &str = "gostray_stray_events";
+    pub const LAYOUT_GUESSED: &str = "gostray_binaries_layout_guessed";
 }
 
 type Labels = Vec<(&'static str, String)>;
@@ -174,6 +175,16 @@ impl Collector for AgentCollector {
             [(
                 Labels::new(),
                 ConstGauge::new(stats.attached_binaries as i64),
+            )],
+        )?;
+        family(
+            &mut enc,
+            names::LAYOUT_GUESSED,
+            "Attached executables whose runtime struct offsets are guessed from another Go release",
+            MetricType::Gauge,
+            [(
+                Labels::new(),
+                ConstGauge::new(stats.layout_guessed.len() as i64),
             )],
         )?;
         let [read_user, ring_full] = stats.probe_errors;

@@ -1,7 +1,7 @@
 //! State shared between the control loop, the drain thread and the server.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     sync::{atomic::AtomicBool, Mutex},
 };
 
@@ -22,6 +22,9 @@ pub struct Stats {
     pub attached_binaries: usize,
     pub probe_errors: [u64; 2],
     pub attach_failures: BTreeMap<&'static str, u64>,
+    /// Attached executables (device, inode) whose struct offsets are a
+    /// guess from another Go release (no DWARF, no exact table entry).
+    pub layout_guessed: BTreeSet<(u64, u64)>,
 }
 
 impl Shared {
