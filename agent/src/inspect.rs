@@ -194,31 +194,7 @@ fn print_text(r: &Report) -> String {
         LayoutSource::Guessed { version } => format!("GUESSED from the table's {version}"),
     };
     line!("  offsets from   {source}");
-    let g = &r.g;
-    line!(
-        "  runtime.g      goid={} atomicstatus={} gopc={} startpc={} parentGoid={} waitreason={} waitsince={} sched.pc/sp/bp={}/{}/{} stack.lo/hi={}/{}",
-        g.goid, g.atomicstatus, g.gopc, g.startpc,
-        g.parent_goid.map_or("-".into(), |o| o.to_string()),
-        g.waitreason, g.waitsince, g.sched_pc, g.sched_sp, g.sched_bp, g.stack_lo, g.stack_hi
-    );
-    let h = &r.hchan;
-    line!(
-        "  runtime.hchan  qcount={} dataqsiz={} buf={} elemsize={} closed={} recvq={} sendq={} lock={}",
-        h.qcount, h.dataqsiz, h.buf, h.elemsize, h.closed, h.recvq, h.sendq, h.lock
-    );
-    line!(
-        "  runtime.waitq  first={} last={}",
-        r.waitq.first,
-        r.waitq.last
-    );
-    let s = &r.sudog;
-    line!(
-        "  runtime.sudog  g={} next={} elem={} c={}",
-        s.g,
-        s.next,
-        s.elem,
-        s.c
-    );
+    out.push_str(&layouts(r));
     line!(
         "  allgs          {} allglen {} (from {:?})",
         r.allgs,
@@ -258,6 +234,43 @@ fn print_text(r: &Report) -> String {
             t.rss_file_kib
         );
     }
+    out
+}
+
+/// The struct offsets section of the text report.
+#[allow(clippy::many_single_char_names)] // one letter per struct printed
+fn layouts(r: &Report) -> String {
+    let mut out = String::new();
+    macro_rules! line {
+        ($($t:tt)*) => {
+            let _ = writeln!(out, $($t)*);
+        };
+    }
+    let g = &r.g;
+    line!(
+        "  runtime.g      goid={} atomicstatus={} gopc={} startpc={} parentGoid={} waitreason={} waitsince={} sched.pc/sp/bp={}/{}/{} stack.lo/hi={}/{}",
+        g.goid, g.atomicstatus, g.gopc, g.startpc,
+        g.parent_goid.map_or("-".into(), |o| o.to_string()),
+        g.waitreason, g.waitsince, g.sched_pc, g.sched_sp, g.sched_bp, g.stack_lo, g.stack_hi
+    );
+    let h = &r.hchan;
+    line!(
+        "  runtime.hchan  qcount={} dataqsiz={} buf={} elemsize={} closed={} recvq={} sendq={} lock={}",
+        h.qcount, h.dataqsiz, h.buf, h.elemsize, h.closed, h.recvq, h.sendq, h.lock
+    );
+    line!(
+        "  runtime.waitq  first={} last={}",
+        r.waitq.first,
+        r.waitq.last
+    );
+    let s = &r.sudog;
+    line!(
+        "  runtime.sudog  g={} next={} elem={} c={}",
+        s.g,
+        s.next,
+        s.elem,
+        s.c
+    );
     out
 }
 
