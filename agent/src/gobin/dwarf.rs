@@ -30,6 +30,9 @@ pub const VARIABLES: [&str; 3] = [
 ];
 /// Members per struct we keep (runtime.g has about 60).
 const MAX_MEMBERS: usize = 512;
+/// Largest DWARF section decompressed (prometheus's .debug_info would be
+/// about 60 MB; a lying header could claim terabytes).
+const MAX_DWARF_SECTION: u64 = 1 << 30;
 /// `DW_OP_addr`: the expression Go uses for a global's location.
 const DW_OP_ADDR: u8 = 0x03;
 
@@ -64,10 +67,16 @@ pub fn read(file: &object::File) -> Result<Option<DwarfFacts>, String> {
         ) {
             return Ok(Cow::Borrowed(&[]));
         }
-        Ok(file
-            .section_by_name(id.name())
-            .and_then(|s| s.uncompressed_data().ok())
-            .unwrap_or(Cow::Borrowed(&[])))
+        let Some(section) = file.section_by_name(id.name()) else {
+            return Ok(Cow::Borrowed(&[]));
+        };
+        // A compressed section states its own size: bound it before the
+        // decompressor allocates that much.
+        let stated = section.compressed_data().map_or(0, |c| c.uncompressed_size);
+        if stated > MAX_DWARF_SECTION {
+            return Err(format!("{} claims {stated} bytes uncompressed", id.name()));
+        }
+        Ok(section.uncompressed_data().unwrap_or(Cow::Borrowed(&[])))
     };
     let sections = gimli::DwarfSections::load(load)?;
     let dwarf = sections.borrow(|s| EndianSlice::new(s, endian));
