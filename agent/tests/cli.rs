@@ -150,3 +150,50 @@ fn inspect_succeeds_on_every_fixture() {
         }
     }
 }
+
+/// A Go fixture with one field rewritten: (offset, bytes).
+fn patched_fixture(name: &str, patch: impl Fn(&mut Vec<u8>)) -> Option<std::path::PathBuf> {
+    let Some(fixtures) = std::env::var_os("GOSTRAY_FIXTURES") else {
+        assert!(!in_ci(), "GOSTRAY_FIXTURES unset under CI");
+        eprintln!("SKIPPED: fixtures not built; run `cargo xtask test`");
+        return None;
+    };
+    let mut data = std::fs::read(std::path::Path::new(&fixtures).join("spawner-1.27")).unwrap();
+    patch(&mut data);
+    let path = std::env::temp_dir().join(format!("gostray-{name}-{}", std::process::id()));
+    std::fs::write(&path, data).unwrap();
+    Some(path)
+}
+
+/// An arm64 Go binary (here: the ELF machine field rewritten to
+/// EM_AARCH64) is refused by name.
+#[test]
+fn inspect_other_architecture_is_one_clear_line() {
+    let Some(path) = patched_fixture("arm64", |d| {
+        d[18..20].copy_from_slice(&183u16.to_le_bytes())
+    }) else {
+        return;
+    };
+    assert_one_line_error(
+        &["inspect", path.to_str().unwrap()],
+        "unsupported architecture",
+    );
+    let _ = std::fs::remove_file(path);
+}
+
+/// A binary whose build info says Go 1.16 is refused as too old.
+#[test]
+fn inspect_old_go_is_one_clear_line() {
+    let Some(path) = patched_fixture("go116", |d| {
+        // Every copy: the build info's and the runtime's own.
+        let mut at = 0;
+        while let Some(i) = d[at..].windows(8).position(|w| w == b"go1.27.3") {
+            d[at + i..at + i + 8].copy_from_slice(b"go1.16.3");
+            at += i + 8;
+        }
+    }) else {
+        return;
+    };
+    assert_one_line_error(&["inspect", path.to_str().unwrap()], "older than go1.17");
+    let _ = std::fs::remove_file(path);
+}
