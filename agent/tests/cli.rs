@@ -151,8 +151,8 @@ fn inspect_succeeds_on_every_fixture() {
     }
 }
 
-/// A Go fixture with one field rewritten: (offset, bytes).
-fn patched_fixture(name: &str, patch: impl Fn(&mut Vec<u8>)) -> Option<std::path::PathBuf> {
+/// The Go 1.27 fixture rewritten by `patch`, written to a temporary file.
+fn patched_fixture(label: &str, patch: impl Fn(&mut Vec<u8>)) -> Option<std::path::PathBuf> {
     let Some(fixtures) = std::env::var_os("GOSTRAY_FIXTURES") else {
         assert!(!in_ci(), "GOSTRAY_FIXTURES unset under CI");
         eprintln!("SKIPPED: fixtures not built; run `cargo xtask test`");
@@ -160,13 +160,13 @@ fn patched_fixture(name: &str, patch: impl Fn(&mut Vec<u8>)) -> Option<std::path
     };
     let mut data = std::fs::read(std::path::Path::new(&fixtures).join("spawner-1.27")).unwrap();
     patch(&mut data);
-    let path = std::env::temp_dir().join(format!("gostray-{name}-{}", std::process::id()));
+    let path = std::env::temp_dir().join(format!("gostray-{label}-{}", std::process::id()));
     std::fs::write(&path, data).unwrap();
     Some(path)
 }
 
 /// An arm64 Go binary (here: the ELF machine field rewritten to
-/// EM_AARCH64) is refused by name.
+/// `EM_AARCH64`) is refused by name.
 #[test]
 fn inspect_other_architecture_is_one_clear_line() {
     let Some(path) = patched_fixture("arm64", |d| {
