@@ -152,14 +152,14 @@ fn inspect_succeeds_on_every_fixture() {
 }
 
 /// The Go 1.27 fixture rewritten by `patch`, written to a temporary file.
-fn patched_fixture(label: &str, patch: impl Fn(&mut Vec<u8>)) -> Option<std::path::PathBuf> {
+fn patched_fixture(label: &str, rewrite: impl Fn(&mut Vec<u8>)) -> Option<std::path::PathBuf> {
     let Some(fixtures) = std::env::var_os("GOSTRAY_FIXTURES") else {
         assert!(!in_ci(), "GOSTRAY_FIXTURES unset under CI");
         eprintln!("SKIPPED: fixtures not built; run `cargo xtask test`");
         return None;
     };
     let mut data = std::fs::read(std::path::Path::new(&fixtures).join("spawner-1.27")).unwrap();
-    patch(&mut data);
+    rewrite(&mut data);
     let path = std::env::temp_dir().join(format!("gostray-{label}-{}", std::process::id()));
     std::fs::write(&path, data).unwrap();
     Some(path)
@@ -170,7 +170,7 @@ fn patched_fixture(label: &str, patch: impl Fn(&mut Vec<u8>)) -> Option<std::pat
 #[test]
 fn inspect_other_architecture_is_one_clear_line() {
     let Some(path) = patched_fixture("arm64", |d| {
-        d[18..20].copy_from_slice(&183u16.to_le_bytes())
+        d[18..20].copy_from_slice(&183u16.to_le_bytes());
     }) else {
         return;
     };

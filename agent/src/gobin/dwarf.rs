@@ -30,7 +30,7 @@ pub const VARIABLES: [&str; 3] = [
 ];
 /// Members per struct we keep (runtime.g has about 60).
 const MAX_MEMBERS: usize = 512;
-/// Largest DWARF section decompressed (prometheus's .debug_info would be
+/// Largest DWARF section decompressed (prometheus's `.debug_info` would be
 /// about 60 MB; a lying header could claim terabytes).
 const MAX_DWARF_SECTION: u64 = 1 << 30;
 /// `DW_OP_addr`: the expression Go uses for a global's location.
