@@ -21,7 +21,7 @@ use aya::maps::{MapData, RingBuf};
 
 use crate::{
     config::RunArgs,
-    gobin::GoBinError,
+    gobin::{cache::BinaryCache, GoBinError, GoBinary},
     kernel::Kernel,
     procfs::{self, FileId},
     scan,
@@ -44,11 +44,9 @@ struct Watched {
 pub struct Agent {
     kernel: Kernel,
     shared: Arc<Shared>,
-    /// Analysed executables by file identity: a hundred processes of one
-    /// binary cost one parse.
-    binaries: HashMap<FileId, Arc<Target>>,
-    /// Executables that are not watchable, so they are not parsed again.
-    rejected: HashMap<FileId, String>,
+    /// Analysed executables: a hundred processes of one binary cost one
+    /// parse, and a refusal is remembered too.
+    binaries: BinaryCache,
     watched: HashMap<u32, Watched>,
     /// `--binary` targets, by file identity.
     binary_targets: Vec<(PathBuf, FileId)>,
@@ -63,7 +61,7 @@ pub fn validate_targets(args: &RunArgs) -> anyhow::Result<Vec<(PathBuf, FileId)>
     let mut binary_targets = Vec::new();
     for path in &args.binaries {
         let file = FileId::of(path).with_context(|| format!("binary {}", path.display()))?;
-        crate::gobin::GoBinary::open(path).with_context(|| format!("{}", path.display()))?;
+        GoBinary::open(path).with_context(|| format!("{}", path.display()))?;
         binary_targets.push((path.clone(), file));
     }
     for &pid in &args.pids {
@@ -76,13 +74,8 @@ pub fn validate_targets(args: &RunArgs) -> anyhow::Result<Vec<(PathBuf, FileId)>
 
 /// Why one process could not be attached, as a metric label.
 fn failure_reason(err: &anyhow::Error) -> &'static str {
-    match err.downcast_ref::<GoBinError>() {
-        Some(GoBinError::NotGo | GoBinError::NotElf(_)) => "not_go",
-        Some(GoBinError::TooOld { .. }) => "go_too_old",
-        Some(GoBinError::Arch(_)) => "unsupported_arch",
-        Some(_) => "unreadable_binary",
-        None => "attach_error",
-    }
+    err.downcast_ref::<GoBinError>()
+        .map_or("attach_error", GoBinError::reason)
 }
 
 /// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`.
@@ -109,8 +102,7 @@ impl Agent {
         let mut agent = Self {
             kernel,
             shared,
-            binaries: HashMap::new(),
-            rejected: HashMap::new(),
+            binaries: BinaryCache::default(),
             watched: HashMap::new(),
             binary_targets,
             leak_after: args.leak_after,
@@ -125,22 +117,6 @@ impl Agent {
         Ok((agent, ring))
     }
 
-    fn target_for(&mut self, file: FileId, exe: &std::path::Path) -> anyhow::Result<Arc<Target>> {
-        if let Some(why) = self.rejected.get(&file) {
-            anyhow::bail!("{why}");
-        }
-        if let Some(t) = self.binaries.get(&file) {
-            return Ok(t.clone());
-        }
-        match Target::open(exe) {
-            Ok(t) => Ok(self.binaries.entry(file).or_insert(Arc::new(t)).clone()),
-            Err(e) => {
-                self.rejected.insert(file, e.to_string());
-                Err(e.into())
-            }
-        }
-    }
-
     /// Attaches to one process: analyse its executable (cached), attach the
     /// probes to that executable once, start the kernel's filter for the
     /// PID, then read its goroutine table so goroutines that predate us count.
@@ -148,7 +124,13 @@ impl Agent {
         let start_time = procfs::start_time(pid).context("process exited")?;
         let exe = procfs::exe_path(pid);
         let file = FileId::of(&exe).context("reading /proc/PID/exe")?;
-        let target = self.target_for(file, &exe)?;
+        let bin = self.binaries.get(&exe)?;
+        if bin.layout_source.is_guess() {
+            tracing::warn!(pid, go = %bin.version, layout = ?bin.layout_source,
+                "no DWARF and no offsets for this exact Go release: using another release's layout");
+            self.stats().layout_guessed.insert((file.dev, file.ino));
+        }
+        let target = Arc::new(Target::new(bin));
         self.kernel.attach_binary(file, &exe, &target)?;
         let bin = &target.bin;
         let bias = if bin.pie {
@@ -158,12 +140,7 @@ impl Agent {
         } else {
             0
         };
-        let reasons = target
-            .leak
-            .as_ref()
-            .and_then(|l| l.wait_reason_strings)
-            .map(|(addr, n)| scan::wait_reasons(pid, addr + bias, n).unwrap_or_default())
-            .unwrap_or_default();
+        let reasons = bin.wait_reasons.clone();
         let reasons = Arc::new(reasons);
         let info = ProcessInfo {
             exe: procfs::exe_name(pid).unwrap_or_default(),
@@ -201,7 +178,7 @@ impl Agent {
             pid,
             go = %bin.version,
             goroutines = scanned.len(),
-            leak_probes = target.leak.as_ref().map_or(0, |l| l.block_sites.len() + 1 + l.send_closed_sites.len()),
+            leak_probes = target.leak.as_ref().map_or(0, crate::leakbin::LeakLayout::probe_count),
             create_site = format_args!("{:#x} ({:?})", bin.create_site.address, bin.create_site.kind),
             exit_site = format_args!("{:#x} ({:?})", bin.exit_site.address, bin.exit_site.kind),
             scan_ms = begun.elapsed().as_secs_f64() * 1e3,
@@ -272,7 +249,10 @@ impl Agent {
             let still_used = self.watched.values().any(|o| o.file == w.file);
             if !still_used && !self.binary_targets.iter().any(|(_, f)| *f == w.file) {
                 self.kernel.detach_binary(w.file);
-                self.binaries.remove(&w.file);
+                self.binaries.forget(w.file.dev, w.file.ino);
+                self.stats()
+                    .layout_guessed
+                    .remove(&(w.file.dev, w.file.ino));
             }
         }
     }
@@ -302,19 +282,13 @@ impl Agent {
                 .iter()
                 .filter_map(|g| g.chan.map(|c| c.address))
                 .collect();
-            let globals = match &w.target.leak {
-                Some(l) if !chans.is_empty() => {
-                    scan::referenced_from_globals(pid, &l.data_ranges, w.bias, &chans)
-                }
-                _ => HashSet::new(),
+            let globals = if chans.is_empty() {
+                HashSet::new()
+            } else {
+                scan::referenced_from_globals(pid, &w.target.bin.data_ranges, w.bias, &chans)
             };
             let symbols = ProcSymbols {
-                functions: w
-                    .target
-                    .leak
-                    .as_ref()
-                    .map(|l| l.functions.clone())
-                    .unwrap_or_default(),
+                bin: w.target.bin.clone(),
                 bias: w.bias,
             };
             let mut tracker = self.shared.tracker.lock().expect("tracker lock");
@@ -326,6 +300,10 @@ impl Agent {
         let mut stats = self.shared.stats.lock().expect("stats lock");
         stats.scans += 1;
         stats.scan_seconds += total.as_secs_f64();
+    }
+
+    fn stats(&self) -> std::sync::MutexGuard<'_, crate::state::Stats> {
+        self.shared.stats.lock().expect("stats lock")
     }
 
     /// Copies kernel-side counters into the shared state.

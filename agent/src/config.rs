@@ -58,6 +58,18 @@ pub enum Command {
     ///   gostray leaks
     ///   gostray leaks --url http://10.0.0.7:9981 --json
     Leaks(LeaksArgs),
+    /// Show what gostray reads from a Go binary and whether it can watch it.
+    ///
+    /// Prints the Go version and build settings, whether the binary is
+    /// stripped, where each struct offset came from (DWARF or the table),
+    /// every probe site with its instruction kind, and the wait reason
+    /// table. Exits non-zero with one line when the binary is not
+    /// supported. No privileges are needed for a file path.
+    ///
+    /// Examples:
+    ///   gostray inspect /usr/local/bin/api-server
+    ///   gostray inspect 4242 --json
+    Inspect(InspectArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -68,6 +80,21 @@ pub struct LeaksArgs {
     /// Print the raw JSON report instead of a table.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct InspectArgs {
+    /// An executable path, or the PID of a running process.
+    #[arg(value_name = "BINARY|PID")]
+    pub target: String,
+
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Also report how long the analysis took and the memory it used.
+    #[arg(long)]
+    pub timing: bool,
 }
 
 #[derive(Debug, clap::Args)]

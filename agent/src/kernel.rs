@@ -50,7 +50,7 @@ fn placements(target: &Target) -> Vec<Placement> {
                 .iter()
                 .map(|s| (PROG_GOROUTINE_BLOCK, s.file_offset, Some(s.cookie))),
         );
-        out.push((PROG_CHAN_CLOSE, leak.close_site, None));
+        out.extend(leak.close_site.map(|o| (PROG_CHAN_CLOSE, o, None)));
         out.extend(
             leak.send_closed_sites
                 .iter()

@@ -3,6 +3,7 @@
 mod agent;
 mod config;
 mod gobin;
+mod inspect;
 mod kernel;
 mod leakbin;
 mod leaks;
@@ -33,6 +34,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run(&args),
         Command::Leaks(args) => leaks::run(&args),
+        Command::Inspect(args) => inspect::inspect(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

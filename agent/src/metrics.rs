@@ -40,6 +40,7 @@ pub mod names {
     pub const LIFETIME: &str = "gostray_goroutine_lifetime_seconds";
     pub const SCANS: &str = "gostray_scans";
     pub const SCAN_SECONDS: &str = "gostray_scan_seconds";
+    pub const LAYOUT_GUESSED: &str = "gostray_binaries_layout_guessed";
 }
 
 /// Leak and suspect series per process: the top sites by count, the rest
@@ -374,6 +375,16 @@ impl Collector for AgentCollector {
             "Time spent scanning goroutine tables",
             MetricType::Counter,
             [(Labels::new(), ConstCounter::new(stats.scan_seconds))],
+        )?;
+        family(
+            &mut enc,
+            names::LAYOUT_GUESSED,
+            "Attached executables whose runtime struct offsets are guessed from another Go release",
+            MetricType::Gauge,
+            [(
+                Labels::new(),
+                ConstGauge::new(stats.layout_guessed.len() as i64),
+            )],
         )?;
         let [read_user, ring_full] = stats.probe_errors;
         let errors = [("read_user", read_user), ("ring_full", ring_full)]

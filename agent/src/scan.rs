@@ -27,8 +27,6 @@ pub const MAX_GOROUTINES: u64 = 10_000_000;
 pub const MAX_FRAMES: usize = 24;
 /// Stacks walked per scan; the rest are counted as not walked.
 pub const MAX_STACKS: usize = 4096;
-/// Longest wait reason name kept.
-const MAX_REASON_LEN: u64 = 64;
 /// Global data read per scan when looking for channel references.
 const MAX_GLOBALS_BYTES: u64 = 32 << 20;
 
@@ -228,27 +226,6 @@ fn walk_stacks(pid: u32, parked: &[(usize, u64, u64, u64)], out: &mut [ScannedG]
         }
         live = next;
     }
-}
-
-/// The runtime's wait reason names, read from the live process (works for
-/// PIE binaries, whose string pointers are only relocated in memory).
-pub fn wait_reasons(pid: u32, address: u64, count: u64) -> io::Result<Vec<String>> {
-    let count = count.min(256);
-    let mut raw = vec![0u8; count as usize * 16];
-    procmem::read(pid, address, &mut raw)?;
-    let mut names = Vec::with_capacity(count as usize);
-    for pair in raw.chunks_exact(16) {
-        let (ptr, len) = (le64(&pair[..8]), le64(&pair[8..]).min(MAX_REASON_LEN));
-        let mut s = vec![0u8; len as usize];
-        if len > 0 && procmem::read(pid, ptr, &mut s).is_err() {
-            s.clear();
-        }
-        names.push(crate::procfs::bounded_to(
-            &String::from_utf8_lossy(&s),
-            MAX_REASON_LEN as usize,
-        ));
-    }
-    Ok(names)
 }
 
 /// Which of `wanted` (channel addresses) are stored in a package-level

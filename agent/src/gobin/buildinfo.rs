@@ -1,19 +1,28 @@
-//! The Go version, from the `.go.buildinfo` section.
+//! The Go version and build settings, from the `.go.buildinfo` section.
 //!
-//! Layout (Go ≥ 1.18, "inline" format): a 16-byte magic `\xff Go buildinf:`,
-//! pointer size, flags (bit 1: inline strings), padding to 32 bytes, then the
-//! version and module info as varint-length-prefixed strings.
+//! Layout (`debug/buildinfo`): a 14-byte magic `\xff Go buildinf:`, pointer
+//! size, flags, then either (Go ≥ 1.18, flag bit 1 set) padding to 32 bytes
+//! and the version and module info as varint-length-prefixed strings, or
+//! (older, "pointer" format) two pointers to Go strings holding them. The
+//! old format is still decoded so that an old binary is refused with its
+//! version named rather than as "malformed".
 
 use std::fmt;
 
-use object::{Object, ObjectSection};
+use serde::Serialize;
 
-use super::GoBinError;
+use super::{read, GoBinError};
 
 const MAGIC: &[u8] = b"\xff Go buildinf:";
 const FLAG_INLINE: u8 = 0x2;
 /// Longest version string we accept ("go1.27.3 X:nocoverageredesign" fits).
 const MAX_VERSION_LEN: u64 = 128;
+/// Longest module info we read (prometheus's is about 12 KiB).
+const MAX_MODINFO_LEN: u64 = 1 << 20;
+/// Settings kept from the module info (a hostile one could list millions).
+const MAX_SETTINGS: usize = 64;
+/// `cmd/go/internal/modload` frames the module info with 16-byte sentinels.
+const MODINFO_FRAME: usize = 16;
 
 /// A Go release, compared by (major, minor, patch).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -56,53 +65,135 @@ impl GoVersion {
     }
 }
 
-/// Reads the Go version from a parsed ELF file.
-pub fn read_version(file: &object::File) -> Result<GoVersion, GoBinError> {
-    let section = file
-        .section_by_name(".go.buildinfo")
-        .ok_or(GoBinError::NotGo)?;
-    let data = section
-        .data()
-        .map_err(|e| GoBinError::BuildInfo(e.to_string()))?;
-    let raw = version_string(data)?;
-    GoVersion::parse(&raw)
-        .ok_or_else(|| GoBinError::BuildInfo(format!("unparsable version {raw:?}")))
+/// What `.go.buildinfo` says about how the binary was built.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BuildInfo {
+    /// The raw version string (`go1.24.11`, `go1.27.3 X:nodwarf5`).
+    pub raw_version: String,
+    #[serde(skip)]
+    pub version: GoVersion,
+    /// The main package path (`path` line), if recorded.
+    pub path: Option<String>,
+    /// The main module path (`mod` line), if recorded.
+    pub module: Option<String>,
+    /// `build` settings as (key, value): `-race`, `CGO_ENABLED`,
+    /// `GOEXPERIMENT`, `-ldflags`, `GOARCH`…
+    pub settings: Vec<(String, String)>,
 }
 
-/// The raw version string from `.go.buildinfo` bytes.
-pub fn version_string(data: &[u8]) -> Result<String, GoBinError> {
+impl BuildInfo {
+    /// One build setting's value.
+    #[allow(dead_code)] // for the leak detector's reports; used by tests
+    pub fn setting(&self, key: &str) -> Option<&str> {
+        self.settings
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Decodes `.go.buildinfo` bytes. `at(address, len)` reads the binary's
+/// memory image, needed only by the pre-1.18 pointer format.
+pub fn parse<'a>(
+    data: &[u8],
+    at: impl Fn(u64, usize) -> Option<&'a [u8]>,
+) -> Result<BuildInfo, GoBinError> {
     let bad = |why: &str| GoBinError::BuildInfo(why.to_string());
     if data.len() < 32 || !data.starts_with(MAGIC) {
         return Err(bad("missing magic"));
     }
-    if data[15] & FLAG_INLINE == 0 {
-        return Err(bad(
-            "pre-Go 1.18 pointer format (Go older than 1.18 is not supported)",
-        ));
+    let (raw, modinfo) = if data[15] & FLAG_INLINE == 0 {
+        pointer_format(data, at)?
+    } else {
+        let (raw, used) =
+            varstring(&data[32..], MAX_VERSION_LEN).ok_or_else(|| bad("truncated version"))?;
+        let modinfo = varstring(&data[32 + used..], MAX_MODINFO_LEN).map(|(m, _)| m);
+        (raw, modinfo.unwrap_or_default())
+    };
+    if raw.is_empty() {
+        return Err(bad("empty version"));
     }
-    let (len, used) = uvarint(&data[32..]).ok_or_else(|| bad("truncated version length"))?;
-    if len == 0 || len > MAX_VERSION_LEN {
-        return Err(bad("version length out of range"));
-    }
-    let start = 32 + used;
-    let bytes = data
-        .get(start..start + len as usize)
-        .ok_or_else(|| bad("truncated version"))?;
-    std::str::from_utf8(bytes)
-        .map(str::to_owned)
-        .map_err(|_| bad("version is not UTF-8"))
+    let raw_version = String::from_utf8(raw.to_vec()).map_err(|_| bad("version is not UTF-8"))?;
+    let version = GoVersion::parse(&raw_version)
+        .ok_or_else(|| GoBinError::BuildInfo(format!("unparsable version {raw_version:?}")))?;
+    let mut info = BuildInfo {
+        raw_version,
+        version,
+        path: None,
+        module: None,
+        settings: Vec::new(),
+    };
+    read_modinfo(&mut info, modinfo);
+    Ok(info)
 }
 
-/// Decodes an unsigned LEB128 varint: (value, bytes used).
-fn uvarint(data: &[u8]) -> Option<(u64, usize)> {
-    let mut value = 0u64;
-    for (i, &b) in data.iter().enumerate().take(10) {
-        value |= u64::from(b & 0x7f) << (7 * i);
-        if b & 0x80 == 0 {
-            return Some((value, i + 1));
+/// The version string (raw), for callers that need nothing else.
+#[cfg(test)]
+pub fn version_string(data: &[u8]) -> Result<String, GoBinError> {
+    parse(data, |_, _| None).map(|b| b.raw_version)
+}
+
+/// Pre-1.18: two pointers (at 16 and 16 + pointer size) to Go strings.
+fn pointer_format<'a>(
+    data: &[u8],
+    at: impl Fn(u64, usize) -> Option<&'a [u8]>,
+) -> Result<(&'a [u8], &'a [u8]), GoBinError> {
+    let bad = |why: &str| GoBinError::BuildInfo(why.to_string());
+    let ptr_size = data[14];
+    if data[15] & 1 != 0 {
+        return Err(bad("big-endian binary"));
+    }
+    let go_string = |header: u64, max: u64| -> Option<&'a [u8]> {
+        let h = at(header, 2 * usize::from(ptr_size))?;
+        let ptr = read::word_at(h, 0, ptr_size)?;
+        let len = read::word_at(h, usize::from(ptr_size), ptr_size)?;
+        if len > max {
+            return None;
+        }
+        at(ptr, usize::try_from(len).ok()?)
+    };
+    let vers_ptr = read::word_at(data, 16, ptr_size).ok_or_else(|| bad("pointer size"))?;
+    let mod_ptr = read::word_at(data, 16 + usize::from(ptr_size), ptr_size)
+        .ok_or_else(|| bad("pointer size"))?;
+    let raw =
+        go_string(vers_ptr, MAX_VERSION_LEN).ok_or_else(|| bad("unreadable version pointer"))?;
+    Ok((raw, go_string(mod_ptr, MAX_MODINFO_LEN).unwrap_or_default()))
+}
+
+/// A varint-length-prefixed string: (bytes, total bytes used).
+fn varstring(data: &[u8], max: u64) -> Option<(&[u8], usize)> {
+    let (len, used) = read::uvarint(data)?;
+    if len > max {
+        return None;
+    }
+    let bytes = read::bytes(data, used, usize::try_from(len).ok()?)?;
+    Some((bytes, used + bytes.len()))
+}
+
+/// Fills path, module and settings from the tab-separated module info.
+fn read_modinfo(info: &mut BuildInfo, modinfo: &[u8]) {
+    // Framed by 16-byte sentinels, the last line ending just before the
+    // closing one (as `debug/buildinfo` checks).
+    if modinfo.len() < 2 * MODINFO_FRAME + 1 || modinfo[modinfo.len() - MODINFO_FRAME - 1] != b'\n'
+    {
+        return;
+    }
+    let text = String::from_utf8_lossy(&modinfo[MODINFO_FRAME..modinfo.len() - MODINFO_FRAME]);
+    for line in text.lines() {
+        let mut fields = line.split('\t');
+        match (fields.next(), fields.next()) {
+            (Some("path"), Some(p)) => info.path = Some(read::bounded_string(p.as_bytes(), 256)),
+            (Some("mod"), Some(m)) => info.module = Some(read::bounded_string(m.as_bytes(), 256)),
+            (Some("build"), Some(kv)) if info.settings.len() < MAX_SETTINGS => {
+                let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+                info.settings.push((
+                    read::bounded_string(k.as_bytes(), 64),
+                    read::bounded_string(v.as_bytes(), 256),
+                ));
+            }
+            _ => {}
         }
     }
-    None
 }
 
 #[cfg(test)]
@@ -149,6 +240,37 @@ mod tests {
     }
 
     #[test]
+    fn reads_module_info_and_settings() {
+        let mut data = section("go1.24.11");
+        let mut modinfo = vec![b'x'; MODINFO_FRAME];
+        modinfo
+            .extend(b"path\tex/cmd\nmod\tex\t(devel)\t\nbuild\t-race=true\nbuild\tCGO_ENABLED=0\n");
+        modinfo.extend([b'y'; MODINFO_FRAME]);
+        data.push(modinfo.len() as u8);
+        data.extend(&modinfo);
+        let info = parse(&data, |_, _| None).unwrap();
+        assert_eq!(info.path.as_deref(), Some("ex/cmd"));
+        assert_eq!(info.module.as_deref(), Some("ex"));
+        assert_eq!(info.setting("-race"), Some("true"));
+        assert_eq!(info.setting("CGO_ENABLED"), Some("0"));
+    }
+
+    #[test]
+    fn reads_pre_118_pointer_format() {
+        // Header with pointers 0x100 (version) and 0x200 (no module info).
+        let mut data = MAGIC.to_vec();
+        data.extend([8, 0]);
+        data.extend(0x100u64.to_le_bytes());
+        data.extend(0x200u64.to_le_bytes());
+        let mut mem = vec![0u8; 0x400];
+        mem[0x100..0x108].copy_from_slice(&0x300u64.to_le_bytes());
+        mem[0x108..0x110].copy_from_slice(&8u64.to_le_bytes());
+        mem[0x300..0x308].copy_from_slice(b"go1.16.9");
+        let info = parse(&data, |a, n| read::bytes(&mem, a as usize, n)).unwrap();
+        assert_eq!(info.version, GoVersion::parse("go1.16.9").unwrap());
+    }
+
+    #[test]
     fn reads_inline_version_string() {
         assert_eq!(version_string(&section("go1.19.8")).unwrap(), "go1.19.8");
     }
@@ -167,9 +289,6 @@ mod tests {
         assert!(version_string(&lying).is_err());
         let mut old = full;
         old[15] = 0;
-        assert!(version_string(&old)
-            .unwrap_err()
-            .to_string()
-            .contains("1.18"));
+        assert!(version_string(&old).is_err());
     }
 }

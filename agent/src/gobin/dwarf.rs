@@ -1,130 +1,234 @@
-//! Struct layouts of the Go runtime, from the binary's own DWARF.
+//! Struct layouts and variable addresses from the binary's own DWARF.
+//!
+//! Go writes runtime types and globals as top-level entries of their units,
+//! so only the children of each unit's root are visited (function bodies
+//! are skipped), and the walk stops once everything wanted is found.
 
-use std::borrow::Cow;
+use std::{borrow::Cow, collections::HashMap};
 
 use gimli::{AttributeValue, EndianSlice, RunTimeEndian};
 use object::{Object, ObjectSection};
 
-/// Offsets of the `runtime.g` fields the agent reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-pub struct GOffsets {
-    pub goid: u32,
-    pub atomicstatus: u32,
-    pub gopc: u32,
-    pub startpc: u32,
-    /// `g.parentGoid` exists from Go 1.21.
-    pub parent_goid: Option<u32>,
+use super::layout::{GOffsets, HchanOffsets, Layout, SudogOffsets, WaitqOffsets};
+
+type Reader<'a> = EndianSlice<'a, RunTimeEndian>;
+
+/// Structs whose members are read.
+const STRUCTS: [&str; 7] = [
+    "runtime.g",
+    "runtime.m",
+    "runtime.gobuf",
+    "runtime.stack",
+    "runtime.hchan",
+    "runtime.waitq",
+    "runtime.sudog",
+];
+/// Globals whose addresses are read.
+pub const VARIABLES: [&str; 3] = [
+    "runtime.allgs",
+    "runtime.allglen",
+    "runtime.waitReasonStrings",
+];
+/// Members per struct we keep (runtime.g has about 60).
+const MAX_MEMBERS: usize = 512;
+/// Largest DWARF section decompressed (prometheus's `.debug_info` would be
+/// about 60 MB; a lying header could claim terabytes).
+const MAX_DWARF_SECTION: u64 = 1 << 30;
+/// `DW_OP_addr`: the expression Go uses for a global's location.
+const DW_OP_ADDR: u8 = 0x03;
+
+/// What the DWARF says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DwarfFacts {
+    pub layout: Layout,
+    /// Addresses of [`VARIABLES`] that were found, by name.
+    pub variables: HashMap<&'static str, u64>,
 }
 
-pub(crate) type Reader<'a> = EndianSlice<'a, RunTimeEndian>;
-
-/// Loads the DWARF sections of `file` (empty when absent) and runs `f` on them.
-pub(crate) fn with_dwarf<T>(
-    file: &object::File,
-    f: impl FnOnce(&gimli::Dwarf<Reader>) -> Result<T, String>,
-) -> Result<T, String> {
+/// Reads the layouts; `Ok(None)` when the binary has no DWARF (`-w`).
+pub fn read(file: &object::File) -> Result<Option<DwarfFacts>, String> {
+    if file.section_by_name(".debug_info").is_none() {
+        return Ok(None);
+    }
     let endian = if file.is_little_endian() {
         RunTimeEndian::Little
     } else {
         RunTimeEndian::Big
     };
-    let sections = gimli::DwarfSections::load(|id| -> Result<Cow<[u8]>, String> {
-        Ok(file
-            .section_by_name(id.name())
-            .and_then(|s| s.uncompressed_data().ok())
-            .unwrap_or(Cow::Borrowed(&[])))
-    })?;
+    // Only the sections a type walk touches (units parse their line
+    // program header): no frame, location or range tables.
+    let load = |id: gimli::SectionId| -> Result<Cow<[u8]>, String> {
+        if matches!(
+            id,
+            gimli::SectionId::DebugFrame
+                | gimli::SectionId::EhFrame
+                | gimli::SectionId::DebugLoc
+                | gimli::SectionId::DebugLocLists
+                | gimli::SectionId::DebugAranges
+        ) {
+            return Ok(Cow::Borrowed(&[]));
+        }
+        let Some(section) = file.section_by_name(id.name()) else {
+            return Ok(Cow::Borrowed(&[]));
+        };
+        // A compressed section states its own size: bound it before the
+        // decompressor allocates that much.
+        let stated = section.compressed_data().map_or(0, |c| c.uncompressed_size);
+        if stated > MAX_DWARF_SECTION {
+            return Err(format!("{} claims {stated} bytes uncompressed", id.name()));
+        }
+        Ok(section.uncompressed_data().unwrap_or(Cow::Borrowed(&[])))
+    };
+    let sections = gimli::DwarfSections::load(load)?;
     let dwarf = sections.borrow(|s| EndianSlice::new(s, endian));
-    f(&dwarf)
+    let (structs, variables) = walk(&dwarf).map_err(|e| format!("DWARF: {e}"))?;
+    layout(&structs).map(|layout| Some(DwarfFacts { layout, variables }))
 }
 
-/// Finds `runtime.g` in the DWARF of `file` and returns its field offsets.
-pub fn g_offsets(file: &object::File) -> Result<GOffsets, String> {
-    let endian = if file.is_little_endian() {
-        RunTimeEndian::Little
-    } else {
-        RunTimeEndian::Big
-    };
-    let sections = gimli::DwarfSections::load(|id| -> Result<Cow<[u8]>, String> {
-        Ok(file
-            .section_by_name(id.name())
-            .and_then(|s| s.uncompressed_data().ok())
-            .unwrap_or(Cow::Borrowed(&[])))
-    })?;
-    let dwarf = sections.borrow(|s| EndianSlice::new(s, endian));
-    let fields = struct_members(&dwarf, "runtime.g")?.ok_or("no DWARF (built with -w?)")?;
-    let get = |name: &str| -> Result<u32, String> {
-        fields
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|&(_, off)| off)
-            .ok_or_else(|| format!("runtime.g has no field {name}"))
-    };
-    Ok(GOffsets {
-        goid: get("goid")?,
-        atomicstatus: get("atomicstatus")?,
-        gopc: get("gopc")?,
-        startpc: get("startpc")?,
-        parent_goid: get("parentGoid").ok(),
-    })
-}
+type Members = HashMap<&'static str, Vec<(String, u32)>>;
 
-/// The (name, offset) members of the struct type named `wanted`, or `None`
-/// when the DWARF has no such type.
-pub(crate) fn struct_members(
-    dwarf: &gimli::Dwarf<Reader>,
-    wanted: &str,
-) -> Result<Option<Vec<(String, u32)>>, String> {
-    let err = |e: gimli::Error| format!("DWARF: {e}");
+fn walk(dwarf: &gimli::Dwarf<Reader>) -> gimli::Result<(Members, HashMap<&'static str, u64>)> {
+    let mut structs: Members = HashMap::new();
+    let mut vars = HashMap::new();
     let mut units = dwarf.units();
-    while let Some(header) = units.next().map_err(err)? {
-        let unit = dwarf.unit(header).map_err(err)?;
-        let mut cursor = unit.entries();
-        while let Some((_, entry)) = cursor.next_dfs().map_err(err)? {
-            if entry.tag() != gimli::DW_TAG_structure_type {
+    while let Some(header) = units.next()? {
+        let unit = dwarf.unit(header)?;
+        let mut tree = unit.entries_tree(None)?;
+        let mut children = tree.root()?.children();
+        while let Some(child) = children.next()? {
+            let entry = child.entry();
+            let tag = entry.tag();
+            if tag != gimli::DW_TAG_structure_type && tag != gimli::DW_TAG_variable {
                 continue;
             }
-            let Some(name) = entry.attr_value(gimli::DW_AT_name).map_err(err)? else {
+            let Some(name) = entry.attr_value(gimli::DW_AT_name)? else {
                 continue;
             };
-            if dwarf.attr_string(&unit, name).map_err(err)?.slice() != wanted.as_bytes() {
-                continue;
-            }
-            let mut tree = unit.entries_tree(Some(entry.offset())).map_err(err)?;
-            let root = tree.root().map_err(err)?;
-            let mut children = root.children();
-            let mut members = Vec::new();
-            while let Some(child) = children.next().map_err(err)? {
-                let member = child.entry();
-                if member.tag() != gimli::DW_TAG_member {
+            let name = dwarf.attr_string(&unit, name)?;
+            let name = name.slice();
+            if tag == gimli::DW_TAG_variable {
+                let Some(&wanted) = VARIABLES.iter().find(|v| v.as_bytes() == name) else {
+                    continue;
+                };
+                if let Some(AttributeValue::Exprloc(expr)) =
+                    entry.attr_value(gimli::DW_AT_location)?
+                {
+                    let b = expr.0.slice();
+                    if b.len() == 9 && b[0] == DW_OP_ADDR {
+                        let mut a = [0u8; 8];
+                        a.copy_from_slice(&b[1..]);
+                        vars.insert(wanted, u64::from_le_bytes(a));
+                    }
+                }
+            } else if let Some(&wanted) = STRUCTS.iter().find(|s| s.as_bytes() == name) {
+                if structs.contains_key(wanted) {
                     continue;
                 }
-                let (Some(name), Some(loc)) = (
-                    member.attr_value(gimli::DW_AT_name).map_err(err)?,
-                    member
-                        .attr_value(gimli::DW_AT_data_member_location)
-                        .map_err(err)?,
-                ) else {
-                    continue;
-                };
-                let name = dwarf.attr_string(&unit, name).map_err(err)?;
-                let offset = match loc {
-                    AttributeValue::Udata(v) => v,
-                    AttributeValue::Data1(v) => u64::from(v),
-                    AttributeValue::Data2(v) => u64::from(v),
-                    AttributeValue::Data4(v) => u64::from(v),
-                    AttributeValue::Data8(v) => v,
-                    AttributeValue::Sdata(v) if v >= 0 => v as u64,
-                    _ => continue,
-                };
-                let offset = u32::try_from(offset)
-                    .map_err(|_| format!("{wanted} member offset {offset} too large"))?;
-                members.push((String::from_utf8_lossy(name.slice()).into_owned(), offset));
+                let members = members(dwarf, &unit, child)?;
+                if !members.is_empty() {
+                    structs.insert(wanted, members);
+                }
             }
-            if !members.is_empty() {
-                return Ok(Some(members));
+            if structs.len() == STRUCTS.len() && vars.len() == VARIABLES.len() {
+                return Ok((structs, vars));
             }
         }
     }
-    Ok(None)
+    Ok((structs, vars))
+}
+
+fn members(
+    dwarf: &gimli::Dwarf<Reader>,
+    unit: &gimli::Unit<Reader>,
+    node: gimli::EntriesTreeNode<Reader>,
+) -> gimli::Result<Vec<(String, u32)>> {
+    let mut out = Vec::new();
+    let mut children = node.children();
+    while let Some(child) = children.next()? {
+        let m = child.entry();
+        if m.tag() != gimli::DW_TAG_member || out.len() >= MAX_MEMBERS {
+            continue;
+        }
+        let (Some(name), Some(loc)) = (
+            m.attr_value(gimli::DW_AT_name)?,
+            m.attr_value(gimli::DW_AT_data_member_location)?,
+        ) else {
+            continue;
+        };
+        let offset = match loc {
+            AttributeValue::Udata(v) | AttributeValue::Data8(v) => v,
+            AttributeValue::Data1(v) => u64::from(v),
+            AttributeValue::Data2(v) => u64::from(v),
+            AttributeValue::Data4(v) => u64::from(v),
+            AttributeValue::Sdata(v) if v >= 0 => v as u64,
+            _ => continue,
+        };
+        let Ok(offset) = u32::try_from(offset) else {
+            continue;
+        };
+        let name = dwarf.attr_string(unit, name)?;
+        out.push((String::from_utf8_lossy(name.slice()).into_owned(), offset));
+    }
+    Ok(out)
+}
+
+/// Assembles the [`Layout`], naming the first missing struct or field.
+fn layout(s: &Members) -> Result<Layout, String> {
+    let field = |st: &str, f: &str| -> Result<u32, String> {
+        let members = s
+            .get(st)
+            .ok_or_else(|| format!("no DWARF type {st} (built with -w?)"))?;
+        members
+            .iter()
+            .find(|(n, _)| n == f)
+            .map(|&(_, o)| o)
+            .ok_or_else(|| format!("{st} has no field {f}"))
+    };
+    let g = |f: &str| field("runtime.g", f);
+    let (sched, stack) = (g("sched")?, g("stack")?);
+    Ok(Layout {
+        g: GOffsets {
+            goid: g("goid")?,
+            atomicstatus: g("atomicstatus")?,
+            gopc: g("gopc")?,
+            startpc: g("startpc")?,
+            parent_goid: g("parentGoid").ok(),
+            waitreason: g("waitreason")?,
+            waitsince: g("waitsince")?,
+            sched_pc: sched + field("runtime.gobuf", "pc")?,
+            sched_sp: sched + field("runtime.gobuf", "sp")?,
+            sched_bp: sched + field("runtime.gobuf", "bp")?,
+            stack_lo: stack + field("runtime.stack", "lo")?,
+            stack_hi: stack + field("runtime.stack", "hi")?,
+            waiting: g("waiting")?,
+            m: g("m")?,
+            m_curg: field("runtime.m", "curg")?,
+        },
+        hchan: {
+            let h = |f: &str| field("runtime.hchan", f);
+            HchanOffsets {
+                qcount: h("qcount")?,
+                dataqsiz: h("dataqsiz")?,
+                buf: h("buf")?,
+                elemsize: h("elemsize")?,
+                closed: h("closed")?,
+                recvq: h("recvq")?,
+                sendq: h("sendq")?,
+                lock: h("lock")?,
+            }
+        },
+        waitq: WaitqOffsets {
+            first: field("runtime.waitq", "first")?,
+            last: field("runtime.waitq", "last")?,
+        },
+        sudog: {
+            let f = |n: &str| field("runtime.sudog", n);
+            SudogOffsets {
+                g: f("g")?,
+                next: f("next")?,
+                elem: f("elem")?,
+                c: f("c")?,
+            }
+        },
+    })
 }

@@ -1,18 +1,13 @@
-//! Choosing where a probe goes inside a function.
-//!
-//! A uprobe on an instruction the kernel can emulate (push, call, jmp, jcc,
-//! nop) costs about 1 µs here; one it must single-step out of line (cmp, lea,
-//! mov, ret…) costs 25–30 µs. So probes go on emulated instructions, chosen
-//! by decoding the function. This is the amd64 part; arm64 will sit behind
-//! the same two functions.
+//! Where the probes go: a declarative list of sites, each a function and a
+//! rule for finding the instruction inside it. Adding a probe site is one
+//! entry in [`SITES`]; the decoding lives behind [`super::arch::Arch`].
 
-use iced_x86::{
-    Code, Decoder, DecoderOptions, Instruction, InstructionInfoFactory, Mnemonic, OpAccess,
-    Register,
-};
+use serde::Serialize;
 
-/// How the kernel will execute the probed instruction.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+/// How the kernel will execute the probed instruction. Every kind here is
+/// one the kernel emulates (about 1 µs a hit); anything it would have to
+/// single-step (25–30 µs) is never chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SiteKind {
     Push,
@@ -22,156 +17,147 @@ pub enum SiteKind {
 }
 
 /// One chosen probe location.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct ProbeSite {
-    /// Virtual address of the instruction.
+    /// Link-time virtual address of the instruction.
     pub address: u64,
-    /// Offset in the file, filled by the caller (the kernel attaches by file offset).
+    /// Offset in the file (the kernel attaches uprobes by file offset).
     pub file_offset: u64,
     pub kind: SiteKind,
 }
 
-/// How far into a function an entry site may be (Go prologues are 2–4
-/// instructions; anything later has likely clobbered arguments).
-const MAX_ENTRY_INSTRUCTIONS: usize = 8;
+/// The rule that picks the instruction.
+#[derive(Debug, Clone, Copy)]
+pub enum Find {
+    /// The first call to this function: there its arguments are in the
+    /// ABI registers.
+    CallTo(&'static str),
+    /// Every call to this function (e.g. each `gopark` in `chansend`).
+    CallsTo(&'static str),
+    /// The first emulated instruction near the entry reached before any
+    /// of these argument registers (by ABI index) is overwritten.
+    Entry { live_args: &'static [usize] },
+}
 
-/// Go's integer argument registers in order (amd64 register ABI).
-const ARG_REGS: [Register; 9] = [
-    Register::RAX,
-    Register::RBX,
-    Register::RCX,
-    Register::RDI,
-    Register::RSI,
-    Register::R8,
-    Register::R9,
-    Register::R10,
-    Register::R11,
+/// One line of the site list.
+#[derive(Debug, Clone, Copy)]
+pub struct SiteSpec {
+    /// The name the agent and `inspect` use for it.
+    pub name: &'static str,
+    /// The Go function it is in.
+    pub function: &'static str,
+    pub find: Find,
+    /// A required site missing makes the binary unsupported; an optional
+    /// one is reported as absent.
+    pub required: bool,
+}
+
+/// Goroutine creation: `runtime.newproc.func1` calls `runqput(pp, newg,
+/// true)` with the new g in RBX, goid/gopc/startpc/parentGoid filled.
+pub const SITE_CREATE: &str = "create";
+/// Goroutine exit: `runtime.goexit0(gp *g)`, before RAX (gp) is reused.
+pub const SITE_EXIT: &str = "exit";
+/// `gopark` calls on blocking paths whose lock is `&hchan.lock`.
+pub const SITE_BLOCK_CHAN: &str = "block_chan";
+/// `gopark` calls on other blocking paths (select, sync primitives).
+pub const SITE_BLOCK: &str = "block";
+/// `goparkunlock` calls (when the compiler did not inline it).
+pub const SITE_BLOCK_UNLOCK: &str = "block_unlock";
+/// `runtime.closechan`'s entry.
+pub const SITE_CLOSE: &str = "close";
+/// The `gopanic` calls in `runtime.chansend`: "send on closed channel".
+pub const SITE_SEND_CLOSED: &str = "send_closed";
+
+/// An optional site rule (the leak probes: a binary without them still
+/// gets goroutine counts).
+const fn optional(name: &'static str, function: &'static str, find: Find) -> SiteSpec {
+    SiteSpec {
+        name,
+        function,
+        find,
+        required: false,
+    }
+}
+
+/// Every probe site, in attach order.
+pub const SITES: &[SiteSpec] = &[
+    SiteSpec {
+        name: SITE_CREATE,
+        function: "runtime.newproc.func1",
+        find: Find::CallTo("runtime.runqput"),
+        required: true,
+    },
+    SiteSpec {
+        name: SITE_EXIT,
+        function: "runtime.goexit0",
+        find: Find::Entry { live_args: &[0] },
+        required: true,
+    },
+    // Parking on the blocking paths only: these calls are never reached on
+    // a channel's fast path, nor for network waits (netpoll parks elsewhere).
+    optional(
+        SITE_BLOCK_CHAN,
+        "runtime.chansend",
+        Find::CallsTo("runtime.gopark"),
+    ),
+    optional(
+        SITE_BLOCK_CHAN,
+        "runtime.chanrecv",
+        Find::CallsTo("runtime.gopark"),
+    ),
+    optional(
+        SITE_BLOCK,
+        "runtime.selectgo",
+        Find::CallsTo("runtime.gopark"),
+    ),
+    optional(SITE_BLOCK, "runtime.block", Find::CallsTo("runtime.gopark")),
+    optional(
+        SITE_BLOCK,
+        "runtime.semacquire1",
+        Find::CallsTo("runtime.gopark"),
+    ),
+    optional(
+        SITE_BLOCK_UNLOCK,
+        "runtime.semacquire1",
+        Find::CallsTo("runtime.goparkunlock"),
+    ),
+    optional(
+        SITE_BLOCK,
+        "runtime.notifyListWait",
+        Find::CallsTo("runtime.gopark"),
+    ),
+    optional(
+        SITE_BLOCK_UNLOCK,
+        "runtime.notifyListWait",
+        Find::CallsTo("runtime.goparkunlock"),
+    ),
+    optional(
+        SITE_CLOSE,
+        "runtime.closechan",
+        Find::Entry { live_args: &[0] },
+    ),
+    optional(
+        SITE_SEND_CLOSED,
+        "runtime.chansend",
+        Find::CallsTo("runtime.gopanic"),
+    ),
 ];
 
-fn decode(address: u64, code: &[u8]) -> impl Iterator<Item = Instruction> + '_ {
-    Decoder::with_ip(64, code, address, DecoderOptions::NONE)
-        .into_iter()
-        .take_while(|i| i.code() != Code::INVALID)
+/// A site found in a binary.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChosenSite {
+    pub name: &'static str,
+    pub function: &'static str,
+    pub site: ProbeSite,
 }
 
-/// The kind of an instruction the kernel emulates, or `None` when it must be
-/// single-stepped.
-fn emulated(instr: &Instruction) -> Option<SiteKind> {
-    match instr.mnemonic() {
-        Mnemonic::Push if instr.op0_register() != Register::None => Some(SiteKind::Push),
-        Mnemonic::Call if instr.is_call_near() => Some(SiteKind::Call),
-        Mnemonic::Jmp if instr.is_jmp_short_or_near() => Some(SiteKind::Jump),
-        _ if instr.is_jcc_short_or_near() => Some(SiteKind::Jump),
-        Mnemonic::Nop => Some(SiteKind::Nop),
-        _ => None,
-    }
-}
-
-/// The call in the function at `address` whose target is `callee`: there the
-/// callee's arguments sit in the ABI registers.
-pub fn call_site(address: u64, code: &[u8], callee: u64) -> Result<ProbeSite, String> {
-    decode(address, code)
-        .find(|i| i.is_call_near() && i.near_branch_target() == callee)
-        .map(|i| ProbeSite {
-            address: i.ip(),
-            file_offset: 0,
-            kind: SiteKind::Call,
-        })
-        .ok_or_else(|| format!("no call to {callee:#x}"))
-}
-
-/// Every call in the function at `address` whose target is `callee`.
-pub fn call_sites(address: u64, code: &[u8], callee: u64) -> Vec<u64> {
-    decode(address, code)
-        .filter(|i| i.is_call_near() && i.near_branch_target() == callee)
-        .map(|i| i.ip())
-        .collect()
-}
-
-/// The first emulated instruction near the entry of the function at `address`
-/// reached before any of the argument registers in `live_args` is written.
-/// A `push` (Go ≥ 1.21's `push rbp` after the stack check) is preferred.
-pub fn entry_site(address: u64, code: &[u8], live_args: &[usize]) -> Result<ProbeSite, String> {
-    let watched: Vec<Register> = live_args.iter().map(|&n| ARG_REGS[n]).collect();
-    let mut info = InstructionInfoFactory::new();
-    let mut best: Option<ProbeSite> = None;
-    for instr in decode(address, code).take(MAX_ENTRY_INSTRUCTIONS) {
-        if let Some(kind) = emulated(&instr) {
-            let site = ProbeSite {
-                address: instr.ip(),
-                file_offset: 0,
-                kind,
-            };
-            if kind == SiteKind::Push {
-                return Ok(site);
-            }
-            best.get_or_insert(site);
-        }
-        let clobbers = info.info(&instr).used_registers().iter().any(|used| {
-            watched.contains(&used.register().full_register())
-                && matches!(
-                    used.access(),
-                    OpAccess::Write
-                        | OpAccess::ReadWrite
-                        | OpAccess::CondWrite
-                        | OpAccess::ReadCondWrite
-                )
-        });
-        // A branch leaves the straight-line prologue: stop looking past it
-        // unless it is the stack-check `jbe` that falls through.
-        if clobbers
-            || matches!(
-                instr.mnemonic(),
-                Mnemonic::Call | Mnemonic::Jmp | Mnemonic::Ret
-            )
-        {
-            break;
-        }
-    }
-    best.ok_or_else(|| "no emulated instruction before the arguments are overwritten".to_string())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    // cmp rsp,[r14+0x10]; jbe +0x20; push rbp; mov rbp,rsp
-    const GO121_PROLOGUE: &[u8] = &[0x49, 0x3b, 0x66, 0x10, 0x76, 0x20, 0x55, 0x48, 0x89, 0xe5];
-    // cmp rsp,[r14+0x10]; jbe +0x20; sub rsp,0x28; mov [rsp+0x20],rbp
-    const GO119_PROLOGUE: &[u8] = &[
-        0x49, 0x3b, 0x66, 0x10, 0x76, 0x20, 0x48, 0x83, 0xec, 0x28, 0x48, 0x89, 0x6c, 0x24, 0x20,
-    ];
-
-    #[test]
-    fn prefers_push_rbp_after_stack_check() {
-        let site = entry_site(0x1000, GO121_PROLOGUE, &[0]).unwrap();
-        assert_eq!((site.address, site.kind), (0x1006, SiteKind::Push));
-    }
-
-    #[test]
-    fn falls_back_to_stack_check_branch_without_push() {
-        let site = entry_site(0x1000, GO119_PROLOGUE, &[0]).unwrap();
-        assert_eq!((site.address, site.kind), (0x1004, SiteKind::Jump));
-    }
-
-    #[test]
-    fn stops_once_an_argument_register_is_overwritten() {
-        // mov rax, rbx; push rbp
-        let code = [0x48, 0x89, 0xd8, 0x55];
-        assert!(entry_site(0x1000, &code, &[0]).is_err());
-        // ... but RCX is not touched, so the push is fine when only RCX matters.
-        assert_eq!(
-            entry_site(0x1000, &code, &[2]).unwrap().kind,
-            SiteKind::Push
-        );
-    }
-
-    #[test]
-    fn finds_call_to_callee() {
-        // nop; call rel32 → 0x1000 + 1 + 5 + 0x10 = 0x1016
-        let code = [0x90, 0xe8, 0x10, 0x00, 0x00, 0x00];
-        let site = call_site(0x1000, &code, 0x1016).unwrap();
-        assert_eq!((site.address, site.kind), (0x1001, SiteKind::Call));
-        assert!(call_site(0x1000, &code, 0x2000).is_err());
+impl SiteSpec {
+    /// Functions whose addresses or code this spec needs.
+    pub fn functions(&self) -> impl Iterator<Item = &'static str> {
+        let callee = match self.find {
+            Find::CallTo(c) | Find::CallsTo(c) => Some(c),
+            Find::Entry { .. } => None,
+        };
+        std::iter::once(self.function).chain(callee)
     }
 }

@@ -380,11 +380,20 @@ fn start_function(g: &Goroutine, symbols: &dyn Symbols) -> String {
                 .next()
                 .is_some_and(|last| last.starts_with("gowrap"))
     };
-    let from_stack = stack_of(g, symbols)
-        .into_iter()
-        .rev()
-        .map(|s| s.function)
-        .find(|f| !is_wrapper(f));
+    let stack = stack_of(g, symbols);
+    // Only a walk that reached the goroutine's bottom frame says where it began.
+    let complete = stack
+        .last()
+        .is_some_and(|s| s.function.starts_with("runtime.goexit"));
+    let from_stack = complete
+        .then(|| {
+            stack
+                .into_iter()
+                .rev()
+                .map(|s| s.function)
+                .find(|f| !is_wrapper(f))
+        })
+        .flatten();
     from_stack
         .or_else(|| symbols.site(g.startpc).map(|s| s.function))
         .unwrap_or_default()

@@ -108,7 +108,12 @@ impl Proc {
 
     /// Sends SIGTERM and waits up to `within` for the exit status.
     pub fn terminate(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
-        // SAFETY: plain kill(2) on our own child.
+        // A child already reaped has a PID that may now be another
+        // process's: never signal it.
+        if let Ok(Some(status)) = self.child.try_wait() {
+            return Some(status);
+        }
+        // SAFETY: plain kill(2) on our own child, not yet reaped.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let deadline = Instant::now() + within;
         while Instant::now() < deadline {

@@ -1,0 +1,314 @@
+//! Turning an executable's bytes into a [`GoBinary`]: the order in which
+//! facts are read, and which source wins when several can answer.
+
+use std::collections::HashMap;
+
+use object::{Object, ObjectKind, ObjectSection, ObjectSymbol};
+
+use super::{
+    arch::{self, Arch},
+    buildinfo, dwarf,
+    image::{self, Image},
+    offsets,
+    pclntab::{Func, Pclntab, PclntabError},
+    read,
+    sites::{self, ChosenSite, Find},
+    waitreason, AddressSource, GoBinError, GoBinary, LayoutSource, MIN_SUPPORTED,
+};
+
+const SYM_ALLGADD: &str = "runtime.allgadd";
+const SYM_WAITREASON_STRING: &str = "runtime.waitReason.String";
+/// Data symbols read from `.symtab` when it is there.
+const DATA_SYMBOLS: [&str; 4] = [
+    "runtime.allgs",
+    "runtime.allglen",
+    "runtime.waitReasonStrings",
+    "runtime.text",
+];
+
+/// Reads everything, in order of cost, failing at the first thing that
+/// makes the binary unwatchable.
+pub fn analyse(bytes: &super::image::Bytes) -> Result<GoBinary, GoBinError> {
+    let data: &[u8] = (**bytes).as_ref();
+    let file = object::File::parse(data).map_err(|e| GoBinError::NotElf(e.to_string()))?;
+    if file.format() != object::BinaryFormat::Elf {
+        return Err(GoBinError::NotElf(format!("{:?} format", file.format())));
+    }
+    let image = Image::new(bytes.clone(), &file);
+    let info_section = file
+        .section_by_name(".go.buildinfo")
+        .and_then(|s| s.data().ok())
+        .ok_or(GoBinError::NotGo)?;
+    let build = buildinfo::parse(info_section, |a, n| image.at(a, n))?;
+    let version = build.version;
+    let arch = arch::for_machine(file.architecture())
+        .ok_or_else(|| GoBinError::Arch(format!("{:?}", file.architecture())))?;
+    if version < MIN_SUPPORTED {
+        return Err(GoBinError::TooOld {
+            found: version,
+            min: MIN_SUPPORTED,
+        });
+    }
+    let symbols = data_symbols(&file);
+    let (pclntab, pclntab_at) = read_pclntab(&file, data, &symbols)?;
+    let pcln = &data[pclntab_at.0..pclntab_at.0 + pclntab_at.1];
+
+    let dwarf = if file.section_by_name(".debug_info").is_some() {
+        dwarf::read(&file).map_err(GoBinError::Layout)?
+    } else {
+        None
+    };
+    let (layout, layout_source) = match &dwarf {
+        Some(d) => (d.layout, LayoutSource::Dwarf),
+        None => offsets::lookup(version).ok_or_else(|| {
+            GoBinError::Layout(format!(
+                "no DWARF (built with -w) and no offsets table entry for {}",
+                build.raw_version
+            ))
+        })?,
+    };
+
+    // Every function any rule needs, found in one pass over the table.
+    let mut wanted: Vec<&str> = sites::SITES
+        .iter()
+        .flat_map(sites::SiteSpec::functions)
+        .collect();
+    wanted.extend([SYM_ALLGADD, SYM_WAITREASON_STRING]);
+    wanted.sort_unstable();
+    wanted.dedup();
+    let found: HashMap<&str, Func> = wanted
+        .iter()
+        .zip(pclntab.lookup(pcln, &wanted))
+        .filter_map(|(n, f)| Some((*n, f?)))
+        .collect();
+    let code = |f: &Func| image.at(f.entry, usize::try_from(f.end - f.entry).ok()?);
+
+    let (allgs, allglen, allgs_source) =
+        allg_addresses(arch, &symbols, dwarf.as_ref(), found.get(SYM_ALLGADD), code)?;
+    let wait_reasons = wait_reasons(
+        arch,
+        &image,
+        &symbols,
+        found.get(SYM_WAITREASON_STRING),
+        code,
+    );
+
+    let chosen = choose_all(arch, &image, &found, code)?;
+    let site = |name: &'static str| {
+        chosen
+            .iter()
+            .find(|s| s.name == name)
+            .map(|s| s.site)
+            .ok_or(GoBinError::MissingSymbol(name))
+    };
+    Ok(GoBinary {
+        version,
+        build_id: image::build_id(&file),
+        pie: file.kind() == ObjectKind::Dynamic,
+        image_base: image.base(),
+        stripped: file.section_by_name(".symtab").is_none(),
+        has_dwarf: dwarf.is_some(),
+        offsets: layout.g,
+        hchan: layout.hchan,
+        waitq: layout.waitq,
+        sudog: layout.sudog,
+        layout_source,
+        create_site: site(sites::SITE_CREATE)?,
+        exit_site: site(sites::SITE_EXIT)?,
+        sites: chosen,
+        allgs,
+        allglen,
+        allgs_source,
+        wait_reasons,
+        functions: pclntab.len(),
+        data_ranges: [".data", ".noptrdata", ".bss", ".noptrbss"]
+            .iter()
+            .filter_map(|n| file.section_by_name(n))
+            .map(|s| (s.address(), s.address() + s.size()))
+            .collect(),
+        build,
+        pclntab,
+        pclntab_at,
+        image,
+    })
+}
+
+/// `runtime.firstmoduledata.text`, found without symbols: moduledata
+/// starts with a pointer to the pclntab header and the `funcnametab` slice
+/// (pointer, len, cap); `text` follows six slices and three words (offset
+/// 176 on 64-bit, unchanged from Go 1.18 to 1.27). This is what anchors a
+/// stripped, externally linked Go ≥ 1.26 binary, whose .text starts with C
+/// code and whose pclntab no longer stores textStart.
+pub(super) fn moduledata_text(file: &object::File, pclntab: &Pclntab) -> Option<u64> {
+    const TEXT: usize = 8 + 6 * 24 + 3 * 8;
+    let header = [".gopclntab", ".data.rel.ro.gopclntab"]
+        .iter()
+        .find_map(|n| file.section_by_name(n))?
+        .address();
+    let names = header.checked_add(pclntab.funcnames_offset())?;
+    // Go ≥ 1.26 gives moduledata a section of its own.
+    for name in [".go.module", ".noptrdata", ".data", ".data.rel.ro"] {
+        let Some(data) = file.section_by_name(name).and_then(|s| s.data().ok()) else {
+            continue;
+        };
+        let found = (0..data.len().saturating_sub(TEXT + 8))
+            .step_by(8)
+            .find(|&off| {
+                read::u64_at(data, off) == Some(header)
+                    && read::u64_at(data, off + 8) == Some(names)
+            });
+        if let Some(off) = found {
+            return read::u64_at(data, off + TEXT).filter(|&t| t != 0);
+        }
+    }
+    None
+}
+
+/// The function table and its file range. Go ≥ 1.26 no longer stores
+/// textStart: entry offsets are then relative to `runtime.text`, which is
+/// where .text begins unless an external linker put C code first (then
+/// .symtab names it).
+fn read_pclntab(
+    file: &object::File,
+    data: &[u8],
+    symbols: &HashMap<&str, (u64, u64)>,
+) -> Result<(Pclntab, (usize, usize)), GoBinError> {
+    // PIE builds put the table in a relocatable-data section of its own.
+    let at = [".gopclntab", ".data.rel.ro.gopclntab"]
+        .iter()
+        .find_map(|name| image::section_range(file, name))
+        .ok_or(PclntabError::Missing)?;
+    let pcln = data
+        .get(at.0..at.0.saturating_add(at.1))
+        .ok_or(PclntabError::Malformed("section outside the file"))?;
+    let mut pclntab = Pclntab::parse(pcln)?;
+    if pclntab.text_start == 0 {
+        pclntab.text_start = symbols
+            .get("runtime.text")
+            .map(|s| s.0)
+            .or_else(|| moduledata_text(file, &pclntab))
+            .or_else(|| file.section_by_name(".text").map(|s| s.address()))
+            .ok_or(PclntabError::Malformed("no textStart and no .text section"))?;
+    }
+    Ok((pclntab, at))
+}
+
+/// `runtime.allgs` and `runtime.allglen`: from `.symtab`, else DWARF, else
+/// decoded from `runtime.allgadd`.
+fn allg_addresses<'a>(
+    arch: &dyn Arch,
+    symbols: &HashMap<&str, (u64, u64)>,
+    dwarf: Option<&dwarf::DwarfFacts>,
+    allgadd: Option<&Func>,
+    code: impl Fn(&Func) -> Option<&'a [u8]>,
+) -> Result<(u64, u64, AddressSource), GoBinError> {
+    let var = |name: &str| {
+        symbols
+            .get(name)
+            .map(|s| (s.0, AddressSource::Symtab))
+            .or_else(|| {
+                dwarf?
+                    .variables
+                    .get(name)
+                    .map(|&a| (a, AddressSource::Dwarf))
+            })
+    };
+    if let (Some((a, src)), Some((l, _))) = (var("runtime.allgs"), var("runtime.allglen")) {
+        return Ok((a, l, src));
+    }
+    let f = allgadd.ok_or(GoBinError::MissingSymbol(SYM_ALLGADD))?;
+    let (a, l) = code(f)
+        .and_then(|c| arch.allg_addresses(f.entry, c))
+        .ok_or(GoBinError::MissingSymbol(
+            "runtime.allgs (not found by decoding runtime.allgadd)",
+        ))?;
+    Ok((a, l, AddressSource::Decoded))
+}
+
+/// Every site of the list; a missing required one is an error.
+fn choose_all<'a>(
+    arch: &dyn Arch,
+    image: &Image,
+    found: &HashMap<&str, Func>,
+    code: impl Fn(&Func) -> Option<&'a [u8]> + Copy,
+) -> Result<Vec<ChosenSite>, GoBinError> {
+    let mut chosen = Vec::new();
+    for spec in sites::SITES {
+        match choose(arch, image, spec, found, code) {
+            Ok(sites) => chosen.extend(sites.into_iter().map(|site| ChosenSite {
+                name: spec.name,
+                function: spec.function,
+                site,
+            })),
+            Err(e) if spec.required => return Err(e),
+            Err(e) => {
+                tracing::debug!(site = spec.name, error = %e, "optional probe site not found");
+            }
+        }
+    }
+    Ok(chosen)
+}
+
+/// `(address, size)` of the few data symbols read from `.symtab`.
+fn data_symbols<'a>(file: &'a object::File<'a>) -> HashMap<&'a str, (u64, u64)> {
+    let mut out = HashMap::new();
+    for sym in file.symbols() {
+        if let Ok(name) = sym.name() {
+            if DATA_SYMBOLS.contains(&name) {
+                out.insert(name, (sym.address(), sym.size()));
+            }
+        }
+    }
+    out
+}
+
+/// The sites one spec selects, with their file offsets.
+fn choose<'a>(
+    arch: &dyn Arch,
+    image: &Image,
+    spec: &sites::SiteSpec,
+    found: &HashMap<&str, Func>,
+    code: impl Fn(&Func) -> Option<&'a [u8]>,
+) -> Result<Vec<super::ProbeSite>, GoBinError> {
+    let missing = || GoBinError::MissingSymbol(spec.function);
+    let f = found.get(spec.function).ok_or_else(missing)?;
+    let callee = match spec.find {
+        Find::CallTo(c) | Find::CallsTo(c) => found.get(c).map(|f| f.entry),
+        Find::Entry { .. } => None,
+    };
+    let mut sites = arch
+        .sites(f.entry, code(f).ok_or_else(missing)?, spec.find, callee)
+        .map_err(|why| GoBinError::NoSite {
+            function: spec.function,
+            why,
+        })?;
+    for s in &mut sites {
+        s.file_offset = image
+            .file_offset(s.address)
+            .ok_or_else(|| GoBinError::NoSite {
+                function: spec.function,
+                why: format!("address {:#x} is in no loadable segment", s.address),
+            })?;
+    }
+    Ok(sites)
+}
+
+/// The runtime's wait reason names: the table's address from `.symtab`
+/// when present, else decoded from `runtime.waitReason.String`, which also
+/// gives its length.
+fn wait_reasons<'a>(
+    arch: &dyn Arch,
+    image: &Image,
+    symbols: &HashMap<&str, (u64, u64)>,
+    string_fn: Option<&Func>,
+    code: impl Fn(&Func) -> Option<&'a [u8]>,
+) -> Vec<String> {
+    let from_symtab = symbols
+        .get("runtime.waitReasonStrings")
+        .map(|&(a, size)| (a, size / 16));
+    let decoded = string_fn.and_then(|f| arch.wait_reason_table(f.entry, code(f)?));
+    from_symtab
+        .or(decoded)
+        .and_then(|(a, n)| waitreason::read_names(a, n, |a, n| image.at(a, n)))
+        .unwrap_or_default()
+}

@@ -1,0 +1,75 @@
+//! The per-architecture part of reading a Go binary, behind one trait:
+//! choosing probe instructions and recovering the data addresses a
+//! stripped binary no longer names. amd64 is implemented; arm64 (Go's
+//! register ABI there since 1.18, g in R28) is planned.
+
+use super::{
+    amd64,
+    sites::{Find, ProbeSite},
+};
+
+/// What the rest of `gobin` asks of an instruction set.
+pub trait Arch: Sync {
+    /// Sites in the function at `address` (code `code`) chosen by `find`;
+    /// `callee` is the resolved address of the function `find` names.
+    fn sites(
+        &self,
+        address: u64,
+        code: &[u8],
+        find: Find,
+        callee: Option<u64>,
+    ) -> Result<Vec<ProbeSite>, String>;
+
+    /// `(runtime.allgs, runtime.allglen)` from `runtime.allgadd`'s code.
+    fn allg_addresses(&self, address: u64, code: &[u8]) -> Option<(u64, u64)>;
+
+    /// `(runtime.waitReasonStrings, length)` from `runtime.waitReason.String`.
+    fn wait_reason_table(&self, address: u64, code: &[u8]) -> Option<(u64, u64)>;
+}
+
+/// x86-64, Go's `ABIInternal` (Go ≥ 1.17).
+pub struct Amd64;
+
+impl Arch for Amd64 {
+    fn sites(
+        &self,
+        address: u64,
+        code: &[u8],
+        find: Find,
+        callee: Option<u64>,
+    ) -> Result<Vec<ProbeSite>, String> {
+        match find {
+            Find::CallTo(_) => {
+                let callee = callee.ok_or("callee not found")?;
+                amd64::call_site(address, code, callee).map(|s| vec![s])
+            }
+            Find::CallsTo(_) => {
+                let callee = callee.ok_or("callee not found")?;
+                let all = amd64::call_sites(address, code, callee);
+                if all.is_empty() {
+                    return Err(format!("no call to {callee:#x}"));
+                }
+                Ok(all)
+            }
+            Find::Entry { live_args } => {
+                amd64::entry_site(address, code, live_args).map(|s| vec![s])
+            }
+        }
+    }
+
+    fn allg_addresses(&self, address: u64, code: &[u8]) -> Option<(u64, u64)> {
+        amd64::allg_addresses(address, code)
+    }
+
+    fn wait_reason_table(&self, address: u64, code: &[u8]) -> Option<(u64, u64)> {
+        amd64::wait_reason_table(address, code)
+    }
+}
+
+/// The implementation for an ELF machine, or `None` when unsupported.
+pub fn for_machine(arch: object::Architecture) -> Option<&'static dyn Arch> {
+    match arch {
+        object::Architecture::X86_64 => Some(&Amd64),
+        _ => None,
+    }
+}
