@@ -2,6 +2,7 @@
 
 mod build;
 mod demo;
+mod deploy;
 mod tools;
 mod util;
 
@@ -36,7 +37,11 @@ enum Task {
     },
     /// Start a leaking Go demo service under the agent and show what it sees.
     Demo(demo::DemoArgs),
-    /// Run every test: unit tests, then kernel tests (root) against Go fixtures.
+    /// Only the deploy checks (rules, chart, manifests, capabilities, end to end).
+    TestDeploy,
+    /// Run every test: unit tests, kernel tests (root) against Go fixtures,
+    /// then the deploy checks (rules, chart, manifests, capabilities, and a
+    /// real Prometheus end to end).
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -70,12 +75,20 @@ fn dispatch(task: Task) -> anyhow::Result<()> {
         }
         Task::Demo(args) => demo::demo(&args),
         Task::Test { args } => test(&args),
+        Task::TestDeploy => {
+            let fixtures = build::build_fixtures(&[tools::GO_NEWEST], &["spawner", "demo"])?;
+            let (passed, failed) = deploy::test(&fixtures)?;
+            println!("deploy checks: {passed} passed, {failed} failed");
+            if failed > 0 {
+                bail!("{failed} deploy checks failed");
+            }
+            Ok(())
+        }
     }
 }
 
 fn test(args: &[String]) -> anyhow::Result<()> {
-    let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
-    if ci && !util::is_root() {
+    if util::is_ci() && !util::is_root() {
         bail!("CI=true but not root: the kernel tests cannot run, and must not be skipped");
     }
     build::build_ebpf()?;
@@ -93,7 +106,13 @@ fn test(args: &[String]) -> anyhow::Result<()> {
     );
     util::done(t);
     let (passed, failed) = totals?;
+    let (deploy_passed, deploy_failed) = deploy::test(&fixtures)?;
+    println!("deploy checks: {deploy_passed} passed, {deploy_failed} failed");
+    let (passed, failed) = (passed + deploy_passed, failed + deploy_failed);
     println!("tests: {passed} passed, {failed} failed");
+    if failed > 0 {
+        bail!("{failed} deploy checks failed");
+    }
     if passed == 0 {
         bail!("no test ran");
     }

