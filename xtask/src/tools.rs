@@ -14,7 +14,11 @@ use anyhow::{bail, Context};
 
 use crate::util::{done, output, run, run_quiet, step, tools_dir};
 
-pub const NIGHTLY: &str = "nightly";
+/// The nightly toolchain for the kernel crate: `$GOSTRAY_NIGHTLY` (e.g.
+/// `nightly-2026-05-19`, as the container build pins it), else `nightly`.
+pub fn nightly() -> String {
+    std::env::var("GOSTRAY_NIGHTLY").unwrap_or_else(|_| "nightly".into())
+}
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_FEATURE: &str = "llvm-22";
 
@@ -120,12 +124,13 @@ pub fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
 
 /// Everything needed to build the kernel programs.
 pub fn ensure_ebpf_toolchain() -> anyhow::Result<()> {
+    let nightly = nightly();
     let has_src = output(Command::new("rustup").args([
         "component",
         "list",
         "--installed",
         "--toolchain",
-        NIGHTLY,
+        &nightly,
     ]))
     .is_some_and(|s| s.lines().any(|l| l.starts_with("rust-src")));
     if !has_src {
@@ -135,7 +140,7 @@ pub fn ensure_ebpf_toolchain() -> anyhow::Result<()> {
             "add",
             "rust-src",
             "--toolchain",
-            NIGHTLY,
+            &nightly,
         ]))
         .context("rustup component add rust-src (is the nightly toolchain installed?)")?;
         done(t);
@@ -157,7 +162,7 @@ pub fn bpf_linker() -> Option<PathBuf> {
 /// no system LLVM is needed: a prefix whose lib/ links to that library.
 fn install_bpf_linker() -> anyhow::Result<()> {
     let sysroot =
-        output(Command::new("rustc").args([&format!("+{NIGHTLY}"), "--print", "sysroot"]))
+        output(Command::new("rustc").args([&format!("+{}", nightly()), "--print", "sysroot"]))
             .context("cannot find the nightly toolchain (rustup toolchain install nightly)")?;
     let lib = Path::new(sysroot.trim()).join("lib");
     let llvm = fs::read_dir(&lib)?
