@@ -32,33 +32,39 @@ const SPAWNER: &str = "spawner-1.27";
 enum Provoke {
     /// Nothing: the demo leaks a goroutine every few hundred milliseconds.
     DemoLeaks,
-    /// 6000 events at once into a 4 KiB ring buffer drained once a second.
+    /// 10000 events at once into a 64 KiB ring buffer (about 1000 events)
+    /// drained once a second.
     EventBurst,
-    /// The agent stops: its scrape target goes down.
-    StopAgent,
+    /// 250 goroutines blocked for good in the spawner, over the agent's
+    /// `--max-goroutines` of 200, in batches the ring buffer holds.
+    FillTable,
     /// A process the agent cannot attach to (node-wide mode).
     UnattachableProcess,
+    /// The agent stops: its scrape target goes down.
+    StopAgent,
 }
 
-/// One alert, end to end: provoke it, see it fire for `fires_for` (an exe
-/// label, or any) and not for `quiet_for`. Cases listed in
+/// One alert, end to end: provoke it, see it fire with the labels
+/// `fires_with`, and not for the exe `quiet_for`. Cases listed in
 /// `pending::PENDING_ALERT_CASES` are announced and skipped.
 struct AlertCase {
     alert: &'static str,
     provoke: Provoke,
     /// Agent flags the case needs (added only when it runs).
     agent_args: &'static [&'static str],
-    fires_for: Option<&'static str>,
+    fires_with: &'static [(&'static str, &'static str)],
     quiet_for: Option<&'static str>,
 }
 
-/// In the order they run; `StopAgent` last.
-const ALERT_CASES: [AlertCase; 4] = [
+/// In the order they run; `StopAgent` last. The demo reaches the
+/// `--max-goroutines` of 200 only after more than a minute of leaking, long
+/// after the quiet check.
+const ALERT_CASES: [AlertCase; 6] = [
     AlertCase {
         alert: "GostrayGoroutineLeak",
         provoke: Provoke::DemoLeaks,
         agent_args: &["--leak-after", "2s"],
-        fires_for: Some(DEMO),
+        fires_with: &[("exe", DEMO)],
         quiet_for: Some(SPAWNER),
     },
     // No quiet_for: the ring buffer is shared, so the burst also drops
@@ -68,21 +74,36 @@ const ALERT_CASES: [AlertCase; 4] = [
         alert: "GostrayEventsLost",
         provoke: Provoke::EventBurst,
         agent_args: &[],
-        fires_for: Some(SPAWNER),
+        fires_with: &[("exe", SPAWNER)],
         quiet_for: None,
+    },
+    // The same burst, seen from the kernel side.
+    AlertCase {
+        alert: "GostrayProbeErrors",
+        provoke: Provoke::EventBurst,
+        agent_args: &[],
+        fires_with: &[("kind", "ring_full")],
+        quiet_for: None,
+    },
+    AlertCase {
+        alert: "GostrayTableFull",
+        provoke: Provoke::FillTable,
+        agent_args: &["--max-goroutines", "200"],
+        fires_with: &[("exe", SPAWNER)],
+        quiet_for: Some(DEMO),
     },
     AlertCase {
         alert: "GostrayAttachFailing",
         provoke: Provoke::UnattachableProcess,
         agent_args: &[],
-        fires_for: None,
+        fires_with: &[],
         quiet_for: None,
     },
     AlertCase {
         alert: "GostrayAgentDown",
         provoke: Provoke::StopAgent,
         agent_args: &[],
-        fires_for: None,
+        fires_with: &[("job", "gostray")],
         quiet_for: None,
     },
 ];
@@ -126,8 +147,8 @@ impl Spawner {
         }
     }
 
-    fn spawn(&mut self, exiting: u32) -> anyhow::Result<()> {
-        writeln!(self.stdin, "spawn {exiting} 0")?;
+    fn spawn(&mut self, exiting: u32, blocking: u32) -> anyhow::Result<()> {
+        writeln!(self.stdin, "spawn {exiting} {blocking}")?;
         self.stdin.flush()?;
         self.expect("done")
     }
@@ -196,7 +217,7 @@ fn start_agent(agent: &Path, port: u16, pids: &[u32], work: &Path) -> anyhow::Re
     }
     cmd.args(["--listen", &format!("127.0.0.1:{port}")])
         // Small and slow on purpose, so the event-loss case can overflow it.
-        .args(["--ring-buffer-bytes", "4096", "--drain-interval", "1s"])
+        .args(["--ring-buffer-bytes", "65536", "--drain-interval", "1s"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(work.join("agent.log"))?);
@@ -253,38 +274,44 @@ fn check_alerts(tally: &mut Tally, prom: &Prometheus, spawner: &mut Spawner, age
             println!("    PENDING alert case {}: {why}", case.alert);
             continue;
         }
-        tally.check(
-            &format!("alert {} fires when provoked, and only there", case.alert),
-            || {
-                match case.provoke {
-                    Provoke::DemoLeaks => {}
-                    Provoke::EventBurst => spawner.spawn(3000)?,
-                    Provoke::StopAgent => {
-                        agent.terminate(Duration::from_secs(5));
-                    }
-                    Provoke::UnattachableProcess => bail!("no way to provoke yet"),
-                }
-                let fired = |labels: &serde_json::Value| {
-                    case.fires_for.is_none_or(|exe| labels["exe"] == exe)
-                };
-                poll(ALERT_WAIT, &format!("{} firing", case.alert), || {
-                    Ok(prom.alerts()?.iter().any(|(name, state, labels)| {
-                        name == case.alert && state == "firing" && fired(labels)
-                    }))
-                })?;
-                if let Some(quiet) = case.quiet_for {
-                    let noisy: Vec<_> = prom
-                        .alerts()?
-                        .into_iter()
-                        .filter(|(name, _, labels)| name == case.alert && labels["exe"] == quiet)
-                        .collect();
-                    if !noisy.is_empty() {
-                        bail!("also active for {quiet}: {noisy:?}");
+        let name = match case.quiet_for {
+            Some(quiet) => format!("alert {} fires when provoked, not for {quiet}", case.alert),
+            None => format!("alert {} fires when provoked", case.alert),
+        };
+        tally.check(&name, || {
+            match case.provoke {
+                Provoke::DemoLeaks => {}
+                Provoke::EventBurst => spawner.spawn(3000, 0)?,
+                Provoke::FillTable => {
+                    for _ in 0..5 {
+                        spawner.spawn(0, 50)?;
+                        std::thread::sleep(Duration::from_millis(1500));
                     }
                 }
-                Ok(())
-            },
-        );
+                Provoke::StopAgent => {
+                    agent.terminate(Duration::from_secs(5));
+                }
+                Provoke::UnattachableProcess => bail!("no way to provoke yet"),
+            }
+            let fired =
+                |labels: &serde_json::Value| case.fires_with.iter().all(|(k, v)| labels[k] == *v);
+            poll(ALERT_WAIT, &format!("{} firing", case.alert), || {
+                Ok(prom.alerts()?.iter().any(|(name, state, labels)| {
+                    name == case.alert && state == "firing" && fired(labels)
+                }))
+            })?;
+            if let Some(quiet) = case.quiet_for {
+                let noisy: Vec<_> = prom
+                    .alerts()?
+                    .into_iter()
+                    .filter(|(name, _, labels)| name == case.alert && labels["exe"] == quiet)
+                    .collect();
+                if !noisy.is_empty() {
+                    bail!("also active for {quiet}: {noisy:?}");
+                }
+            }
+            Ok(())
+        });
     }
 }
 

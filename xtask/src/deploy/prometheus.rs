@@ -164,3 +164,25 @@ pub fn fast_rules(rules: &Path, out: &Path, for_: &str) -> anyhow::Result<()> {
     fs::write(out, fast)?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn fast_rules_shortens_every_for_and_nothing_else() {
+        let dir = std::env::temp_dir().join(format!("gostray-fast-rules-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (src, out) = (dir.join("in.yaml"), dir.join("out.yaml"));
+        std::fs::write(
+            &src,
+            "groups:\n  - rules:\n      - alert: A\n        expr: x > 0 # for: not this\n        for: 15m\n",
+        )
+        .unwrap();
+        super::fast_rules(&src, &out, "2s").unwrap();
+        let fast = std::fs::read_to_string(&out).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(
+            fast,
+            "groups:\n  - rules:\n      - alert: A\n        expr: x > 0 # for: not this\n        for: 2s\n"
+        );
+    }
+}
