@@ -1,8 +1,8 @@
 //! End to end: Go workloads under the real agent (least-privilege
 //! capabilities), a real Prometheus scraping it and evaluating
-//! deploy/prometheus/rules.yaml. Every dashboard and rule expression must
-//! parse and return data (pending ones aside), and the alerts must fire when
-//! provoked and stay quiet otherwise.
+//! `deploy/prometheus/rules.yaml`. Every dashboard and rule expression must
+//! parse and return data (pending ones aside); then the alert cases
+//! (alerts.rs) run against the same Prometheus.
 
 use std::{
     io::{BufRead, BufReader, Write},
@@ -14,7 +14,7 @@ use std::{
 use anyhow::{bail, Context};
 
 use super::{
-    caps, expressions,
+    alerts, caps, expressions,
     pending::{self, announce},
     prometheus::{fast_rules, poll, Prometheus},
     Tally,
@@ -23,93 +23,11 @@ use crate::util::{free_port, root, Guard};
 
 /// `for:` of every rule in the test copy, so alerts fire within seconds.
 const FAST_FOR: &str = "2s";
-const ALERT_WAIT: Duration = Duration::from_secs(45);
-const DEMO: &str = "demo-1.27";
-const SPAWNER: &str = "spawner-1.27";
-
-/// How an alert case makes its alert fire.
-#[derive(Clone, Copy)]
-enum Provoke {
-    /// Nothing: the demo leaks a goroutine every few hundred milliseconds.
-    DemoLeaks,
-    /// 10000 events at once into a 64 KiB ring buffer (about 1000 events)
-    /// drained once a second.
-    EventBurst,
-    /// 250 goroutines blocked for good in the spawner, over the agent's
-    /// `--max-goroutines` of 200, in batches the ring buffer holds.
-    FillTable,
-    /// A process the agent cannot attach to (node-wide mode).
-    UnattachableProcess,
-    /// The agent stops: its scrape target goes down.
-    StopAgent,
-}
-
-/// One alert, end to end: provoke it, see it fire with the labels
-/// `fires_with`, and not for the exe `quiet_for`. Cases listed in
-/// `pending::PENDING_ALERT_CASES` are announced and skipped.
-struct AlertCase {
-    alert: &'static str,
-    provoke: Provoke,
-    /// Agent flags the case needs (added only when it runs).
-    agent_args: &'static [&'static str],
-    fires_with: &'static [(&'static str, &'static str)],
-    quiet_for: Option<&'static str>,
-}
-
-/// In the order they run; `StopAgent` last. The demo reaches the
-/// `--max-goroutines` of 200 only after more than a minute of leaking, long
-/// after the quiet check.
-const ALERT_CASES: [AlertCase; 6] = [
-    AlertCase {
-        alert: "GostrayGoroutineLeak",
-        provoke: Provoke::DemoLeaks,
-        agent_args: &["--leak-after", "2s"],
-        fires_with: &[("exe", DEMO)],
-        quiet_for: Some(SPAWNER),
-    },
-    // No quiet_for: the ring buffer is shared, so the burst also drops
-    // events of the demo, and the alert rightly says so for it too. The
-    // quiet side is the check before any case runs.
-    AlertCase {
-        alert: "GostrayEventsLost",
-        provoke: Provoke::EventBurst,
-        agent_args: &[],
-        fires_with: &[("exe", SPAWNER)],
-        quiet_for: None,
-    },
-    // The same burst, seen from the kernel side.
-    AlertCase {
-        alert: "GostrayProbeErrors",
-        provoke: Provoke::EventBurst,
-        agent_args: &[],
-        fires_with: &[("kind", "ring_full")],
-        quiet_for: None,
-    },
-    AlertCase {
-        alert: "GostrayTableFull",
-        provoke: Provoke::FillTable,
-        agent_args: &["--max-goroutines", "200"],
-        fires_with: &[("exe", SPAWNER)],
-        quiet_for: Some(DEMO),
-    },
-    AlertCase {
-        alert: "GostrayAttachFailing",
-        provoke: Provoke::UnattachableProcess,
-        agent_args: &[],
-        fires_with: &[],
-        quiet_for: None,
-    },
-    AlertCase {
-        alert: "GostrayAgentDown",
-        provoke: Provoke::StopAgent,
-        agent_args: &[],
-        fires_with: &[("job", "gostray")],
-        quiet_for: None,
-    },
-];
+pub(super) const DEMO: &str = "demo-1.27";
+pub(super) const SPAWNER: &str = "spawner-1.27";
 
 /// The spawner fixture, driven over stdin.
-struct Spawner {
+pub(super) struct Spawner {
     _guard: Guard,
     stdin: ChildStdin,
     stdout: BufReader<ChildStdout>,
@@ -147,7 +65,7 @@ impl Spawner {
         }
     }
 
-    fn spawn(&mut self, exiting: u32, blocking: u32) -> anyhow::Result<()> {
+    pub(super) fn spawn(&mut self, exiting: u32, blocking: u32) -> anyhow::Result<()> {
         writeln!(self.stdin, "spawn {exiting} {blocking}")?;
         self.stdin.flush()?;
         self.expect("done")
@@ -203,7 +121,7 @@ pub fn run(tally: &mut Tally, agent: &Path, fixtures: &Path, work: &Path) -> any
         return Ok(());
     }
     check_expressions(tally, &prom)?;
-    check_alerts(tally, &prom, &mut spawner, &mut agent);
+    alerts::check(tally, &prom, &mut spawner, &mut agent);
     Ok(())
 }
 
@@ -221,11 +139,7 @@ fn start_agent(agent: &Path, port: u16, pids: &[u32], work: &Path) -> anyhow::Re
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(work.join("agent.log"))?);
-    for case in &ALERT_CASES {
-        if pending::alert_case(case.alert).is_none() {
-            cmd.args(case.agent_args);
-        }
-    }
+    cmd.args(alerts::agent_args());
     Ok(Guard(cmd.spawn().context("starting the agent")?))
 }
 
@@ -258,61 +172,6 @@ fn check_expressions(tally: &mut Tally, prom: &Prometheus) -> anyhow::Result<()>
         );
     }
     Ok(())
-}
-
-/// Quiet first, then each case provoked in turn.
-fn check_alerts(tally: &mut Tally, prom: &Prometheus, spawner: &mut Spawner, agent: &mut Guard) {
-    tally.check("no alert pending or firing while nothing is wrong", || {
-        let active = prom.alerts()?;
-        if !active.is_empty() {
-            bail!("active: {active:?}");
-        }
-        Ok(())
-    });
-    for case in &ALERT_CASES {
-        if let Some(why) = pending::alert_case(case.alert) {
-            println!("    PENDING alert case {}: {why}", case.alert);
-            continue;
-        }
-        let name = match case.quiet_for {
-            Some(quiet) => format!("alert {} fires when provoked, not for {quiet}", case.alert),
-            None => format!("alert {} fires when provoked", case.alert),
-        };
-        tally.check(&name, || {
-            match case.provoke {
-                Provoke::DemoLeaks => {}
-                Provoke::EventBurst => spawner.spawn(3000, 0)?,
-                Provoke::FillTable => {
-                    for _ in 0..5 {
-                        spawner.spawn(0, 50)?;
-                        std::thread::sleep(Duration::from_millis(1500));
-                    }
-                }
-                Provoke::StopAgent => {
-                    agent.terminate(Duration::from_secs(5));
-                }
-                Provoke::UnattachableProcess => bail!("no way to provoke yet"),
-            }
-            let fired =
-                |labels: &serde_json::Value| case.fires_with.iter().all(|(k, v)| labels[k] == *v);
-            poll(ALERT_WAIT, &format!("{} firing", case.alert), || {
-                Ok(prom.alerts()?.iter().any(|(name, state, labels)| {
-                    name == case.alert && state == "firing" && fired(labels)
-                }))
-            })?;
-            if let Some(quiet) = case.quiet_for {
-                let noisy: Vec<_> = prom
-                    .alerts()?
-                    .into_iter()
-                    .filter(|(name, _, labels)| name == case.alert && labels["exe"] == quiet)
-                    .collect();
-                if !noisy.is_empty() {
-                    bail!("also active for {quiet}: {noisy:?}");
-                }
-            }
-            Ok(())
-        });
-    }
 }
 
 /// No data is a failure unless the expression uses a pending metric; data

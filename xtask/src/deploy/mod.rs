@@ -6,10 +6,13 @@
 //! - caps: the least-privilege capability set, proven sufficient and each
 //!   capability necessary (root).
 //! - e2e: a real Prometheus scraping the real agent watching Go workloads:
-//!   every dashboard and rule expression, and alerts firing (root).
+//!   every dashboard and rule expression (root);
+//! - alerts: on that Prometheus, each alert provoked and seen firing.
+//! - pending: the metrics not exported yet, in one list.
 //!
 //! Each check prints one line; the counts join the test totals.
 
+mod alerts;
 mod caps;
 mod e2e;
 mod expressions;
