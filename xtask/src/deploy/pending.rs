@@ -39,6 +39,10 @@ pub const PENDING_ALERT_CASES: &[(&str, &str)] = &[
         "issue 4: --leak-after and gostray_leaked_goroutines",
     ),
     (
+        "GostrayBlockedSenders",
+        "issue 4: --leak-after and gostray_blocked_senders",
+    ),
+    (
         "GostrayAttachFailing",
         "issue 5: node-wide mode counts processes it cannot attach",
     ),
