@@ -9,7 +9,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 ///
 /// gostray attaches eBPF uprobes to the Go runtime of the processes you name
 /// and keeps a live table of their goroutines, served as Prometheus metrics.
-/// It needs root, or CAP_BPF + CAP_PERFMON + CAP_SYS_PTRACE.
+/// It needs root, or CAP_SYS_ADMIN (CAP_BPF + CAP_PERFMON before Linux
+/// 6.16) and CAP_SYS_PTRACE.
 #[derive(Debug, Parser)]
 #[command(name = "gostray", version, propagate_version = true)]
 pub struct Cli {

@@ -66,7 +66,8 @@ fn run(args: &RunArgs) -> anyhow::Result<()> {
     let missing = privileges::missing();
     if !missing.is_empty() {
         anyhow::bail!(
-            "gostray needs root, or CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE; missing: {}",
+            "gostray needs {}; missing: {}",
+            privileges::NEEDED,
             missing.join(", ")
         );
     }

@@ -1,12 +1,19 @@
 //! Checking, before touching the kernel, that we may: one clear line beats
 //! an EPERM from deep inside the loader.
+//!
+//! Uprobes through the perf PMU need CAP_SYS_ADMIN from Linux 6.16 (and the
+//! stable kernels updated since July 2025); before that CAP_BPF with
+//! CAP_PERFMON was enough. Reading other processes' memory and executables
+//! needs CAP_SYS_PTRACE. See deploy/README.md for the tested sets.
 
-/// Capabilities the agent needs, with why.
-const NEEDED: [(u32, &str); 3] = [
-    (39, "CAP_BPF"),        // load programs, create maps
-    (38, "CAP_PERFMON"),    // perf-event uprobes
-    (19, "CAP_SYS_PTRACE"), // read other processes' memory and /proc/PID/exe
-];
+const CAP_SYS_PTRACE: u32 = 19;
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+
+/// What to grant, for the error message.
+pub const NEEDED: &str =
+    "root, or CAP_SYS_ADMIN (CAP_BPF + CAP_PERFMON on kernels before 6.16) and CAP_SYS_PTRACE";
 
 /// The names of needed capabilities missing from the effective set.
 pub fn missing() -> Vec<&'static str> {
@@ -20,15 +27,15 @@ pub fn missing() -> Vec<&'static str> {
 }
 
 fn missing_from(effective: u64) -> Vec<&'static str> {
-    // CAP_SYS_ADMIN (21) stands in for BPF and PERFMON on any kernel.
-    let sys_admin = effective & (1 << 21) != 0;
-    NEEDED
-        .iter()
-        .filter(|(bit, name)| {
-            effective & (1 << bit) == 0 && !(sys_admin && *name != "CAP_SYS_PTRACE")
-        })
-        .map(|(_, name)| *name)
-        .collect()
+    let has = |bit: u32| effective & (1 << bit) != 0;
+    let mut out = Vec::new();
+    if !has(CAP_SYS_ADMIN) && !(has(CAP_BPF) && has(CAP_PERFMON)) {
+        out.push("CAP_SYS_ADMIN");
+    }
+    if !has(CAP_SYS_PTRACE) {
+        out.push("CAP_SYS_PTRACE");
+    }
+    out
 }
 
 #[cfg(test)]
@@ -37,12 +44,16 @@ mod tests {
 
     #[test]
     fn names_what_is_missing() {
-        assert_eq!(
-            missing_from(0),
-            vec!["CAP_BPF", "CAP_PERFMON", "CAP_SYS_PTRACE"]
-        );
+        assert_eq!(missing_from(0), vec!["CAP_SYS_ADMIN", "CAP_SYS_PTRACE"]);
         assert!(missing_from(u64::MAX).is_empty());
-        assert_eq!(missing_from(1 << 21), vec!["CAP_SYS_PTRACE"]);
-        assert_eq!(missing_from((1 << 39) | (1 << 19)), vec!["CAP_PERFMON"]);
+        assert!(missing_from((1 << CAP_SYS_ADMIN) | (1 << CAP_SYS_PTRACE)).is_empty());
+        // Older kernels: BPF and PERFMON stand in for SYS_ADMIN.
+        assert!(
+            missing_from((1 << CAP_BPF) | (1 << CAP_PERFMON) | (1 << CAP_SYS_PTRACE)).is_empty()
+        );
+        assert_eq!(
+            missing_from((1 << CAP_BPF) | (1 << CAP_SYS_PTRACE)),
+            vec!["CAP_SYS_ADMIN"]
+        );
     }
 }

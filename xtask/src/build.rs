@@ -8,7 +8,7 @@ use std::{
 use anyhow::Context;
 
 use crate::{
-    tools::{self, GoRelease, NIGHTLY},
+    tools::{self, GoRelease},
     util::{done, root, run, step},
 };
 
@@ -40,7 +40,7 @@ pub fn build_ebpf() -> anyhow::Result<()> {
     run(cargo()
         .current_dir(root().join("ebpf"))
         .args([
-            &format!("+{NIGHTLY}"),
+            &format!("+{}", tools::nightly()),
             "build",
             "--quiet",
             "--release",

@@ -3,14 +3,17 @@
 use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpStream},
-    process::{Child, Command},
+    process::Command,
     thread,
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context};
 
-use crate::{build, tools, util};
+use crate::{
+    build, tools,
+    util::{self, Guard},
+};
 
 #[derive(clap::Args)]
 pub struct DemoArgs {
@@ -22,28 +25,9 @@ pub struct DemoArgs {
     seconds: Option<u64>,
 }
 
-/// Kills a child process when dropped.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        // SIGTERM first so the agent detaches cleanly.
-        let _ = Command::new("kill").arg(self.0.id().to_string()).status();
-        let deadline = Instant::now() + Duration::from_secs(3);
-        while Instant::now() < deadline {
-            if matches!(self.0.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 pub fn demo(args: &DemoArgs) -> anyhow::Result<()> {
     if !util::is_root() {
-        bail!("the demo attaches eBPF probes: run it as root (sudo -E cargo xtask demo), or grant CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE");
+        bail!("the demo attaches eBPF probes: run it as root (sudo -E cargo xtask demo), or grant CAP_SYS_ADMIN (CAP_BPF + CAP_PERFMON before Linux 6.16) and CAP_SYS_PTRACE");
     }
     let agent = build::build_agent(true)?;
     let fixtures = build::build_fixtures(&[tools::GO_NEWEST], &["demo"])?;

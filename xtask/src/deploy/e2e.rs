@@ -1,0 +1,194 @@
+//! End to end: Go workloads under the real agent (least-privilege
+//! capabilities), a real Prometheus scraping it and evaluating
+//! `deploy/prometheus/rules.yaml`. Every dashboard and rule expression must
+//! parse and return data (pending ones aside); then the alert cases
+//! (alerts.rs) run against the same Prometheus.
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    path::Path,
+    process::{ChildStdin, ChildStdout, Command, Stdio},
+    time::Duration,
+};
+
+use anyhow::{bail, Context};
+
+use super::{
+    alerts, caps, expressions,
+    pending::{self, announce},
+    prometheus::{fast_rules, poll, Prometheus},
+    Tally,
+};
+use crate::util::{free_port, root, Guard};
+
+/// `for:` of every rule in the test copy, so alerts fire within seconds.
+const FAST_FOR: &str = "2s";
+pub(super) const DEMO: &str = "demo-1.27";
+pub(super) const SPAWNER: &str = "spawner-1.27";
+
+/// The spawner fixture, driven over stdin.
+pub(super) struct Spawner {
+    _guard: Guard,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Spawner {
+    fn start(binary: &Path) -> anyhow::Result<(Self, u32)> {
+        let mut child = Command::new(binary)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        let pid = child.id();
+        let stdin = child.stdin.take().expect("piped");
+        let stdout = BufReader::new(child.stdout.take().expect("piped"));
+        let mut s = Self {
+            _guard: Guard(child),
+            stdin,
+            stdout,
+        };
+        s.expect("ready")?;
+        Ok((s, pid))
+    }
+
+    fn expect(&mut self, prefix: &str) -> anyhow::Result<()> {
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if self.stdout.read_line(&mut line)? == 0 {
+                bail!("spawner closed its output before {prefix:?}");
+            }
+            if line.starts_with(prefix) {
+                return Ok(());
+            }
+        }
+    }
+
+    pub(super) fn spawn(&mut self, exiting: u32, blocking: u32) -> anyhow::Result<()> {
+        writeln!(self.stdin, "spawn {exiting} {blocking}")?;
+        self.stdin.flush()?;
+        self.expect("done")
+    }
+}
+
+pub fn run(tally: &mut Tally, agent: &Path, fixtures: &Path, work: &Path) -> anyhow::Result<()> {
+    announce();
+    let demo = Guard(
+        Command::new(fixtures.join(DEMO))
+            .stdout(Stdio::null())
+            .spawn()
+            .context("starting the demo")?,
+    );
+    let (mut spawner, spawner_pid) = Spawner::start(&fixtures.join(SPAWNER))?;
+    let port = free_port()?;
+    let mut agent = start_agent(agent, port, &[demo.0.id(), spawner_pid], work)?;
+
+    let rules = work.join("rules-fast.yaml");
+    fast_rules(
+        &root().join("deploy/prometheus/rules.yaml"),
+        &rules,
+        FAST_FOR,
+    )?;
+    let prom = Prometheus::start(&work.join("prometheus"), port, &rules)?;
+
+    let mut scraping = false;
+    tally.check(
+        "Prometheus scrapes the agent: both workloads' series arrive",
+        || {
+            poll(
+                Duration::from_secs(40),
+                "5 scrapes with both processes",
+                || {
+                    let samples = prom.query(r#"count_over_time(up{job="gostray"}[30s])"#)?;
+                    let scrapes = samples
+                        .first()
+                        .and_then(|s| s["value"][1].as_str()?.parse::<u32>().ok())
+                        .unwrap_or(0);
+                    let procs = prom.query(r#"gostray_goroutines{job="gostray"}"#)?.len();
+                    if let Ok(Some(status)) = agent.0.try_wait() {
+                        bail!("the agent exited ({status})");
+                    }
+                    Ok(scrapes >= 5 && procs == 2)
+                },
+            )
+            .with_context(|| format!("agent log: {}", work.join("agent.log").display()))?;
+            scraping = true;
+            Ok(())
+        },
+    );
+    if !scraping {
+        return Ok(());
+    }
+    check_expressions(tally, &prom)?;
+    alerts::check(tally, &prom, &mut spawner, &mut agent);
+    Ok(())
+}
+
+/// The agent under the least-privilege capabilities, watching `pids`, with
+/// the flags of every alert case that runs.
+fn start_agent(agent: &Path, port: u16, pids: &[u32], work: &Path) -> anyhow::Result<Guard> {
+    let mut cmd = caps::with_only(&caps::daemonset_capabilities()?, agent);
+    cmd.arg("run");
+    for pid in pids {
+        cmd.args(["--pid", &pid.to_string()]);
+    }
+    cmd.args(["--listen", &format!("127.0.0.1:{port}")])
+        // Small and slow on purpose, so the event-loss case can overflow it.
+        .args(["--ring-buffer-bytes", "65536", "--drain-interval", "1s"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(work.join("agent.log"))?);
+    cmd.args(alerts::agent_args());
+    Ok(Guard(cmd.spawn().context("starting the agent")?))
+}
+
+/// Every dashboard query, and every rule with the metrics it reads.
+fn check_expressions(tally: &mut Tally, prom: &Prometheus) -> anyhow::Result<()> {
+    for e in &expressions::dashboards(&root().join("deploy/grafana"))? {
+        tally.check(&format!("query parses and has data: {}", e.origin), || {
+            let series = prom.query(&e.promql).with_context(|| e.promql.clone())?;
+            expect_data(&e.promql, !series.is_empty())
+        });
+    }
+    let loaded = prom.rules()?;
+    tally.check("Prometheus loaded every rule of rules.yaml", || {
+        if loaded.len() < 10 {
+            bail!("only {} rules loaded", loaded.len());
+        }
+        Ok(())
+    });
+    for (kind, name, query) in &loaded {
+        tally.check(
+            &format!("{kind} rule {name}: parses, and its metrics have data"),
+            || {
+                prom.query(query).with_context(|| query.clone())?;
+                for metric in expressions::metrics(query) {
+                    let series = prom.query(&metric)?;
+                    expect_data(&metric, !series.is_empty())?;
+                }
+                Ok(())
+            },
+        );
+    }
+    Ok(())
+}
+
+/// No data is a failure unless the expression uses a pending metric; data
+/// for a pending one is announced so the list gets shorter.
+fn expect_data(promql: &str, has_data: bool) -> anyhow::Result<()> {
+    match (pending::why(promql), has_data) {
+        (None, true) => Ok(()),
+        (None, false) => bail!("no data for {promql}"),
+        (Some(why), false) => {
+            println!("    PENDING (no data yet, {why}): {promql}");
+            Ok(())
+        }
+        (Some(why), true) => {
+            println!(
+                "!!! {promql} has data now: remove it from xtask/src/deploy/pending.rs ({why})"
+            );
+            Ok(())
+        }
+    }
+}
