@@ -21,13 +21,13 @@ use aya::maps::{MapData, RingBuf};
 
 use crate::{
     config::RunArgs,
-    gobin::{cache::BinaryCache, GoBinError, GoBinary},
+    gobin::{cache::BinaryCache, GoBinError, GoBinary, WaitReason},
     kernel::Kernel,
     procfs::{self, FileId},
     scan,
     state::Shared,
     target::{ProcSymbols, Target},
-    tracker::{decode_event, waitclass::WaitClass, ProcessInfo},
+    tracker::{decode_event, ProcessInfo},
 };
 
 /// A process being watched.
@@ -267,7 +267,7 @@ impl Agent {
             let started_ns = monotonic_ns();
             let reasons = w.reasons.clone();
             let walk = move |r: u8| {
-                WaitClass::from_name(reasons.get(usize::from(r)).map_or("", String::as_str))
+                WaitReason::from_name(reasons.get(usize::from(r)).map_or("", String::as_str))
                     .is_blocking()
             };
             let scanned =

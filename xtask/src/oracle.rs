@@ -193,9 +193,11 @@ const SYNC_NAMES: [&str; 5] = [
 
 fn leak_matches(p: &Regex, leak: &str) -> bool {
     p.is_match(leak)
-        || leak
-            .strip_suffix("[semacquire]")
-            .is_some_and(|head| SYNC_NAMES.iter().any(|n| p.is_match(&format!("{head}[{n}]"))))
+        || leak.strip_suffix("[semacquire]").is_some_and(|head| {
+            SYNC_NAMES
+                .iter()
+                .any(|n| p.is_match(&format!("{head}[{n}]")))
+        })
 }
 
 fn score(case: &Case, leaks: &[String]) -> Score {
@@ -525,11 +527,18 @@ pub fn oracle(args: &OracleArgs, agent: &Path) -> anyhow::Result<(f64, usize)> {
     // The cases and their expectations ship with Go ≥ 1.26; older
     // toolchains build the newest toolchain's copy.
     let newest = GoRelease::ensure(&crate::tools::GO_NEWEST)?;
-    let goroot = newest.parent().and_then(Path::parent).context("GOROOT")?.to_path_buf();
+    let goroot = newest
+        .parent()
+        .and_then(Path::parent)
+        .context("GOROOT")?
+        .to_path_buf();
     let testdata = goroot.join("src/runtime/testdata/testgoroutineleakprofile");
     let test_file = goroot.join("src/runtime/goroutineleakprofile_test.go");
     if !testdata.exists() || !test_file.exists() {
-        bail!("Go {} ships no goroutine leak cases", crate::tools::GO_NEWEST.line);
+        bail!(
+            "Go {} ships no goroutine leak cases",
+            crate::tools::GO_NEWEST.line
+        );
     }
     let mut cases = parse_cases(&std::fs::read_to_string(&test_file)?);
     if args.suite == "core" {

@@ -21,6 +21,8 @@ pub enum WaitReason {
     Select,
     /// Blocked forever on a nil channel (send or receive).
     NilChan,
+    /// `select {}`: blocked forever.
+    SelectNoCases,
     SyncMutex,
     SyncRwmutex,
     SyncWaitgroup,
@@ -41,7 +43,7 @@ impl WaitReason {
         let base = name.split(" (").next().unwrap_or(name);
         match name {
             "chan send (nil chan)" | "chan receive (nil chan)" => return Self::NilChan,
-            "select (no cases)" => return Self::Select,
+            "select (no cases)" => return Self::SelectNoCases,
             _ => {}
         }
         match base {
@@ -68,6 +70,7 @@ impl WaitReason {
             Self::ChanReceive => "chan_receive",
             Self::Select => "select",
             Self::NilChan => "nil_chan",
+            Self::SelectNoCases => "select_no_cases",
             Self::SyncMutex => "sync_mutex",
             Self::SyncRwmutex => "sync_rwmutex",
             Self::SyncWaitgroup => "sync_waitgroup",
@@ -82,6 +85,31 @@ impl WaitReason {
 }
 
 /// Names of waits inside the runtime itself (GC, scheduler, tracer…).
+impl WaitReason {
+    /// Waits that only another goroutine's action ends: the kinds of wait a
+    /// leak is made of. Network waits, sleeps and timers are not.
+    pub fn is_blocking(self) -> bool {
+        matches!(
+            self,
+            Self::ChanSend
+                | Self::ChanReceive
+                | Self::Select
+                | Self::NilChan
+                | Self::SelectNoCases
+                | Self::SyncMutex
+                | Self::SyncRwmutex
+                | Self::SyncWaitgroup
+                | Self::SyncCond
+                | Self::Semacquire
+        )
+    }
+
+    /// Waits nothing can end: a nil channel, an empty select.
+    pub fn never_wakes(self) -> bool {
+        matches!(self, Self::NilChan | Self::SelectNoCases)
+    }
+}
+
 fn is_runtime(name: &str) -> bool {
     const PREFIXES: [&str; 6] = [
         "GC ",
@@ -150,7 +178,7 @@ mod tests {
             ("chan send (nil chan)", "nil_chan"),
             ("chan receive (durable)", "chan_receive"),
             ("select", "select"),
-            ("select (no cases)", "select"),
+            ("select (no cases)", "select_no_cases"),
             ("sync.Mutex.Lock", "sync_mutex"),
             ("sync.RWMutex.RLock", "sync_rwmutex"),
             ("sync.WaitGroup.Wait", "sync_waitgroup"),

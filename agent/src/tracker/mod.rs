@@ -6,7 +6,6 @@
 pub mod histogram;
 mod process;
 pub mod verdict;
-pub mod waitclass;
 
 use std::collections::{HashMap, HashSet};
 

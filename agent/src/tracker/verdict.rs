@@ -10,11 +10,11 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::Serialize;
 
-use super::{
-    process::{Goroutine, ProcessState, TREND_LEN},
-    waitclass::WaitClass,
+use super::process::{Goroutine, ProcessState, TREND_LEN};
+use crate::{
+    gobin::WaitReason,
+    scan::{ChanState, G_WAITING},
 };
-use crate::scan::{ChanState, G_WAITING};
 
 /// A source location, as reported.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize)]
@@ -139,10 +139,10 @@ pub fn evaluate(
     globals: &HashSet<u64>,
 ) -> (Vec<Group>, Summary, HashMap<u64, u64>) {
     let mut summary = Summary::default();
-    let class_of = |g: &Goroutine| -> Option<(WaitClass, u8)> {
+    let class_of = |g: &Goroutine| -> Option<(WaitReason, u8)> {
         let seen = g.seen.as_ref().filter(|s| s.status == G_WAITING)?;
         Some((
-            WaitClass::from_name(proc.reason_name(seen.waitreason)),
+            WaitReason::from_name(proc.reason_name(seen.waitreason)),
             seen.waitreason,
         ))
     };
@@ -166,7 +166,7 @@ pub fn evaluate(
             continue;
         };
         *summary.blocked_by_class.entry(class.as_str()).or_default() += 1;
-        if class == WaitClass::ChanSend && blocked_for(g) >= leak_after_ns && !system(g) {
+        if class == WaitReason::ChanSend && blocked_for(g) >= leak_after_ns && !system(g) {
             summary.blocked_senders += 1;
         }
         if class.never_wakes()
@@ -180,7 +180,7 @@ pub fn evaluate(
 
     struct Acc<'a> {
         members: Vec<(u64, &'a Goroutine)>,
-        class: WaitClass,
+        class: WaitReason,
         reason: u8,
     }
     let mut groups: HashMap<(u64, u64, u8), Acc> = HashMap::new();
@@ -227,7 +227,7 @@ pub fn evaluate(
         // Receivers sharing one channel are a pool's shape; senders sharing
         // one with no receiver are not.
         let shared = shared_channel(&ripe)
-            && matches!(acc.class, WaitClass::ChanReceive | WaitClass::Select);
+            && matches!(acc.class, WaitReason::ChanReceive | WaitReason::Select);
         let waits_on_work = ripe.iter().any(|(goid, _)| active_below.contains(goid));
         let mut trend: Vec<u64> = proc
             .trends
@@ -303,7 +303,7 @@ pub fn evaluate(
                 capacity: c.dataqsiz,
                 queued: c.qcount,
                 closed: c.closed,
-                counterpart_waiting: if acc.class == WaitClass::ChanSend {
+                counterpart_waiting: if acc.class == WaitReason::ChanSend {
                     c.receivers_waiting
                 } else {
                     c.senders_waiting
@@ -475,15 +475,15 @@ fn shared_channel(members: &[&(u64, &Goroutine)]) -> bool {
         .any(|a| !seen.insert(a))
 }
 
-fn channel_evidence(c: &ChanState, class: WaitClass) -> String {
+fn channel_evidence(c: &ChanState, class: WaitReason) -> String {
     let kind = if c.dataqsiz == 0 {
         "unbuffered".to_string()
     } else {
         format!("buffer {}/{}", c.qcount, c.dataqsiz)
     };
     let other = match class {
-        WaitClass::ChanSend if !c.receivers_waiting => ", no receiver waiting",
-        WaitClass::ChanReceive if !c.senders_waiting => ", no sender waiting",
+        WaitReason::ChanSend if !c.receivers_waiting => ", no receiver waiting",
+        WaitReason::ChanReceive if !c.senders_waiting => ", no sender waiting",
         _ => "",
     };
     format!("channel {:#x} ({kind}{other})", c.address)
