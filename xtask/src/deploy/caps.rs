@@ -189,14 +189,7 @@ fn last_error(dir: &Path) -> String {
 impl Guard {
     /// Waits up to `within` for the process to exit by itself.
     fn terminate_after(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
-        let deadline = Instant::now() + within;
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.0.try_wait() {
-                return Some(status);
-            }
-            thread::sleep(Duration::from_millis(50));
-        }
-        None
+        crate::util::wait_exit(&mut self.0, within)
     }
 }
 
