@@ -18,34 +18,49 @@ use std::{
 use anyhow::Context;
 use aya::maps::{MapData, RingBuf};
 
+use gostray_common::ProcEventKind;
+
 use crate::{
     config::RunArgs,
+    discovery::{self, BoundedMap, ProcWatch, Verdict, VERDICT_CACHE},
     gobin::{GoBinError, GoBinary},
+    host::Host,
+    k8s::{self, cgroup::Placement},
     kernel::Kernel,
     procfs::{self, FileId},
     scan,
+    series::{Counters, SeriesKey},
     state::Shared,
     tracker::{decode_event, ProcessInfo},
 };
 
 /// A process being watched.
-struct Watched {
+pub(crate) struct Watched {
     start_time: u64,
     file: FileId,
+    /// Where it sits in the cgroup tree; kept to label it once its pod is known.
+    pub(crate) placement: Placement,
+    /// Its series has pod labels (or never will: not in a container).
+    pub(crate) labelled: bool,
 }
 
 /// The control loop's state.
 pub struct Agent {
     kernel: Kernel,
-    shared: Arc<Shared>,
-    /// Analysed executables by file identity: a hundred processes of one
-    /// binary cost one parse.
-    binaries: HashMap<FileId, Arc<GoBinary>>,
-    /// Executables that are not watchable, so they are not parsed again.
-    rejected: HashMap<FileId, String>,
-    watched: HashMap<u32, Watched>,
+    pub(crate) shared: Arc<Shared>,
+    /// Analysed executables by file identity, with the Go build ID they had:
+    /// a hundred processes of one binary cost one parse.
+    binaries: HashMap<FileId, (Option<String>, Arc<GoBinary>)>,
+    /// Go executables that are not watchable, so they are not parsed again.
+    rejected: BoundedMap<(FileId, Option<String>), String>,
+    pub(crate) watched: HashMap<u32, Watched>,
     /// `--binary` targets, by file identity.
     binary_targets: Vec<(PathBuf, FileId)>,
+    /// Exec/exit notices from the kernel (absent if BTF is unavailable).
+    procs: Option<ProcWatch>,
+    /// Whole-host mode's state; `None` when targets were named.
+    pub(crate) host: Option<Host>,
+    pid_label: bool,
 }
 
 /// Checks the targets named on the command line before anything is loaded,
@@ -66,33 +81,51 @@ pub fn validate_targets(args: &RunArgs) -> anyhow::Result<Vec<(PathBuf, FileId)>
 }
 
 /// Why one process could not be attached, as a metric label.
-fn failure_reason(err: &anyhow::Error) -> &'static str {
+pub(crate) fn failure_reason(err: &anyhow::Error) -> &'static str {
     match err.downcast_ref::<GoBinError>() {
         Some(GoBinError::NotGo | GoBinError::NotElf(_)) => "not_go",
         Some(GoBinError::TooOld { .. }) => "go_too_old",
         Some(GoBinError::Arch(_)) => "unsupported_arch",
         Some(_) => "unreadable_binary",
+        None if err.downcast_ref::<Gone>().is_some() => "exited",
         None => "attach_error",
     }
 }
 
+/// The process went away while being attached: a race, not a fault.
+#[derive(Debug, thiserror::Error)]
+#[error("process exited during attach")]
+pub(crate) struct Gone;
+
 impl Agent {
     /// Loads the probes and attaches to every target named on the command
-    /// line (checked first by [`validate_targets`]). A target that cannot be watched is an error here: the user
-    /// asked for it by name.
+    /// line (checked first by [`validate_targets`]), or, with none named,
+    /// to every selected Go process on the host. A named target that cannot
+    /// be watched is an error here: the user asked for it by name.
     pub fn start(
         args: &RunArgs,
         binary_targets: Vec<(PathBuf, FileId)>,
         shared: Arc<Shared>,
     ) -> anyhow::Result<(Self, RingBuf<MapData>)> {
-        let (kernel, ring) = Kernel::load(args.ring_buffer_bytes, args.kernel_log)?;
+        let (mut kernel, ring) = Kernel::load(args.ring_buffer_bytes, args.kernel_log)?;
+        let procs = match ProcWatch::start(kernel.ebpf_mut()) {
+            Ok(p) => Some(p),
+            Err(e) if args.whole_host() => return Err(e.context("watching process execs")),
+            Err(e) => {
+                tracing::warn!(error = format!("{e:#}"), "no exec/exit notices; relying on the rescan");
+                None
+            }
+        };
         let mut agent = Self {
             kernel,
             shared,
             binaries: HashMap::new(),
-            rejected: HashMap::new(),
+            rejected: BoundedMap::new(VERDICT_CACHE),
             watched: HashMap::new(),
             binary_targets,
+            procs,
+            host: args.whole_host().then(|| Host::new(args)),
+            pid_label: args.pid_label,
         };
         for &pid in &args.pids {
             agent.attach(pid).with_context(|| format!("PID {pid}"))?;
@@ -105,49 +138,67 @@ impl Agent {
     /// Attaches to one process: analyse its executable (cached), attach the
     /// probes to that executable once, start the kernel's filter for the
     /// PID, then read its goroutine table so goroutines that predate us count.
-    fn attach(&mut self, pid: u32) -> anyhow::Result<()> {
-        let start_time = procfs::start_time(pid).context("process exited")?;
+    pub(crate) fn attach(&mut self, pid: u32) -> anyhow::Result<()> {
+        let start_time = procfs::start_time(pid).map_err(|_| Gone)?;
+        let fp = discovery::fingerprint(pid).map_err(|_| Gone)?;
+        let file = fp.file;
+        // Opened through /proc/PID/exe: the file in the process's own root.
         let exe = procfs::exe_path(pid);
-        let file = FileId::of(&exe).context("reading /proc/PID/exe")?;
-        if let Some(why) = self.rejected.get(&file) {
+        let build_id = match self.host.as_mut() {
+            Some(host) => match host.classifier.classify(pid, fp).map_err(|_| Gone)? {
+                Verdict::Go { build_id } => build_id,
+                Verdict::NotGo => return Err(GoBinError::NotGo.into()),
+            },
+            None => None,
+        };
+        if let Some(why) = self.rejected.get(&(file, build_id.clone())) {
             anyhow::bail!("{why}");
         }
         let bin = match self.binaries.get(&file) {
-            Some(bin) => bin.clone(),
-            None => match GoBinary::open(&exe) {
-                Ok(bin) => self.binaries.entry(file).or_insert(Arc::new(bin)).clone(),
+            Some((id, bin)) if *id == build_id => bin.clone(),
+            _ => match GoBinary::open(&exe) {
+                Ok(bin) => {
+                    let bin = Arc::new(bin);
+                    self.binaries.insert(file, (build_id, bin.clone()));
+                    bin
+                }
                 Err(e) => {
-                    self.rejected.insert(file, e.to_string());
+                    self.rejected.insert((file, build_id), e.to_string());
                     return Err(e.into());
                 }
             },
         };
         self.kernel.attach_binary(file, &exe, &bin)?;
         let bias = if bin.pie {
-            procfs::image_start(pid, file)?
+            procfs::image_start(pid, file)
+                .map_err(|_| Gone)?
                 .context("executable mapping not found in /proc/PID/maps")?
                 .wrapping_sub(bin.image_base)
         } else {
             0
         };
+        let exe_name = procfs::exe_name(pid).unwrap_or_default();
+        let placement = k8s::cgroup::placement(pid);
+        let (key, labelled) = self.series_key(pid, &exe_name, &placement);
         let info = ProcessInfo {
-            exe: procfs::exe_name(pid).unwrap_or_default(),
+            exe: exe_name,
             go_version: bin.version.to_string(),
         };
-        self.shared
-            .tracker
-            .lock()
-            .expect("tracker lock")
-            .add_process(pid, info);
+        self.shared.tracker.lock().expect("tracker lock").add_process(pid, info);
+        self.shared.series.lock().expect("series lock").assign(pid, key);
+        self.watched.insert(
+            pid,
+            Watched {
+                start_time,
+                file,
+                placement,
+                labelled,
+            },
+        );
         if let Err(e) = self.kernel.watch(pid, &bin) {
-            self.shared
-                .tracker
-                .lock()
-                .expect("tracker lock")
-                .remove_process(pid);
+            self.forget(pid);
             return Err(e);
         }
-        self.watched.insert(pid, Watched { start_time, file });
         let begun = Instant::now();
         // A failed scan still leaves the process watched: its counts are then
         // only those of events since attach.
@@ -172,37 +223,112 @@ impl Agent {
         Ok(())
     }
 
-    /// Attaches to processes of the `--binary` targets that are not watched yet.
+    /// The series a process reports under, and whether its pod labels are
+    /// final (known, or not in a pod at all).
+    pub(crate) fn series_key(&self, pid: u32, exe: &str, at: &Placement) -> (SeriesKey, bool) {
+        let mut key = SeriesKey {
+            exe: exe.to_string(),
+            pid: self.pid_label.then_some(pid),
+            ..SeriesKey::default()
+        };
+        let in_pod = at.container_id.is_some() || at.pod_uid.is_some();
+        match self.shared.kube.lookup(at) {
+            Some(c) => {
+                key.namespace.clone_from(&c.pod.namespace);
+                key.pod.clone_from(&c.pod.pod);
+                key.container = c.container;
+                // Found by pod UID only: the container ID may still come.
+                let done = !key.container.is_empty();
+                (key, done)
+            }
+            None => (key, !in_pod || !self.shared.kube.enabled()),
+        }
+    }
+
+    /// Attaches to processes of the `--binary` targets, or in whole-host mode
+    /// to every selected Go process, that are not watched yet.
     fn discover(&mut self) {
+        if self.host.is_some() {
+            self.scan_host();
+            return;
+        }
         if self.binary_targets.is_empty() {
             return;
         }
         for pid in procfs::all_pids() {
-            if self.watched.contains_key(&pid) || pid == std::process::id() {
-                continue;
-            }
-            let Ok(file) = FileId::of(&procfs::exe_path(pid)) else {
-                continue;
-            };
-            if !self.binary_targets.iter().any(|(_, f)| *f == file) {
-                continue;
-            }
-            if let Err(e) = self.attach(pid) {
-                let reason = failure_reason(&e);
-                *self
-                    .shared
-                    .stats
-                    .lock()
-                    .expect("stats lock")
-                    .attach_failures
-                    .entry(reason)
-                    .or_default() += 1;
-                tracing::warn!(pid, error = format!("{e:#}"), "attach failed");
-            }
+            self.consider_target(pid);
         }
     }
 
-    /// Forgets processes that exited (or whose PID now names another process).
+    /// In targeted mode: attach `pid` if it runs a `--binary` target.
+    fn consider_target(&mut self, pid: u32) {
+        if self.watched.contains_key(&pid) || pid == std::process::id() {
+            return;
+        }
+        let Ok(file) = FileId::of(&procfs::exe_path(pid)) else {
+            return;
+        };
+        if !self.binary_targets.iter().any(|(_, f)| *f == file) {
+            return;
+        }
+        if let Err(e) = self.attach(pid) {
+            self.count_failure(pid, &e);
+        }
+    }
+
+    pub(crate) fn count_failure(&self, pid: u32, e: &anyhow::Error) {
+        let reason = failure_reason(e);
+        *self
+            .shared
+            .stats
+            .lock()
+            .expect("stats lock")
+            .attach_failures
+            .entry(reason)
+            .or_default() += 1;
+        if reason == "exited" {
+            tracing::debug!(pid, "exited during attach");
+        } else {
+            tracing::warn!(pid, error = format!("{e:#}"), "attach failed");
+        }
+    }
+
+    /// Stops watching `pid`: kernel filter, goroutine table, series, and the
+    /// binary's probes once no watched process runs it.
+    pub(crate) fn forget(&mut self, pid: u32) {
+        self.kernel.unwatch(pid);
+        let state = self
+            .shared
+            .tracker
+            .lock()
+            .expect("tracker lock")
+            .remove_process(pid);
+        let last = state.map(|p| Counters {
+            created: p.created_total,
+            exited: p.exited_total,
+            lost: p.lost_total,
+        });
+        self.shared
+            .series
+            .lock()
+            .expect("series lock")
+            .release(pid, last.unwrap_or_default());
+        let Some(w) = self.watched.remove(&pid) else {
+            return;
+        };
+        tracing::info!(pid, "process exited; forgotten");
+        if let Some(host) = self.host.as_mut() {
+            host.room_freed();
+        }
+        let still_used = self.watched.values().any(|o| o.file == w.file);
+        if !still_used && !self.binary_targets.iter().any(|(_, f)| *f == w.file) {
+            self.kernel.detach_binary(w.file);
+            self.binaries.remove(&w.file);
+        }
+    }
+
+    /// Forgets processes that exited (or whose PID now names another
+    /// process): the safety net behind the exit tracepoint.
     fn reap(&mut self) {
         let gone: Vec<u32> = self
             .watched
@@ -211,20 +337,30 @@ impl Agent {
             .map(|(pid, _)| *pid)
             .collect();
         for pid in gone {
-            self.kernel.unwatch(pid);
-            let Some(w) = self.watched.remove(&pid) else {
-                continue;
-            };
-            self.shared
-                .tracker
-                .lock()
-                .expect("tracker lock")
-                .remove_process(pid);
-            tracing::info!(pid, "process exited; forgotten");
-            let still_used = self.watched.values().any(|o| o.file == w.file);
-            if !still_used && !self.binary_targets.iter().any(|(_, f)| *f == w.file) {
-                self.kernel.detach_binary(w.file);
-                self.binaries.remove(&w.file);
+            self.forget(pid);
+        }
+    }
+
+    /// Acts on exec/exit notices: an exit is forgotten at once; an exec may
+    /// be a new Go process, or a watched PID now running another program.
+    fn handle_notices(&mut self, buf: &mut Vec<(ProcEventKind, u32)>) {
+        let Some(procs) = self.procs.as_mut() else {
+            return;
+        };
+        procs.poll(buf);
+        for (kind, pid) in buf.drain(..) {
+            match kind {
+                ProcEventKind::Exit => self.forget(pid),
+                ProcEventKind::Exec => {
+                    if self.watched.contains_key(&pid) {
+                        self.forget(pid);
+                    }
+                    if self.host.is_some() {
+                        self.consider_host(pid);
+                    } else {
+                        self.consider_target(pid);
+                    }
+                }
             }
         }
     }
@@ -243,22 +379,44 @@ impl Agent {
                 tracker.set_lost(pid, n);
             }
         }
+        let series = self.shared.series.lock().expect("series lock").len();
         let mut stats = self.shared.stats.lock().expect("stats lock");
         stats.attached_binaries = self.kernel.attached_binaries();
         stats.probe_errors = self.kernel.probe_errors();
+        stats.proc_events_lost = self.procs.as_ref().map_or(0, ProcWatch::lost);
+        stats.tables.insert("watched", self.watched.len());
+        stats.tables.insert("binaries", self.binaries.len());
+        stats.tables.insert("rejected", self.rejected.len());
+        stats.tables.insert("series", series);
+        if let Some(host) = &self.host {
+            stats.tables.insert("verdicts", host.classifier.len());
+            stats.tables.insert("declined", host.declined_len());
+        }
     }
 
     /// Runs the control loop until `stop` is set; dropping `self` then
-    /// detaches every probe.
+    /// detaches every probe. Notices are handled every [`NOTICE_TICK`];
+    /// `/proc` is rescanned every `every`.
     pub fn run(mut self, every: Duration, stop: &AtomicBool) {
+        let mut buf = Vec::new();
+        let mut next_scan = Instant::now() + every;
         while !stop.load(Ordering::Relaxed) {
-            self.reap();
-            self.discover();
-            self.refresh_stats();
-            sleep_unless(stop, every);
+            self.handle_notices(&mut buf);
+            if Instant::now() >= next_scan {
+                self.reap();
+                self.discover();
+                self.relabel();
+                self.refresh_stats();
+                next_scan = Instant::now() + every;
+            }
+            sleep_unless(stop, NOTICE_TICK);
         }
     }
 }
+
+/// How often exec/exit notices are read: well inside the one second a new
+/// process may wait to be attached, and cheap when there is nothing to read.
+const NOTICE_TICK: Duration = Duration::from_millis(20);
 
 /// Sleeps for `d`, waking early when `stop` is set.
 fn sleep_unless(stop: &AtomicBool, d: Duration) {

@@ -136,6 +136,12 @@ impl Kernel {
         }
     }
 
+    /// The loaded object, for programs managed elsewhere (discovery's
+    /// tracepoints); their links live as long as the object.
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+
     /// Forwards pending kernel log records.
     pub fn flush_logs(&mut self) {
         if let Some(logger) = &mut self.logger {

@@ -2,13 +2,19 @@
 
 mod agent;
 mod config;
+mod discovery;
 mod gobin;
+mod host;
+mod k8s;
 mod kernel;
 mod metrics;
+mod metrics_self;
 mod privileges;
 mod procfs;
 mod procmem;
 mod scan;
+mod selection;
+mod series;
 mod server;
 mod state;
 mod tracker;
@@ -52,9 +58,6 @@ fn init_logging(format: LogFormat, filter: &str) {
 }
 
 fn run(args: &RunArgs) -> anyhow::Result<()> {
-    if args.pids.is_empty() && args.binaries.is_empty() {
-        anyhow::bail!("nothing to watch: give --pid PID or --binary PATH (see gostray run --help)");
-    }
     let binary_targets = agent::validate_targets(args)?;
     let missing = privileges::missing();
     if !missing.is_empty() {
@@ -72,8 +75,20 @@ fn run(args: &RunArgs) -> anyhow::Result<()> {
     // Install the handlers before anything can report ready, so a SIGTERM
     // from an orchestrator always means a clean detach.
     let signals = runtime.block_on(async { Signals::new() })?;
-    let shared = Arc::new(state::Shared::new(args.max_goroutines as usize));
+    let shared = Arc::new(state::Shared::new(
+        args.max_goroutines as usize,
+        args.max_series as usize,
+    ));
     let listener = runtime.block_on(server::bind(args.listen))?;
+    // Pod metadata first, so processes found by the first scan can be
+    // labelled as soon as the cache syncs; without Kubernetes this is a no-op.
+    if let Some(client) = runtime.block_on(k8s::client(args.kube_api.as_deref())) {
+        runtime.spawn(k8s::watch_pods(
+            client,
+            args.node_name.clone(),
+            shared.kube.clone(),
+        ));
+    }
     let (agent, ring) = agent::Agent::start(args, binary_targets, shared.clone())?;
     tracing::info!(listen = %args.listen, "serving /metrics, /healthz, /readyz");
     runtime.spawn(server::serve(listener, shared.clone()));

@@ -10,7 +10,11 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::state::Shared;
+use crate::{
+    series::{Counters, SeriesKey},
+    state::Shared,
+    tracker::ProcessState,
+};
 
 /// Metric names, in one place.
 pub mod names {
@@ -25,9 +29,21 @@ pub mod names {
     pub const PROBE_ERRORS: &str = "gostray_probe_errors";
     pub const ATTACH_FAILURES: &str = "gostray_attach_failures";
     pub const STRAY_EVENTS: &str = "gostray_stray_events";
+    pub const WATCHED: &str = "gostray_watched_processes";
+    pub const SKIPPED: &str = "gostray_processes_skipped";
+    pub const PROC_EVENTS_LOST: &str = "gostray_process_events_lost";
+    pub const SCANS: &str = "gostray_discovery_scans";
+    pub const SCAN_SECONDS: &str = "gostray_discovery_scan_seconds";
+    pub const TABLE_ENTRIES: &str = "gostray_table_entries";
+    pub const SERIES: &str = "gostray_series";
+    pub const SERIES_FOLDED: &str = "gostray_series_folded";
+    pub const KUBE_PODS: &str = "gostray_kube_pods_cached";
+    pub const KUBE_CONTAINERS: &str = "gostray_kube_containers_cached";
+    pub const KUBE_SYNCED: &str = "gostray_kube_synced";
+    pub const KUBE_WATCH_ERRORS: &str = "gostray_kube_watch_errors";
 }
 
-type Labels = Vec<(&'static str, String)>;
+pub(crate) type Labels = Vec<(&'static str, String)>;
 
 #[derive(Debug)]
 struct AgentCollector(Arc<Shared>);
@@ -51,7 +67,40 @@ pub fn render(registry: &Registry) -> String {
     out
 }
 
-fn family<M: EncodeMetric>(
+/// One series' values: the sum over the processes that share its labels,
+/// plus the counters of those that already left.
+#[derive(Debug, Default)]
+struct Row {
+    live: u64,
+    untracked: u64,
+    counters: Counters,
+}
+
+fn series_rows(procs: &[(u32, &ProcessState)], shared: &Shared) -> BTreeMap<SeriesKey, Row> {
+    let table = shared
+        .series
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut rows: BTreeMap<SeriesKey, Row> = BTreeMap::new();
+    for (pid, p) in procs {
+        // A process between tracker and series registration has no key yet.
+        let Some(key) = table.key(*pid) else { continue };
+        let row = rows.entry(key.clone()).or_default();
+        row.live += p.live_count();
+        row.untracked += p.untracked;
+        row.counters += Counters {
+            created: p.created_total,
+            exited: p.exited_total,
+            lost: p.lost_total,
+        };
+    }
+    for (key, row) in &mut rows {
+        row.counters += table.retired(key);
+    }
+    rows
+}
+
+pub(crate) fn family<M: EncodeMetric>(
     enc: &mut DescriptorEncoder,
     name: &str,
     help: &str,
@@ -86,56 +135,51 @@ impl Collector for AgentCollector {
             .tracker
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut procs: Vec<_> = tracker.processes().collect();
-        procs.sort_by_key(|(pid, _)| *pid);
-        let labels = |pid: u32, exe: &str| -> Labels {
-            vec![("pid", pid.to_string()), ("exe", exe.to_string())]
+        let procs: Vec<_> = tracker.processes().collect();
+        let rows = series_rows(&procs, shared);
+        let gauges = |f: fn(&Row) -> u64| {
+            rows.iter()
+                .map(move |(k, r)| (k.labels(), ConstGauge::new(f(r) as i64)))
         };
-        let per_proc = |f: &dyn Fn(&crate::tracker::ProcessState) -> u64| {
-            procs
-                .iter()
-                .map(|(pid, p)| (labels(*pid, &p.info.exe), f(p)))
-                .collect::<Vec<_>>()
+        let counters = |f: fn(&Row) -> u64| {
+            rows.iter()
+                .map(move |(k, r)| (k.labels(), ConstCounter::new(f(r))))
         };
-        let gauges =
-            |v: Vec<(Labels, u64)>| v.into_iter().map(|(l, n)| (l, ConstGauge::new(n as i64)));
-        let counters =
-            |v: Vec<(Labels, u64)>| v.into_iter().map(|(l, n)| (l, ConstCounter::new(n)));
 
         family(
             &mut enc,
             names::GOROUTINES,
             "Live goroutines tracked in the process",
             MetricType::Gauge,
-            gauges(per_proc(&|p| p.live_count())),
+            gauges(|r| r.live),
         )?;
         family(
             &mut enc,
             names::CREATED,
             "Goroutines created since the agent attached",
             MetricType::Counter,
-            counters(per_proc(&|p| p.created_total)),
+            counters(|r| r.counters.created),
         )?;
         family(
             &mut enc,
             names::EXITED,
             "Goroutines exited since the agent attached",
             MetricType::Counter,
-            counters(per_proc(&|p| p.exited_total)),
+            counters(|r| r.counters.exited),
         )?;
         family(
             &mut enc,
             names::UNTRACKED,
             "Live goroutines counted but not stored because the table was full (--max-goroutines)",
             MetricType::Gauge,
-            gauges(per_proc(&|p| p.untracked)),
+            gauges(|r| r.untracked),
         )?;
         family(
             &mut enc,
             names::LOST,
             "Events the probes could not submit because the ring buffer was full",
             MetricType::Counter,
-            counters(per_proc(&|p| p.lost_total)),
+            counters(|r| r.counters.lost),
         )?;
 
         let mut by_exe: BTreeMap<&str, i64> = BTreeMap::new();
@@ -153,7 +197,16 @@ impl Collector for AgentCollector {
             attached,
         )?;
         let stray = tracker.stray_events;
+        let watched = procs.len();
         drop(tracker);
+        family(
+            &mut enc,
+            names::WATCHED,
+            "Processes watched",
+            MetricType::Gauge,
+            [(Labels::new(), ConstGauge::new(watched as i64))],
+        )?;
+        crate::metrics_self::encode(&mut enc, shared)?;
 
         family(
             &mut enc,

@@ -126,7 +126,7 @@ mod tests {
 
     #[test]
     fn routes_and_refuses() {
-        let shared = Arc::new(Shared::new(10));
+        let shared = Arc::new(Shared::new(10, 10));
         let registry = metrics::registry(shared.clone());
         let get = |head: &str| String::from_utf8(route(head, &shared, &registry)).unwrap();
         assert!(get("GET /healthz HTTP/1.1").starts_with("HTTP/1.1 200"));

@@ -1,6 +1,7 @@
 //! One module per hooked Go runtime function, plus what they share.
 
 mod create;
+mod exec;
 mod exit;
 
 use aya_ebpf::programs::ProbeContext;
