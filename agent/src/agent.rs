@@ -22,7 +22,7 @@ use gostray_common::ProcEventKind;
 
 use crate::{
     config::RunArgs,
-    discovery::{self, BoundedMap, ProcWatch, Verdict, VERDICT_CACHE},
+    discovery::{self, BoundedMap, Classifier, ProcWatch, Verdict, VERDICT_CACHE},
     gobin::{GoBinError, GoBinary},
     host::Host,
     k8s::{self, cgroup::Placement},
@@ -48,9 +48,12 @@ pub(crate) struct Watched {
 pub struct Agent {
     kernel: Kernel,
     pub(crate) shared: Arc<Shared>,
-    /// Analysed executables by file identity, with the Go build ID they had:
-    /// a hundred processes of one binary cost one parse.
-    binaries: HashMap<FileId, (Option<String>, Arc<GoBinary>)>,
+    /// Which executables are Go, by content fingerprint.
+    pub(crate) classifier: Classifier,
+    /// Analysed executables by file identity and Go build ID: a hundred
+    /// processes of one binary cost one parse, and so do a hundred
+    /// short-lived runs of it one after another. Bounded.
+    binaries: BoundedMap<(FileId, Option<String>), Arc<GoBinary>>,
     /// Go executables that are not watchable, so they are not parsed again.
     rejected: BoundedMap<(FileId, Option<String>), String>,
     pub(crate) watched: HashMap<u32, Watched>,
@@ -61,6 +64,9 @@ pub struct Agent {
     /// Whole-host mode's state; `None` when targets were named.
     pub(crate) host: Option<Host>,
     pid_label: bool,
+    /// Executables with probes but no watched process, since when.
+    idle_binaries: HashMap<FileId, Instant>,
+    detach_grace: Duration,
 }
 
 /// Checks the targets named on the command line before anything is loaded,
@@ -112,20 +118,26 @@ impl Agent {
             Ok(p) => Some(p),
             Err(e) if args.whole_host() => return Err(e.context("watching process execs")),
             Err(e) => {
-                tracing::warn!(error = format!("{e:#}"), "no exec/exit notices; relying on the rescan");
+                tracing::warn!(
+                    error = format!("{e:#}"),
+                    "no exec/exit notices; relying on the rescan"
+                );
                 None
             }
         };
         let mut agent = Self {
             kernel,
             shared,
-            binaries: HashMap::new(),
+            classifier: Classifier::new(),
+            binaries: BoundedMap::new(ANALYSIS_CACHE),
             rejected: BoundedMap::new(VERDICT_CACHE),
             watched: HashMap::new(),
             binary_targets,
             procs,
             host: args.whole_host().then(|| Host::new(args)),
             pid_label: args.pid_label,
+            idle_binaries: HashMap::new(),
+            detach_grace: args.detach_grace,
         };
         for &pid in &args.pids {
             agent.attach(pid).with_context(|| format!("PID {pid}"))?;
@@ -144,31 +156,30 @@ impl Agent {
         let file = fp.file;
         // Opened through /proc/PID/exe: the file in the process's own root.
         let exe = procfs::exe_path(pid);
-        let build_id = match self.host.as_mut() {
-            Some(host) => match host.classifier.classify(pid, fp).map_err(|_| Gone)? {
-                Verdict::Go { build_id } => build_id,
-                Verdict::NotGo => return Err(GoBinError::NotGo.into()),
-            },
-            None => None,
+        let build_id = match self.classifier.classify(pid, fp).map_err(|_| Gone)? {
+            Verdict::Go { build_id } => build_id,
+            Verdict::NotGo => return Err(GoBinError::NotGo.into()),
         };
-        if let Some(why) = self.rejected.get(&(file, build_id.clone())) {
+        let key = (file, build_id);
+        if let Some(why) = self.rejected.get(&key) {
             anyhow::bail!("{why}");
         }
-        let bin = match self.binaries.get(&file) {
-            Some((id, bin)) if *id == build_id => bin.clone(),
-            _ => match GoBinary::open(&exe) {
+        let bin = match self.binaries.get(&key) {
+            Some(bin) => bin.clone(),
+            None => match GoBinary::open(&exe) {
                 Ok(bin) => {
                     let bin = Arc::new(bin);
-                    self.binaries.insert(file, (build_id, bin.clone()));
+                    self.binaries.insert(key, bin.clone());
                     bin
                 }
                 Err(e) => {
-                    self.rejected.insert((file, build_id), e.to_string());
+                    self.rejected.insert(key, e.to_string());
                     return Err(e.into());
                 }
             },
         };
         self.kernel.attach_binary(file, &exe, &bin)?;
+        self.idle_binaries.remove(&file);
         let bias = if bin.pie {
             procfs::image_start(pid, file)
                 .map_err(|_| Gone)?
@@ -184,8 +195,16 @@ impl Agent {
             exe: exe_name,
             go_version: bin.version.to_string(),
         };
-        self.shared.tracker.lock().expect("tracker lock").add_process(pid, info);
-        self.shared.series.lock().expect("series lock").assign(pid, key);
+        self.shared
+            .tracker
+            .lock()
+            .expect("tracker lock")
+            .add_process(pid, info);
+        self.shared
+            .series
+            .lock()
+            .expect("series lock")
+            .assign(pid, key);
         self.watched.insert(
             pid,
             Watched {
@@ -199,6 +218,7 @@ impl Agent {
             self.forget(pid);
             return Err(e);
         }
+        self.shared.stats.lock().expect("stats lock").attaches += 1;
         let begun = Instant::now();
         // A failed scan still leaves the process watched: its counts are then
         // only those of events since attach.
@@ -322,8 +342,28 @@ impl Agent {
         }
         let still_used = self.watched.values().any(|o| o.file == w.file);
         if !still_used && !self.binary_targets.iter().any(|(_, f)| *f == w.file) {
-            self.kernel.detach_binary(w.file);
-            self.binaries.remove(&w.file);
+            self.idle_binaries.insert(w.file, Instant::now());
+        }
+    }
+
+    /// Detaches the probes of executables no watched process has run for
+    /// `--detach-grace`. The grace keeps a binary that is started again
+    /// and again (a cron job, a crash loop) from paying an attach and a
+    /// detach each time: uprobe removal waits for an RCU grace period.
+    fn detach_idle(&mut self) {
+        let now = Instant::now();
+        let grace = self.detach_grace;
+        let expired: Vec<FileId> = self
+            .idle_binaries
+            .iter()
+            .filter(|(_, since)| now.duration_since(**since) >= grace)
+            .map(|(f, _)| *f)
+            .collect();
+        for file in expired {
+            self.idle_binaries.remove(&file);
+            if !self.watched.values().any(|w| w.file == file) {
+                self.kernel.detach_binary(file);
+            }
         }
     }
 
@@ -352,7 +392,14 @@ impl Agent {
             match kind {
                 ProcEventKind::Exit => self.forget(pid),
                 ProcEventKind::Exec => {
-                    if self.watched.contains_key(&pid) {
+                    // Several execs of one PID (sh, then chroot, then the
+                    // program) can arrive in one batch after the first
+                    // attach already saw the final program: only a change
+                    // of executable is a new program.
+                    if let Some(w) = self.watched.get(&pid) {
+                        if discovery::fingerprint(pid).is_ok_and(|fp| fp.file == w.file) {
+                            continue;
+                        }
                         self.forget(pid);
                     }
                     if self.host.is_some() {
@@ -388,8 +435,8 @@ impl Agent {
         stats.tables.insert("binaries", self.binaries.len());
         stats.tables.insert("rejected", self.rejected.len());
         stats.tables.insert("series", series);
+        stats.tables.insert("verdicts", self.classifier.len());
         if let Some(host) = &self.host {
-            stats.tables.insert("verdicts", host.classifier.len());
             stats.tables.insert("declined", host.declined_len());
         }
     }
@@ -402,6 +449,7 @@ impl Agent {
         let mut next_scan = Instant::now() + every;
         while !stop.load(Ordering::Relaxed) {
             self.handle_notices(&mut buf);
+            self.detach_idle();
             if Instant::now() >= next_scan {
                 self.reap();
                 self.discover();
@@ -413,6 +461,9 @@ impl Agent {
         }
     }
 }
+
+/// Analyses kept: each is a few hundred bytes (offsets and probe sites).
+const ANALYSIS_CACHE: usize = 256;
 
 /// How often exec/exit notices are read: well inside the one second a new
 /// process may wait to be attached, and cheap when there is nothing to read.

@@ -98,6 +98,12 @@ pub struct RunArgs {
     #[arg(long, env = "GOSTRAY_RESCAN_INTERVAL", default_value = "1s", value_parser = parse_rescan_interval)]
     pub rescan_interval: Duration,
 
+    /// How long an executable keeps its probes after its last watched
+    /// process exits, so a program restarted in a loop is not re-attached
+    /// each time. Process state and series go at once regardless.
+    #[arg(long, env = "GOSTRAY_DETACH_GRACE", default_value = "5s", value_parser = parse_detach_grace)]
+    pub detach_grace: Duration,
+
     /// Kernel-side diagnostics (probe failures), forwarded to the agent's log.
     #[arg(long, env = "GOSTRAY_KERNEL_LOG", value_enum, default_value_t = KernelLog::Off)]
     pub kernel_log: KernelLog,
@@ -109,12 +115,22 @@ pub struct RunArgs {
     /// Whole-host mode (no --pid/--binary): watch only processes matching a
     /// rule (repeatable). `NAME-GLOB`, `exe~REGEX`, `namespace=GLOB`,
     /// `label:KEY=GLOB` (`~` for a regex everywhere). Default: every Go process.
-    #[arg(long = "include", value_name = "RULE", env = "GOSTRAY_INCLUDE", value_delimiter = ';')]
+    #[arg(
+        long = "include",
+        value_name = "RULE",
+        env = "GOSTRAY_INCLUDE",
+        value_delimiter = ';'
+    )]
     pub include: Vec<Rule>,
 
     /// Whole-host mode: never watch processes matching a rule (repeatable;
     /// same syntax as --include). The agent never watches itself.
-    #[arg(long = "exclude", value_name = "RULE", env = "GOSTRAY_EXCLUDE", value_delimiter = ';')]
+    #[arg(
+        long = "exclude",
+        value_name = "RULE",
+        env = "GOSTRAY_EXCLUDE",
+        value_delimiter = ';'
+    )]
     pub exclude: Vec<Rule>,
 
     /// Most processes watched at once; further ones are skipped and counted
@@ -184,6 +200,10 @@ fn parse_rescan_interval(s: &str) -> Result<Duration, String> {
     parse_bounded(s, Duration::from_millis(100), Duration::from_secs(600))
 }
 
+fn parse_detach_grace(s: &str) -> Result<Duration, String> {
+    parse_bounded(s, Duration::ZERO, Duration::from_secs(3600))
+}
+
 fn parse_ring_bytes(s: &str) -> Result<u32, String> {
     let n: u32 = s
         .parse()
@@ -228,12 +248,20 @@ mod tests {
     #[test]
     fn whole_host_mode_and_its_rules() {
         let cli = Cli::try_parse_from([
-            "gostray", "run", "--include", "api-*", "--exclude", "namespace=kube-system",
+            "gostray",
+            "run",
+            "--include",
+            "api-*",
+            "--exclude",
+            "namespace=kube-system",
         ])
         .unwrap();
         let Command::Run(run) = cli.command;
         assert!(run.whole_host());
-        assert_eq!((run.include.len(), run.exclude.len(), run.max_processes), (1, 1, 256));
+        assert_eq!(
+            (run.include.len(), run.exclude.len(), run.max_processes),
+            (1, 1, 256)
+        );
         assert!(!run.pid_label);
         assert!(Cli::try_parse_from(["gostray", "run", "--include", "pod=x"]).is_err());
         assert!(Cli::try_parse_from(["gostray", "run", "--max-processes", "0"]).is_err());

@@ -10,7 +10,7 @@ use std::{
 use crate::{
     agent::Agent,
     config::RunArgs,
-    discovery::{self, Classifier, Verdict},
+    discovery::{self, Verdict},
     k8s::cgroup,
     procfs,
     selection::{Decision, PodState, Selection},
@@ -22,7 +22,6 @@ const MAX_PROCESSES: &str = "max_processes";
 const ATTACH_FAILED: &str = "attach_failed";
 
 pub struct Host {
-    pub(crate) classifier: Classifier,
     selection: Selection,
     max_processes: usize,
     /// Processes decided against, by PID with their start time, so that a
@@ -35,7 +34,6 @@ pub struct Host {
 impl Host {
     pub fn new(args: &RunArgs) -> Self {
         Self {
-            classifier: Classifier::new(),
             selection: Selection {
                 include: args.include.clone(),
                 exclude: args.exclude.clone(),
@@ -94,13 +92,17 @@ impl Agent {
         let Ok(fp) = discovery::fingerprint(pid) else {
             return;
         };
-        if !matches!(host.classifier.classify(pid, fp), Ok(Verdict::Go { .. })) {
+        if !matches!(self.classifier.classify(pid, fp), Ok(Verdict::Go { .. })) {
             return;
         }
         let exe = procfs::exe_name(pid).unwrap_or_default();
         let pod_rules = host.selection.needs_pod();
-        let placement = pod_rules.then(|| cgroup::placement(pid)).unwrap_or_default();
-        let found = pod_rules.then(|| self.shared.kube.lookup(&placement)).flatten();
+        let placement = pod_rules
+            .then(|| cgroup::placement(pid))
+            .unwrap_or_default();
+        let found = pod_rules
+            .then(|| self.shared.kube.lookup(&placement))
+            .flatten();
         let in_pod = placement.container_id.is_some() || placement.pod_uid.is_some();
         let pod = match &found {
             Some(c) => PodState::Known(&c.pod),
@@ -167,7 +169,11 @@ impl Agent {
             if key.pod.is_empty() || key == old {
                 continue;
             }
-            self.shared.series.lock().expect("series lock").assign(pid, key);
+            self.shared
+                .series
+                .lock()
+                .expect("series lock")
+                .assign(pid, key);
             if let Some(w) = self.watched.get_mut(&pid) {
                 w.labelled = labelled;
             }

@@ -83,6 +83,9 @@ fn run(args: &RunArgs) -> anyhow::Result<()> {
     // Pod metadata first, so processes found by the first scan can be
     // labelled as soon as the cache syncs; without Kubernetes this is a no-op.
     if let Some(client) = runtime.block_on(k8s::client(args.kube_api.as_deref())) {
+        // Set before any attach: a process in a container whose pod is not
+        // cached yet is then labelled later rather than never.
+        shared.kube.enabled.store(true, Ordering::Relaxed);
         runtime.spawn(k8s::watch_pods(
             client,
             args.node_name.clone(),

@@ -30,6 +30,7 @@ pub mod names {
     pub const ATTACH_FAILURES: &str = "gostray_attach_failures";
     pub const STRAY_EVENTS: &str = "gostray_stray_events";
     pub const WATCHED: &str = "gostray_watched_processes";
+    pub const ATTACHES: &str = "gostray_attaches";
     pub const SKIPPED: &str = "gostray_processes_skipped";
     pub const PROC_EVENTS_LOST: &str = "gostray_process_events_lost";
     pub const SCANS: &str = "gostray_discovery_scans";

@@ -41,32 +41,69 @@ pub fn encode(enc: &mut DescriptorEncoder, shared: &Shared) -> fmt::Result {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         (t.len(), t.folded_total)
     };
-    one(enc, names::SERIES, "Metric label sets in use (bounded by --max-series)",
-        MetricType::Gauge, ConstGauge::new(series as i64))?;
-    one(enc, names::SERIES_FOLDED,
+    one(
+        enc,
+        names::SERIES,
+        "Metric label sets in use (bounded by --max-series)",
+        MetricType::Gauge,
+        ConstGauge::new(series as i64),
+    )?;
+    one(
+        enc,
+        names::SERIES_FOLDED,
         "Processes reported under exe=\"_folded\" because --max-series was reached",
-        MetricType::Counter, ConstCounter::new(folded))?;
+        MetricType::Counter,
+        ConstCounter::new(folded),
+    )?;
 
     let stats = shared
         .stats
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    family(enc, names::SKIPPED,
+    one(
+        enc,
+        names::ATTACHES,
+        "Processes attached since the agent started",
+        MetricType::Counter,
+        ConstCounter::new(stats.attaches),
+    )?;
+    family(
+        enc,
+        names::SKIPPED,
         "Go processes found and not watched, by reason (excluded, max_processes)",
-        MetricType::Counter, by("reason", &stats.skipped))?;
+        MetricType::Counter,
+        by("reason", &stats.skipped),
+    )?;
     one(enc, names::PROC_EVENTS_LOST,
         "Exec/exit notices the kernel dropped because their buffer was full (the rescan catches up)",
         MetricType::Counter, ConstCounter::new(stats.proc_events_lost))?;
-    one(enc, names::SCANS, "Full /proc scans for new processes",
-        MetricType::Counter, ConstCounter::new(stats.scans))?;
-    one(enc, names::SCAN_SECONDS, "Time spent in full /proc scans",
-        MetricType::Counter, ConstCounter::new(stats.scan_seconds))?;
+    one(
+        enc,
+        names::SCANS,
+        "Full /proc scans for new processes",
+        MetricType::Counter,
+        ConstCounter::new(stats.scans),
+    )?;
+    one(
+        enc,
+        names::SCAN_SECONDS,
+        "Time spent in full /proc scans",
+        MetricType::Counter,
+        ConstCounter::new(stats.scan_seconds),
+    )?;
     let tables = stats.tables.iter().map(|(t, n)| {
-        (vec![("table", (*t).to_string())], ConstGauge::new(*n as i64))
+        (
+            vec![("table", (*t).to_string())],
+            ConstGauge::new(*n as i64),
+        )
     });
-    family(enc, names::TABLE_ENTRIES,
+    family(
+        enc,
+        names::TABLE_ENTRIES,
         "Entries in the agent's bounded tables, by table",
-        MetricType::Gauge, tables)?;
+        MetricType::Gauge,
+        tables,
+    )?;
     drop(stats);
 
     let kube = &shared.kube;
@@ -77,13 +114,32 @@ pub fn encode(enc: &mut DescriptorEncoder, shared: &Shared) -> fmt::Result {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         (idx.pods(), idx.containers())
     };
-    one(enc, names::KUBE_PODS, "Pods of this node in the metadata cache",
-        MetricType::Gauge, ConstGauge::new(pods as i64))?;
-    one(enc, names::KUBE_CONTAINERS, "Containers with a known ID in the metadata cache",
-        MetricType::Gauge, ConstGauge::new(containers as i64))?;
-    one(enc, names::KUBE_SYNCED,
+    one(
+        enc,
+        names::KUBE_PODS,
+        "Pods of this node in the metadata cache",
+        MetricType::Gauge,
+        ConstGauge::new(pods as i64),
+    )?;
+    one(
+        enc,
+        names::KUBE_CONTAINERS,
+        "Containers with a known ID in the metadata cache",
+        MetricType::Gauge,
+        ConstGauge::new(containers as i64),
+    )?;
+    one(
+        enc,
+        names::KUBE_SYNCED,
         "1 once the pod cache has completed its first list, 0 before or without Kubernetes",
-        MetricType::Gauge, ConstGauge::new(i64::from(kube.synced.load(Ordering::Relaxed))))?;
-    one(enc, names::KUBE_WATCH_ERRORS, "Errors from the pod list/watch (retried with back-off)",
-        MetricType::Counter, ConstCounter::new(kube.watch_errors.load(Ordering::Relaxed)))
+        MetricType::Gauge,
+        ConstGauge::new(i64::from(kube.synced.load(Ordering::Relaxed))),
+    )?;
+    one(
+        enc,
+        names::KUBE_WATCH_ERRORS,
+        "Errors from the pod list/watch (retried with back-off)",
+        MetricType::Counter,
+        ConstCounter::new(kube.watch_errors.load(Ordering::Relaxed)),
+    )
 }

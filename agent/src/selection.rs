@@ -127,7 +127,10 @@ pub struct Selection {
 impl Selection {
     /// Decides from the executable name alone when no rule looks at pods.
     pub fn needs_pod(&self) -> bool {
-        self.include.iter().chain(&self.exclude).any(Rule::needs_pod)
+        self.include
+            .iter()
+            .chain(&self.exclude)
+            .any(Rule::needs_pod)
     }
 
     pub fn decide(&self, exe: &str, pod: PodState) -> Decision {

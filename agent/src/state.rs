@@ -26,6 +26,8 @@ pub struct Stats {
     pub attached_binaries: usize,
     pub probe_errors: [u64; 2],
     pub attach_failures: BTreeMap<&'static str, u64>,
+    /// Processes attached since start.
+    pub attaches: u64,
     /// Processes looked at and not watched, by reason.
     pub skipped: BTreeMap<&'static str, u64>,
     /// Exec/exit notices the kernel dropped (buffer full).

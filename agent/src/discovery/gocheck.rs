@@ -52,7 +52,11 @@ pub fn check(file: &File) -> io::Result<Verdict> {
     }
     let mut names = vec![0u8; strtab.size as usize];
     file.read_exact_at(&mut names, strtab.offset)?;
-    let named = |want: &[u8]| sections.iter().find(|s| name_at(&names, s.name) == Some(want));
+    let named = |want: &[u8]| {
+        sections
+            .iter()
+            .find(|s| name_at(&names, s.name) == Some(want))
+    };
     if named(GO_BUILDINFO).is_none() {
         return Ok(Verdict::NotGo);
     }
@@ -91,7 +95,8 @@ fn read_note(file: &File, s: Shdr) -> Option<String> {
     }
     let mut note = vec![0u8; s.size as usize];
     file.read_exact_at(&mut note, s.offset).ok()?;
-    let word = |o: usize| u32::from_le_bytes(note[o..o + 4].try_into().unwrap_or_default()) as usize;
+    let word =
+        |o: usize| u32::from_le_bytes(note[o..o + 4].try_into().unwrap_or_default()) as usize;
     let (namesz, descsz) = (word(0), word(4));
     let desc_at = 12 + namesz.div_ceil(4) * 4;
     let desc = note.get(desc_at..desc_at.checked_add(descsz)?)?;

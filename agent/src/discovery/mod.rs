@@ -14,11 +14,11 @@ use aya::{
     Btf, Ebpf,
 };
 pub use cache::BoundedMap;
+pub use gocheck::Verdict;
 use gostray_common::{
     ProcEvent, ProcEventKind, MAP_PROC_EVENTS, MAP_PROC_LOST, PROC_EVENT_SIZE, PROG_PROCESS_EXEC,
     PROG_PROCESS_EXIT, TP_PROCESS_EXEC, TP_PROCESS_EXIT,
 };
-pub use gocheck::Verdict;
 
 use crate::procfs::{self, FileId};
 
@@ -48,7 +48,8 @@ impl ProcWatch {
                 .try_into()?;
             p.load(tp, &btf)
                 .with_context(|| format!("verifying {prog}"))?;
-            p.attach().with_context(|| format!("attaching {prog} to {tp}"))?;
+            p.attach()
+                .with_context(|| format!("attaching {prog} to {tp}"))?;
         }
         let take = |ebpf: &mut Ebpf, name: &str| {
             ebpf.take_map(name)

@@ -64,9 +64,7 @@ fn container_id(element: &str) -> Option<String> {
             if scope.starts_with("crio-conmon-") {
                 return None;
             }
-            SCOPE_PREFIXES
-                .iter()
-                .find_map(|p| scope.strip_prefix(p))?
+            SCOPE_PREFIXES.iter().find_map(|p| scope.strip_prefix(p))?
         }
         None => element,
     };
@@ -84,10 +82,9 @@ fn pod_uid(element: &str) -> Option<String> {
     let uid = &element[element.rfind("pod")? + 3..];
     let uid = uid.replace('_', "-");
     let ok = uid.len() == 36
-        && uid
-            .bytes()
-            .enumerate()
-            .all(|(i, b)| matches!(i, 8 | 13 | 18 | 23) == (b == b'-') && (b == b'-' || b.is_ascii_hexdigit()));
+        && uid.bytes().enumerate().all(|(i, b)| {
+            matches!(i, 8 | 13 | 18 | 23) == (b == b'-') && (b == b'-' || b.is_ascii_hexdigit())
+        });
     ok.then_some(uid)
 }
 
@@ -164,14 +161,20 @@ mod tests {
     fn plain_docker_and_host_processes() {
         let p = parse(&format!("0::/docker/{ID}\n"));
         assert_eq!((p.container_id.as_deref(), p.pod_uid), (Some(ID), None));
-        assert_eq!(parse("0::/user.slice/user-0.slice/session-1.scope\n"), Placement::default());
+        assert_eq!(
+            parse("0::/user.slice/user-0.slice/session-1.scope\n"),
+            Placement::default()
+        );
         assert_eq!(parse("0::/\n"), Placement::default());
         assert_eq!(parse("garbage"), Placement::default());
     }
 
     #[test]
     fn status_ids_lose_their_scheme() {
-        assert_eq!(strip_scheme(&format!("containerd://{ID}")).as_deref(), Some(ID));
+        assert_eq!(
+            strip_scheme(&format!("containerd://{ID}")).as_deref(),
+            Some(ID)
+        );
         assert_eq!(strip_scheme(&format!("cri-o://{ID}")).as_deref(), Some(ID));
         assert_eq!(strip_scheme("docker://short"), None);
     }

@@ -84,7 +84,6 @@ pub async fn client(api: Option<&str>) -> Option<kube::Client> {
 /// watch from the list's resourceVersion, relisting when the server says the
 /// version is gone, with exponential back-off on errors.
 pub async fn watch_pods(client: kube::Client, node: Option<String>, kube: Arc<Kube>) {
-    kube.enabled.store(true, Ordering::Relaxed);
     let mut config = watcher::Config::default();
     match &node {
         Some(node) => config = config.fields(&format!("spec.nodeName={node}")),

@@ -88,7 +88,11 @@ impl PodIndex {
 
     /// The container (or at least the pod) a process placement names.
     pub fn lookup(&self, at: &Placement) -> Option<ContainerMeta> {
-        if let Some(c) = at.container_id.as_ref().and_then(|id| self.by_container.get(id)) {
+        if let Some(c) = at
+            .container_id
+            .as_ref()
+            .and_then(|id| self.by_container.get(id))
+        {
             return Some(c.clone());
         }
         let (pod, _) = self.pods.get(at.pod_uid.as_ref()?)?;
@@ -189,8 +193,14 @@ mod tests {
         };
         let c = idx.lookup(&at).unwrap();
         assert_eq!(c.container, "cart");
-        assert_eq!((c.pod.namespace.as_str(), c.pod.pod.as_str()), ("shop", "cart-7d9f8b6c5d-x2x9q"));
-        assert_eq!((c.pod.workload_kind.as_str(), c.pod.workload.as_str()), ("Deployment", "cart"));
+        assert_eq!(
+            (c.pod.namespace.as_str(), c.pod.pod.as_str()),
+            ("shop", "cart-7d9f8b6c5d-x2x9q")
+        );
+        assert_eq!(
+            (c.pod.workload_kind.as_str(), c.pod.workload.as_str()),
+            ("Deployment", "cart")
+        );
         // By pod UID when the container is not (yet) in the pod's status.
         let by_uid = idx.lookup(&Placement {
             container_id: None,
@@ -209,7 +219,9 @@ mod tests {
         assert_eq!((idx.pods(), idx.containers()), (1, 0));
         idx.apply(&pod("u1", &format!("cri-o://{ID}")));
         assert_eq!((idx.pods(), idx.containers()), (1, 1));
-        let many: Vec<Pod> = (0..MAX_PODS + 10).map(|i| pod(&i.to_string(), "")).collect();
+        let many: Vec<Pod> = (0..MAX_PODS + 10)
+            .map(|i| pod(&i.to_string(), ""))
+            .collect();
         idx.replace(&many);
         assert_eq!(idx.pods(), MAX_PODS);
     }

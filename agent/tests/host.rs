@@ -1,0 +1,353 @@
+//! Whole-host mode, for real: the agent started with no target finds Go
+//! processes by itself (before and after it starts, inside a stand-in
+//! container), releases everything when they exit, and labels processes
+//! with their pod from a stand-in Kubernetes API server.
+
+mod support;
+
+use std::{
+    path::Path,
+    process::Command,
+    thread,
+    time::{Duration, Instant},
+};
+
+use support::{
+    host::{fds, spawn_in_container, FakeContainerCgroup},
+    kubeapi::{pod, KubeApi},
+    Agent, KernelEnv, Metrics, Proc,
+};
+
+const SETTLE: Duration = Duration::from_secs(10);
+/// A new Go process must be attached within this long after its exec.
+const ATTACH_WITHIN: Duration = Duration::from_secs(1);
+
+fn attached(m: &Metrics, pid: u32) -> bool {
+    m.for_pid("gostray_goroutines", pid).is_some()
+}
+
+/// Polls fast until `pid` is attached; returns how long that took from `since`.
+fn time_to_attach(agent: &Agent, pid: u32, since: Instant) -> Duration {
+    let deadline = Instant::now() + SETTLE;
+    while Instant::now() < deadline {
+        if attached(&agent.metrics(), pid) {
+            return since.elapsed();
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+    panic!(
+        "PID {pid} not attached within {SETTLE:?}:\n{}",
+        agent.metrics().0
+    );
+}
+
+/// Spawns known goroutines in `p` and checks the agent's counts exactly.
+fn check_counts(agent: &Agent, p: &mut Proc, pid: u32, what: &str) {
+    let (_, _, live0) = agent.metrics().counts(pid);
+    assert!(
+        live0 >= 2,
+        "{what}: scan at attach found {live0} goroutines"
+    );
+    p.send("spawn 100 10");
+    p.expect_line("done");
+    let want = (110, 100, live0 + 10);
+    let m = agent.metrics_until(SETTLE, |m| m.counts(pid) == want);
+    assert_eq!(m.counts(pid), want, "{what}: (created, exited, live)");
+}
+
+/// Sends `quit` and checks that the series goes, by the exit notice alone
+/// (the rescan interval is far longer than the wait).
+fn quit_and_check_gone(agent: &Agent, p: &mut Proc, pid: u32, what: &str) -> Duration {
+    p.send("quit");
+    let t = Instant::now();
+    let m = agent.metrics_until(SETTLE, |m| !attached(m, pid));
+    assert!(
+        !attached(&m, pid),
+        "{what}: stale series after exit:\n{}",
+        m.0
+    );
+    t.elapsed()
+}
+
+#[test]
+fn whole_host_finds_three_go_versions_including_one_in_a_container() {
+    let Some(env) = KernelEnv::get() else { return };
+    let mut early = Proc::spawn(&mut Command::new(env.fixture("spawner", "1.19")));
+    assert_eq!(early.line(), "ready");
+    let early_pid = early.pid();
+    // No target at all. A rescan every 60 s: whatever happens within the
+    // test is the exec and exit notices' doing (and the first scan's).
+    let agent = Agent::start(&["--rescan-interval", "60s"]);
+    let m = agent.metrics_until(SETTLE, |m| attached(m, early_pid));
+    assert!(
+        attached(&m, early_pid),
+        "pre-existing Go 1.19 process not found:\n{}",
+        m.0
+    );
+
+    let t = Instant::now();
+    let mut later = Proc::spawn(&mut Command::new(env.fixture("spawner", "1.24")));
+    let later_pid = later.pid();
+    let later_latency = time_to_attach(&agent, later_pid, t);
+    assert_eq!(later.line(), "ready");
+
+    let scratch = std::env::temp_dir().join(format!("gostray-ctr-{}", std::process::id()));
+    let t = Instant::now();
+    let (mut boxed, boxed_pid) = spawn_in_container(&env.fixture("spawner", "1.27"), &scratch);
+    let boxed_latency = time_to_attach(&agent, boxed_pid, t);
+    assert_eq!(boxed.line(), "ready");
+    eprintln!("attach latency after spawn: Go 1.24 {later_latency:?}, Go 1.27 in a container {boxed_latency:?}");
+    assert!(
+        later_latency < ATTACH_WITHIN,
+        "Go 1.24 attached after {later_latency:?}"
+    );
+    assert!(
+        boxed_latency < ATTACH_WITHIN,
+        "containerised Go 1.27 attached after {boxed_latency:?}"
+    );
+    // Its executable exists only inside its own root: the label is its name there.
+    let m = agent.metrics();
+    assert!(
+        m.value(
+            "gostray_goroutines",
+            &[("pid", &boxed_pid.to_string()), ("exe", "spawner")]
+        )
+        .is_some(),
+        "{}",
+        m.0
+    );
+
+    check_counts(&agent, &mut early, early_pid, "Go 1.19 (before the agent)");
+    check_counts(&agent, &mut later, later_pid, "Go 1.24 (after)");
+    check_counts(&agent, &mut boxed, boxed_pid, "Go 1.27 (container)");
+
+    for (p, pid, what) in [
+        (&mut early, early_pid, "1.19"),
+        (&mut later, later_pid, "1.24"),
+        (&mut boxed, boxed_pid, "1.27"),
+    ] {
+        let gone = quit_and_check_gone(&agent, p, pid, what);
+        eprintln!("Go {what}: series gone {gone:?} after quit");
+    }
+    drop(boxed);
+    let _ = std::fs::remove_dir(&scratch);
+}
+
+/// 200 short-lived Go processes, each attached and released: the agent ends
+/// with the file descriptors and attachments it had before.
+#[test]
+fn churn_of_short_lived_processes_leaks_nothing() {
+    let Some(env) = KernelEnv::get() else { return };
+    // A private copy with a unique name, so that the include rule sees only
+    // this test's processes and not those of anything else on the host.
+    let dir = std::env::temp_dir().join(format!("gostray-churn-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let binary = dir.join("gostray-churn-probe");
+    std::fs::copy(env.fixture("spawner", "1.24"), &binary).unwrap();
+    let agent = Agent::start(&[
+        "--include",
+        "gostray-churn-probe",
+        "--rescan-interval",
+        "60s",
+        "--detach-grace",
+        "500ms",
+    ]);
+    let agent_pid = agent.proc.pid();
+    let run_one = |binary: &Path| {
+        let mut p = Proc::spawn(&mut Command::new(binary));
+        assert_eq!(p.line(), "ready");
+        p.send("spawn 5 0");
+        p.expect_line("done");
+        p.send("quit");
+        let _ = p.child.wait();
+    };
+    let idle = |agent: &Agent| {
+        agent.metrics_until(SETTLE, |m| {
+            m.scalar("gostray_watched_processes") == 0 && m.scalar("gostray_attached_binaries") == 0
+        })
+    };
+    // Warm up: lazily allocated things (thread-local buffers, caches) exist
+    // before the baseline is taken.
+    run_one(&binary);
+    idle(&agent);
+    let before = fds(agent_pid);
+    let attaches0 = agent.metrics().scalar("gostray_attaches_total");
+
+    let t = Instant::now();
+    for _ in 0..200 {
+        run_one(&binary);
+    }
+    let churn = t.elapsed();
+    let m = idle(&agent);
+    let after = fds(agent_pid);
+    let attaches = m.scalar("gostray_attaches_total") - attaches0;
+    eprintln!("200 processes in {churn:?}: {attaches} attached; agent fds (total, perf) {before:?} -> {after:?}");
+    assert_eq!(m.scalar("gostray_watched_processes"), 0, "{}", m.0);
+    assert_eq!(m.scalar("gostray_attached_binaries"), 0, "{}", m.0);
+    assert!(
+        attaches >= 150,
+        "only {attaches} of 200 short-lived processes were attached"
+    );
+    assert!(
+        m.series("gostray_goroutines").is_empty(),
+        "stale series:\n{}",
+        m.0
+    );
+    assert_eq!(after.1, before.1, "perf event fds before/after");
+    assert!(
+        after.0 <= before.0 + 2,
+        "agent fds grew from {} to {}",
+        before.0,
+        after.0
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+const CONTAINER_ID: &str = "5c1d2e3f4a5b6c7d8e9f0a1b2c3d4e5f6a7b8c9d0e1f2a3b4c5d6e7f8a9b0c1d";
+
+/// A process in a cgroup named like a containerd container gets the labels
+/// of the pod the API server reports for that container; no PID label.
+#[test]
+fn pod_labels_from_the_api_server() {
+    let Some(env) = KernelEnv::get() else { return };
+    // Listed at start: some other pod of the node. Ours arrives by the watch.
+    let decoy = pod(
+        "shop",
+        "web-0",
+        "11111111-2222-3333-4444-555555555555",
+        &"e".repeat(64),
+        "90",
+    );
+    let api = KubeApi::start(vec![decoy]);
+
+    let cgroup = FakeContainerCgroup::create(CONTAINER_ID);
+    let dir = std::env::temp_dir().join(format!("gostray-pod-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let binary = dir.join("cart-server");
+    std::fs::copy(env.fixture("spawner", "1.27"), &binary).unwrap();
+    let mut cart = Proc::spawn(&mut Command::new(&binary));
+    assert_eq!(cart.line(), "ready");
+    cgroup.enter(cart.pid());
+
+    let agent = Agent::start_with(
+        &[
+            "--include",
+            "cart-server",
+            "--kube-api",
+            &api.url(),
+            "--rescan-interval",
+            "200ms",
+        ],
+        false,
+        &[("NODE_NAME", "node-a")],
+    );
+    let m = agent.metrics_until(SETTLE, |m| m.scalar("gostray_kube_synced") == 1);
+    assert_eq!(m.scalar("gostray_kube_pods_cached"), 1, "{}", m.0);
+    // Attached before its pod is known: labelled by executable only.
+    let m = agent.metrics_until(SETTLE, |m| !m.series("gostray_goroutines").is_empty());
+    assert!(
+        m.value("gostray_goroutines", &[("exe", "cart-server")])
+            .is_some(),
+        "{}",
+        m.0
+    );
+
+    api.push(
+        "ADDED",
+        pod(
+            "shop",
+            "cart-7d9f8b6c5d-x2x9q",
+            "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee",
+            CONTAINER_ID,
+            "101",
+        ),
+    );
+    let want = [
+        ("namespace", "shop"),
+        ("pod", "cart-7d9f8b6c5d-x2x9q"),
+        ("container", "cart"),
+        ("exe", "cart-server"),
+    ];
+    let m = agent.metrics_until(SETTLE, |m| m.value("gostray_goroutines", &want).is_some());
+    assert!(
+        m.value("gostray_goroutines", &want).is_some(),
+        "no pod labels:\n{}",
+        m.0
+    );
+    assert_eq!(m.scalar("gostray_kube_pods_cached"), 2);
+    let series = m.series("gostray_goroutines");
+    assert_eq!(series.len(), 1, "one series, the labelled one: {series:?}");
+    assert!(
+        !series[0].contains("pid="),
+        "pid label without --pid-label: {}",
+        series[0]
+    );
+
+    // Counting still works under the new labels.
+    cart.send("spawn 20 5");
+    cart.expect_line("done");
+    let m = agent.metrics_until(SETTLE, |m| {
+        m.value("gostray_goroutines_created_total", &want) == Some(25.0)
+    });
+    assert_eq!(
+        m.value("gostray_goroutines_created_total", &want),
+        Some(25.0),
+        "{}",
+        m.0
+    );
+
+    // The client asked for this node's pods only, and watched from the list's version.
+    let requests = api.requests();
+    assert!(
+        requests
+            .iter()
+            .any(|r| r.contains("fieldSelector=spec.nodeName%3Dnode-a") && !r.contains("watch")),
+        "{requests:?}"
+    );
+    assert!(
+        requests
+            .iter()
+            .any(|r| r.contains("watch=true") && r.contains("resourceVersion=100")),
+        "{requests:?}"
+    );
+
+    // And the whole exposition passes Prometheus's own linter.
+    let body = m.0.split("\r\n\r\n").nth(1).unwrap_or_default().to_string();
+    let out = promtool_check(&body);
+    assert!(out.is_empty(), "promtool check metrics:\n{out}");
+
+    cart.send("quit");
+    let _ = cart.child.wait();
+    let m = agent.metrics_until(SETTLE, |m| m.series("gostray_goroutines").is_empty());
+    assert!(
+        m.series("gostray_goroutines").is_empty(),
+        "stale series:\n{}",
+        m.0
+    );
+    drop(cgroup);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Runs `promtool check metrics` on `body`; its complaints, if any.
+fn promtool_check(body: &str) -> String {
+    use std::io::Write;
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool is installed (Debian package prometheus)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
