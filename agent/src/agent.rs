@@ -389,6 +389,7 @@ impl Agent {
         };
         procs.poll(buf);
         for (kind, pid) in buf.drain(..) {
+            tracing::trace!(pid, ?kind, "notice");
             match kind {
                 ProcEventKind::Exit => self.forget(pid),
                 ProcEventKind::Exec => {
@@ -442,32 +443,40 @@ impl Agent {
     }
 
     /// Runs the control loop until `stop` is set; dropping `self` then
-    /// detaches every probe. Notices are handled every [`NOTICE_TICK`];
-    /// `/proc` is rescanned every `every`.
+    /// detaches every probe. It sleeps on the exec/exit notices (at most
+    /// [`TICK`]); `/proc` is rescanned every `every`.
     pub fn run(mut self, every: Duration, stop: &AtomicBool) {
         let mut buf = Vec::new();
         let mut next_scan = Instant::now() + every;
+        let mut next_stats = Instant::now();
         while !stop.load(Ordering::Relaxed) {
             self.handle_notices(&mut buf);
             self.detach_idle();
-            if Instant::now() >= next_scan {
+            let now = Instant::now();
+            if now >= next_scan {
                 self.reap();
                 self.discover();
                 self.relabel();
-                self.refresh_stats();
                 next_scan = Instant::now() + every;
             }
-            sleep_unless(stop, NOTICE_TICK);
+            if now >= next_stats {
+                self.refresh_stats();
+                next_stats = now + TICK;
+            }
+            match &self.procs {
+                Some(procs) => procs.wait(TICK),
+                None => sleep_unless(stop, TICK),
+            }
         }
     }
 }
 
+/// Longest sleep of the control loop: how stale self-metrics and idle
+/// attachments may get, and how soon a stop request is seen.
+const TICK: Duration = Duration::from_millis(100);
+
 /// Analyses kept: each is a few hundred bytes (offsets and probe sites).
 const ANALYSIS_CACHE: usize = 256;
-
-/// How often exec/exit notices are read: well inside the one second a new
-/// process may wait to be attached, and cheap when there is nothing to read.
-const NOTICE_TICK: Duration = Duration::from_millis(20);
 
 /// Sleeps for `d`, waking early when `stop` is set.
 fn sleep_unless(stop: &AtomicBool, d: Duration) {

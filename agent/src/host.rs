@@ -90,9 +90,11 @@ impl Agent {
         }
         // Kernel threads have no executable; a vanished PID has nothing.
         let Ok(fp) = discovery::fingerprint(pid) else {
+            tracing::trace!(pid, "no executable");
             return;
         };
         if !matches!(self.classifier.classify(pid, fp), Ok(Verdict::Go { .. })) {
+            tracing::trace!(pid, "not Go");
             return;
         }
         let exe = procfs::exe_name(pid).unwrap_or_default();

@@ -9,6 +9,7 @@ mod k8s;
 mod kernel;
 mod metrics;
 mod metrics_self;
+mod metrics_text;
 mod privileges;
 mod procfs;
 mod procmem;

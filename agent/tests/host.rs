@@ -13,7 +13,7 @@ use std::{
 };
 
 use support::{
-    host::{fds, spawn_in_container, FakeContainerCgroup},
+    host::{fds, probe_fds, spawn_in_container, FakeContainerCgroup},
     kubeapi::{pod, KubeApi},
     Agent, KernelEnv, Metrics, Proc,
 };
@@ -153,13 +153,16 @@ fn churn_of_short_lived_processes_leaks_nothing() {
         "500ms",
     ]);
     let agent_pid = agent.proc.pid();
+    // One short life; returns the agent's probe fds seen while it ran.
     let run_one = |binary: &Path| {
         let mut p = Proc::spawn(&mut Command::new(binary));
         assert_eq!(p.line(), "ready");
         p.send("spawn 5 0");
         p.expect_line("done");
+        let during = probe_fds(&fds(agent_pid));
         p.send("quit");
         let _ = p.child.wait();
+        during
     };
     let idle = |agent: &Agent| {
         agent.metrics_until(SETTLE, |m| {
@@ -174,14 +177,12 @@ fn churn_of_short_lived_processes_leaks_nothing() {
     let attaches0 = agent.metrics().scalar("gostray_attaches_total");
 
     let t = Instant::now();
-    for _ in 0..200 {
-        run_one(&binary);
-    }
+    let most = (0..200).map(|_| run_one(&binary)).max().unwrap_or(0);
     let churn = t.elapsed();
     let m = idle(&agent);
     let after = fds(agent_pid);
     let attaches = m.scalar("gostray_attaches_total") - attaches0;
-    eprintln!("200 processes in {churn:?}: {attaches} attached; agent fds (total, perf) {before:?} -> {after:?}");
+    eprintln!("200 processes in {churn:?}: {attaches} attached; probe fds at most {most}; agent fds {before:?} -> {after:?}");
     assert_eq!(m.scalar("gostray_watched_processes"), 0, "{}", m.0);
     assert_eq!(m.scalar("gostray_attached_binaries"), 0, "{}", m.0);
     assert!(
@@ -193,12 +194,37 @@ fn churn_of_short_lived_processes_leaks_nothing() {
         "stale series:\n{}",
         m.0
     );
-    assert_eq!(after.1, before.1, "perf event fds before/after");
     assert!(
-        after.0 <= before.0 + 2,
-        "agent fds grew from {} to {}",
-        before.0,
-        after.0
+        probe_fds(&before) >= 2,
+        "the exec/exit tracepoint links: {before:?}"
+    );
+    assert!(
+        most > probe_fds(&before),
+        "no uprobe fds seen during the churn (max {most})"
+    );
+    assert_eq!(
+        probe_fds(&after),
+        probe_fds(&before),
+        "probe fds: {before:?} -> {after:?}"
+    );
+    // Sockets come and go with the scrapes themselves; everything else must
+    // be exactly as before.
+    let not_sockets = |m: &std::collections::BTreeMap<String, usize>| {
+        m.iter()
+            .filter(|(k, _)| !k.starts_with("socket:"))
+            .map(|(k, n)| (k.clone(), *n))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        not_sockets(&after),
+        not_sockets(&before),
+        "agent fds before/after"
+    );
+    let sockets =
+        |m: &std::collections::BTreeMap<String, usize>| m.get("socket:[]").copied().unwrap_or(0);
+    assert!(
+        sockets(&after) <= sockets(&before) + 3,
+        "sockets: {before:?} -> {after:?}"
     );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -61,6 +61,20 @@ impl ProcWatch {
         })
     }
 
+    /// Sleeps until a notice is pending or `timeout` passes.
+    pub fn wait(&self, timeout: std::time::Duration) {
+        use std::os::fd::AsRawFd;
+        let mut fds = libc::pollfd {
+            fd: self.ring.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+        // SAFETY: one valid pollfd for the duration of the call. An error
+        // (EINTR) just ends the wait early.
+        unsafe { libc::poll(&raw mut fds, 1, ms) };
+    }
+
     /// Pending notices, oldest first.
     pub fn poll(&mut self, out: &mut Vec<(ProcEventKind, u32)>) {
         while out.len() < MAX_BATCH {

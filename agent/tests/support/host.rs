@@ -3,12 +3,15 @@
 //! containerd container, and the agent's own file descriptors.
 
 use std::{
+    collections::BTreeMap,
     fs,
     path::{Path, PathBuf},
     process::Command,
     thread,
     time::{Duration, Instant},
 };
+
+use std::io::Write;
 
 use super::Proc;
 
@@ -59,19 +62,37 @@ pub struct FakeContainerCgroup {
 
 impl FakeContainerCgroup {
     pub fn create(container_id: &str) -> Self {
-        let slice = PathBuf::from(format!(
-            "/sys/fs/cgroup/gostray-test-{}.slice",
-            std::process::id()
-        ));
+        let slice = cgroup2_mount().join(format!("gostray-test-{}.slice", std::process::id()));
         let scope = slice.join(format!("cri-containerd-{container_id}.scope"));
         fs::create_dir_all(&scope).unwrap_or_else(|e| panic!("creating {}: {e}", scope.display()));
         Self { slice, scope }
     }
 
     pub fn enter(&self, pid: u32) {
-        fs::write(self.scope.join("cgroup.procs"), pid.to_string())
+        // Never create the file: on anything but a cgroup fs that would
+        // "succeed" and move nothing.
+        let mut procs = fs::OpenOptions::new()
+            .write(true)
+            .open(self.scope.join("cgroup.procs"))
+            .unwrap_or_else(|e| panic!("{}/cgroup.procs: {e}", self.scope.display()));
+        write!(procs, "{pid}")
             .unwrap_or_else(|e| panic!("moving {pid} into {}: {e}", self.scope.display()));
+        let now = fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+        assert!(now.contains("cri-containerd-"), "{pid} not moved: {now}");
     }
+}
+
+/// Where cgroup v2 is mounted: `/sys/fs/cgroup` on a unified host,
+/// `/sys/fs/cgroup/unified` on a hybrid one (as here).
+fn cgroup2_mount() -> PathBuf {
+    let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    info.lines()
+        .find_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            let point = left.split(' ').nth(4)?;
+            (right.split(' ').next()? == "cgroup2").then(|| PathBuf::from(point))
+        })
+        .expect("no cgroup2 mount in /proc/self/mountinfo")
 }
 
 impl Drop for FakeContainerCgroup {
@@ -87,16 +108,30 @@ impl Drop for FakeContainerCgroup {
     }
 }
 
-/// Open file descriptors of `pid`, and how many of them are perf events
-/// (each uprobe attachment holds one).
-pub fn fds(pid: u32) -> (usize, usize) {
-    let mut total = 0;
-    let mut perf = 0;
+/// Open file descriptors of `pid` by kind (link target without its inode
+/// number: `anon_inode:bpf_link`, `anon_inode:[perf_event]`, `socket:[]`…).
+pub fn fds(pid: u32) -> BTreeMap<String, usize> {
+    let mut kinds = BTreeMap::new();
     for entry in fs::read_dir(format!("/proc/{pid}/fd")).unwrap().flatten() {
-        total += 1;
-        if fs::read_link(entry.path()).is_ok_and(|t| t.to_string_lossy().contains("perf_event")) {
-            perf += 1;
-        }
+        let Ok(target) = fs::read_link(entry.path()) else {
+            continue;
+        };
+        let kind: String = target
+            .to_string_lossy()
+            .chars()
+            .filter(|c| !c.is_ascii_digit())
+            .collect();
+        *kinds.entry(kind).or_default() += 1;
     }
-    (total, perf)
+    kinds
+}
+
+/// How many of `fds` hold probes: perf events and BPF links.
+pub fn probe_fds(fds: &BTreeMap<String, usize>) -> usize {
+    fds.iter()
+        .filter(|(k, _)| {
+            k.contains("perf_event") || k.contains("bpf_link") || k.contains("bpf-link")
+        })
+        .map(|(_, n)| n)
+        .sum()
 }

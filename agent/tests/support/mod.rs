@@ -95,7 +95,14 @@ impl Proc {
             .expect("stdout piped")
             .read_line(&mut s)
             .expect("read fixture stdout");
-        assert!(!s.is_empty(), "fixture closed its stdout");
+        if s.is_empty() {
+            thread::sleep(Duration::from_millis(100));
+            let status = self.child.try_wait();
+            panic!(
+                "fixture {} closed its stdout; status {status:?}",
+                self.pid()
+            );
+        }
         s.trim_end().to_string()
     }
 

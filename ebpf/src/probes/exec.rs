@@ -2,8 +2,7 @@
 //! kernel BTF but not tracefs, so they work where classic tracepoints cannot.
 
 use aya_ebpf::{
-    bindings::BPF_RB_NO_WAKEUP, helpers::bpf_get_current_pid_tgid, macros::btf_tracepoint,
-    programs::BtfTracePointContext,
+    helpers::bpf_get_current_pid_tgid, macros::btf_tracepoint, programs::BtfTracePointContext,
 };
 use gostray_common::{ProcEvent, ProcEventKind};
 
@@ -34,16 +33,16 @@ pub fn process_exit(_ctx: BtfTracePointContext) -> i32 {
     0
 }
 
-/// Submits without waking the agent: it polls this buffer on a short timer.
+/// Submits with a wakeup: the agent sleeps on this buffer, and a new
+/// process must be attached before it gets far. Execs are rare enough that
+/// the wakeup is cheap, unlike goroutine events (see `EVENTS`).
 #[inline(always)]
 fn notify(kind: ProcEventKind, pid: u32) {
     let event = ProcEvent {
         kind: kind as u32,
         pid,
     };
-    if PROC_EVENTS
-        .output::<ProcEvent>(&event, u64::from(BPF_RB_NO_WAKEUP))
-        .is_err()
+    if PROC_EVENTS.output::<ProcEvent>(&event, 0).is_err()
     {
         if let Some(slot) = PROC_LOST.get_ptr_mut(0) {
             // SAFETY: a per-CPU slot is only touched by this CPU.
