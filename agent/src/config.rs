@@ -201,7 +201,7 @@ fn parse_rescan_interval(s: &str) -> Result<Duration, String> {
 }
 
 fn parse_detach_grace(s: &str) -> Result<Duration, String> {
-    parse_bounded(s, Duration::ZERO, Duration::from_secs(3600))
+    parse_bounded(s, Duration::ZERO, Duration::from_hours(1))
 }
 
 fn parse_ring_bytes(s: &str) -> Result<u32, String> {

@@ -99,9 +99,11 @@ impl Agent {
         }
         let exe = procfs::exe_name(pid).unwrap_or_default();
         let pod_rules = host.selection.needs_pod();
-        let placement = pod_rules
-            .then(|| cgroup::placement(pid))
-            .unwrap_or_default();
+        let placement = if pod_rules {
+            cgroup::placement(pid)
+        } else {
+            cgroup::Placement::default()
+        };
         let found = pod_rules
             .then(|| self.shared.kube.lookup(&placement))
             .flatten();

@@ -120,6 +120,55 @@ pub(crate) fn family<M: EncodeMetric>(
     Ok(())
 }
 
+/// The per-process families, one series per label set.
+fn per_series(enc: &mut DescriptorEncoder, rows: &BTreeMap<SeriesKey, Row>) -> fmt::Result {
+    let gauges = |f: fn(&Row) -> u64| {
+        rows.iter()
+            .map(move |(k, r)| (k.labels(), ConstGauge::new(f(r) as i64)))
+    };
+    let counters = |f: fn(&Row) -> u64| {
+        rows.iter()
+            .map(move |(k, r)| (k.labels(), ConstCounter::new(f(r))))
+    };
+
+    family(
+        enc,
+        names::GOROUTINES,
+        "Live goroutines tracked in the process",
+        MetricType::Gauge,
+        gauges(|r| r.live),
+    )?;
+    family(
+        enc,
+        names::CREATED,
+        "Goroutines created since the agent attached",
+        MetricType::Counter,
+        counters(|r| r.counters.created),
+    )?;
+    family(
+        enc,
+        names::EXITED,
+        "Goroutines exited since the agent attached",
+        MetricType::Counter,
+        counters(|r| r.counters.exited),
+    )?;
+    family(
+        enc,
+        names::UNTRACKED,
+        "Live goroutines counted but not stored because the table was full (--max-goroutines)",
+        MetricType::Gauge,
+        gauges(|r| r.untracked),
+    )?;
+    family(
+        enc,
+        names::LOST,
+        "Events the probes could not submit because the ring buffer was full",
+        MetricType::Counter,
+        counters(|r| r.counters.lost),
+    )?;
+    Ok(())
+}
+
 impl Collector for AgentCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
         let shared = &self.0;
@@ -138,50 +187,7 @@ impl Collector for AgentCollector {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let procs: Vec<_> = tracker.processes().collect();
         let rows = series_rows(&procs, shared);
-        let gauges = |f: fn(&Row) -> u64| {
-            rows.iter()
-                .map(move |(k, r)| (k.labels(), ConstGauge::new(f(r) as i64)))
-        };
-        let counters = |f: fn(&Row) -> u64| {
-            rows.iter()
-                .map(move |(k, r)| (k.labels(), ConstCounter::new(f(r))))
-        };
-
-        family(
-            &mut enc,
-            names::GOROUTINES,
-            "Live goroutines tracked in the process",
-            MetricType::Gauge,
-            gauges(|r| r.live),
-        )?;
-        family(
-            &mut enc,
-            names::CREATED,
-            "Goroutines created since the agent attached",
-            MetricType::Counter,
-            counters(|r| r.counters.created),
-        )?;
-        family(
-            &mut enc,
-            names::EXITED,
-            "Goroutines exited since the agent attached",
-            MetricType::Counter,
-            counters(|r| r.counters.exited),
-        )?;
-        family(
-            &mut enc,
-            names::UNTRACKED,
-            "Live goroutines counted but not stored because the table was full (--max-goroutines)",
-            MetricType::Gauge,
-            gauges(|r| r.untracked),
-        )?;
-        family(
-            &mut enc,
-            names::LOST,
-            "Events the probes could not submit because the ring buffer was full",
-            MetricType::Counter,
-            counters(|r| r.counters.lost),
-        )?;
+        per_series(&mut enc, &rows)?;
 
         let mut by_exe: BTreeMap<&str, i64> = BTreeMap::new();
         for (_, p) in &procs {
@@ -200,14 +206,7 @@ impl Collector for AgentCollector {
         let stray = tracker.stray_events;
         let watched = procs.len();
         drop(tracker);
-        family(
-            &mut enc,
-            names::WATCHED,
-            "Processes watched",
-            MetricType::Gauge,
-            [(Labels::new(), ConstGauge::new(watched as i64))],
-        )?;
-        crate::metrics_self::encode(&mut enc, shared)?;
+        crate::metrics_self::encode(&mut enc, shared, watched)?;
 
         family(
             &mut enc,

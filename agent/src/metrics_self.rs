@@ -33,7 +33,20 @@ fn by<'a>(
         .collect()
 }
 
-pub fn encode(enc: &mut DescriptorEncoder, shared: &Shared) -> fmt::Result {
+/// Encodes every self-metric; `watched` is the tracker's process count.
+pub fn encode(enc: &mut DescriptorEncoder, shared: &Shared, watched: usize) -> fmt::Result {
+    one(
+        enc,
+        names::WATCHED,
+        "Processes watched",
+        MetricType::Gauge,
+        ConstGauge::new(watched as i64),
+    )?;
+    discovery(enc, shared)?;
+    kube(enc, shared)
+}
+
+fn discovery(enc: &mut DescriptorEncoder, shared: &Shared) -> fmt::Result {
     let (series, folded) = {
         let t = shared
             .series
@@ -104,8 +117,10 @@ pub fn encode(enc: &mut DescriptorEncoder, shared: &Shared) -> fmt::Result {
         MetricType::Gauge,
         tables,
     )?;
-    drop(stats);
+    Ok(())
+}
 
+fn kube(enc: &mut DescriptorEncoder, shared: &Shared) -> fmt::Result {
     let kube = &shared.kube;
     let (pods, containers) = {
         let idx = kube

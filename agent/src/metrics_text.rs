@@ -1,15 +1,17 @@
 //! The classic Prometheus text format (0.0.4), for scrapers that do not ask
-//! for OpenMetrics: `curl`, `promtool check metrics`, older tools. Real
-//! Prometheus servers ask for OpenMetrics and get it unchanged.
+//! for `OpenMetrics`: `curl`, `promtool check metrics`, older tools. Real
+//! Prometheus servers ask for `OpenMetrics` and get it unchanged.
 //!
-//! The two differ where it matters here only in three ways: OpenMetrics
+//! The two differ where it matters here only in three ways: `OpenMetrics`
 //! names a counter family without `_total` in `# HELP`/`# TYPE` (its
 //! samples carry the suffix), has `# UNIT` lines, and ends with `# EOF`.
+
+use std::fmt::Write;
 
 /// Content type of [`from_openmetrics`]'s output.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// True when an `Accept` header in the request head asks for OpenMetrics.
+/// True when an `Accept` header in the request head asks for `OpenMetrics`.
 pub fn wants_openmetrics(head: &str) -> bool {
     head.lines().any(|l| {
         l.split_once(':').is_some_and(|(name, value)| {
@@ -19,7 +21,7 @@ pub fn wants_openmetrics(head: &str) -> bool {
     })
 }
 
-/// Rewrites OpenMetrics text as Prometheus text format 0.0.4.
+/// Rewrites `OpenMetrics` text as Prometheus text format 0.0.4.
 pub fn from_openmetrics(om: &str) -> String {
     let mut out = String::with_capacity(om.len());
     // HELP precedes TYPE: hold it until the type says whether to rename.
@@ -45,7 +47,7 @@ pub fn from_openmetrics(om: &str) -> String {
             if let Some((_, text)) = help.take() {
                 push_help(&mut out, &name, text);
             }
-            out.push_str(&format!("# TYPE {name} {kind}\n"));
+            let _ = writeln!(out, "# TYPE {name} {kind}");
             continue;
         }
         out.push_str(line);
@@ -55,7 +57,7 @@ pub fn from_openmetrics(om: &str) -> String {
 }
 
 fn push_help(out: &mut String, name: &str, text: &str) {
-    out.push_str(&format!("# HELP {name} {text}\n"));
+    let _ = writeln!(out, "# HELP {name} {text}");
 }
 
 #[cfg(test)]

@@ -280,7 +280,7 @@ fn pod_labels_from_the_api_server() {
 
     api.push(
         "ADDED",
-        pod(
+        &pod(
             "shop",
             "cart-7d9f8b6c5d-x2x9q",
             "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee",
@@ -322,21 +322,7 @@ fn pod_labels_from_the_api_server() {
         m.0
     );
 
-    // The client asked for this node's pods only, and watched from the list's version.
-    let requests = api.requests();
-    assert!(
-        requests
-            .iter()
-            .any(|r| r.contains("fieldSelector=spec.nodeName%3Dnode-a") && !r.contains("watch")),
-        "{requests:?}"
-    );
-    assert!(
-        requests
-            .iter()
-            .any(|r| r.contains("watch=true") && r.contains("resourceVersion=100")),
-        "{requests:?}"
-    );
-
+    check_requests(&api);
     // And the whole exposition passes Prometheus's own linter.
     let body = m.0.split("\r\n\r\n").nth(1).unwrap_or_default().to_string();
     let out = promtool_check(&body);
@@ -352,6 +338,23 @@ fn pod_labels_from_the_api_server() {
     );
     drop(cgroup);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The client asked for this node's pods only, and watched from the list's version.
+fn check_requests(api: &KubeApi) {
+    let requests = api.requests();
+    assert!(
+        requests
+            .iter()
+            .any(|r| r.contains("fieldSelector=spec.nodeName%3Dnode-a") && !r.contains("watch")),
+        "{requests:?}"
+    );
+    assert!(
+        requests
+            .iter()
+            .any(|r| r.contains("watch=true") && r.contains("resourceVersion=100")),
+        "{requests:?}"
+    );
 }
 
 /// Runs `promtool check metrics` on `body`; its complaints, if any.

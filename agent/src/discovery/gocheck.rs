@@ -52,15 +52,15 @@ pub fn check(file: &File) -> io::Result<Verdict> {
     }
     let mut names = vec![0u8; strtab.size as usize];
     file.read_exact_at(&mut names, strtab.offset)?;
-    let named = |want: &[u8]| {
+    let find = |want: &[u8]| {
         sections
             .iter()
             .find(|s| name_at(&names, s.name) == Some(want))
     };
-    if named(GO_BUILDINFO).is_none() {
+    if find(GO_BUILDINFO).is_none() {
         return Ok(Verdict::NotGo);
     }
-    let build_id = named(GO_BUILDID).and_then(|s| read_note(file, *s));
+    let build_id = find(GO_BUILDID).and_then(|s| read_note(file, *s));
     Ok(Verdict::Go { build_id })
 }
 

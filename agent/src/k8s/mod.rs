@@ -85,9 +85,10 @@ pub async fn client(api: Option<&str>) -> Option<kube::Client> {
 /// version is gone, with exponential back-off on errors.
 pub async fn watch_pods(client: kube::Client, node: Option<String>, kube: Arc<Kube>) {
     let mut config = watcher::Config::default();
-    match &node {
-        Some(node) => config = config.fields(&format!("spec.nodeName={node}")),
-        None => tracing::warn!("NODE_NAME is not set: watching the pods of every node"),
+    if let Some(node) = &node {
+        config = config.fields(&format!("spec.nodeName={node}"));
+    } else {
+        tracing::warn!("NODE_NAME is not set: watching the pods of every node");
     }
     let api: kube::Api<Pod> = kube::Api::all(client);
     let mut events = watcher(api, config).default_backoff().boxed();

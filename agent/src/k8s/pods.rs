@@ -21,7 +21,7 @@ pub struct PodMeta {
     pub pod: String,
     pub uid: String,
     pub labels: Vec<(String, String)>,
-    /// The controller that owns the pod (`Deployment` for a ReplicaSet with
+    /// The controller that owns the pod (`Deployment` for a `ReplicaSet` with
     /// a `pod-template-hash`), or empty for a bare pod.
     pub workload_kind: String,
     pub workload: String,
@@ -34,10 +34,13 @@ pub struct ContainerMeta {
     pub container: String,
 }
 
+/// A container's (bare ID, name in the pod spec).
+type Container = (String, String);
+
 #[derive(Debug, Default)]
 pub struct PodIndex {
     /// By pod UID: the pod and its (container ID, name) pairs.
-    pods: HashMap<String, (Arc<PodMeta>, Vec<(String, String)>)>,
+    pods: HashMap<String, (Arc<PodMeta>, Vec<Container>)>,
     by_container: HashMap<String, ContainerMeta>,
 }
 
@@ -111,7 +114,7 @@ impl PodIndex {
     }
 }
 
-fn extract(pod: &Pod) -> Option<(PodMeta, Vec<(String, String)>)> {
+fn extract(pod: &Pod) -> Option<(PodMeta, Vec<Container>)> {
     let m = &pod.metadata;
     let uid = m.uid.clone()?;
     let labels: Vec<(String, String)> = m

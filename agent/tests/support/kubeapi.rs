@@ -56,7 +56,7 @@ impl KubeApi {
     }
 
     /// Streams `{"type": kind, "object": pod}` to every watcher.
-    pub fn push(&self, kind: &str, pod: Value) {
+    pub fn push(&self, kind: &str, pod: &Value) {
         let (lock, cv) = &*self.state;
         lock.lock()
             .unwrap()
@@ -135,8 +135,8 @@ fn stream_events(mut out: TcpStream, state: &(Mutex<State>, Condvar)) -> std::io
     }
 }
 
-/// A Pod object as the API server serves it, owned by a Deployment's
-/// ReplicaSet, with one running container whose ID is `container_id`.
+/// A `Pod` object as the API server serves it, owned by a `Deployment`'s
+/// `ReplicaSet`, with one running container whose ID is `container_id`.
 pub fn pod(namespace: &str, name: &str, uid: &str, container_id: &str, rv: &str) -> Value {
     json!({
         "kind": "Pod", "apiVersion": "v1",
