@@ -18,8 +18,6 @@ use std::{
 use anyhow::Context;
 use aya::maps::{MapData, RingBuf};
 
-use gostray_common::ProcEventKind;
-
 use crate::{
     config::RunArgs,
     discovery::{self, BoundedMap, Classifier, ProcWatch, Verdict, VERDICT_CACHE},
@@ -29,15 +27,15 @@ use crate::{
     kernel::Kernel,
     procfs::{self, FileId},
     scan,
-    series::{Counters, SeriesKey},
+    series::SeriesKey,
     state::Shared,
     tracker::{decode_event, ProcessInfo},
 };
 
 /// A process being watched.
 pub(crate) struct Watched {
-    start_time: u64,
-    file: FileId,
+    pub(crate) start_time: u64,
+    pub(crate) file: FileId,
     /// Where it sits in the cgroup tree; kept to label it once its pod is known.
     pub(crate) placement: Placement,
     /// Its series has pod labels (or never will: not in a container).
@@ -46,27 +44,27 @@ pub(crate) struct Watched {
 
 /// The control loop's state.
 pub struct Agent {
-    kernel: Kernel,
+    pub(crate) kernel: Kernel,
     pub(crate) shared: Arc<Shared>,
     /// Which executables are Go, by content fingerprint.
     pub(crate) classifier: Classifier,
     /// Analysed executables by file identity and Go build ID: a hundred
     /// processes of one binary cost one parse, and so do a hundred
     /// short-lived runs of it one after another. Bounded.
-    binaries: BoundedMap<(FileId, Option<String>), Arc<GoBinary>>,
+    pub(crate) binaries: BoundedMap<(FileId, Option<String>), Arc<GoBinary>>,
     /// Go executables that are not watchable, so they are not parsed again.
-    rejected: BoundedMap<(FileId, Option<String>), String>,
+    pub(crate) rejected: BoundedMap<(FileId, Option<String>), String>,
     pub(crate) watched: HashMap<u32, Watched>,
     /// `--binary` targets, by file identity.
-    binary_targets: Vec<(PathBuf, FileId)>,
+    pub(crate) binary_targets: Vec<(PathBuf, FileId)>,
     /// Exec/exit notices from the kernel (absent if BTF is unavailable).
-    procs: Option<ProcWatch>,
+    pub(crate) procs: Option<ProcWatch>,
     /// Whole-host mode's state; `None` when targets were named.
     pub(crate) host: Option<Host>,
-    pid_label: bool,
+    pub(crate) pid_label: bool,
     /// Executables with probes but no watched process, since when.
-    idle_binaries: HashMap<FileId, Instant>,
-    detach_grace: Duration,
+    pub(crate) idle_binaries: HashMap<FileId, Instant>,
+    pub(crate) detach_grace: Duration,
 }
 
 /// Checks the targets named on the command line before anything is loaded,
@@ -267,7 +265,7 @@ impl Agent {
 
     /// Attaches to processes of the `--binary` targets, or in whole-host mode
     /// to every selected Go process, that are not watched yet.
-    fn discover(&mut self) {
+    pub(crate) fn discover(&mut self) {
         if self.host.is_some() {
             self.scan_host();
             return;
@@ -281,7 +279,7 @@ impl Agent {
     }
 
     /// In targeted mode: attach `pid` if it runs a `--binary` target.
-    fn consider_target(&mut self, pid: u32) {
+    pub(crate) fn consider_target(&mut self, pid: u32) {
         if self.watched.contains_key(&pid) || pid == std::process::id() {
             return;
         }
@@ -312,183 +310,10 @@ impl Agent {
             tracing::warn!(pid, error = format!("{e:#}"), "attach failed");
         }
     }
-
-    /// Stops watching `pid`: kernel filter, goroutine table, series, and the
-    /// binary's probes once no watched process runs it.
-    pub(crate) fn forget(&mut self, pid: u32) {
-        self.kernel.unwatch(pid);
-        let state = self
-            .shared
-            .tracker
-            .lock()
-            .expect("tracker lock")
-            .remove_process(pid);
-        let last = state.map(|p| Counters {
-            created: p.created_total,
-            exited: p.exited_total,
-            lost: p.lost_total,
-        });
-        self.shared
-            .series
-            .lock()
-            .expect("series lock")
-            .release(pid, last.unwrap_or_default());
-        let Some(w) = self.watched.remove(&pid) else {
-            return;
-        };
-        tracing::info!(pid, "process exited; forgotten");
-        if let Some(host) = self.host.as_mut() {
-            host.room_freed();
-        }
-        let still_used = self.watched.values().any(|o| o.file == w.file);
-        if !still_used && !self.binary_targets.iter().any(|(_, f)| *f == w.file) {
-            self.idle_binaries.insert(w.file, Instant::now());
-        }
-    }
-
-    /// Detaches the probes of executables no watched process has run for
-    /// `--detach-grace`. The grace keeps a binary that is started again
-    /// and again (a cron job, a crash loop) from paying an attach and a
-    /// detach each time: uprobe removal waits for an RCU grace period.
-    fn detach_idle(&mut self) {
-        let now = Instant::now();
-        let grace = self.detach_grace;
-        let expired: Vec<FileId> = self
-            .idle_binaries
-            .iter()
-            .filter(|(_, since)| now.duration_since(**since) >= grace)
-            .map(|(f, _)| *f)
-            .collect();
-        for file in expired {
-            self.idle_binaries.remove(&file);
-            if !self.watched.values().any(|w| w.file == file) {
-                self.kernel.detach_binary(file);
-            }
-        }
-    }
-
-    /// Forgets processes that exited (or whose PID now names another
-    /// process): the safety net behind the exit tracepoint.
-    fn reap(&mut self) {
-        let gone: Vec<u32> = self
-            .watched
-            .iter()
-            .filter(|(pid, w)| procfs::start_time(**pid).ok() != Some(w.start_time))
-            .map(|(pid, _)| *pid)
-            .collect();
-        for pid in gone {
-            self.forget(pid);
-        }
-    }
-
-    /// Acts on exec/exit notices: an exit is forgotten at once; an exec may
-    /// be a new Go process, or a watched PID now running another program.
-    fn handle_notices(&mut self, buf: &mut Vec<(ProcEventKind, u32)>) {
-        let Some(procs) = self.procs.as_mut() else {
-            return;
-        };
-        procs.poll(buf);
-        for (kind, pid) in buf.drain(..) {
-            tracing::trace!(pid, ?kind, "notice");
-            match kind {
-                ProcEventKind::Exit => self.forget(pid),
-                ProcEventKind::Exec => {
-                    // Several execs of one PID (sh, then chroot, then the
-                    // program) can arrive in one batch after the first
-                    // attach already saw the final program: only a change
-                    // of executable is a new program.
-                    if let Some(w) = self.watched.get(&pid) {
-                        if discovery::fingerprint(pid).is_ok_and(|fp| fp.file == w.file) {
-                            continue;
-                        }
-                        self.forget(pid);
-                    }
-                    if self.host.is_some() {
-                        self.consider_host(pid);
-                    } else {
-                        self.consider_target(pid);
-                    }
-                }
-            }
-        }
-    }
-
-    /// Copies kernel-side counters into the shared state.
-    fn refresh_stats(&mut self) {
-        self.kernel.flush_logs();
-        let lost: Vec<(u32, u64)> = self
-            .watched
-            .keys()
-            .map(|&pid| (pid, self.kernel.lost(pid)))
-            .collect();
-        {
-            let mut tracker = self.shared.tracker.lock().expect("tracker lock");
-            for (pid, n) in lost {
-                tracker.set_lost(pid, n);
-            }
-        }
-        let series = self.shared.series.lock().expect("series lock").len();
-        let mut stats = self.shared.stats.lock().expect("stats lock");
-        stats.attached_binaries = self.kernel.attached_binaries();
-        stats.probe_errors = self.kernel.probe_errors();
-        stats.proc_events_lost = self.procs.as_ref().map_or(0, ProcWatch::lost);
-        stats.tables.insert("watched", self.watched.len());
-        stats.tables.insert("binaries", self.binaries.len());
-        stats.tables.insert("rejected", self.rejected.len());
-        stats.tables.insert("series", series);
-        stats.tables.insert("verdicts", self.classifier.len());
-        if let Some(host) = &self.host {
-            stats.tables.insert("declined", host.declined_len());
-        }
-    }
-
-    /// Runs the control loop until `stop` is set; dropping `self` then
-    /// detaches every probe. It sleeps on the exec/exit notices (at most
-    /// [`TICK`]); `/proc` is rescanned every `every`.
-    pub fn run(mut self, every: Duration, stop: &AtomicBool) {
-        let mut buf = Vec::new();
-        let mut next_scan = Instant::now() + every;
-        let mut next_stats = Instant::now();
-        while !stop.load(Ordering::Relaxed) {
-            self.handle_notices(&mut buf);
-            self.detach_idle();
-            let now = Instant::now();
-            if now >= next_scan {
-                self.reap();
-                self.discover();
-                self.relabel();
-                next_scan = Instant::now() + every;
-            }
-            if now >= next_stats {
-                self.refresh_stats();
-                next_stats = now + TICK;
-            }
-            match &self.procs {
-                Some(procs) => procs.wait(TICK),
-                None => sleep_unless(stop, TICK),
-            }
-        }
-    }
 }
-
-/// Longest sleep of the control loop: how stale self-metrics and idle
-/// attachments may get, and how soon a stop request is seen.
-const TICK: Duration = Duration::from_millis(100);
 
 /// Analyses kept: each is a few hundred bytes (offsets and probe sites).
 const ANALYSIS_CACHE: usize = 256;
-
-/// Sleeps for `d`, waking early when `stop` is set.
-fn sleep_unless(stop: &AtomicBool, d: Duration) {
-    let until = Instant::now() + d;
-    while !stop.load(Ordering::Relaxed) {
-        let left = until.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return;
-        }
-        thread::sleep(left.min(Duration::from_millis(50)));
-    }
-}
 
 /// Drains the ring buffer every `every` into the tracker until `stop`.
 pub fn drain(mut ring: RingBuf<MapData>, shared: &Shared, every: Duration, stop: &AtomicBool) {

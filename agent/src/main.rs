@@ -7,6 +7,7 @@ mod gobin;
 mod host;
 mod k8s;
 mod kernel;
+mod lifecycle;
 mod metrics;
 mod metrics_self;
 mod metrics_text;
