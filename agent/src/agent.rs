@@ -20,7 +20,7 @@ use aya::maps::{MapData, RingBuf};
 
 use crate::{
     config::RunArgs,
-    discovery::{self, BoundedMap, Classifier, ProcWatch, Verdict, VERDICT_CACHE},
+    discovery::{self, BoundedMap, Classifier, Fingerprint, ProcWatch, Verdict, VERDICT_CACHE},
     gobin::{GoBinError, GoBinary},
     host::Host,
     k8s::{self, cgroup::Placement},
@@ -151,6 +151,20 @@ impl Agent {
     pub(crate) fn attach(&mut self, pid: u32) -> anyhow::Result<()> {
         let start_time = procfs::start_time(pid).map_err(|_| Gone)?;
         let fp = discovery::fingerprint(pid).map_err(|_| Gone)?;
+        let result = self.attach_as(pid, start_time, fp);
+        if result.is_err() {
+            // Probes attached for a process that then failed must not stay.
+            self.release_if_unused(fp.file);
+            // A process that exited halfway (its /proc entry, or the PID
+            // itself, gone) is a race, not a fault worth a warning.
+            if procfs::start_time(pid).ok() != Some(start_time) {
+                return Err(Gone.into());
+            }
+        }
+        result
+    }
+
+    fn attach_as(&mut self, pid: u32, start_time: u64, fp: Fingerprint) -> anyhow::Result<()> {
         let file = fp.file;
         // Opened through /proc/PID/exe: the file in the process's own root.
         let exe = procfs::exe_path(pid);
@@ -171,7 +185,11 @@ impl Agent {
                     bin
                 }
                 Err(e) => {
-                    self.rejected.insert(key, e.to_string());
+                    // An unreadable file may be a process gone mid-read: only
+                    // verdicts about the binary itself are remembered.
+                    if !matches!(e, GoBinError::Io { .. }) {
+                        self.rejected.insert(key, e.to_string());
+                    }
                     return Err(e.into());
                 }
             },

@@ -44,9 +44,16 @@ impl Agent {
         if let Some(host) = self.host.as_mut() {
             host.room_freed();
         }
-        let still_used = self.watched.values().any(|o| o.file == w.file);
-        if !still_used && !self.binary_targets.iter().any(|(_, f)| *f == w.file) {
-            self.idle_binaries.insert(w.file, Instant::now());
+        self.release_if_unused(w.file);
+    }
+
+    /// Starts the detach grace of `file` if no watched process runs it and
+    /// it is not a `--binary` target.
+    pub(crate) fn release_if_unused(&mut self, file: FileId) {
+        let used = self.watched.values().any(|o| o.file == file)
+            || self.binary_targets.iter().any(|(_, f)| *f == file);
+        if !used {
+            self.idle_binaries.insert(file, Instant::now());
         }
     }
 

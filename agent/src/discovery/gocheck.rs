@@ -125,6 +125,11 @@ mod tests {
         // The fixtures exist only under `cargo xtask test`; the check is
         // then against a real Go build of each supported line.
         let Some(dir) = std::env::var_os("GOSTRAY_FIXTURES") else {
+            let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+            assert!(
+                !ci,
+                "GOSTRAY_FIXTURES unset under CI: run `cargo xtask test`"
+            );
             return;
         };
         for line in ["1.19", "1.24", "1.27"] {
