@@ -27,7 +27,6 @@ use crate::{
     kernel::Kernel,
     procfs::{self, FileId},
     scan,
-    series::SeriesKey,
     state::Shared,
     tracker::{decode_event, ProcessInfo},
 };
@@ -257,28 +256,6 @@ impl Agent {
             "attached"
         );
         Ok(())
-    }
-
-    /// The series a process reports under, and whether its pod labels are
-    /// final (known, or not in a pod at all).
-    pub(crate) fn series_key(&self, pid: u32, exe: &str, at: &Placement) -> (SeriesKey, bool) {
-        let mut key = SeriesKey {
-            exe: exe.to_string(),
-            pid: self.pid_label.then_some(pid),
-            ..SeriesKey::default()
-        };
-        let in_pod = at.container_id.is_some() || at.pod_uid.is_some();
-        match self.shared.kube.lookup(at) {
-            Some(c) => {
-                key.namespace.clone_from(&c.pod.namespace);
-                key.pod.clone_from(&c.pod.pod);
-                key.container = c.container;
-                // Found by pod UID only: the container ID may still come.
-                let done = !key.container.is_empty();
-                (key, done)
-            }
-            None => (key, !in_pod || !self.shared.kube.enabled()),
-        }
     }
 
     /// Attaches to processes of the `--binary` targets, or in whole-host mode

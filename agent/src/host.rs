@@ -144,43 +144,4 @@ impl Agent {
                 .or_default() += 1;
         }
     }
-
-    /// Gives pod labels to watched processes whose pod was not in the cache
-    /// when they were attached (a container often starts before the API
-    /// server reports its ID).
-    pub(crate) fn relabel(&mut self) {
-        if !self.shared.kube.enabled() {
-            return;
-        }
-        let pending: Vec<(u32, cgroup::Placement)> = self
-            .watched
-            .iter()
-            .filter(|(_, w)| !w.labelled)
-            .map(|(pid, w)| (*pid, w.placement.clone()))
-            .collect();
-        for (pid, placement) in pending {
-            let Some(old) = self
-                .shared
-                .series
-                .lock()
-                .expect("series lock")
-                .key(pid)
-                .cloned()
-            else {
-                continue;
-            };
-            let (key, labelled) = self.series_key(pid, &old.exe, &placement);
-            if key.pod.is_empty() || key == old {
-                continue;
-            }
-            self.shared
-                .series
-                .lock()
-                .expect("series lock")
-                .assign(pid, key);
-            if let Some(w) = self.watched.get_mut(&pid) {
-                w.labelled = labelled;
-            }
-        }
-    }
 }

@@ -7,6 +7,7 @@ mod gobin;
 mod host;
 mod k8s;
 mod kernel;
+mod labels;
 mod lifecycle;
 mod metrics;
 mod metrics_self;

@@ -1,0 +1,167 @@
+//! Kubernetes metadata for real: a process in a cgroup named like a
+//! containerd container is labelled with the pod that a stand-in API server
+//! (real list/watch protocol on loopback) reports for that container.
+
+mod support;
+
+use std::{process::Command, time::Duration};
+
+use support::{
+    host::FakeContainerCgroup,
+    kubeapi::{pod, KubeApi},
+    Agent, KernelEnv, Proc,
+};
+
+const SETTLE: Duration = Duration::from_secs(10);
+
+const CONTAINER_ID: &str = "5c1d2e3f4a5b6c7d8e9f0a1b2c3d4e5f6a7b8c9d0e1f2a3b4c5d6e7f8a9b0c1d";
+
+/// A process in a cgroup named like a containerd container gets the labels
+/// of the pod the API server reports for that container; no PID label.
+#[test]
+fn pod_labels_from_the_api_server() {
+    let Some(env) = KernelEnv::get() else { return };
+    // Listed at start: some other pod of the node. Ours arrives by the watch.
+    let decoy = pod(
+        "shop",
+        "web-0",
+        "11111111-2222-3333-4444-555555555555",
+        &"e".repeat(64),
+        "90",
+    );
+    let api = KubeApi::start(vec![decoy]);
+
+    let cgroup = FakeContainerCgroup::create(CONTAINER_ID);
+    let dir = std::env::temp_dir().join(format!("gostray-pod-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let binary = dir.join("cart-server");
+    std::fs::copy(env.fixture("spawner", "1.27"), &binary).unwrap();
+    let mut cart = Proc::spawn(&mut Command::new(&binary));
+    assert_eq!(cart.line(), "ready");
+    cgroup.enter(cart.pid());
+
+    let agent = Agent::start_with(
+        &[
+            "--include",
+            "cart-server",
+            "--kube-api",
+            &api.url(),
+            "--rescan-interval",
+            "200ms",
+        ],
+        false,
+        &[("NODE_NAME", "node-a")],
+    );
+    let m = agent.metrics_until(SETTLE, |m| m.scalar("gostray_kube_synced") == 1);
+    assert_eq!(m.scalar("gostray_kube_pods_cached"), 1, "{}", m.0);
+    // Attached before its pod is known: labelled by executable only.
+    let m = agent.metrics_until(SETTLE, |m| !m.series("gostray_goroutines").is_empty());
+    assert!(
+        m.value("gostray_goroutines", &[("exe", "cart-server")])
+            .is_some(),
+        "{}",
+        m.0
+    );
+
+    api.push(
+        "ADDED",
+        &pod(
+            "shop",
+            "cart-7d9f8b6c5d-x2x9q",
+            "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee",
+            CONTAINER_ID,
+            "101",
+        ),
+    );
+    let want = [
+        ("namespace", "shop"),
+        ("pod", "cart-7d9f8b6c5d-x2x9q"),
+        ("container", "cart"),
+        ("exe", "cart-server"),
+    ];
+    let m = agent.metrics_until(SETTLE, |m| m.value("gostray_goroutines", &want).is_some());
+    assert!(
+        m.value("gostray_goroutines", &want).is_some(),
+        "no pod labels:\n{}",
+        m.0
+    );
+    assert_eq!(m.scalar("gostray_kube_pods_cached"), 2);
+    let series = m.series("gostray_goroutines");
+    assert_eq!(series.len(), 1, "one series, the labelled one: {series:?}");
+    assert!(
+        !series[0].contains("pid="),
+        "pid label without --pid-label: {}",
+        series[0]
+    );
+
+    // Counting still works under the new labels.
+    cart.send("spawn 20 5");
+    cart.expect_line("done");
+    let m = agent.metrics_until(SETTLE, |m| {
+        m.value("gostray_goroutines_created_total", &want) == Some(25.0)
+    });
+    assert_eq!(
+        m.value("gostray_goroutines_created_total", &want),
+        Some(25.0),
+        "{}",
+        m.0
+    );
+
+    check_requests(&api);
+    // And the whole exposition passes Prometheus's own linter.
+    let body = m.0.split("\r\n\r\n").nth(1).unwrap_or_default().to_string();
+    let out = promtool_check(&body);
+    assert!(out.is_empty(), "promtool check metrics:\n{out}");
+
+    cart.send("quit");
+    let _ = cart.child.wait();
+    let m = agent.metrics_until(SETTLE, |m| m.series("gostray_goroutines").is_empty());
+    assert!(
+        m.series("gostray_goroutines").is_empty(),
+        "stale series:\n{}",
+        m.0
+    );
+    drop(cgroup);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The client asked for this node's pods only, and watched from the list's version.
+fn check_requests(api: &KubeApi) {
+    let requests = api.requests();
+    assert!(
+        requests
+            .iter()
+            .any(|r| r.contains("fieldSelector=spec.nodeName%3Dnode-a") && !r.contains("watch")),
+        "{requests:?}"
+    );
+    assert!(
+        requests
+            .iter()
+            .any(|r| r.contains("watch=true") && r.contains("resourceVersion=100")),
+        "{requests:?}"
+    );
+}
+
+/// Runs `promtool check metrics` on `body`; its complaints, if any.
+fn promtool_check(body: &str) -> String {
+    use std::io::Write;
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool is installed (Debian package prometheus)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
