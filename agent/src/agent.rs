@@ -233,6 +233,12 @@ impl Agent {
             self.forget(pid);
             return Err(e);
         }
+        // The exit notice only fires for PIDs in the watch map: a process
+        // that exited before it got there would never be forgotten.
+        if !procfs::alive(pid, start_time) {
+            self.forget(pid);
+            return Err(Gone.into());
+        }
         self.shared.stats.lock().expect("stats lock").attaches += 1;
         let begun = Instant::now();
         // A failed scan still leaves the process watched: its counts are then
