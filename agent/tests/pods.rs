@@ -165,3 +165,31 @@ fn promtool_check(body: &str) -> String {
         String::from_utf8_lossy(&out.stderr)
     )
 }
+
+/// An API server that does not answer is not the agent's failure: it runs,
+/// watches its processes, counts the errors and keeps retrying.
+#[test]
+fn an_unreachable_api_server_is_not_fatal() {
+    let Some(env) = KernelEnv::get() else { return };
+    // A port that was free a moment ago: nothing listens there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut p = Proc::spawn(&mut Command::new(env.fixture("spawner", "1.24")));
+    assert_eq!(p.line(), "ready");
+    let agent = Agent::start(&[
+        "--pid",
+        &p.pid().to_string(),
+        "--kube-api",
+        &format!("http://127.0.0.1:{port}"),
+    ]);
+    let m = agent.metrics_until(SETTLE, |m| m.scalar("gostray_kube_watch_errors_total") >= 1);
+    assert!(m.scalar("gostray_kube_watch_errors_total") >= 1, "{}", m.0);
+    assert_eq!(m.scalar("gostray_kube_synced"), 0);
+    p.send("spawn 10 0");
+    p.expect_line("done");
+    let m = agent.metrics_until(SETTLE, |m| m.counts(p.pid()).0 == 10);
+    assert_eq!(m.counts(p.pid()).0, 10, "{}", m.0);
+}
