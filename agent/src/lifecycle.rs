@@ -78,13 +78,13 @@ impl Agent {
         }
     }
 
-    /// Forgets processes that exited (or whose PID now names another
-    /// process): the safety net behind the exit tracepoint.
+    /// Forgets processes that exited (zombies included) or whose PID now
+    /// names another process: the safety net behind the exit tracepoint.
     fn reap(&mut self) {
         let gone: Vec<u32> = self
             .watched
             .iter()
-            .filter(|(pid, w)| procfs::start_time(**pid).ok() != Some(w.start_time))
+            .filter(|(pid, w)| !procfs::alive(**pid, w.start_time))
             .map(|(pid, _)| *pid)
             .collect();
         for pid in gone {
