@@ -42,8 +42,7 @@ fn notify(kind: ProcEventKind, pid: u32) {
         kind: kind as u32,
         pid,
     };
-    if PROC_EVENTS.output::<ProcEvent>(&event, 0).is_err()
-    {
+    if PROC_EVENTS.output::<ProcEvent>(&event, 0).is_err() {
         if let Some(slot) = PROC_LOST.get_ptr_mut(0) {
             // SAFETY: a per-CPU slot is only touched by this CPU.
             unsafe { *slot += 1 };
