@@ -23,6 +23,8 @@ impl Agent {
                 key.namespace.clone_from(&c.pod.namespace);
                 key.pod.clone_from(&c.pod.pod);
                 key.container = c.container;
+                key.workload_kind.clone_from(&c.pod.workload_kind);
+                key.workload.clone_from(&c.pod.workload);
                 // Found by pod UID only: the container ID may still come.
                 let done = !key.container.is_empty();
                 (key, done)

@@ -31,6 +31,7 @@ pub mod names {
     pub const STRAY_EVENTS: &str = "gostray_stray_events";
     pub const WATCHED: &str = "gostray_watched_processes";
     pub const ATTACHES: &str = "gostray_attaches";
+    pub const PROCESS_INFO: &str = "gostray_process_info";
     pub const SKIPPED: &str = "gostray_processes_skipped";
     pub const PROC_EVENTS_LOST: &str = "gostray_process_events_lost";
     pub const SCANS: &str = "gostray_discovery_scans";
@@ -75,6 +76,8 @@ struct Row {
     live: u64,
     untracked: u64,
     counters: Counters,
+    /// Go versions of its processes (one, unless a series mixes builds).
+    go_versions: std::collections::BTreeSet<String>,
 }
 
 fn series_rows(procs: &[(u32, &ProcessState)], shared: &Shared) -> BTreeMap<SeriesKey, Row> {
@@ -89,6 +92,7 @@ fn series_rows(procs: &[(u32, &ProcessState)], shared: &Shared) -> BTreeMap<Seri
         let row = rows.entry(key.clone()).or_default();
         row.live += p.live_count();
         row.untracked += p.untracked;
+        row.go_versions.insert(p.info.go_version.clone());
         row.counters += Counters {
             created: p.created_total,
             exited: p.exited_total,
@@ -165,6 +169,18 @@ fn per_series(enc: &mut DescriptorEncoder, rows: &BTreeMap<SeriesKey, Row>) -> f
         "Events the probes could not submit because the ring buffer was full",
         MetricType::Counter,
         counters(|r| r.counters.lost),
+    )?;
+    let info = rows.iter().flat_map(|(k, r)| {
+        r.go_versions
+            .iter()
+            .map(move |v| (k.info_labels(v), ConstGauge::new(1i64)))
+    });
+    family(
+        enc,
+        names::PROCESS_INFO,
+        "Always 1: the workload (pod controller) and Go version behind each series",
+        MetricType::Gauge,
+        info,
     )?;
     Ok(())
 }

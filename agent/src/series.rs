@@ -18,6 +18,11 @@ pub struct SeriesKey {
     pub exe: String,
     /// Only with `--pid-label` (debugging): one series per process.
     pub pid: Option<u32>,
+    /// The pod's controller (`Deployment`, `StatefulSet`…) and its name.
+    /// Determined by the pod, so they add no series; exposed only on
+    /// `gostray_process_info` to keep every other series small.
+    pub workload_kind: String,
+    pub workload: String,
 }
 
 /// `exe` of the overflow set that processes beyond `--max-series` share.
@@ -40,6 +45,21 @@ impl SeriesKey {
         if let Some(pid) = self.pid {
             out.push(("pid", pid.to_string()));
         }
+        out
+    }
+
+    /// Labels of the info series: the series' labels, the workload and `go_version`.
+    pub fn info_labels(&self, go_version: &str) -> Vec<(&'static str, String)> {
+        let mut out = self.labels();
+        for (name, value) in [
+            ("workload_kind", &self.workload_kind),
+            ("workload", &self.workload),
+        ] {
+            if !value.is_empty() {
+                out.push((name, value.clone()));
+            }
+        }
+        out.push(("go_version", go_version.to_string()));
         out
     }
 

@@ -93,6 +93,14 @@ fn pod_labels_from_the_api_server() {
         "pid label without --pid-label: {}",
         series[0]
     );
+    // The owner: a ReplicaSet with the pod-template-hash, so its Deployment.
+    let info = [
+        ("pod", "cart-7d9f8b6c5d-x2x9q"),
+        ("workload_kind", "Deployment"),
+        ("workload", "cart"),
+        ("go_version", "go1.27.3"),
+    ];
+    assert_eq!(m.value("gostray_process_info", &info), Some(1.0), "{}", m.0);
 
     // Counting still works under the new labels.
     cart.send("spawn 20 5");
