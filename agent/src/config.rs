@@ -154,7 +154,7 @@ pub struct RunArgs {
     #[arg(long, env = "GOSTRAY_KUBE_API", value_name = "URL")]
     pub kube_api: Option<String>,
 
-    /// This node's name, to watch only its pods (the DaemonSet sets it from
+    /// This node's name, to watch only its pods (a `DaemonSet` sets it from
     /// `spec.nodeName`).
     #[arg(long, env = "NODE_NAME")]
     pub node_name: Option<String>,
