@@ -1,13 +1,13 @@
 //! The thin layer that touches the kernel: loading the probes, attaching them
 //! per binary, and the map of watched processes.
 
-use std::{collections::HashMap, path::Path};
+use std::{collections::HashMap, path::Path, sync::mpsc};
 
 use anyhow::{bail, Context};
 use aya::{
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
     programs::{
-        uprobe::{UProbeAttachLocation, UProbeLinkId, UProbeScope},
+        uprobe::{UProbeAttachLocation, UProbeLink, UProbeLinkId, UProbeScope},
         UProbe,
     },
     Ebpf, EbpfLoader,
@@ -37,6 +37,23 @@ pub struct Kernel {
     /// Attachments per executable file: one set shared by all its processes.
     links: HashMap<FileId, Vec<(&'static str, UProbeLinkId)>>,
     logger: Option<EbpfLogger<&'static dyn log::Log>>,
+    /// Links to drop (detach) off the control thread; see [`Self::detach_links`].
+    detacher: mpsc::Sender<Vec<UProbeLink>>,
+}
+
+/// Starts the thread that drops detached links. It ends when the sender
+/// (the `Kernel`) is dropped, after dropping whatever was queued.
+fn spawn_detacher() -> anyhow::Result<mpsc::Sender<Vec<UProbeLink>>> {
+    let (tx, rx) = mpsc::channel::<Vec<UProbeLink>>();
+    std::thread::Builder::new()
+        .name("gostray-detach".into())
+        .spawn(move || {
+            for links in rx {
+                drop(links);
+            }
+        })
+        .context("starting the detach thread")?;
+    Ok(tx)
 }
 
 impl Kernel {
@@ -80,6 +97,7 @@ impl Kernel {
                 targets,
                 errors,
                 links: HashMap::new(),
+                detacher: spawn_detacher()?,
                 logger,
             },
             ring,
@@ -124,15 +142,24 @@ impl Kernel {
         }
     }
 
+    /// Hands the links to the detach thread: closing a uprobe waits for an
+    /// RCU grace period (tens of milliseconds here), which must not hold up
+    /// attaching the next process.
     fn detach_links(&mut self, links: Vec<(&'static str, UProbeLinkId)>) {
+        let mut owned = Vec::with_capacity(links.len());
         for (name, link) in links {
             let prog: Option<&mut UProbe> =
                 self.ebpf.program_mut(name).and_then(|p| p.try_into().ok());
             if let Some(prog) = prog {
-                if let Err(e) = prog.detach(link) {
-                    tracing::warn!(program = name, error = %e, "detach failed");
+                match prog.take_link(link) {
+                    Ok(link) => owned.push(link),
+                    Err(e) => tracing::warn!(program = name, error = %e, "detach failed"),
                 }
             }
+        }
+        if let Err(unsent) = self.detacher.send(owned) {
+            // The detach thread is gone: detach here instead.
+            drop(unsent.0);
         }
     }
 
