@@ -52,7 +52,7 @@ pub struct Agent {
     /// short-lived runs of it one after another. Bounded.
     pub(crate) binaries: BoundedMap<(FileId, Option<String>), Arc<GoBinary>>,
     /// Go executables that are not watchable, so they are not parsed again.
-    pub(crate) rejected: BoundedMap<(FileId, Option<String>), String>,
+    pub(crate) rejected: BoundedMap<(FileId, Option<String>), Rejected>,
     pub(crate) watched: HashMap<u32, Watched>,
     /// `--binary` targets, by file identity.
     pub(crate) binary_targets: Vec<(PathBuf, FileId)>,
@@ -91,8 +91,18 @@ pub(crate) fn failure_reason(err: &anyhow::Error) -> &'static str {
         Some(GoBinError::Arch(_)) => "unsupported_arch",
         Some(_) => "unreadable_binary",
         None if err.downcast_ref::<Gone>().is_some() => "exited",
+        None if let Some(known) = err.downcast_ref::<Rejected>() => known.reason,
         None => "attach_error",
     }
+}
+
+/// An executable already found unwatchable: the same answer again, without
+/// parsing it again or repeating the warning for each of its processes.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{why}")]
+pub(crate) struct Rejected {
+    reason: &'static str,
+    why: String,
 }
 
 /// The process went away while being attached: a race, not a fault.
@@ -172,8 +182,8 @@ impl Agent {
             Verdict::NotGo => return Err(GoBinError::NotGo.into()),
         };
         let key = (file, build_id);
-        if let Some(why) = self.rejected.get(&key) {
-            anyhow::bail!("{why}");
+        if let Some(known) = self.rejected.get(&key) {
+            return Err(known.clone().into());
         }
         let bin = match self.binaries.get(&key) {
             Some(bin) => bin.clone(),
@@ -187,7 +197,13 @@ impl Agent {
                     // An unreadable file may be a process gone mid-read: only
                     // verdicts about the binary itself are remembered.
                     if !matches!(e, GoBinError::Io { .. }) {
-                        self.rejected.insert(key, e.to_string());
+                        let e = anyhow::Error::from(e);
+                        let known = Rejected {
+                            reason: failure_reason(&e),
+                            why: e.to_string(),
+                        };
+                        self.rejected.insert(key, known);
+                        return Err(e);
                     }
                     return Err(e.into());
                 }
@@ -307,6 +323,8 @@ impl Agent {
             .or_default() += 1;
         if reason == "exited" {
             tracing::debug!(pid, "exited during attach");
+        } else if e.downcast_ref::<Rejected>().is_some() {
+            tracing::debug!(pid, error = %e, "not watchable (known executable)");
         } else {
             tracing::warn!(pid, error = format!("{e:#}"), "attach failed");
         }
