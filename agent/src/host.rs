@@ -107,7 +107,9 @@ impl Agent {
         let found = pod_rules
             .then(|| self.shared.kube.lookup(&placement))
             .flatten();
-        let in_pod = placement.container_id.is_some() || placement.pod_uid.is_some();
+        // The kubelet names every pod's cgroup after its UID: a container
+        // without one (plain Docker, say) is in no pod and never will be.
+        let in_pod = placement.pod_uid.is_some();
         let pod = match &found {
             Some(c) => PodState::Known(&c.pod),
             None if in_pod && self.shared.kube.enabled() => PodState::Pending,

@@ -14,6 +14,7 @@ use support::{
 
 const SETTLE: Duration = Duration::from_secs(10);
 
+const CART_UID: &str = "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee";
 const CONTAINER_ID: &str = "5c1d2e3f4a5b6c7d8e9f0a1b2c3d4e5f6a7b8c9d0e1f2a3b4c5d6e7f8a9b0c1d";
 
 /// A process in a cgroup named like a containerd container gets the labels
@@ -31,7 +32,7 @@ fn pod_labels_from_the_api_server() {
     );
     let api = KubeApi::start(vec![decoy]);
 
-    let cgroup = FakeContainerCgroup::create(CONTAINER_ID);
+    let cgroup = FakeContainerCgroup::create("labels", CART_UID, CONTAINER_ID);
     let dir = std::env::temp_dir().join(format!("gostray-pod-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let binary = dir.join("cart-server");
@@ -68,7 +69,7 @@ fn pod_labels_from_the_api_server() {
         &pod(
             "shop",
             "cart-7d9f8b6c5d-x2x9q",
-            "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee",
+            CART_UID,
             CONTAINER_ID,
             "101",
         ),
@@ -200,4 +201,72 @@ fn an_unreachable_api_server_is_not_fatal() {
     p.expect_line("done");
     let m = agent.metrics_until(SETTLE, |m| m.counts(p.pid()).0 == 10);
     assert_eq!(m.counts(p.pid()).0, 10, "{}", m.0);
+}
+
+/// `--include namespace=shop`: a containerised process whose pod is not
+/// known yet waits; once the watch reports its pod in that namespace it is
+/// watched. The same program outside any pod never is.
+#[test]
+fn namespace_rules_wait_for_the_pod_and_then_select() {
+    const UID: &str = "12345678-9abc-def0-1234-56789abcdef0";
+    let container = "c0ffee".repeat(10) + "c0ff";
+    let Some(env) = KernelEnv::get() else { return };
+    let api = KubeApi::start(Vec::new());
+    let cgroup = FakeContainerCgroup::create("select", UID, &container);
+    let dir = std::env::temp_dir().join(format!("gostray-select-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let binary = dir.join("shop-server");
+    std::fs::copy(env.fixture("spawner", "1.24"), &binary).unwrap();
+    let mut inside = Proc::spawn(&mut Command::new(&binary));
+    assert_eq!(inside.line(), "ready");
+    cgroup.enter(inside.pid());
+    let mut outside = Proc::spawn(&mut Command::new(&binary));
+    assert_eq!(outside.line(), "ready");
+
+    let agent = Agent::start_with(
+        &[
+            "--include",
+            "namespace=shop",
+            "--kube-api",
+            &api.url(),
+            "--rescan-interval",
+            "200ms",
+        ],
+        true,
+        &[("NODE_NAME", "node-a")],
+    );
+    let (pid_in, pid_out) = (inside.pid(), outside.pid());
+    let m = agent.metrics_until(SETTLE, |m| m.scalar("gostray_kube_synced") == 1);
+    assert_eq!(m.scalar("gostray_kube_synced"), 1, "{}", m.0);
+    // A few rescans with the pod unknown: neither is watched.
+    std::thread::sleep(Duration::from_millis(600));
+    let m = agent.metrics();
+    assert!(m.for_pid("gostray_goroutines", pid_in).is_none(), "{}", m.0);
+    assert!(
+        m.for_pid("gostray_goroutines", pid_out).is_none(),
+        "{}",
+        m.0
+    );
+
+    api.push("ADDED", &pod("shop", "shop-0", UID, &container, "101"));
+    let m = agent.metrics_until(SETTLE, |m| {
+        m.for_pid("gostray_goroutines", pid_in).is_some()
+    });
+    let pid = pid_in.to_string();
+    let want = [
+        ("namespace", "shop"),
+        ("pod", "shop-0"),
+        ("pid", pid.as_str()),
+    ];
+    assert!(m.value("gostray_goroutines", &want).is_some(), "{}", m.0);
+    assert!(
+        m.for_pid("gostray_goroutines", pid_out).is_none(),
+        "outside any pod, yet watched:\n{}",
+        m.0
+    );
+    inside.send("quit");
+    outside.send("quit");
+    let _ = inside.child.wait();
+    drop(cgroup);
+    let _ = std::fs::remove_dir_all(&dir);
 }

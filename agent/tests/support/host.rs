@@ -61,9 +61,15 @@ pub struct FakeContainerCgroup {
 }
 
 impl FakeContainerCgroup {
-    pub fn create(container_id: &str) -> Self {
-        let slice = cgroup2_mount().join(format!("gostray-test-{}.slice", std::process::id()));
-        let scope = slice.join(format!("cri-containerd-{container_id}.scope"));
+    /// `<cgroup2>/gostray-test-<test pid>-<tag>.slice/kubepods-besteffort-pod<uid>.slice/cri-containerd-<id>.scope`,
+    /// the shape the kubelet's systemd driver and containerd give a container.
+    pub fn create(tag: &str, pod_uid: &str, container_id: &str) -> Self {
+        let slice =
+            cgroup2_mount().join(format!("gostray-test-{}-{tag}.slice", std::process::id()));
+        let pod = format!("kubepods-besteffort-pod{}.slice", pod_uid.replace('-', "_"));
+        let scope = slice
+            .join(pod)
+            .join(format!("cri-containerd-{container_id}.scope"));
         fs::create_dir_all(&scope).unwrap_or_else(|e| panic!("creating {}: {e}", scope.display()));
         Self { slice, scope }
     }
@@ -103,6 +109,9 @@ impl Drop for FakeContainerCgroup {
                 break;
             }
             thread::sleep(Duration::from_millis(20));
+        }
+        if let Some(pod) = self.scope.parent() {
+            let _ = fs::remove_dir(pod);
         }
         let _ = fs::remove_dir(&self.slice);
     }
