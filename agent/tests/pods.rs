@@ -122,6 +122,26 @@ fn pod_labels_from_the_api_server() {
     let out = promtool_check(&body);
     assert!(out.is_empty(), "promtool check metrics:\n{out}");
 
+    // The server forgets history (410 Gone) and the pod went meanwhile:
+    // the agent relists and its cache follows.
+    let errors = m.scalar("gostray_kube_watch_errors_total");
+    api.expire(Vec::new());
+    let m = agent.metrics_until(SETTLE, |m| m.scalar("gostray_kube_pods_cached") == 0);
+    assert_eq!(m.scalar("gostray_kube_pods_cached"), 0, "{}", m.0);
+    assert_eq!(m.scalar("gostray_kube_synced"), 1);
+    assert_eq!(
+        m.scalar("gostray_kube_watch_errors_total"),
+        errors + 1,
+        "the 410, counted once"
+    );
+    assert!(
+        api.requests()
+            .iter()
+            .any(|r| r.contains("resourceVersion=200")),
+        "no watch from the relist's version: {:?}",
+        api.requests()
+    );
+
     cart.send("quit");
     let _ = cart.child.wait();
     let m = agent.metrics_until(SETTLE, |m| m.series("gostray_goroutines").is_empty());

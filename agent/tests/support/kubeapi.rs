@@ -21,6 +21,8 @@ struct State {
     events: Vec<Value>,
     /// Request lines seen, for the test to check what the client asked.
     requests: Vec<String>,
+    /// Bumped by [`KubeApi::expire`]: open watches end with 410 Gone.
+    generation: u64,
 }
 
 pub struct KubeApi {
@@ -65,6 +67,18 @@ impl KubeApi {
         cv.notify_all();
     }
 
+    /// Forgets history, as an API server does when its watch cache moves
+    /// on: open watches get a 410 Gone `ERROR` event and close, and the next
+    /// list returns `listed`.
+    pub fn expire(&self, listed: Vec<Value>) {
+        let (lock, cv) = &*self.state;
+        let mut s = lock.lock().unwrap();
+        s.generation += 1;
+        s.listed = listed;
+        s.events.clear();
+        cv.notify_all();
+    }
+
     pub fn requests(&self) -> Vec<String> {
         self.state.0.lock().unwrap().requests.clone()
     }
@@ -95,10 +109,13 @@ fn serve(stream: TcpStream, state: &(Mutex<State>, Condvar)) -> std::io::Result<
         if target.contains("watch=true") || target.contains("watch=1") {
             return stream_events(out, state);
         }
-        let items = state.0.lock().unwrap().listed.clone();
+        let (items, generation) = {
+            let s = state.0.lock().unwrap();
+            (s.listed.clone(), s.generation)
+        };
         let body = json!({
             "kind": "PodList", "apiVersion": "v1",
-            "metadata": {"resourceVersion": "100"},
+            "metadata": {"resourceVersion": (100 + generation * 100).to_string()},
             "items": items,
         })
         .to_string();
@@ -118,11 +135,21 @@ fn stream_events(mut out: TcpStream, state: &(Mutex<State>, Condvar)) -> std::io
     out.flush()?;
     let (lock, cv) = state;
     let mut sent = 0;
+    let generation = lock.lock().unwrap().generation;
     loop {
         let pending: Vec<Value> = {
             let mut s = lock.lock().unwrap();
-            while s.events.len() == sent {
+            while s.events.len() == sent && s.generation == generation {
                 s = cv.wait_timeout(s, Duration::from_secs(1)).unwrap().0;
+            }
+            if s.generation != generation {
+                drop(s);
+                let gone = json!({"type": "ERROR", "object": {"kind": "Status", "apiVersion": "v1",
+                    "status": "Failure", "reason": "Expired", "code": 410,
+                    "message": "too old resource version"}});
+                let line = format!("{gone}\n");
+                write!(out, "{:x}\r\n{line}\r\n0\r\n\r\n", line.len())?;
+                return out.flush();
             }
             s.events[sent..].to_vec()
         };
