@@ -62,7 +62,7 @@ fn init_logging(format: LogFormat, filter: &str) {
 
 fn run(args: &RunArgs) -> anyhow::Result<()> {
     let binary_targets = agent::validate_targets(args)?;
-    if !args.whole_host() && !(args.include.is_empty() && args.exclude.is_empty()) {
+    if !args.whole_host() && (!args.include.is_empty() || !args.exclude.is_empty()) {
         tracing::warn!(
             "--include/--exclude apply to whole-host mode only; ignored with --pid/--binary"
         );

@@ -23,14 +23,8 @@ const CONTAINER_ID: &str = "5c1d2e3f4a5b6c7d8e9f0a1b2c3d4e5f6a7b8c9d0e1f2a3b4c5d
 fn pod_labels_from_the_api_server() {
     let Some(env) = KernelEnv::get() else { return };
     // Listed at start: some other pod of the node. Ours arrives by the watch.
-    let decoy = pod(
-        "shop",
-        "web-0",
-        "11111111-2222-3333-4444-555555555555",
-        &"e".repeat(64),
-        "90",
-    );
-    let api = KubeApi::start(vec![decoy]);
+    let decoy_uid = "11111111-2222-3333-4444-555555555555";
+    let api = KubeApi::start(vec![pod("shop", "web-0", decoy_uid, &"e".repeat(64), "90")]);
 
     let cgroup = FakeContainerCgroup::create("labels", CART_UID, CONTAINER_ID);
     let dir = std::env::temp_dir().join(format!("gostray-pod-{}", std::process::id()));
@@ -41,15 +35,15 @@ fn pod_labels_from_the_api_server() {
     assert_eq!(cart.line(), "ready");
     cgroup.enter(cart.pid());
 
+    let args = [
+        "--include",
+        "cart-server",
+        "--rescan-interval",
+        "200ms",
+        "--kube-api",
+    ];
     let agent = Agent::start_with(
-        &[
-            "--include",
-            "cart-server",
-            "--kube-api",
-            &api.url(),
-            "--rescan-interval",
-            "200ms",
-        ],
+        &[&args[..], &[api.url().as_str()]].concat(),
         false,
         &[("NODE_NAME", "node-a")],
     );
@@ -122,9 +116,24 @@ fn pod_labels_from_the_api_server() {
     let out = promtool_check(&body);
     assert!(out.is_empty(), "promtool check metrics:\n{out}");
 
-    // The server forgets history (410 Gone) and the pod went meanwhile:
-    // the agent relists and its cache follows.
-    let errors = m.scalar("gostray_kube_watch_errors_total");
+    relist_follows(&agent, &api);
+
+    cart.send("quit");
+    let _ = cart.child.wait();
+    let m = agent.metrics_until(SETTLE, |m| m.series("gostray_goroutines").is_empty());
+    assert!(
+        m.series("gostray_goroutines").is_empty(),
+        "stale series:\n{}",
+        m.0
+    );
+    drop(cgroup);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The server forgets history (410 Gone) and the pod went meanwhile: the
+/// agent relists and its cache follows.
+fn relist_follows(agent: &Agent, api: &KubeApi) {
+    let errors = agent.metrics().scalar("gostray_kube_watch_errors_total");
     api.expire(Vec::new());
     let m = agent.metrics_until(SETTLE, |m| m.scalar("gostray_kube_pods_cached") == 0);
     assert_eq!(m.scalar("gostray_kube_pods_cached"), 0, "{}", m.0);
@@ -141,17 +150,6 @@ fn pod_labels_from_the_api_server() {
         "no watch from the relist's version: {:?}",
         api.requests()
     );
-
-    cart.send("quit");
-    let _ = cart.child.wait();
-    let m = agent.metrics_until(SETTLE, |m| m.series("gostray_goroutines").is_empty());
-    assert!(
-        m.series("gostray_goroutines").is_empty(),
-        "stale series:\n{}",
-        m.0
-    );
-    drop(cgroup);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// The client asked for this node's pods only, and watched from the list's version.
