@@ -43,7 +43,35 @@ pub fn encode(enc: &mut DescriptorEncoder, shared: &Shared, watched: usize) -> f
         ConstGauge::new(watched as i64),
     )?;
     discovery(enc, shared)?;
-    kube(enc, shared)
+    kube(enc, shared)?;
+    process(enc)
+}
+
+/// The agent process itself, under the names Prometheus client libraries
+/// use, so the usual dashboards and alerts apply.
+fn process(enc: &mut DescriptorEncoder) -> fmt::Result {
+    // statm: size resident shared … in pages.
+    let rss_pages = std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<i64>().ok())
+        .unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    one(
+        enc,
+        "process_resident_memory_bytes",
+        "Resident memory of the agent (its tables, caches and buffers)",
+        MetricType::Gauge,
+        ConstGauge::new(rss_pages * page),
+    )?;
+    let fds = std::fs::read_dir("/proc/self/fd").map_or(0, Iterator::count);
+    one(
+        enc,
+        "process_open_fds",
+        "Open file descriptors of the agent (each attached probe holds some)",
+        MetricType::Gauge,
+        ConstGauge::new(fds as i64),
+    )
 }
 
 fn discovery(enc: &mut DescriptorEncoder, shared: &Shared) -> fmt::Result {
