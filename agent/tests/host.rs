@@ -139,11 +139,12 @@ fn churn_of_short_lived_processes_leaks_nothing() {
 }
 
 /// The same with no detach grace: every process attaches and detaches the
-/// binary's probes itself (slower: a uprobe's removal waits for RCU, so
-/// fewer of these short lives are caught).
+/// binary's probes itself. Fewer of these 50 ms lives are caught (12–41 of
+/// 60 here): removing a uprobe waits for RCU, and attaching the same probe
+/// again waits for that removal. What matters here is that nothing leaks.
 #[test]
 fn churn_with_immediate_detach_leaks_nothing() {
-    churn("gostray-churn-nograce", "0ms", 60, 20);
+    churn("gostray-churn-nograce", "0ms", 60, 5);
 }
 
 fn churn(name: &str, grace: &str, n: usize, min_attached: u64) {
