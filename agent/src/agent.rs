@@ -1,12 +1,11 @@
-//! The running agent: attaches to targets, drains events, scans goroutine
-//! tables, draws verdicts, notices exits.
+//! The running agent: attaches to targets, drains events, notices exits.
 //!
 //! Two threads: the control loop owns the kernel handles (attach, watch,
-//! detach, rescan, memory scans); the drain thread owns the ring buffer.
-//! Both feed the shared tracker that the HTTP server reads.
+//! detach, rescan); the drain thread owns the ring buffer. Both feed the
+//! shared tracker that the HTTP server reads.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     path::PathBuf,
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -21,38 +20,60 @@ use aya::maps::{MapData, RingBuf};
 
 use crate::{
     config::RunArgs,
-    gobin::{cache::BinaryCache, GoBinError, GoBinary, WaitReason},
+    discovery::{self, BoundedMap, Classifier, Fingerprint, ProcWatch, Verdict, VERDICT_CACHE},
+    gobin::{GoBinError, GoBinary},
+    host::Host,
+    k8s::{self, cgroup::Placement},
     kernel::Kernel,
     procfs::{self, FileId},
     scan,
     state::Shared,
-    target::{ProcSymbols, Target},
+    target::Target,
     tracker::{decode_event, ProcessInfo},
 };
 
 /// A process being watched.
-struct Watched {
-    start_time: u64,
-    file: FileId,
-    bias: u64,
-    target: Arc<Target>,
-    /// The runtime's wait reason names, read once at attach.
-    reasons: Arc<Vec<String>>,
+pub(crate) struct Watched {
+    pub(crate) start_time: u64,
+    pub(crate) file: FileId,
+    /// Added to the binary's link-time addresses in this process (PIE).
+    pub(crate) bias: u64,
+    /// Its executable, as analysed (shared with its other processes).
+    pub(crate) target: Arc<Target>,
+    /// Where it sits in the cgroup tree; kept to label it once its pod is known.
+    pub(crate) placement: Placement,
+    /// Its series has pod labels (or never will: not in a container).
+    pub(crate) labelled: bool,
 }
 
 /// The control loop's state.
 pub struct Agent {
-    kernel: Kernel,
-    shared: Arc<Shared>,
-    /// Analysed executables: a hundred processes of one binary cost one
-    /// parse, and a refusal is remembered too.
-    binaries: BinaryCache,
-    watched: HashMap<u32, Watched>,
+    pub(crate) kernel: Kernel,
+    pub(crate) shared: Arc<Shared>,
+    /// Which executables are Go, by content fingerprint.
+    pub(crate) classifier: Classifier,
+    /// Analysed executables by file identity and Go build ID: a hundred
+    /// processes of one binary cost one parse, and so do a hundred
+    /// short-lived runs of it one after another. Bounded.
+    pub(crate) binaries: BoundedMap<(FileId, Option<String>), Arc<GoBinary>>,
+    /// Go executables that are not watchable, so they are not parsed again.
+    pub(crate) rejected: BoundedMap<(FileId, Option<String>), Rejected>,
+    pub(crate) watched: HashMap<u32, Watched>,
     /// `--binary` targets, by file identity.
-    binary_targets: Vec<(PathBuf, FileId)>,
-    leak_after: Duration,
-    scan_every: Duration,
-    last_scan: Option<Instant>,
+    pub(crate) binary_targets: Vec<(PathBuf, FileId)>,
+    /// Exec/exit notices from the kernel (absent if BTF is unavailable).
+    pub(crate) procs: Option<ProcWatch>,
+    /// Whole-host mode's state; `None` when targets were named.
+    pub(crate) host: Option<Host>,
+    pub(crate) pid_label: bool,
+    /// Executables with probes but no watched process, since when.
+    pub(crate) idle_binaries: HashMap<FileId, Instant>,
+    pub(crate) detach_grace: Duration,
+    /// How long a goroutine must be parked before a verdict, and how often
+    /// goroutine tables are scanned to draw them.
+    pub(crate) leak_after: Duration,
+    pub(crate) scan_every: Duration,
+    pub(crate) last_table_scan: Option<Instant>,
 }
 
 /// Checks the targets named on the command line before anything is loaded,
@@ -73,41 +94,67 @@ pub fn validate_targets(args: &RunArgs) -> anyhow::Result<Vec<(PathBuf, FileId)>
 }
 
 /// Why one process could not be attached, as a metric label.
-fn failure_reason(err: &anyhow::Error) -> &'static str {
-    err.downcast_ref::<GoBinError>()
-        .map_or("attach_error", GoBinError::reason)
+pub(crate) fn failure_reason(err: &anyhow::Error) -> &'static str {
+    match err.downcast_ref::<GoBinError>() {
+        Some(e) => e.reason(),
+        None if err.downcast_ref::<Gone>().is_some() => "exited",
+        None if let Some(known) = err.downcast_ref::<Rejected>() => known.reason,
+        None => "attach_error",
+    }
 }
 
-/// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`.
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into `ts`, which outlives the call.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+/// An executable already found unwatchable: the same answer again, without
+/// parsing it again or repeating the warning for each of its processes.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{why}")]
+pub(crate) struct Rejected {
+    reason: &'static str,
+    why: String,
 }
+
+/// The process went away while being attached: a race, not a fault.
+#[derive(Debug, thiserror::Error)]
+#[error("process exited during attach")]
+pub(crate) struct Gone;
 
 impl Agent {
     /// Loads the probes and attaches to every target named on the command
-    /// line (checked first by [`validate_targets`]). A target that cannot be
-    /// watched is an error here: the user asked for it by name.
+    /// line (checked first by [`validate_targets`]), or, with none named,
+    /// to every selected Go process on the host. A named target that cannot
+    /// be watched is an error here: the user asked for it by name.
     pub fn start(
         args: &RunArgs,
         binary_targets: Vec<(PathBuf, FileId)>,
         shared: Arc<Shared>,
     ) -> anyhow::Result<(Self, RingBuf<MapData>)> {
-        let (kernel, ring) = Kernel::load(args.ring_buffer_bytes, args.kernel_log)?;
+        let (mut kernel, ring) = Kernel::load(args.ring_buffer_bytes, args.kernel_log)?;
+        let procs = match ProcWatch::start(kernel.ebpf_mut()) {
+            Ok(p) => Some(p),
+            Err(e) if args.whole_host() => return Err(e.context("watching process execs")),
+            Err(e) => {
+                tracing::warn!(
+                    error = format!("{e:#}"),
+                    "no exec/exit notices; relying on the rescan"
+                );
+                None
+            }
+        };
         let mut agent = Self {
             kernel,
             shared,
-            binaries: BinaryCache::default(),
+            classifier: Classifier::new(),
+            binaries: BoundedMap::new(ANALYSIS_CACHE),
+            rejected: BoundedMap::new(VERDICT_CACHE),
             watched: HashMap::new(),
             binary_targets,
+            procs,
+            host: args.whole_host().then(|| Host::new(args)),
+            pid_label: args.pid_label,
+            idle_binaries: HashMap::new(),
+            detach_grace: args.detach_grace,
             leak_after: args.leak_after,
             scan_every: args.scan_interval,
-            last_scan: None,
+            last_table_scan: None,
         };
         for &pid in &args.pids {
             agent.attach(pid).with_context(|| format!("PID {pid}"))?;
@@ -120,30 +167,84 @@ impl Agent {
     /// Attaches to one process: analyse its executable (cached), attach the
     /// probes to that executable once, start the kernel's filter for the
     /// PID, then read its goroutine table so goroutines that predate us count.
-    fn attach(&mut self, pid: u32) -> anyhow::Result<()> {
-        let start_time = procfs::start_time(pid).context("process exited")?;
+    pub(crate) fn attach(&mut self, pid: u32) -> anyhow::Result<()> {
+        let start_time = procfs::start_time(pid).map_err(|_| Gone)?;
+        let fp = discovery::fingerprint(pid).map_err(|_| Gone)?;
+        let result = self.attach_as(pid, start_time, fp);
+        if result.is_err() {
+            // Probes attached for a process that then failed must not stay.
+            self.release_if_unused(fp.file);
+            // A process that exited halfway (its /proc entry, or the PID
+            // itself, gone) is a race, not a fault worth a warning.
+            if procfs::start_time(pid).ok() != Some(start_time) {
+                return Err(Gone.into());
+            }
+        }
+        result
+    }
+
+    fn attach_as(&mut self, pid: u32, start_time: u64, fp: Fingerprint) -> anyhow::Result<()> {
+        let file = fp.file;
+        // Opened through /proc/PID/exe: the file in the process's own root.
         let exe = procfs::exe_path(pid);
-        let file = FileId::of(&exe).context("reading /proc/PID/exe")?;
-        let bin = self.binaries.get(&exe)?;
+        let build_id = match self.classifier.classify(pid, fp).map_err(|_| Gone)? {
+            Verdict::Go { build_id } => build_id,
+            Verdict::NotGo => return Err(GoBinError::NotGo.into()),
+        };
+        let key = (file, build_id);
+        if let Some(known) = self.rejected.get(&key) {
+            return Err(known.clone().into());
+        }
+        let bin = match self.binaries.get(&key) {
+            Some(bin) => bin.clone(),
+            None => match GoBinary::open(&exe) {
+                Ok(bin) => {
+                    let bin = Arc::new(bin);
+                    self.binaries.insert(key, bin.clone());
+                    bin
+                }
+                Err(e) => {
+                    // An unreadable file may be a process gone mid-read: only
+                    // verdicts about the binary itself are remembered.
+                    if !matches!(e, GoBinError::Io { .. }) {
+                        let e = anyhow::Error::from(e);
+                        let known = Rejected {
+                            reason: failure_reason(&e),
+                            why: e.to_string(),
+                        };
+                        self.rejected.insert(key, known);
+                        return Err(e);
+                    }
+                    return Err(e.into());
+                }
+            },
+        };
         if bin.layout_source.is_guess() {
             tracing::warn!(pid, go = %bin.version, layout = ?bin.layout_source,
                 "no DWARF and no offsets for this exact Go release: using another release's layout");
-            self.stats().layout_guessed.insert((file.dev, file.ino));
+            self.shared
+                .stats
+                .lock()
+                .expect("stats lock")
+                .layout_guessed
+                .insert((file.dev, file.ino));
         }
-        let target = Arc::new(Target::new(bin));
+        let target = Arc::new(Target::new(bin.clone()));
         self.kernel.attach_binary(file, &exe, &target)?;
-        let bin = &target.bin;
+        self.idle_binaries.remove(&file);
         let bias = if bin.pie {
-            procfs::image_start(pid, file)?
+            procfs::image_start(pid, file)
+                .map_err(|_| Gone)?
                 .context("executable mapping not found in /proc/PID/maps")?
                 .wrapping_sub(bin.image_base)
         } else {
             0
         };
-        let reasons = bin.wait_reasons.clone();
-        let reasons = Arc::new(reasons);
+        let exe_name = procfs::exe_name(pid).unwrap_or_default();
+        let placement = k8s::cgroup::placement(pid);
+        let (key, labelled) = self.series_key(pid, &exe_name, &placement);
         let info = ProcessInfo {
-            exe: procfs::exe_name(pid).unwrap_or_default(),
+            exe: exe_name,
             go_version: bin.version.to_string(),
         };
         {
@@ -151,21 +252,40 @@ impl Agent {
             tracker.add_process(pid, info);
             if let Some(p) = tracker.process_mut(pid) {
                 p.bias = bias;
-                p.wait_reasons = reasons.as_ref().clone();
+                p.wait_reasons.clone_from(&bin.wait_reasons);
             }
         }
+        self.shared
+            .series
+            .lock()
+            .expect("series lock")
+            .assign(pid, key);
+        self.watched.insert(
+            pid,
+            Watched {
+                start_time,
+                file,
+                bias,
+                target: target.clone(),
+                placement,
+                labelled,
+            },
+        );
         if let Err(e) = self.kernel.watch(pid, &target) {
-            self.shared
-                .tracker
-                .lock()
-                .expect("tracker lock")
-                .remove_process(pid);
+            self.forget(pid);
             return Err(e);
         }
+        // The exit notice only fires for PIDs in the watch map: a process
+        // that exited before it got there would never be forgotten.
+        if !procfs::alive(pid, start_time) {
+            self.forget(pid);
+            return Err(Gone.into());
+        }
+        self.shared.stats.lock().expect("stats lock").attaches += 1;
         let begun = Instant::now();
         // A failed scan still leaves the process watched: its counts are then
         // only those of events since attach.
-        let scanned = scan::scan(pid, bin, None, bias, &|_| false).unwrap_or_else(|e| {
+        let scanned = scan::scan(pid, &bin, None, bias, &|_| false).unwrap_or_else(|e| {
             tracing::warn!(pid, error = %e, "goroutine table scan failed");
             Vec::new()
         });
@@ -184,188 +304,70 @@ impl Agent {
             scan_ms = begun.elapsed().as_secs_f64() * 1e3,
             "attached"
         );
-        self.watched.insert(
-            pid,
-            Watched {
-                start_time,
-                file,
-                bias,
-                target,
-                reasons,
-            },
-        );
         Ok(())
     }
 
-    /// Attaches to processes of the `--binary` targets that are not watched yet.
-    fn discover(&mut self) {
+    /// Attaches to processes of the `--binary` targets, or in whole-host mode
+    /// to every selected Go process, that are not watched yet.
+    pub(crate) fn discover(&mut self) {
+        if self.host.is_some() {
+            self.scan_host();
+            return;
+        }
         if self.binary_targets.is_empty() {
             return;
         }
         for pid in procfs::all_pids() {
-            if self.watched.contains_key(&pid) || pid == std::process::id() {
-                continue;
-            }
-            let Ok(file) = FileId::of(&procfs::exe_path(pid)) else {
-                continue;
-            };
-            if !self.binary_targets.iter().any(|(_, f)| *f == file) {
-                continue;
-            }
-            if let Err(e) = self.attach(pid) {
-                let reason = failure_reason(&e);
-                *self
-                    .shared
-                    .stats
-                    .lock()
-                    .expect("stats lock")
-                    .attach_failures
-                    .entry(reason)
-                    .or_default() += 1;
-                tracing::warn!(pid, error = format!("{e:#}"), "attach failed");
-            }
+            self.consider_target(pid);
         }
     }
 
-    /// Forgets processes that exited (or whose PID now names another process).
-    fn reap(&mut self) {
-        let gone: Vec<u32> = self
-            .watched
-            .iter()
-            .filter(|(pid, w)| procfs::start_time(**pid).ok() != Some(w.start_time))
-            .map(|(pid, _)| *pid)
-            .collect();
-        for pid in gone {
-            self.kernel.unwatch(pid);
-            let Some(w) = self.watched.remove(&pid) else {
-                continue;
-            };
-            self.shared
-                .tracker
-                .lock()
-                .expect("tracker lock")
-                .remove_process(pid);
-            tracing::info!(pid, "process exited; forgotten");
-            let still_used = self.watched.values().any(|o| o.file == w.file);
-            if !still_used && !self.binary_targets.iter().any(|(_, f)| *f == w.file) {
-                self.kernel.detach_binary(w.file);
-                self.binaries.forget(w.file.dev, w.file.ino);
-                self.stats()
-                    .layout_guessed
-                    .remove(&(w.file.dev, w.file.ino));
-            }
-        }
-    }
-
-    /// Reads every watched process's goroutine table, reconciles the
-    /// tracker with it and re-draws the verdicts.
-    fn scan_all(&mut self) {
-        let leak_after_ns = self.leak_after.as_nanos() as u64;
-        let mut total = Duration::ZERO;
-        for (&pid, w) in &self.watched {
-            let begun = Instant::now();
-            let started_ns = monotonic_ns();
-            let reasons = w.reasons.clone();
-            let walk = move |r: u8| {
-                WaitReason::from_name(reasons.get(usize::from(r)).map_or("", String::as_str))
-                    .is_blocking()
-            };
-            let scanned =
-                match scan::scan(pid, &w.target.bin, w.target.leak.as_ref(), w.bias, &walk) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        tracing::debug!(pid, error = %e, "scan failed (process exiting?)");
-                        continue;
-                    }
-                };
-            let chans: HashSet<u64> = scanned
-                .iter()
-                .filter_map(|g| g.chan.map(|c| c.address))
-                .collect();
-            let globals = if chans.is_empty() {
-                HashSet::new()
-            } else {
-                scan::referenced_from_globals(pid, &w.target.bin.data_ranges, w.bias, &chans)
-            };
-            let symbols = ProcSymbols {
-                bin: w.target.bin.clone(),
-                bias: w.bias,
-            };
-            let mut tracker = self.shared.tracker.lock().expect("tracker lock");
-            tracker.observe_scan(pid, started_ns, scanned);
-            tracker.evaluate(pid, monotonic_ns(), leak_after_ns, &symbols, &globals);
-            drop(tracker);
-            total += begun.elapsed();
-        }
-        let mut stats = self.shared.stats.lock().expect("stats lock");
-        stats.scans += 1;
-        stats.scan_seconds += total.as_secs_f64();
-    }
-
-    fn stats(&self) -> std::sync::MutexGuard<'_, crate::state::Stats> {
-        self.shared.stats.lock().expect("stats lock")
-    }
-
-    /// Copies kernel-side counters into the shared state.
-    fn refresh_stats(&mut self) {
-        self.kernel.flush_logs();
-        let lost: Vec<(u32, u64)> = self
-            .watched
-            .keys()
-            .map(|&pid| (pid, self.kernel.lost(pid)))
-            .collect();
-        {
-            let mut tracker = self.shared.tracker.lock().expect("tracker lock");
-            for (pid, n) in lost {
-                tracker.set_lost(pid, n);
-            }
-        }
-        let mut stats = self.shared.stats.lock().expect("stats lock");
-        stats.attached_binaries = self.kernel.attached_binaries();
-        stats.probe_errors = self.kernel.probe_errors();
-    }
-
-    /// Runs the control loop until `stop` is set; dropping `self` then
-    /// detaches every probe. `every` paces the exit/new-process checks; the
-    /// memory scans run every `--scan-interval`.
-    pub fn run(mut self, every: Duration, stop: &AtomicBool) {
-        let tick = every.min(self.scan_every);
-        while !stop.load(Ordering::Relaxed) {
-            self.reap();
-            self.discover();
-            if self
-                .last_scan
-                .is_none_or(|t| t.elapsed() >= self.scan_every)
-            {
-                self.last_scan = Some(Instant::now());
-                self.scan_all();
-            }
-            self.refresh_stats();
-            sleep_unless(stop, tick);
-        }
-    }
-}
-
-/// Sleeps for `d`, waking early when `stop` is set.
-fn sleep_unless(stop: &AtomicBool, d: Duration) {
-    let until = Instant::now() + d;
-    while !stop.load(Ordering::Relaxed) {
-        let left = until.saturating_duration_since(Instant::now());
-        if left.is_zero() {
+    /// In targeted mode: attach `pid` if it runs a `--binary` target.
+    pub(crate) fn consider_target(&mut self, pid: u32) {
+        if self.watched.contains_key(&pid) || pid == std::process::id() {
             return;
         }
-        thread::sleep(left.min(Duration::from_millis(50)));
+        let Ok(file) = FileId::of(&procfs::exe_path(pid)) else {
+            return;
+        };
+        if !self.binary_targets.iter().any(|(_, f)| *f == file) {
+            return;
+        }
+        if let Err(e) = self.attach(pid) {
+            self.count_failure(pid, &e);
+        }
+    }
+
+    pub(crate) fn count_failure(&self, pid: u32, e: &anyhow::Error) {
+        let reason = failure_reason(e);
+        *self
+            .shared
+            .stats
+            .lock()
+            .expect("stats lock")
+            .attach_failures
+            .entry(reason)
+            .or_default() += 1;
+        if reason == "exited" {
+            tracing::debug!(pid, "exited during attach");
+        } else if e.downcast_ref::<Rejected>().is_some() {
+            tracing::debug!(pid, error = %e, "not watchable (known executable)");
+        } else {
+            tracing::warn!(pid, error = format!("{e:#}"), "attach failed");
+        }
     }
 }
+
+/// Analyses kept: each is a few hundred bytes (offsets and probe sites).
+const ANALYSIS_CACHE: usize = 256;
 
 /// Drains the ring buffer every `every` into the tracker until `stop`.
 pub fn drain(mut ring: RingBuf<MapData>, shared: &Shared, every: Duration, stop: &AtomicBool) {
     let mut batch = Vec::with_capacity(4096);
     while !stop.load(Ordering::Relaxed) {
         while let Some(item) = ring.next() {
-            match decode_event(&item) {
-                Some(event) => batch.push(event),
-                None => shared.tracker.lock().expect("tracker lock").stray_events += 1,
+            if let Some(event) = decode_event(&item) {
+                batch.push(event);
             }
             if batch.len() == batch.capacity() {
                 break;
@@ -376,7 +378,7 @@ pub fn drain(mut ring: RingBuf<MapData>, shared: &Shared, every: Duration, stop:
             for event in batch.drain(..) {
                 tracker.apply(&event);
             }
-            // More may be waiting: go round again at once.
+            // A full batch means more is waiting: go round again at once.
             continue;
         }
         thread::sleep(every);

@@ -5,6 +5,8 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+use crate::selection::Rule;
+
 /// Finds stray goroutines in running, unmodified Go programs.
 ///
 /// gostray attaches eBPF uprobes to the Go runtime of the processes you name
@@ -52,6 +54,8 @@ pub enum Command {
     /// Examples:
     ///   gostray run --pid 4242
     ///   gostray run --binary /usr/local/bin/api-server --listen 0.0.0.0:9981
+    ///   gostray run                      (every Go process on the host)
+    ///   gostray run --include 'namespace=shop' --exclude 'label:gostray=off'
     Run(RunArgs),
     /// Print the running agent's leak report, worst first.
     ///
@@ -147,6 +151,11 @@ pub struct RunArgs {
     /// confirm what the probes suggest and draw verdicts.
     #[arg(long, env = "GOSTRAY_SCAN_INTERVAL", default_value = "15s", value_parser = parse_rescan_interval)]
     pub scan_interval: Duration,
+    /// How long an executable keeps its probes after its last watched
+    /// process exits, so a program restarted in a loop is not re-attached
+    /// each time. Process state and series go at once regardless.
+    #[arg(long, env = "GOSTRAY_DETACH_GRACE", default_value = "5s", value_parser = parse_detach_grace)]
+    pub detach_grace: Duration,
 
     /// Kernel-side diagnostics (probe failures), forwarded to the agent's log.
     #[arg(long, env = "GOSTRAY_KERNEL_LOG", value_enum, default_value_t = KernelLog::Off)]
@@ -155,6 +164,60 @@ pub struct RunArgs {
     /// Goroutines stored per process; beyond it they are counted, not stored.
     #[arg(long, env = "GOSTRAY_MAX_GOROUTINES", default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..=50_000_000))]
     pub max_goroutines: u64,
+
+    /// Whole-host mode (no --pid/--binary): watch only processes matching a
+    /// rule (repeatable). `NAME-GLOB`, `exe~REGEX`, `namespace=GLOB`,
+    /// `label:KEY=GLOB` (`~` for a regex everywhere). Default: every Go process.
+    #[arg(
+        long = "include",
+        value_name = "RULE",
+        env = "GOSTRAY_INCLUDE",
+        value_delimiter = ';'
+    )]
+    pub include: Vec<Rule>,
+
+    /// Whole-host mode: never watch processes matching a rule (repeatable;
+    /// same syntax as --include). The agent never watches itself.
+    #[arg(
+        long = "exclude",
+        value_name = "RULE",
+        env = "GOSTRAY_EXCLUDE",
+        value_delimiter = ';'
+    )]
+    pub exclude: Vec<Rule>,
+
+    /// Most processes watched at once; further ones are skipped and counted
+    /// (`gostray_processes_skipped_total{reason="max_processes"}`).
+    #[arg(long, env = "GOSTRAY_MAX_PROCESSES", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=i64::from(gostray_common::MAX_TARGETS)))]
+    pub max_processes: u32,
+
+    /// Most metric label sets; processes with a new label set beyond it are
+    /// folded into `exe="_folded"` and counted.
+    #[arg(long, env = "GOSTRAY_MAX_SERIES", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_series: u32,
+
+    /// Add a `pid` label to per-process metrics (debugging only: every
+    /// restart then starts new series).
+    #[arg(long, env = "GOSTRAY_PID_LABEL")]
+    pub pid_label: bool,
+
+    /// Kubernetes API server URL, without credentials (e.g. `kubectl proxy`'s).
+    /// Without it, in-cluster config or KUBECONFIG is used if present; with
+    /// neither, pod labels are simply absent.
+    #[arg(long, env = "GOSTRAY_KUBE_API", value_name = "URL")]
+    pub kube_api: Option<String>,
+
+    /// This node's name, to watch only its pods (a `DaemonSet` sets it from
+    /// `spec.nodeName`).
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: Option<String>,
+}
+
+impl RunArgs {
+    /// True when no target is named: watch every Go process on the host.
+    pub fn whole_host(&self) -> bool {
+        self.pids.is_empty() && self.binaries.is_empty()
+    }
 }
 
 /// Parses `250ms`, `10s`, `5m`, `1h`.
@@ -192,6 +255,10 @@ fn parse_rescan_interval(s: &str) -> Result<Duration, String> {
 
 fn parse_leak_after(s: &str) -> Result<Duration, String> {
     parse_bounded(s, Duration::from_secs(1), Duration::from_secs(7 * 86_400))
+}
+
+fn parse_detach_grace(s: &str) -> Result<Duration, String> {
+    parse_bounded(s, Duration::ZERO, Duration::from_hours(1))
 }
 
 fn parse_ring_bytes(s: &str) -> Result<u32, String> {
@@ -235,5 +302,29 @@ mod tests {
         };
         assert_eq!(run.pids, vec![1, 2]);
         assert!(Cli::try_parse_from(["gostray", "run", "--pid", "abc"]).is_err());
+    }
+
+    #[test]
+    fn whole_host_mode_and_its_rules() {
+        let cli = Cli::try_parse_from([
+            "gostray",
+            "run",
+            "--include",
+            "api-*",
+            "--exclude",
+            "namespace=kube-system",
+        ])
+        .unwrap();
+        let Command::Run(run) = cli.command else {
+            panic!("not run")
+        };
+        assert!(run.whole_host());
+        assert_eq!(
+            (run.include.len(), run.exclude.len(), run.max_processes),
+            (1, 1, 256)
+        );
+        assert!(!run.pid_label);
+        assert!(Cli::try_parse_from(["gostray", "run", "--include", "pod=x"]).is_err());
+        assert!(Cli::try_parse_from(["gostray", "run", "--max-processes", "0"]).is_err());
     }
 }

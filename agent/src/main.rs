@@ -2,17 +2,28 @@
 
 mod agent;
 mod config;
+mod discovery;
 mod gobin;
+mod host;
 mod inspect;
+mod judge;
+mod k8s;
 mod kernel;
+mod labels;
 mod leakbin;
 mod leaks;
+mod lifecycle;
 mod metrics;
+mod metrics_leaks;
+mod metrics_self;
+mod metrics_text;
 mod privileges;
 mod procfs;
 mod procmem;
 mod report;
 mod scan;
+mod selection;
+mod series;
 mod server;
 mod state;
 mod target;
@@ -59,10 +70,12 @@ fn init_logging(format: LogFormat, filter: &str) {
 }
 
 fn run(args: &RunArgs) -> anyhow::Result<()> {
-    if args.pids.is_empty() && args.binaries.is_empty() {
-        anyhow::bail!("nothing to watch: give --pid PID or --binary PATH (see gostray run --help)");
-    }
     let binary_targets = agent::validate_targets(args)?;
+    if !args.whole_host() && (!args.include.is_empty() || !args.exclude.is_empty()) {
+        tracing::warn!(
+            "--include/--exclude apply to whole-host mode only; ignored with --pid/--binary"
+        );
+    }
     let missing = privileges::missing();
     if !missing.is_empty() {
         anyhow::bail!(
@@ -80,8 +93,23 @@ fn run(args: &RunArgs) -> anyhow::Result<()> {
     // Install the handlers before anything can report ready, so a SIGTERM
     // from an orchestrator always means a clean detach.
     let signals = runtime.block_on(async { Signals::new() })?;
-    let shared = Arc::new(state::Shared::new(args.max_goroutines as usize));
+    let shared = Arc::new(state::Shared::new(
+        args.max_goroutines as usize,
+        args.max_series as usize,
+    ));
     let listener = runtime.block_on(server::bind(args.listen))?;
+    // Pod metadata first, so processes found by the first scan can be
+    // labelled as soon as the cache syncs; without Kubernetes this is a no-op.
+    if let Some(client) = runtime.block_on(k8s::client(args.kube_api.as_deref())) {
+        // Set before any attach: a process in a container whose pod is not
+        // cached yet is then labelled later rather than never.
+        shared.kube.enabled.store(true, Ordering::Relaxed);
+        runtime.spawn(k8s::watch_pods(
+            client,
+            args.node_name.clone(),
+            shared.kube.clone(),
+        ));
+    }
     let (agent, ring) = agent::Agent::start(args, binary_targets, shared.clone())?;
     tracing::info!(listen = %args.listen, "serving /metrics, /healthz, /readyz");
     runtime.spawn(server::serve(listener, shared.clone()));

@@ -3,17 +3,17 @@
 
 use std::{collections::BTreeMap, fmt, sync::Arc};
 
-use gostray_common::EventKind;
 use prometheus_client::{
     collector::Collector,
-    encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder},
+    encoding::{DescriptorEncoder, EncodeMetric},
     metrics::{counter::ConstCounter, gauge::ConstGauge, MetricType},
     registry::Registry,
 };
 
 use crate::{
+    series::{Counters, SeriesKey},
     state::Shared,
-    tracker::{histogram::Histogram, verdict::Verdict, ProcessState},
+    tracker::ProcessState,
 };
 
 /// Metric names, in one place.
@@ -23,31 +23,29 @@ pub mod names {
     pub const CREATED: &str = "gostray_goroutines_created";
     pub const EXITED: &str = "gostray_goroutines_exited";
     pub const UNTRACKED: &str = "gostray_goroutines_untracked";
-    pub const RECONCILED: &str = "gostray_goroutines_reconciled";
     pub const LOST: &str = "gostray_events_lost";
     pub const ATTACHED: &str = "gostray_attached_processes";
     pub const ATTACHED_BINARIES: &str = "gostray_attached_binaries";
     pub const PROBE_ERRORS: &str = "gostray_probe_errors";
     pub const ATTACH_FAILURES: &str = "gostray_attach_failures";
     pub const STRAY_EVENTS: &str = "gostray_stray_events";
-    pub const LEAKED: &str = "gostray_leaked_goroutines";
-    pub const SUSPECT: &str = "gostray_suspect_goroutines";
-    pub const BLOCKED_SENDERS: &str = "gostray_blocked_senders";
-    pub const BLOCKED: &str = "gostray_goroutines_blocked";
-    pub const DOUBLE_CLOSES: &str = "gostray_channel_double_closes";
-    pub const SENDS_ON_CLOSED: &str = "gostray_channel_sends_on_closed";
-    pub const NIL_CLOSES: &str = "gostray_channel_nil_closes";
-    pub const LIFETIME: &str = "gostray_goroutine_lifetime_seconds";
-    pub const SCANS: &str = "gostray_scans";
-    pub const SCAN_SECONDS: &str = "gostray_scan_seconds";
-    pub const LAYOUT_GUESSED: &str = "gostray_binaries_layout_guessed";
+    pub const WATCHED: &str = "gostray_watched_processes";
+    pub const ATTACHES: &str = "gostray_attaches";
+    pub const PROCESS_INFO: &str = "gostray_process_info";
+    pub const SKIPPED: &str = "gostray_processes_skipped";
+    pub const PROC_EVENTS_LOST: &str = "gostray_process_events_lost";
+    pub const SCANS: &str = "gostray_discovery_scans";
+    pub const SCAN_SECONDS: &str = "gostray_discovery_scan_seconds";
+    pub const TABLE_ENTRIES: &str = "gostray_table_entries";
+    pub const SERIES: &str = "gostray_series";
+    pub const SERIES_FOLDED: &str = "gostray_series_folded";
+    pub const KUBE_PODS: &str = "gostray_kube_pods_cached";
+    pub const KUBE_CONTAINERS: &str = "gostray_kube_containers_cached";
+    pub const KUBE_SYNCED: &str = "gostray_kube_synced";
+    pub const KUBE_WATCH_ERRORS: &str = "gostray_kube_watch_errors";
 }
 
-/// Leak and suspect series per process: the top sites by count, the rest
-/// folded into `function="other"` so cardinality stays bounded.
-pub const MAX_SITES_PER_PROCESS: usize = 10;
-
-type Labels = Vec<(&'static str, String)>;
+pub(crate) type Labels = Vec<(&'static str, String)>;
 
 #[derive(Debug)]
 struct AgentCollector(Arc<Shared>);
@@ -63,7 +61,7 @@ pub fn registry(shared: Arc<Shared>) -> Registry {
 /// scrapes natively (and whose `# EOF` older text parsers read as a comment).
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// Renders the registry in the OpenMetrics text format.
+/// Renders the registry in the Prometheus text format.
 pub fn render(registry: &Registry) -> String {
     let mut out = String::new();
     // Writing to a String cannot fail.
@@ -71,7 +69,43 @@ pub fn render(registry: &Registry) -> String {
     out
 }
 
-fn family<M: EncodeMetric>(
+/// One series' values: the sum over the processes that share its labels,
+/// plus the counters of those that already left.
+#[derive(Debug, Default)]
+struct Row {
+    live: u64,
+    untracked: u64,
+    counters: Counters,
+    /// Go versions of its processes (one, unless a series mixes builds).
+    go_versions: std::collections::BTreeSet<String>,
+}
+
+fn series_rows(procs: &[(u32, &ProcessState)], shared: &Shared) -> BTreeMap<SeriesKey, Row> {
+    let table = shared
+        .series
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut rows: BTreeMap<SeriesKey, Row> = BTreeMap::new();
+    for (pid, p) in procs {
+        // A process between tracker and series registration has no key yet.
+        let Some(key) = table.key(*pid) else { continue };
+        let row = rows.entry(key.clone()).or_default();
+        row.live += p.live_count();
+        row.untracked += p.untracked;
+        row.go_versions.insert(p.info.go_version.clone());
+        row.counters += Counters {
+            created: p.created_total,
+            exited: p.exited_total,
+            lost: p.lost_total,
+        };
+    }
+    for (key, row) in &mut rows {
+        row.counters += table.retired(key);
+    }
+    rows
+}
+
+pub(crate) fn family<M: EncodeMetric>(
     enc: &mut DescriptorEncoder,
     name: &str,
     help: &str,
@@ -90,72 +124,65 @@ fn family<M: EncodeMetric>(
     Ok(())
 }
 
-fn gauges(v: Vec<(Labels, u64)>) -> impl Iterator<Item = (Labels, ConstGauge)> {
-    v.into_iter().map(|(l, n)| (l, ConstGauge::new(n as i64)))
-}
+/// The per-process families, one series per label set.
+fn per_series(enc: &mut DescriptorEncoder, rows: &BTreeMap<SeriesKey, Row>) -> fmt::Result {
+    let gauges = |f: fn(&Row) -> u64| {
+        rows.iter()
+            .map(move |(k, r)| (k.labels(), ConstGauge::new(f(r) as i64)))
+    };
+    let counters = |f: fn(&Row) -> u64| {
+        rows.iter()
+            .map(move |(k, r)| (k.labels(), ConstCounter::new(f(r))))
+    };
 
-fn counters(v: Vec<(Labels, u64)>) -> impl Iterator<Item = (Labels, ConstCounter)> {
-    v.into_iter().map(|(l, n)| (l, ConstCounter::new(n)))
-}
-
-/// A histogram whose buckets were counted elsewhere.
-#[derive(Debug)]
-struct ConstHistogram<'a>(&'a Histogram);
-
-impl EncodeMetric for ConstHistogram<'_> {
-    fn encode(&self, mut encoder: MetricEncoder) -> fmt::Result {
-        encoder.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
-            self.0.sum_seconds,
-            self.0.count,
-            &self.0.buckets(),
-            None,
-        )
-    }
-
-    fn metric_type(&self) -> MetricType {
-        MetricType::Histogram
-    }
-}
-
-/// Series per (process, wait class, blocking function) for one verdict.
-fn verdict_series(procs: &[(u32, &ProcessState)], verdict: Verdict) -> Vec<(Labels, u64)> {
-    let mut out = Vec::new();
-    for (pid, p) in procs {
-        let mut by_site: BTreeMap<(&str, &str), u64> = BTreeMap::new();
-        for g in p.groups.iter().filter(|g| g.verdict == verdict) {
-            *by_site
-                .entry((g.wait_class, g.blocked_at.function.as_str()))
-                .or_default() += g.count;
-        }
-        let mut sites: Vec<_> = by_site.into_iter().collect();
-        sites.sort_by(|a, b| b.1.cmp(&a.1));
-        let mut folded: BTreeMap<&str, u64> = BTreeMap::new();
-        for (i, ((class, function), n)) in sites.into_iter().enumerate() {
-            if i < MAX_SITES_PER_PROCESS {
-                let mut l = process_labels(*pid, p);
-                l.extend([
-                    ("wait_reason", class.to_string()),
-                    ("function", function.to_string()),
-                ]);
-                out.push((l, n));
-            } else {
-                *folded.entry(class).or_default() += n;
-            }
-        }
-        for (class, n) in folded {
-            let mut l = process_labels(*pid, p);
-            l.extend([
-                ("wait_reason", class.to_string()),
-                ("function", "other".to_string()),
-            ]);
-            out.push((l, n));
-        }
-    }
-    out
-}
-
-fn process_labels(pid: u32, p: &ProcessState) -> Labels {
-    vec![("pid", pid.to_string()), ("exe", p.info.exe.clone())]
+    family(
+        enc,
+        names::GOROUTINES,
+        "Live goroutines tracked in the process",
+        MetricType::Gauge,
+        gauges(|r| r.live),
+    )?;
+    family(
+        enc,
+        names::CREATED,
+        "Goroutines created since the agent attached",
+        MetricType::Counter,
+        counters(|r| r.counters.created),
+    )?;
+    family(
+        enc,
+        names::EXITED,
+        "Goroutines exited since the agent attached",
+        MetricType::Counter,
+        counters(|r| r.counters.exited),
+    )?;
+    family(
+        enc,
+        names::UNTRACKED,
+        "Live goroutines counted but not stored because the table was full (--max-goroutines)",
+        MetricType::Gauge,
+        gauges(|r| r.untracked),
+    )?;
+    family(
+        enc,
+        names::LOST,
+        "Events the probes could not submit because the ring buffer was full",
+        MetricType::Counter,
+        counters(|r| r.counters.lost),
+    )?;
+    let info = rows.iter().flat_map(|(k, r)| {
+        r.go_versions
+            .iter()
+            .map(move |v| (k.info_labels(v), ConstGauge::new(1i64)))
+    });
+    family(
+        enc,
+        names::PROCESS_INFO,
+        "Always 1: the workload (pod controller) and Go version behind each series",
+        MetricType::Gauge,
+        info,
+    )?;
+    Ok(())
 }
 
 impl Collector for AgentCollector {
@@ -174,155 +201,10 @@ impl Collector for AgentCollector {
             .tracker
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut procs: Vec<_> = tracker.processes().collect();
-        procs.sort_by_key(|(pid, _)| *pid);
-        let per_proc = |f: &dyn Fn(&ProcessState) -> u64| {
-            procs
-                .iter()
-                .map(|(pid, p)| (process_labels(*pid, p), f(p)))
-                .collect::<Vec<_>>()
-        };
-
-        family(
-            &mut enc,
-            names::GOROUTINES,
-            "Live goroutines tracked in the process",
-            MetricType::Gauge,
-            gauges(per_proc(&|p| p.live_count())),
-        )?;
-        family(
-            &mut enc,
-            names::CREATED,
-            "Goroutines created since the agent attached",
-            MetricType::Counter,
-            counters(per_proc(&|p| p.created_total)),
-        )?;
-        family(
-            &mut enc,
-            names::EXITED,
-            "Goroutines exited since the agent attached",
-            MetricType::Counter,
-            counters(per_proc(&|p| p.exited_total)),
-        )?;
-        family(
-            &mut enc,
-            names::UNTRACKED,
-            "Live goroutines counted but not stored because the table was full (--max-goroutines)",
-            MetricType::Gauge,
-            gauges(per_proc(&|p| p.untracked)),
-        )?;
-        let reconciled = procs
-            .iter()
-            .flat_map(|(pid, p)| {
-                [
-                    ("create", p.reconciled_creates),
-                    ("exit", p.reconciled_exits),
-                ]
-                .map(|(kind, n)| {
-                    let mut l = process_labels(*pid, p);
-                    l.push(("kind", kind.to_string()));
-                    (l, n)
-                })
-            })
-            .collect();
-        family(
-            &mut enc,
-            names::RECONCILED,
-            "Goroutine creations and exits found by memory scans, not events (events were lost)",
-            MetricType::Counter,
-            counters(reconciled),
-        )?;
-        family(
-            &mut enc,
-            names::LOST,
-            "Events the probes could not submit because the ring buffer was full",
-            MetricType::Counter,
-            counters(per_proc(&|p| p.lost_total)),
-        )?;
-
-        family(
-            &mut enc,
-            names::LEAKED,
-            "Goroutines judged leaked: parked for good, by wait reason and blocking function",
-            MetricType::Gauge,
-            gauges(verdict_series(&procs, Verdict::Leak)),
-        )?;
-        family(
-            &mut enc,
-            names::SUSPECT,
-            "Goroutines parked at least --leak-after with some but not enough evidence of a leak",
-            MetricType::Gauge,
-            gauges(verdict_series(&procs, Verdict::Suspect)),
-        )?;
-        let summary = |pid: u32| tracker.summaries.get(&pid);
-        family(
-            &mut enc,
-            names::BLOCKED_SENDERS,
-            "Goroutines parked sending on a channel for at least --leak-after",
-            MetricType::Gauge,
-            gauges(
-                procs
-                    .iter()
-                    .map(|(pid, p)| {
-                        (
-                            process_labels(*pid, p),
-                            summary(*pid).map_or(0, |s| s.blocked_senders),
-                        )
-                    })
-                    .collect(),
-            ),
-        )?;
-        let blocked = procs
-            .iter()
-            .flat_map(|(pid, p)| {
-                summary(*pid).into_iter().flat_map(move |s| {
-                    s.blocked_by_class.iter().map(move |(class, &n)| {
-                        let mut l = process_labels(*pid, p);
-                        l.push(("wait_reason", (*class).to_string()));
-                        (l, n)
-                    })
-                })
-            })
-            .collect();
-        family(
-            &mut enc,
-            names::BLOCKED,
-            "Goroutines parked at the last scan, by wait reason, any duration",
-            MetricType::Gauge,
-            gauges(blocked),
-        )?;
-        let misuse =
-            |kind: EventKind| per_proc(&move |p| p.misuse_total.get(&kind).copied().unwrap_or(0));
-        family(
-            &mut enc,
-            names::DOUBLE_CLOSES,
-            "Channels closed a second time (the runtime panics)",
-            MetricType::Counter,
-            counters(misuse(EventKind::DoubleClose)),
-        )?;
-        family(
-            &mut enc,
-            names::SENDS_ON_CLOSED,
-            "Sends on a closed channel (the runtime panics)",
-            MetricType::Counter,
-            counters(misuse(EventKind::SendClosed)),
-        )?;
-        family(
-            &mut enc,
-            names::NIL_CLOSES,
-            "Closes of a nil channel (the runtime panics)",
-            MetricType::Counter,
-            counters(misuse(EventKind::CloseNil)),
-        )?;
-        family(
-            &mut enc,
-            names::LIFETIME,
-            "Lifetime of exited goroutines whose creation was seen",
-            MetricType::Histogram,
-            procs
-                .iter()
-                .map(|(pid, p)| (process_labels(*pid, p), ConstHistogram(&p.lifetimes))),
-        )?;
+        let procs: Vec<_> = tracker.processes().collect();
+        let rows = series_rows(&procs, shared);
+        per_series(&mut enc, &rows)?;
+        crate::metrics_leaks::encode(&mut enc, &procs, shared)?;
 
         let mut by_exe: BTreeMap<&str, i64> = BTreeMap::new();
         for (_, p) in &procs {
@@ -339,7 +221,9 @@ impl Collector for AgentCollector {
             attached,
         )?;
         let stray = tracker.stray_events;
+        let watched = procs.len();
         drop(tracker);
+        crate::metrics_self::encode(&mut enc, shared, watched)?;
 
         family(
             &mut enc,
@@ -360,30 +244,6 @@ impl Collector for AgentCollector {
             [(
                 Labels::new(),
                 ConstGauge::new(stats.attached_binaries as i64),
-            )],
-        )?;
-        family(
-            &mut enc,
-            names::SCANS,
-            "Rounds of goroutine table scans",
-            MetricType::Counter,
-            [(Labels::new(), ConstCounter::new(stats.scans))],
-        )?;
-        family(
-            &mut enc,
-            names::SCAN_SECONDS,
-            "Time spent scanning goroutine tables",
-            MetricType::Counter,
-            [(Labels::new(), ConstCounter::new(stats.scan_seconds))],
-        )?;
-        family(
-            &mut enc,
-            names::LAYOUT_GUESSED,
-            "Attached executables whose runtime struct offsets are guessed from another Go release",
-            MetricType::Gauge,
-            [(
-                Labels::new(),
-                ConstGauge::new(stats.layout_guessed.len() as i64),
             )],
         )?;
         let [read_user, ring_full] = stats.probe_errors;

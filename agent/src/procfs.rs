@@ -61,6 +61,17 @@ pub fn start_time(pid: u32) -> io::Result<u64> {
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "malformed /proc/PID/stat"))
 }
 
+/// True while `pid` is the process that started at `start_time` and has not
+/// exited: a zombie (state Z or X) has exited even though its entry remains.
+pub fn alive(pid: u32, start_time: u64) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        let state = stat
+            .rfind(')')
+            .and_then(|i| stat[i + 1..].split_whitespace().next());
+        parse_start_time(&stat) == Some(start_time) && !matches!(state, Some("Z" | "X" | "x"))
+    })
+}
+
 fn parse_start_time(stat: &str) -> Option<u64> {
     // The command name (field 2) may contain spaces and parentheses: split
     // after its last ')'. Field 3 is then the first, so field 22 is index 19.
@@ -120,6 +131,26 @@ mod tests {
 7f0000000000-7f0000001000 r--p 00000000 fd:01 999 /lib/other.so";
         assert_eq!(parse_image_start(maps, 1234), Some(0x55d0_c000_0000));
         assert_eq!(parse_image_start(maps, 5), None);
+    }
+
+    #[test]
+    fn alive_means_same_start_and_not_exited() {
+        let me = std::process::id();
+        let start = start_time(me).unwrap();
+        assert!(alive(me, start));
+        assert!(!alive(me, start + 1), "another process under a reused PID");
+        let mut zombie = std::process::Command::new("true").spawn().unwrap();
+        let pid = zombie.id();
+        let start = start_time(pid).unwrap();
+        // Exited but not reaped: a zombie still has its /proc entry.
+        while std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|s| !s.contains(") Z "))
+        {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(!alive(pid, start));
+        zombie.wait().unwrap();
+        assert!(!alive(pid, start));
     }
 
     #[test]

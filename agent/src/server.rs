@@ -14,7 +14,7 @@ use tokio::{
     net::{TcpListener, TcpStream},
 };
 
-use crate::{metrics, state::Shared};
+use crate::{metrics, metrics_text, state::Shared};
 
 const MAX_REQUEST: usize = 8 * 1024;
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
@@ -92,7 +92,18 @@ fn route(head: &str, shared: &Shared, registry: &Registry) -> Vec<u8> {
     }
     let path = target.split('?').next().unwrap_or_default();
     match path {
-        "/metrics" => reply(200, metrics::CONTENT_TYPE, &metrics::render(registry)),
+        "/metrics" => {
+            let om = metrics::render(registry);
+            if metrics_text::wants_openmetrics(head) {
+                reply(200, metrics::CONTENT_TYPE, &om)
+            } else {
+                reply(
+                    200,
+                    metrics_text::CONTENT_TYPE,
+                    &metrics_text::from_openmetrics(&om),
+                )
+            }
+        }
         "/api/v1/leaks" => {
             let report = {
                 let tracker = shared
@@ -140,7 +151,7 @@ mod tests {
 
     #[test]
     fn routes_and_refuses() {
-        let shared = Arc::new(Shared::new(10));
+        let shared = Arc::new(Shared::new(10, 10));
         let registry = metrics::registry(shared.clone());
         let get = |head: &str| String::from_utf8(route(head, &shared, &registry)).unwrap();
         assert!(get("GET /healthz HTTP/1.1").starts_with("HTTP/1.1 200"));
@@ -149,8 +160,12 @@ mod tests {
         assert!(get("GET /readyz HTTP/1.1").starts_with("HTTP/1.1 200"));
         assert!(get("POST /metrics HTTP/1.1").starts_with("HTTP/1.1 405"));
         assert!(get("GET /../etc/passwd HTTP/1.1").starts_with("HTTP/1.1 404"));
-        let metrics = get("GET /metrics HTTP/1.1");
+        let metrics = get("GET /metrics HTTP/1.1\r\nAccept: application/openmetrics-text");
         assert!(metrics.contains("gostray_build_info{version="), "{metrics}");
         assert!(metrics.contains("# EOF"));
+        let plain = get("GET /metrics HTTP/1.1");
+        assert!(plain.contains("text/plain; version=0.0.4"), "{plain}");
+        assert!(plain.contains("# TYPE gostray_stray_events_total counter"));
+        assert!(!plain.contains("# EOF"));
     }
 }

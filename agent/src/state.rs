@@ -2,18 +2,22 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    sync::{atomic::AtomicBool, Mutex},
+    sync::{atomic::AtomicBool, Arc, Mutex},
 };
 
-use crate::tracker::Tracker;
+use crate::{k8s::Kube, series::SeriesTable, tracker::Tracker};
 
 #[derive(Debug)]
 pub struct Shared {
     pub tracker: Mutex<Tracker>,
+    /// Metric label set of each watched process. Lock after `tracker`.
+    pub series: Mutex<SeriesTable>,
     /// True once every requested target is attached (or none is left);
     /// false again as soon as shutdown starts.
     pub ready: AtomicBool,
     pub stats: Mutex<Stats>,
+    /// The pod cache (empty and disabled outside Kubernetes).
+    pub kube: Arc<Kube>,
 }
 
 /// Agent self-observation, refreshed by the control loop.
@@ -22,20 +26,33 @@ pub struct Stats {
     pub attached_binaries: usize,
     pub probe_errors: [u64; 2],
     pub attach_failures: BTreeMap<&'static str, u64>,
-    /// Periodic memory scans done, and their total duration.
+    /// Processes attached since start.
+    pub attaches: u64,
+    /// Processes looked at and not watched, by reason.
+    pub skipped: BTreeMap<&'static str, u64>,
+    /// Exec/exit notices the kernel dropped (buffer full).
+    pub proc_events_lost: u64,
+    /// Full `/proc` scans and the time they took.
     pub scans: u64,
     pub scan_seconds: f64,
+    /// Entries in the agent's bounded tables, by table.
+    pub tables: BTreeMap<&'static str, usize>,
+    /// Goroutine table scans (for leak verdicts) and their total duration.
+    pub table_scans: u64,
+    pub table_scan_seconds: f64,
     /// Attached executables (device, inode) whose struct offsets are a
     /// guess from another Go release (no DWARF, no exact table entry).
     pub layout_guessed: BTreeSet<(u64, u64)>,
 }
 
 impl Shared {
-    pub fn new(max_goroutines: usize) -> Self {
+    pub fn new(max_goroutines: usize, max_series: usize) -> Self {
         Self {
             tracker: Mutex::new(Tracker::new(max_goroutines)),
+            series: Mutex::new(SeriesTable::new(max_series)),
             ready: AtomicBool::new(false),
             stats: Mutex::new(Stats::default()),
+            kube: Arc::new(Kube::default()),
         }
     }
 }

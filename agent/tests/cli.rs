@@ -45,8 +45,16 @@ fn missing_binary_is_one_clear_line() {
 }
 
 #[test]
-fn no_target_is_one_clear_line() {
-    assert_one_line_error(&["run"], "nothing to watch");
+fn bad_selection_rules_are_rejected() {
+    let (ok, stderr) = gostray(&["run", "--include", "pod=x"]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("expected exe=, namespace= or label:KEY="),
+        "{stderr}"
+    );
+    let (ok, stderr) = gostray(&["run", "--exclude", "exe~("]);
+    assert!(!ok);
+    assert!(stderr.contains("exe~("), "{stderr}");
 }
 
 #[test]

@@ -46,6 +46,21 @@ pub mod block_cookie {
     }
 }
 
+/// Name of the ring buffer that carries [`ProcEvent`]s (exec, exit) to user space.
+pub const MAP_PROC_EVENTS: &str = "PROC_EVENTS";
+/// Name of the per-CPU array counting [`ProcEvent`]s dropped because
+/// [`MAP_PROC_EVENTS`] was full (the periodic `/proc` rescan still finds them).
+pub const MAP_PROC_LOST: &str = "PROC_LOST";
+
+/// BTF tracepoint program fired when any process execs.
+pub const PROG_PROCESS_EXEC: &str = "process_exec";
+/// BTF tracepoint program fired when a watched process's main thread exits.
+pub const PROG_PROCESS_EXIT: &str = "process_exit";
+/// The kernel tracepoint [`PROG_PROCESS_EXEC`] attaches to.
+pub const TP_PROCESS_EXEC: &str = "sched_process_exec";
+/// The kernel tracepoint [`PROG_PROCESS_EXIT`] attaches to.
+pub const TP_PROCESS_EXIT: &str = "sched_process_exit";
+
 /// Upper bound on processes the kernel side tracks at once.
 pub const MAX_TARGETS: u32 = 4096;
 
@@ -181,6 +196,39 @@ pub struct ProcConfig {
     pub lost: u64,
 }
 
+/// What a [`ProcEvent`] reports.
+#[repr(u32)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum ProcEventKind {
+    /// A process called execve (any process: the agent decides whether to watch it).
+    Exec = 1,
+    /// The main thread of a watched process exited.
+    Exit = 2,
+}
+
+impl ProcEventKind {
+    pub fn from_u32(v: u32) -> Option<Self> {
+        match v {
+            1 => Some(Self::Exec),
+            2 => Some(Self::Exit),
+            _ => None,
+        }
+    }
+}
+
+/// One process lifecycle event, as written to [`MAP_PROC_EVENTS`].
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProcEvent {
+    /// A [`ProcEventKind`] value.
+    pub kind: u32,
+    /// Process (thread group) ID in the initial PID namespace.
+    pub pid: u32,
+}
+
+/// Size of [`ProcEvent`] on the wire.
+pub const PROC_EVENT_SIZE: usize = core::mem::size_of::<ProcEvent>();
+
 /// Why a probe failed; indexes the [`MAP_ERRORS`] per-CPU array.
 #[repr(u32)]
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -203,8 +251,10 @@ mod pod {
     unsafe impl aya::Pod for super::ChanEvent {}
     unsafe impl aya::Pod for super::CloserKey {}
     unsafe impl aya::Pod for super::Closer {}
+    unsafe impl aya::Pod for super::ProcEvent {}
 }
 
 const _: () = assert!(core::mem::size_of::<GoroutineEvent>() == 48);
 const _: () = assert!(core::mem::size_of::<ProcConfig>() == 48);
 const _: () = assert!(core::mem::size_of::<ChanEvent>() == 104);
+const _: () = assert!(core::mem::size_of::<ProcEvent>() == 8);

@@ -25,3 +25,11 @@ pub static ERRORS: PerCpuArray<u64> = PerCpuArray::with_max_entries(PROBE_ERROR_
 /// can name both sites. LRU: old channels are forgotten, never a full map.
 #[map(name = "CLOSERS")]
 pub static CLOSERS: LruHashMap<CloserKey, Closer> = LruHashMap::with_max_entries(MAX_CLOSERS, 0);
+/// Process exec and exit notices for the agent's discovery. Small: execs are
+/// rare next to goroutine events, and a missed one is found by the rescan.
+#[map(name = "PROC_EVENTS")]
+pub static PROC_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+
+/// Process notices dropped because `PROC_EVENTS` was full, per CPU (slot 0).
+#[map(name = "PROC_LOST")]
+pub static PROC_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);

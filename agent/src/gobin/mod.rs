@@ -11,7 +11,6 @@ mod amd64;
 mod analyse;
 mod arch;
 mod buildinfo;
-pub mod cache;
 mod dwarf;
 #[cfg(test)]
 mod fuzz;
@@ -67,13 +66,6 @@ pub enum GoBinError {
     Layout(String),
     #[error("no usable probe site in {function}: {why}")]
     NoSite { function: &'static str, why: String },
-    /// A refusal remembered by [`cache::BinaryCache`]: the file is not
-    /// parsed again, and the reason label survives.
-    #[error("{message}")]
-    Refused {
-        reason: &'static str,
-        message: String,
-    },
 }
 
 impl GoBinError {
@@ -83,7 +75,6 @@ impl GoBinError {
             Self::NotGo | Self::NotElf(_) => "not_go",
             Self::TooOld { .. } => "go_too_old",
             Self::Arch(_) => "unsupported_arch",
-            Self::Refused { reason, .. } => reason,
             _ => "unreadable_binary",
         }
     }

@@ -354,21 +354,3 @@ fn real_world_binaries_are_supported() {
         assert!(f.file.ends_with("runtime/proc.go"), "{}", f.file);
     }
 }
-
-/// One analysis per binary: the same file twice, and a copy of it under
-/// another inode (same build ID), share one `GoBinary`.
-#[test]
-fn cache_parses_each_binary_once() {
-    let Some((dir, _)) = toolchains() else { return };
-    let original = fixture(&dir, "1.24", "-stripped");
-    let copy = std::env::temp_dir().join(format!("gostray-cache-{}", std::process::id()));
-    std::fs::copy(&original, &copy).unwrap();
-    let cache = super::cache::BinaryCache::default();
-    let a = cache.get(&original).unwrap();
-    let b = cache.get(&original).unwrap();
-    let c = cache.get(&copy).unwrap();
-    assert!(std::sync::Arc::ptr_eq(&a, &b) && std::sync::Arc::ptr_eq(&a, &c));
-    assert_eq!(cache.len(), 2, "two files, one analysis");
-    cache.forget(0, 0);
-    let _ = std::fs::remove_file(copy);
-}

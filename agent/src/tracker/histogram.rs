@@ -34,4 +34,13 @@ impl Histogram {
             .zip(self.counts)
             .collect()
     }
+
+    /// Adds `other`'s observations to this one.
+    pub fn merge(&mut self, other: &Self) {
+        for (a, b) in self.counts.iter_mut().zip(other.counts) {
+            *a += b;
+        }
+        self.sum_seconds += other.sum_seconds;
+        self.count += other.count;
+    }
 }

@@ -31,8 +31,6 @@ pub struct Tracker {
     /// Events whose kind was not understood, or for a PID not watched (a race
     /// with detach); counted so that nothing is dropped silently.
     pub stray_events: u64,
-    /// The last evaluation's counts, per process.
-    pub summaries: HashMap<u32, Summary>,
 }
 
 impl Tracker {
@@ -41,7 +39,6 @@ impl Tracker {
             procs: HashMap::new(),
             max_goroutines,
             stray_events: 0,
-            summaries: HashMap::new(),
         }
     }
 
@@ -54,7 +51,6 @@ impl Tracker {
 
     /// Forgets `pid` and everything about it (its metric series go with it).
     pub fn remove_process(&mut self, pid: u32) -> Option<ProcessState> {
-        self.summaries.remove(&pid);
         self.procs.remove(&pid)
     }
 
@@ -143,7 +139,7 @@ impl Tracker {
         misuse.sort_by(|a, b| b.1.count.cmp(&a.1.count));
         proc.misuse_report = misuse;
         proc.record_trends(&sizes);
-        self.summaries.insert(pid, summary);
+        proc.summary = summary;
     }
 
     /// Records the kernel's count of events `pid` could not submit.

@@ -112,8 +112,9 @@ pub struct ProcessState {
     /// Channel misuse, by site pair.
     pub misuse: HashMap<Misuse, u64>,
     pub misuse_total: HashMap<gostray_common::EventKind, u64>,
-    /// Verdicts of the last evaluation.
+    /// Verdicts of the last evaluation, and its counts.
     pub groups: Vec<Group>,
+    pub summary: super::Summary,
     /// Misuse sites named at the last evaluation.
     pub misuse_report: Vec<(gostray_common::EventKind, crate::report::MisuseReport)>,
     /// Parents of goroutines that exited, so that descendant chains stay
@@ -144,6 +145,7 @@ impl ProcessState {
             misuse: HashMap::new(),
             misuse_total: HashMap::new(),
             groups: Vec::new(),
+            summary: super::Summary::default(),
             misuse_report: Vec::new(),
             exit_links: HashMap::new(),
             trends: HashMap::new(),

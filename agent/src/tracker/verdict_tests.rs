@@ -160,7 +160,12 @@ fn a_sender_whose_creator_exited_is_a_leak_once_parked_long_enough() {
         w.verdicts()["main.worker"],
         (Verdict::Leak, 1, Creator::Exited)
     );
-    let summary = &w.t.summaries[&PID];
+    let summary =
+        &w.t.processes()
+            .find(|(pid, _)| *pid == PID)
+            .unwrap()
+            .1
+            .summary;
     assert_eq!(summary.blocked_senders, 1);
     assert_eq!(summary.blocked_by_class["chan_send"], 1);
 }
@@ -274,9 +279,24 @@ fn sleepers_and_network_waiters_are_never_judged() {
         w.advance(100);
     }
     assert!(w.verdicts().is_empty());
-    assert_eq!(w.t.summaries[&PID].blocked_by_class.get("sleep"), Some(&1));
     assert_eq!(
-        w.t.summaries[&PID].blocked_by_class.get("io_wait"),
+        w.t.processes()
+            .find(|(pid, _)| *pid == PID)
+            .unwrap()
+            .1
+            .summary
+            .blocked_by_class
+            .get("sleep"),
+        Some(&1)
+    );
+    assert_eq!(
+        w.t.processes()
+            .find(|(pid, _)| *pid == PID)
+            .unwrap()
+            .1
+            .summary
+            .blocked_by_class
+            .get("io_wait"),
         Some(&1)
     );
 }

@@ -2,6 +2,9 @@
 //! reading /metrics.
 #![allow(dead_code)]
 
+pub mod host;
+pub mod kubeapi;
+
 use std::{
     io::{BufRead, BufReader, Read, Write},
     net::{TcpListener, TcpStream},
@@ -92,7 +95,14 @@ impl Proc {
             .expect("stdout piped")
             .read_line(&mut s)
             .expect("read fixture stdout");
-        assert!(!s.is_empty(), "fixture closed its stdout");
+        if s.is_empty() {
+            thread::sleep(Duration::from_millis(100));
+            let status = self.child.try_wait();
+            panic!(
+                "fixture {} closed its stdout; status {status:?}",
+                self.pid()
+            );
+        }
         s.trim_end().to_string()
     }
 
@@ -142,12 +152,22 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// Starts `gostray run <args>` and waits until /readyz says ready.
+    /// Starts `gostray run <args> --pid-label` and waits until /readyz says
+    /// ready. The PID label lets tests read one process's series exactly.
     pub fn start(args: &[&str]) -> Self {
+        Self::start_with(args, true, &[])
+    }
+
+    /// Starts the agent with or without `--pid-label`, and extra environment.
+    pub fn start_with(args: &[&str], pid_label: bool, env: &[(&str, &str)]) -> Self {
         let port = free_port();
         let listen = format!("127.0.0.1:{port}");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_gostray"));
         cmd.arg("run").args(args).args(["--listen", &listen]);
+        if pid_label {
+            cmd.arg("--pid-label");
+        }
+        cmd.envs(env.iter().copied());
         let mut agent = Self {
             proc: Proc::spawn(&mut cmd),
             port,
@@ -198,6 +218,32 @@ impl Metrics {
             .lines()
             .filter(|l| l.starts_with(&format!("{name}{{")) && l.contains(&needle))
             .find_map(|l| l.rsplit(' ').next()?.parse().ok())
+    }
+
+    /// The value of the series `name` whose labels include all of `labels`.
+    pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        self.0
+            .lines()
+            .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+            .filter(|l| {
+                labels
+                    .iter()
+                    .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+            })
+            .find_map(|l| l.rsplit(' ').next()?.parse().ok())
+    }
+
+    /// A label-less sample's value (0 when absent).
+    pub fn scalar(&self, name: &str) -> u64 {
+        self.value(name, &[]).unwrap_or(0.0) as u64
+    }
+
+    /// The series lines of metric family `name`.
+    pub fn series(&self, name: &str) -> Vec<&str> {
+        self.0
+            .lines()
+            .filter(|l| l.starts_with(&format!("{name}{{")))
+            .collect()
     }
 
     /// (created, exited, live) for `pid`, zeros where absent.

@@ -3,6 +3,7 @@
 mod block;
 mod close;
 mod create;
+mod exec;
 mod exit;
 mod send_closed;
 

@@ -5,6 +5,7 @@
 //
 //	spawn E B   start E goroutines that exit and B that block forever;
 //	            answers "done" once the E have exited and the B are parked
+//	exec PATH   replaces itself with PATH (same PID, another program)
 //	quit        exits
 package main
 
@@ -13,7 +14,9 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"strings"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -36,6 +39,13 @@ func main() {
 		var exit, block int
 		if in.Text() == "quit" {
 			return
+		}
+		// strings.CutPrefix is Go 1.20+; this builds with 1.19 too.
+		if strings.HasPrefix(in.Text(), "exec ") {
+			path := strings.TrimPrefix(in.Text(), "exec ")
+			err := syscall.Exec(path, []string{path}, os.Environ())
+			fmt.Println("error:", err)
+			continue
 		}
 		if _, err := fmt.Sscanf(in.Text(), "spawn %d %d", &exit, &block); err != nil {
 			fmt.Println("error:", err)

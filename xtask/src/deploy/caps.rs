@@ -101,7 +101,11 @@ pub fn check(tally: &mut Tally, agent: &Path, fixtures: &Path) -> anyhow::Result
             let deadline = Instant::now() + Duration::from_secs(20);
             loop {
                 if let Ok((200, body)) = http::get(port, "/metrics") {
-                    if body.contains(&format!("gostray_goroutines{{pid=\"{pid}\"")) {
+                    let needle = format!("pid=\"{pid}\"");
+                    if body
+                        .lines()
+                        .any(|l| l.starts_with("gostray_goroutines{") && l.contains(&needle))
+                    {
                         return Ok(());
                     }
                 }
@@ -165,7 +169,7 @@ fn start_agent(
     let port = free_port()?;
     let log = fs::File::create(dir.join("agent.log"))?;
     let child = with_only(caps, agent)
-        .args(["run", "--pid", &pid.to_string()])
+        .args(["run", "--pid-label", "--pid", &pid.to_string()])
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -1,0 +1,64 @@
+//! The periodic goroutine table scans: what each watched process's
+//! goroutines are doing now, reconciled with the events, and the verdicts
+//! drawn from it.
+
+use std::{
+    collections::HashSet,
+    time::{Duration, Instant},
+};
+
+use crate::{agent::Agent, scan, target::ProcSymbols};
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into `ts`, which outlives the call.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+impl Agent {
+    /// Reads every watched process's goroutine table, reconciles the
+    /// tracker with it and re-draws the verdicts.
+    pub(crate) fn scan_goroutines(&mut self) {
+        let leak_after_ns = self.leak_after.as_nanos() as u64;
+        let mut total = Duration::ZERO;
+        for (&pid, w) in &self.watched {
+            let begun = Instant::now();
+            let started_ns = monotonic_ns();
+            let bin = &w.target.bin;
+            let walk = |r: u8| bin.wait_reason(r).is_blocking();
+            let scanned = match scan::scan(pid, bin, w.target.leak.as_ref(), w.bias, &walk) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!(pid, error = %e, "scan failed (process exiting?)");
+                    continue;
+                }
+            };
+            let chans: HashSet<u64> = scanned
+                .iter()
+                .filter_map(|g| g.chan.map(|c| c.address))
+                .collect();
+            let globals = if chans.is_empty() {
+                HashSet::new()
+            } else {
+                scan::referenced_from_globals(pid, &bin.data_ranges, w.bias, &chans)
+            };
+            let symbols = ProcSymbols {
+                bin: bin.clone(),
+                bias: w.bias,
+            };
+            let mut tracker = self.shared.tracker.lock().expect("tracker lock");
+            tracker.observe_scan(pid, started_ns, scanned);
+            tracker.evaluate(pid, monotonic_ns(), leak_after_ns, &symbols, &globals);
+            drop(tracker);
+            total += begun.elapsed();
+        }
+        let mut stats = self.shared.stats.lock().expect("stats lock");
+        stats.table_scans += 1;
+        stats.table_scan_seconds += total.as_secs_f64();
+    }
+}
