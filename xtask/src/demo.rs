@@ -47,12 +47,19 @@ pub fn demo(args: &DemoArgs) -> anyhow::Result<()> {
                 &pid.to_string(),
                 "--listen",
                 &args.listen.to_string(),
+                // Short, so that the demo's leak is judged within seconds
+                // (a real deployment keeps the default of minutes).
+                "--leak-after",
+                "10s",
+                "--scan-interval",
+                "2s",
             ])
             .spawn()
             .context("starting the agent")?,
     );
     eprintln!(
-        "==> demo service PID {pid}; agent metrics at http://{}/metrics (Ctrl-C to stop)",
+        "==> demo service PID {pid}; agent metrics at http://{0}/metrics, leak report at http://{0}/api/v1/leaks \
+         (or: target/release/gostray leaks --url http://{0}); Ctrl-C to stop",
         args.listen
     );
     let started = Instant::now();
@@ -68,11 +75,12 @@ pub fn demo(args: &DemoArgs) -> anyhow::Result<()> {
             Ok(text) => {
                 let value = |name: &str| sample(&text, name).map_or("?".into(), |v| v.to_string());
                 println!(
-                    "[{:>4}s] demo goroutines live: {:>5}   created: {:>6}   exited: {:>6}   events lost: {}",
+                    "[{:>4}s] demo goroutines live: {:>5}   created: {:>6}   exited: {:>6}   leaked: {:>4}   events lost: {}",
                     started.elapsed().as_secs(),
                     value("gostray_goroutines{"),
                     value("gostray_goroutines_created_total{"),
                     value("gostray_goroutines_exited_total{"),
+                    total(&text, "gostray_leaked_goroutines{"),
                     value("gostray_events_lost_total{"),
                 );
             }
@@ -92,6 +100,14 @@ fn scrape(addr: SocketAddr) -> anyhow::Result<String> {
     let mut out = String::new();
     s.read_to_string(&mut out)?;
     Ok(out)
+}
+
+/// The sum of every sample whose line starts with `prefix` (0 if none).
+fn total(text: &str, prefix: &str) -> u64 {
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
 }
 
 /// The first sample whose line starts with `prefix`.
