@@ -45,13 +45,29 @@ pub struct Stats {
     pub layout_guessed: BTreeSet<(u64, u64)>,
 }
 
+/// Every `reason` label of `gostray_attach_failures_total`
+/// (`GoBinError::reason`, and the agent's own `exited`, `attach_error`).
+pub const ATTACH_FAILURE_REASONS: [&str; 6] = [
+    "not_go",
+    "go_too_old",
+    "unsupported_arch",
+    "unreadable_binary",
+    "exited",
+    "attach_error",
+];
+
 impl Shared {
     pub fn new(max_goroutines: usize, max_series: usize) -> Self {
         Self {
             tracker: Mutex::new(Tracker::new(max_goroutines)),
             series: Mutex::new(SeriesTable::new(max_series)),
             ready: AtomicBool::new(false),
-            stats: Mutex::new(Stats::default()),
+            stats: Mutex::new(Stats {
+                // Every reason exported from the start, at 0, so that the
+                // first failure is an increase and alerts can see it.
+                attach_failures: ATTACH_FAILURE_REASONS.iter().map(|&r| (r, 0)).collect(),
+                ..Stats::default()
+            }),
             kube: Arc::new(Kube::default()),
         }
     }
