@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use crate::{
-    gobin::GoBinary,
+    gobin::{Frame, GoBinary},
     leakbin::LeakLayout,
     procfs::bounded_to,
     tracker::{verdict::Site, Symbols},
@@ -33,13 +33,28 @@ pub struct ProcSymbols {
 /// Longest file path kept in a report.
 const MAX_FILE_LEN: usize = 256;
 
+fn site_of(f: Frame) -> Site {
+    Site {
+        function: f.function,
+        file: bounded_to(&f.file, MAX_FILE_LEN),
+        line: f.line,
+    }
+}
+
 impl Symbols for ProcSymbols {
     fn site(&self, pc: u64) -> Option<Site> {
-        let f = self.bin.symbolize(pc.wrapping_sub(self.bias))?;
-        Some(Site {
-            function: f.function,
-            file: bounded_to(&f.file, MAX_FILE_LEN),
-            line: f.line,
-        })
+        self.bin.symbolize(pc.wrapping_sub(self.bias)).map(site_of)
+    }
+
+    fn frames(&self, pc: u64) -> Vec<Site> {
+        self.bin
+            .symbolize_inline(pc.wrapping_sub(self.bias))
+            .into_iter()
+            .map(site_of)
+            .collect()
+    }
+
+    fn is_wrapper(&self, pc: u64) -> Option<bool> {
+        Some(self.bin.is_wrapper(pc.wrapping_sub(self.bias)))
     }
 }

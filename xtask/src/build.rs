@@ -81,7 +81,7 @@ pub fn host_cargo() -> Command {
 }
 
 /// Go programs under `xtask/go/`, each one `main.go`.
-pub const FIXTURES: [&str; 4] = ["spawner", "churn", "demo", "patterns"];
+pub const FIXTURES: [&str; 5] = ["spawner", "churn", "demo", "patterns", "inline"];
 
 /// How a fixture is built besides the default: the binary-reading tests
 /// need every Go line stripped (`-s -w`: no .symtab, no DWARF) and as a
@@ -97,7 +97,8 @@ pub struct Variant {
 /// the system's C linker, which puts C start-up code at the head of .text:
 /// a stripped Go ≥ 1.26 binary (no textStart in its function table) must
 /// then be anchored through the runtime's module data. Only `spawner` is built in all of
-/// them; the other fixtures only in the default one.
+/// them, `inline` also stripped (its inline trees are found through module
+/// data then); the other fixtures only in the default one.
 pub const VARIANTS: [Variant; 4] = [
     Variant {
         suffix: "",
@@ -120,6 +121,13 @@ pub const VARIANTS: [Variant; 4] = [
 /// The fixture built in every variant.
 const VARIANT_FIXTURE: &str = "spawner";
 
+/// Whether fixture `name` is built in `variant`.
+fn builds(name: &str, variant: &Variant) -> bool {
+    variant.suffix.is_empty()
+        || name == VARIANT_FIXTURE
+        || (name == "inline" && variant.suffix == "-stripped")
+}
+
 /// Directory of built fixtures: `<name>-<go line>[<variant>]` executables.
 pub fn fixtures_dir() -> PathBuf {
     root().join("target/fixtures")
@@ -134,7 +142,7 @@ pub fn build_fixtures(releases: &[GoRelease], names: &[&str]) -> anyhow::Result<
         let t = step(&format!("building Go fixtures with Go {}", release.line));
         for name in names {
             for variant in VARIANTS {
-                if !variant.suffix.is_empty() && *name != VARIANT_FIXTURE {
+                if !builds(name, &variant) {
                     continue;
                 }
                 let binary = out.join(format!("{name}-{}{}", release.line, variant.suffix));

@@ -13,18 +13,23 @@ use super::{
     pclntab::{Func, Pclntab, PclntabError},
     read,
     sites::{self, ChosenSite, Find},
-    waitreason, AddressSource, GoBinError, GoBinary, LayoutSource, MIN_SUPPORTED,
+    waitreason, AddressSource, GoBinError, GoBinary, GoVersion, LayoutSource, MIN_SUPPORTED,
 };
 
 const SYM_ALLGADD: &str = "runtime.allgadd";
 const SYM_WAITREASON_STRING: &str = "runtime.waitReason.String";
 /// Data symbols read from `.symtab` when it is there.
-const DATA_SYMBOLS: [&str; 4] = [
+const DATA_SYMBOLS: [&str; 6] = [
     "runtime.allgs",
     "runtime.allglen",
     "runtime.waitReasonStrings",
     "runtime.text",
+    SYM_GOFUNC,
+    SYM_GOFUNC_GO119,
 ];
+/// The funcdata base (`moduledata.gofunc`), named `go.func.*` before Go 1.20.
+const SYM_GOFUNC: &str = "go:func.*";
+const SYM_GOFUNC_GO119: &str = "go.func.*";
 
 /// Reads everything, in order of cost, failing at the first thing that
 /// makes the binary unwatchable.
@@ -127,20 +132,17 @@ pub fn analyse(bytes: &super::image::Bytes) -> Result<GoBinary, GoBinError> {
             .map(|s| (s.address(), s.address() + s.size()))
             .collect(),
         build,
+        gofunc: gofunc(&file, &image, &symbols, &pclntab, version),
         pclntab,
         pclntab_at,
         image,
     })
 }
 
-/// `runtime.firstmoduledata.text`, found without symbols: moduledata
-/// starts with a pointer to the pclntab header and the `funcnametab` slice
-/// (pointer, len, cap); `text` follows six slices and three words (offset
-/// 176 on 64-bit, unchanged from Go 1.18 to 1.27). This is what anchors a
-/// stripped, externally linked Go ≥ 1.26 binary, whose .text starts with C
-/// code and whose pclntab no longer stores textStart.
-pub(super) fn moduledata_text(file: &object::File, pclntab: &Pclntab) -> Option<u64> {
-    const TEXT: usize = 8 + 6 * 24 + 3 * 8;
+/// Where `runtime.firstmoduledata` sits, found without symbols: it starts
+/// with a pointer to the pclntab header and the `funcnametab` slice
+/// (pointer, len, cap). Returns its section's bytes and its offset there.
+fn find_moduledata<'a>(file: &'a object::File, pclntab: &Pclntab) -> Option<(&'a [u8], usize)> {
     let header = [".gopclntab", ".data.rel.ro.gopclntab"]
         .iter()
         .find_map(|n| file.section_by_name(n))?
@@ -151,17 +153,67 @@ pub(super) fn moduledata_text(file: &object::File, pclntab: &Pclntab) -> Option<
         let Some(data) = file.section_by_name(name).and_then(|s| s.data().ok()) else {
             continue;
         };
-        let found = (0..data.len().saturating_sub(TEXT + 8))
+        let found = (0..data.len().saturating_sub(MODULEDATA_LEN))
             .step_by(8)
             .find(|&off| {
                 read::u64_at(data, off) == Some(header)
                     && read::u64_at(data, off + 8) == Some(names)
             });
         if let Some(off) = found {
-            return read::u64_at(data, off + TEXT).filter(|&t| t != 0);
+            return Some((data, off));
         }
     }
     None
+}
+
+/// Bytes of moduledata read: up to `gofunc` in the longest layout.
+const MODULEDATA_LEN: usize = 352;
+
+/// `runtime.firstmoduledata.text`: it follows six slices and three words
+/// (offset 176 on 64-bit, unchanged from Go 1.18 to 1.27). This is what
+/// anchors a stripped, externally linked Go ≥ 1.26 binary, whose .text
+/// starts with C code and whose pclntab no longer stores textStart.
+pub(super) fn moduledata_text(file: &object::File, pclntab: &Pclntab) -> Option<u64> {
+    const TEXT: usize = 8 + 6 * 24 + 3 * 8;
+    let (data, off) = find_moduledata(file, pclntab)?;
+    read::u64_at(data, off + TEXT).filter(|&t| t != 0)
+}
+
+/// `runtime.firstmoduledata.gofunc` (the `go:func.*` symbol), the base of
+/// every funcdata offset. After `text` come ten section bounds, then
+/// `covctrs, ecovctrs` (Go 1.20), `end, gcdata, gcbss`, `types, etypes`
+/// (Go 1.27 adds `typedesclen` between them and `itaboffset, itabsize`
+/// after), `rodata`, `gofunc`. Checked against the symbol table's
+/// `go:func.*` by the fixture tests.
+pub(super) fn moduledata_gofunc(
+    file: &object::File,
+    pclntab: &Pclntab,
+    version: GoVersion,
+) -> Option<u64> {
+    let at = match (version.major, version.minor) {
+        (1, ..=19) => 304,
+        (1, 20..=26) => 320,
+        _ => 344,
+    };
+    let (data, off) = find_moduledata(file, pclntab)?;
+    read::u64_at(data, off + at).filter(|&a| a != 0)
+}
+
+/// The funcdata base: `.symtab`'s `go:func.*` when present, else read from
+/// moduledata; it must lie in the file.
+fn gofunc(
+    file: &object::File,
+    image: &Image,
+    symbols: &HashMap<&str, (u64, u64)>,
+    pclntab: &Pclntab,
+    version: GoVersion,
+) -> Option<u64> {
+    symbols
+        .get(SYM_GOFUNC)
+        .or_else(|| symbols.get(SYM_GOFUNC_GO119))
+        .map(|s| s.0)
+        .or_else(|| moduledata_gofunc(file, pclntab, version))
+        .filter(|&a| image.at(a, 1).is_some())
 }
 
 /// The function table and its file range. Go ≥ 1.26 no longer stores

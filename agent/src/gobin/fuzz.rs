@@ -74,6 +74,8 @@ fn exercise(data: &[u8], pcln_at: usize, info_at: usize) {
     if let Ok(bin) = GoBinary::parse(data) {
         for pc in [bin.create_site.address, bin.exit_site.address, 0, u64::MAX] {
             let _ = bin.symbolize(pc);
+            let _ = bin.symbolize_inline(pc);
+            let _ = bin.is_wrapper(pc);
         }
         let _ = bin.function("runtime.main");
     }
@@ -83,6 +85,9 @@ fn exercise(data: &[u8], pcln_at: usize, info_at: usize) {
                 if let Some(f) = t.func(tab, i) {
                     let _ = t.name(tab, &f);
                     let _ = t.line(tab, &f, f.entry + 3);
+                    let _ = t.pcdata(tab, &f, 2, f.entry + 3);
+                    let _ = t.funcdata(tab, &f, 3);
+                    let _ = t.func_id(tab, &f);
                 }
             }
         }

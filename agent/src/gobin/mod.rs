@@ -15,6 +15,9 @@ mod dwarf;
 #[cfg(test)]
 mod fuzz;
 mod image;
+mod inline;
+#[cfg(test)]
+mod inline_tests;
 mod layout;
 mod offsets;
 mod pclntab;
@@ -157,6 +160,9 @@ pub struct GoBinary {
     /// where package-level variables live.
     pub data_ranges: Vec<(u64, u64)>,
     image: Image,
+    /// `moduledata.gofunc`: funcdata offsets are relative to it. Unknown
+    /// only if moduledata could not be found (then no inlined frames).
+    gofunc: Option<u64>,
     pclntab: Pclntab,
     /// File range of `.gopclntab`.
     pclntab_at: (usize, usize),
@@ -201,6 +207,78 @@ impl GoBinary {
             file,
             line,
         })
+    }
+
+    /// The frames at link-time address `pc`, innermost first: the calls
+    /// inlined there, then the physical function, each with its own name,
+    /// file and line, as `runtime.CallersFrames` expands them (inlined
+    /// compiler wrappers hidden as the runtime hides them). `pc` is the PC
+    /// of an instruction: a return address minus 1. Empty when no function
+    /// holds `pc`.
+    pub fn symbolize_inline(&self, pc: u64) -> Vec<Frame> {
+        let data = self.pcln();
+        let Some(f) = self.pclntab.find(data, pc) else {
+            return Vec::new();
+        };
+        let layout = inline::Layout::new(self.pclntab.go120);
+        let tree = self.gofunc.and_then(|base| {
+            let off = self.pclntab.funcdata(data, &f, inline::FUNCDATA_INL_TREE)?;
+            base.checked_add(u64::from(off))
+        });
+        let logical = match tree {
+            Some(tree) => inline::unwind(
+                f.entry,
+                pc,
+                |at| {
+                    self.pclntab
+                        .pcdata(data, &f, inline::PCDATA_INL_TREE_INDEX, at)
+                },
+                |i| layout.entry(tree, i, |a, n| self.image.at(a, n)),
+            ),
+            None => vec![inline::Logical { pc, call: None }],
+        };
+        let ids = inline::FuncIds::of(self.version);
+        let mut callee = 0u8;
+        let mut out = Vec::with_capacity(logical.len());
+        for l in logical {
+            let (name, id) = match l.call {
+                Some(c) => (self.pclntab.name_at(data, c.name_off), c.func_id),
+                None => (
+                    self.pclntab.name(data, &f),
+                    self.pclntab.func_id(data, &f).unwrap_or(0),
+                ),
+            };
+            let hidden =
+                l.call.is_some() && id == ids.wrapper && ids.elides_wrapper_calling(callee);
+            callee = id;
+            if hidden {
+                continue;
+            }
+            let (file, line) = self
+                .pclntab
+                .line(data, &f, l.pc)
+                .map_or((String::new(), 0), |(file, line)| {
+                    (read::bounded_string(file, MAX_SYMBOL_LEN), line)
+                });
+            out.push(Frame {
+                function: read::bounded_string(name.unwrap_or(b"?"), MAX_SYMBOL_LEN),
+                file,
+                line,
+            });
+        }
+        out
+    }
+
+    /// Whether the function holding link-time address `pc` is a compiler
+    /// wrapper (`funcID` `FuncIDWrapper`: `go f(x)` and method value
+    /// wrappers, promoted methods, generated equality), which the runtime
+    /// leaves out of tracebacks unless it called a panic.
+    pub fn is_wrapper(&self, pc: u64) -> bool {
+        let data = self.pcln();
+        self.pclntab
+            .find(data, pc)
+            .and_then(|f| self.pclntab.func_id(data, &f))
+            == Some(inline::FuncIds::of(self.version).wrapper)
     }
 
     /// The address range of the function called `name` (the real body when

@@ -22,7 +22,15 @@ const MAX_NAME: usize = 64 * 1024;
 const FUNC_NAME_OFF: usize = 4;
 const FUNC_PCFILE: usize = 20;
 const FUNC_PCLN: usize = 24;
+const FUNC_NPCDATA: usize = 28;
 const FUNC_CU_OFFSET: usize = 32;
+/// `funcID` and `nfuncdata`, then the `pcdata` array: Go 1.20 put a 4-byte
+/// `startLine` before `funcID`, which moved everything after it.
+const FUNC_ID_GO118: usize = 36;
+const FUNC_ID_GO120: usize = 40;
+const FUNC_NFUNCDATA_FROM_ID: usize = 3;
+/// Longest pcdata or funcdata array believed (the compiler emits a handful).
+const MAX_TABLES: u32 = 64;
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum PclntabError {
@@ -188,6 +196,52 @@ impl Pclntab {
         }
         let file = read::cstr(data, self.filetab.checked_add(name_off as usize)?, MAX_NAME)?;
         Some((file, line))
+    }
+
+    /// The function's `funcID` (which special runtime function it is, or a
+    /// compiler wrapper).
+    pub fn func_id(&self, data: &[u8], f: &Func) -> Option<u8> {
+        data.get(f.record.checked_add(self.func_id_off())?).copied()
+    }
+
+    fn func_id_off(&self) -> usize {
+        if self.go120 {
+            FUNC_ID_GO120
+        } else {
+            FUNC_ID_GO118
+        }
+    }
+
+    /// Value of the function's pcdata table `table` at `pc`, or -1 when it
+    /// has none, as `runtime.pcdatavalue` answers.
+    pub fn pcdata(&self, data: &[u8], f: &Func, table: u32, pc: u64) -> i32 {
+        let npcdata = read::u32_at(data, f.record + FUNC_NPCDATA).unwrap_or(0);
+        if table >= npcdata.min(MAX_TABLES) {
+            return -1;
+        }
+        let slot = f.record + self.func_id_off() + 4 + table as usize * 4;
+        read::u32_at(data, slot)
+            .and_then(|off| self.pcvalue(data, f, off, pc))
+            .unwrap_or(-1)
+    }
+
+    /// Offset of the function's funcdata `i` from `moduledata.gofunc`, or
+    /// `None` when it has none.
+    pub fn funcdata(&self, data: &[u8], f: &Func, i: u8) -> Option<u32> {
+        let at_id = f.record + self.func_id_off();
+        let nfuncdata = *data.get(at_id + FUNC_NFUNCDATA_FROM_ID)?;
+        let npcdata = read::u32_at(data, f.record + FUNC_NPCDATA)?;
+        if i >= nfuncdata || npcdata > MAX_TABLES {
+            return None;
+        }
+        let slot = at_id + 4 + (npcdata as usize + usize::from(i)) * 4;
+        read::u32_at(data, slot).filter(|&off| off != u32::MAX)
+    }
+
+    /// A name in the function name table by its offset (inline tree entries
+    /// name their callee this way).
+    pub fn name_at<'a>(&self, data: &'a [u8], off: u32) -> Option<&'a [u8]> {
+        read::cstr(data, self.funcnames.checked_add(off as usize)?, MAX_NAME)
     }
 
     /// Decodes the value table at `table` (an offset into pctab) for `pc`,

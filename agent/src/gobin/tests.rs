@@ -19,7 +19,7 @@ use super::{arch, offsets, GoBinary, LayoutSource, WaitReason};
 const VARIANTS: [&str; 4] = ["", "-stripped", "-pie", "-extlink-stripped"];
 
 /// `(line, go command)` for every toolchain, from `GOSTRAY_GO_TOOLS`.
-fn toolchains() -> Option<(PathBuf, Vec<(String, PathBuf)>)> {
+pub(super) fn toolchains() -> Option<(PathBuf, Vec<(String, PathBuf)>)> {
     let fixtures = std::env::var_os("GOSTRAY_FIXTURES");
     let tools = std::env::var("GOSTRAY_GO_TOOLS").ok();
     let (Some(fixtures), Some(tools)) = (fixtures, tools) else {
@@ -187,6 +187,12 @@ fn decoded_data_addresses_match_the_symbol_table() {
                 super::analyse::moduledata_text(&file, &tab),
                 Some(syms["runtime.text"].0),
                 "Go {line}{variant}: moduledata.text"
+            );
+            let gofunc = syms.get("go:func.*").or_else(|| syms.get("go.func.*"));
+            assert_eq!(
+                super::analyse::moduledata_gofunc(&file, &tab, bin.version),
+                gofunc.map(|s| s.0),
+                "Go {line}{variant}: moduledata.gofunc"
             );
             let (entry, c) = code("runtime.waitReason.String");
             let (addr, size) = syms["runtime.waitReasonStrings"];

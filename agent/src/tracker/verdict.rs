@@ -27,7 +27,22 @@ pub struct Site {
 /// Names PCs of one process (runtime addresses; the implementation removes
 /// the load bias).
 pub trait Symbols {
+    /// The physical function at `pc` (the PC of an instruction).
     fn site(&self, pc: u64) -> Option<Site>;
+
+    /// The frames at `pc`, innermost first: the calls the compiler inlined
+    /// there, then the physical function, as the runtime's tracebacks show
+    /// them.
+    fn frames(&self, pc: u64) -> Vec<Site> {
+        self.site(pc).into_iter().collect()
+    }
+
+    /// Whether the physical function at `pc` is a compiler wrapper, which
+    /// the runtime leaves out of tracebacks; `None` when unknown (then the
+    /// wrapper is recognised by name).
+    fn is_wrapper(&self, _pc: u64) -> Option<bool> {
+        None
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -371,27 +386,34 @@ fn blocking_pc(g: &Goroutine, symbols: &dyn Symbols) -> Option<u64> {
 }
 
 /// The goroutine's own function: the bottom of its stack, past the
-/// compiler's `go f(x)` wrappers (`gowrapN`) and `goexit`, as the runtime's
-/// tracebacks show it; else its start PC's function.
-fn start_function(g: &Goroutine, symbols: &dyn Symbols) -> String {
-    let is_wrapper = |f: &str| {
-        f.starts_with("runtime.goexit")
-            || f.rsplit('.')
-                .next()
-                .is_some_and(|last| last.starts_with("gowrap"))
-    };
-    let stack = stack_of(g, symbols);
+/// compiler's wrappers (`go f(x)` wrappers, into which `f` may be inlined)
+/// and `goexit`, as the runtime's tracebacks show it; else its start PC's
+/// function.
+pub(super) fn start_function(g: &Goroutine, symbols: &dyn Symbols) -> String {
+    let pcs = stack_pcs(g);
     // Only a walk that reached the goroutine's bottom frame says where it began.
-    let complete = stack
+    let complete = pcs
         .last()
-        .is_some_and(|s| s.function.starts_with("runtime.goexit"));
+        .and_then(|&pc| symbols.site(pc))
+        .is_some_and(|s| is_goexit(&s.function));
     let from_stack = complete
         .then(|| {
-            stack
-                .into_iter()
-                .rev()
-                .map(|s| s.function)
-                .find(|f| !is_wrapper(f))
+            pcs.iter().rev().find_map(|&pc| {
+                let frames = symbols.frames(pc);
+                let (physical, inlined) = frames.split_last()?;
+                let hidden = is_goexit(&physical.function)
+                    || symbols
+                        .is_wrapper(pc)
+                        .unwrap_or_else(|| is_go_wrapper_name(&physical.function));
+                // Outermost first: the physical function, then what it inlined.
+                (!hidden)
+                    .then_some(physical)
+                    .into_iter()
+                    .chain(inlined.iter().rev())
+                    .map(|s| &s.function)
+                    .find(|f| !is_go_wrapper_name(f))
+                    .cloned()
+            })
         })
         .flatten();
     from_stack
@@ -399,14 +421,35 @@ fn start_function(g: &Goroutine, symbols: &dyn Symbols) -> String {
         .unwrap_or_default()
 }
 
-fn stack_of(g: &Goroutine, symbols: &dyn Symbols) -> Vec<Site> {
+fn is_goexit(f: &str) -> bool {
+    f.starts_with("runtime.goexit")
+}
+
+/// The compiler's name for a `go f(x)` wrapper (Go ≥ 1.22): `….gowrapN`.
+fn is_go_wrapper_name(f: &str) -> bool {
+    f.rsplit('.')
+        .next()
+        .is_some_and(|last| last.starts_with("gowrap"))
+}
+
+/// The goroutine's PCs as instruction addresses: the first is where it
+/// stopped, the others are return addresses, whose call is a byte before.
+fn stack_pcs(g: &Goroutine) -> Vec<u64> {
     let Some(seen) = &g.seen else {
         return Vec::new();
     };
     seen.stack
         .iter()
         .enumerate()
-        .filter_map(|(i, &pc)| symbols.site(if i == 0 { pc } else { pc.saturating_sub(1) }))
+        .map(|(i, &pc)| if i == 0 { pc } else { pc.saturating_sub(1) })
+        .collect()
+}
+
+/// The goroutine's stack, innermost first, with inlined calls expanded.
+pub(super) fn stack_of(g: &Goroutine, symbols: &dyn Symbols) -> Vec<Site> {
+    stack_pcs(g)
+        .into_iter()
+        .flat_map(|pc| symbols.frames(pc))
         .collect()
 }
 

@@ -327,3 +327,97 @@ fn a_scan_repairs_lost_creations_and_exits() {
         (2, 1, 1)
     );
 }
+
+/// A binary whose `go t.awaitDone()` wrapper had awaitDone inlined (Go ≥
+/// 1.22), and an older-style wrapper closure that calls its function.
+struct Inlined;
+
+impl Symbols for Inlined {
+    fn site(&self, pc: u64) -> Option<Site> {
+        self.frames(pc).pop()
+    }
+
+    fn frames(&self, pc: u64) -> Vec<Site> {
+        let names: &[&str] = match pc >> 12 {
+            3 => &["main.worker"],
+            7 => &["runtime.chanrecv1"],
+            8 => &["main.(*Tx).awaitDone", "main.(*Tx).start.gowrap1"],
+            9 => &["runtime.goexit"],
+            0xa => &["main.launch.func1"],
+            _ => &[],
+        };
+        names
+            .iter()
+            .map(|f| Site {
+                function: (*f).into(),
+                file: String::new(),
+                line: 0,
+            })
+            .collect()
+    }
+
+    fn is_wrapper(&self, pc: u64) -> Option<bool> {
+        Some(matches!(pc >> 12, 8 | 0xa))
+    }
+}
+
+/// [`Inlined`] without funcIDs.
+struct ByName;
+
+impl Symbols for ByName {
+    fn site(&self, pc: u64) -> Option<Site> {
+        Inlined.site(pc)
+    }
+
+    fn frames(&self, pc: u64) -> Vec<Site> {
+        Inlined.frames(pc)
+    }
+}
+
+fn parked_on(stack: Vec<u64>) -> super::process::Goroutine {
+    super::process::Goroutine {
+        created_ns: 0,
+        gopc: 0,
+        startpc: 0xa000,
+        parent_goid: 0,
+        last_block: None,
+        seen: Some(Box::new(super::process::Seen {
+            status: G_WAITING,
+            waitreason: RECV,
+            chan: None,
+            stack,
+        })),
+        blocked_since_ns: None,
+    }
+}
+
+#[test]
+fn a_goroutine_is_named_by_its_inlined_function_past_hidden_wrappers() {
+    use super::verdict::{stack_of, start_function};
+    let g = parked_on(vec![0x7000, 0x8011, 0x9001]);
+    assert_eq!(start_function(&g, &Inlined), "main.(*Tx).awaitDone");
+    let names: Vec<String> = stack_of(&g, &Inlined)
+        .into_iter()
+        .map(|s| s.function)
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "runtime.chanrecv1",
+            "main.(*Tx).awaitDone",
+            "main.(*Tx).start.gowrap1",
+            "runtime.goexit"
+        ]
+    );
+    // A wrapper that calls its function is hidden by its funcID, not its name.
+    let g = parked_on(vec![0x7000, 0x3011, 0xa011, 0x9001]);
+    assert_eq!(start_function(&g, &Inlined), "main.worker");
+    // Without funcIDs only `gowrapN` names are known to be wrappers.
+    let g = parked_on(vec![0x7000, 0x8011, 0x9001]);
+    assert_eq!(start_function(&g, &ByName), "main.(*Tx).awaitDone");
+    let g = parked_on(vec![0x7000, 0x3011, 0xa011, 0x9001]);
+    assert_eq!(start_function(&g, &ByName), "main.launch.func1");
+    // A stack that does not reach goexit falls back to the start PC.
+    let g = parked_on(vec![0x7000, 0x8011]);
+    assert_eq!(start_function(&g, &Inlined), "main.launch.func1");
+}
