@@ -628,7 +628,7 @@ pub fn oracle(args: &OracleArgs, agent: &Path) -> anyhow::Result<(f64, usize)> {
     if args.write {
         let date = util::output(Command::new("date").args(["-u", "+%Y-%m-%d"])).unwrap_or_default();
         let doc = format!(
-            "# Oracle: gostray against the Go runtime's goroutine leak cases\n\nRun on {} with `cargo xtask oracle --go {} --write` (--leak-after 2s, cases run in a goroutine of their own that returns, then the process stays alive).\n\n{report}",
+            "# Oracle: gostray against the Go runtime's goroutine leak cases\n\nRun on {} with `cargo xtask oracle --go {} --write` (--leak-after 2s). Each case runs in a goroutine of its own, then the process stays alive. In the agent's build the cases ask for the plain goroutine profile, so the runtime never marks a goroutine leaked for the agent to read, and `os.Exit(0)` becomes a sleep, so the process stays to be watched. The runtime column is the runtime's own GC-based detector on the unmodified cases (Go ≥ 1.26 only). Before Go 1.20 the runtime names every sync wait `semacquire`: such a leak matches an expectation of a sync wait at the same function.\n\n{report}",
             date.trim(),
             args.go
         );
