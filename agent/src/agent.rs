@@ -212,7 +212,21 @@ impl Agent {
             if !self.binary_targets.iter().any(|(_, f)| *f == file) {
                 continue;
             }
+            let Some(started) = procfs::running_since(pid) else {
+                continue; // a zombie: nothing left to watch
+            };
             if let Err(e) = self.attach(pid) {
+                // A process that exited (or whose PID was reused) while we
+                // attached is no failure: short-lived processes would
+                // otherwise page through the attach-failure alert.
+                if procfs::running_since(pid) != Some(started) {
+                    tracing::debug!(
+                        pid,
+                        error = format!("{e:#}"),
+                        "process exited during attach"
+                    );
+                    continue;
+                }
                 let reason = failure_reason(&e);
                 *self
                     .shared

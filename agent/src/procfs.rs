@@ -61,6 +61,17 @@ pub fn start_time(pid: u32) -> io::Result<u64> {
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "malformed /proc/PID/stat"))
 }
 
+/// The start time of `pid` if it is running: `None` once it has exited,
+/// including as a zombie not yet reaped (its /proc entry outlives it).
+pub fn running_since(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let state = stat[stat.rfind(')')? + 1..].split_whitespace().next()?;
+    if state == "Z" || state == "X" {
+        return None;
+    }
+    parse_start_time(&stat)
+}
+
 fn parse_start_time(stat: &str) -> Option<u64> {
     // The command name (field 2) may contain spaces and parentheses: split
     // after its last ')'. Field 3 is then the first, so field 22 is index 19.
