@@ -50,6 +50,8 @@ pub struct Agent {
     watched: HashMap<u32, Watched>,
     /// `--binary` targets, by file identity.
     binary_targets: Vec<(PathBuf, FileId)>,
+    /// `--pid` targets: re-attached when they exec a new executable.
+    named_pids: HashSet<u32>,
     leak_after: Duration,
     scan_every: Duration,
     last_scan: Option<Instant>,
@@ -105,6 +107,7 @@ impl Agent {
             binaries: BinaryCache::default(),
             watched: HashMap::new(),
             binary_targets,
+            named_pids: args.pids.iter().copied().collect(),
             leak_after: args.leak_after,
             scan_every: args.scan_interval,
             last_scan: None,
@@ -197,11 +200,34 @@ impl Agent {
         Ok(())
     }
 
+    /// Follows `--binary` paths whose file was replaced on disk (a deploy
+    /// writes a new file, a new inode): new processes run the new file. The
+    /// old file's probes stay while a watched process still runs it.
+    fn follow_replaced_binaries(&mut self) {
+        let mut retired = Vec::new();
+        for (path, id) in &mut self.binary_targets {
+            match FileId::of(path) {
+                Ok(now) if now != *id => {
+                    tracing::info!(path = %path.display(), "executable replaced on disk; watching the new file");
+                    retired.push(std::mem::replace(id, now));
+                }
+                _ => {}
+            }
+        }
+        for old in retired {
+            if !self.watched.values().any(|w| w.file == old) {
+                self.kernel.detach_binary(old);
+                self.binaries.forget(old.dev, old.ino);
+            }
+        }
+    }
+
     /// Attaches to processes of the `--binary` targets that are not watched yet.
     fn discover(&mut self) {
         if self.binary_targets.is_empty() {
             return;
         }
+        self.follow_replaced_binaries();
         for pid in procfs::all_pids() {
             if self.watched.contains_key(&pid) || pid == std::process::id() {
                 continue;
@@ -241,33 +267,52 @@ impl Agent {
         }
     }
 
-    /// Forgets processes that exited (or whose PID now names another process).
+    /// Forgets processes that exited, whose PID now names another process,
+    /// or that exec'd another executable (same PID and start time, another
+    /// file: the probes and the memory layout were the old file's).
     fn reap(&mut self) {
-        let gone: Vec<u32> = self
+        let gone: Vec<(u32, bool)> = self
             .watched
             .iter()
-            .filter(|(pid, w)| procfs::start_time(**pid).ok() != Some(w.start_time))
-            .map(|(pid, _)| *pid)
+            .filter_map(|(&pid, w)| {
+                if procfs::running_since(pid) != Some(w.start_time) {
+                    return Some((pid, false));
+                }
+                let now = FileId::of(&procfs::exe_path(pid)).ok();
+                (now.is_some() && now != Some(w.file)).then_some((pid, true))
+            })
             .collect();
-        for pid in gone {
-            self.kernel.unwatch(pid);
-            let Some(w) = self.watched.remove(&pid) else {
-                continue;
-            };
-            self.shared
-                .tracker
-                .lock()
-                .expect("tracker lock")
-                .remove_process(pid);
-            tracing::info!(pid, "process exited; forgotten");
-            let still_used = self.watched.values().any(|o| o.file == w.file);
-            if !still_used && !self.binary_targets.iter().any(|(_, f)| *f == w.file) {
-                self.kernel.detach_binary(w.file);
-                self.binaries.forget(w.file.dev, w.file.ino);
-                self.stats()
-                    .layout_guessed
-                    .remove(&(w.file.dev, w.file.ino));
+        for (pid, execd) in gone {
+            self.forget(pid);
+            if execd && self.named_pids.contains(&pid) {
+                tracing::info!(pid, "process exec'd a new executable; attaching to it");
+                if let Err(e) = self.attach(pid) {
+                    tracing::warn!(pid, error = format!("{e:#}"), "re-attach after exec failed");
+                }
             }
+        }
+    }
+
+    /// Stops watching `pid`; detaches its executable's probes if nothing
+    /// else runs it.
+    fn forget(&mut self, pid: u32) {
+        self.kernel.unwatch(pid);
+        let Some(w) = self.watched.remove(&pid) else {
+            return;
+        };
+        self.shared
+            .tracker
+            .lock()
+            .expect("tracker lock")
+            .remove_process(pid);
+        tracing::info!(pid, "process exited; forgotten");
+        let still_used = self.watched.values().any(|o| o.file == w.file);
+        if !still_used && !self.binary_targets.iter().any(|(_, f)| *f == w.file) {
+            self.kernel.detach_binary(w.file);
+            self.binaries.forget(w.file.dev, w.file.ino);
+            self.stats()
+                .layout_guessed
+                .remove(&(w.file.dev, w.file.ino));
         }
     }
 

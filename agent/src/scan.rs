@@ -27,6 +27,8 @@ pub const MAX_GOROUTINES: u64 = 10_000_000;
 pub const MAX_FRAMES: usize = 24;
 /// Stacks walked per scan; the rest are counted as not walked.
 pub const MAX_STACKS: usize = 4096;
+/// Pointers and g records read per batch.
+const CHUNK: usize = 16 * 1024;
 /// Global data read per scan when looking for channel references.
 const MAX_GLOBALS_BYTES: u64 = 32 << 20;
 
@@ -79,9 +81,16 @@ pub fn scan(
     if len == 0 || array == 0 {
         return Ok(Vec::new());
     }
-    let mut raw = vec![0u8; len as usize * 8];
-    procmem::read(pid, array, &mut raw)?;
-    let pointers: Vec<u64> = raw.chunks_exact(8).map(le64).filter(|&p| p != 0).collect();
+    // In chunks, so that a lying or torn allglen costs bounded memory
+    // (a chunk of pointers and a chunk of records) beyond the output.
+    let mut pointers = Vec::new();
+    let mut raw = vec![0u8; (len as usize).min(CHUNK) * 8];
+    for first in (0..len).step_by(CHUNK) {
+        let n = (len - first).min(CHUNK as u64) as usize;
+        let raw = &mut raw[..n * 8];
+        procmem::read(pid, array + first * 8, raw)?;
+        pointers.extend(raw.chunks_exact(8).map(le64).filter(|&p| p != 0));
+    }
     let o = bin.offsets;
     let mut fields = vec![
         o.goid,
@@ -96,12 +105,12 @@ pub fn scan(
     let record = fields.into_iter().max().unwrap_or(0) as usize + 8;
     let at = |b: &[u8], off: u32| le64(&b[off as usize..off as usize + 8]);
 
-    let mut out = Vec::with_capacity(pointers.len());
+    let mut out = Vec::with_capacity(pointers.len().min(CHUNK));
     let mut parked: Vec<(usize, u64, u64, u64)> = Vec::new(); // (index, waiting, pc, bp)
-    for bytes in procmem::read_many(pid, &pointers, record)
-        .into_iter()
-        .flatten()
-    {
+    let records = pointers
+        .chunks(CHUNK)
+        .flat_map(|chunk| procmem::read_many(pid, chunk, record).into_iter().flatten());
+    for bytes in records {
         let status = u32::from_le_bytes(
             bytes[o.atomicstatus as usize..o.atomicstatus as usize + 4]
                 .try_into()
