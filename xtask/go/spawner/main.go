@@ -5,6 +5,7 @@
 //
 //	spawn E B   start E goroutines that exit and B that block forever;
 //	            answers "done" once the E have exited and the B are parked
+//	exec PATH   replaces itself with the executable PATH (same PID)
 //	quit        exits
 package main
 
@@ -13,7 +14,9 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"strings"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -36,6 +39,11 @@ func main() {
 		var exit, block int
 		if in.Text() == "quit" {
 			return
+		}
+		if strings.HasPrefix(in.Text(), "exec ") {
+			path := strings.TrimPrefix(in.Text(), "exec ")
+			fmt.Println("error:", syscall.Exec(path, []string{path}, os.Environ()))
+			continue
 		}
 		if _, err := fmt.Sscanf(in.Text(), "spawn %d %d", &exit, &block); err != nil {
 			fmt.Println("error:", err)
