@@ -85,9 +85,31 @@ fn family<M: EncodeMetric>(
             value.encode(metric)?;
             return Ok(());
         }
+        // prometheus-client (0.24) writes label values as they are: a quote
+        // in an executable or function name would end the value early, break
+        // the whole page for the scraper and let a target forge labels.
+        let labels: Labels = labels
+            .into_iter()
+            .map(|(k, v)| (k, escape_label_value(&v)))
+            .collect();
         value.encode(metric.encode_family(&labels)?)?;
     }
     Ok(())
+}
+
+/// Escapes a label value for the text formats: backslash, double quote
+/// and line feed, as the exposition format specifies.
+fn escape_label_value(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 fn gauges(v: Vec<(Labels, u64)>) -> impl Iterator<Item = (Labels, ConstGauge)> {
@@ -410,5 +432,35 @@ impl Collector for AgentCollector {
             failures,
         )?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tracker::ProcessInfo;
+
+    #[test]
+    fn hostile_label_values_are_escaped() {
+        assert_eq!(escape_label_value(r#"a"b\c"#), r#"a\"b\\c"#);
+        assert_eq!(escape_label_value("x\ny"), r"x\ny");
+        let shared = Arc::new(Shared::new(10));
+        let exe = r#"svc",pid="1\"#;
+        shared.tracker.lock().unwrap().add_process(
+            42,
+            ProcessInfo {
+                exe: exe.into(),
+                go_version: "go1.27".into(),
+            },
+        );
+        let page = render(&registry(shared));
+        let line = page
+            .lines()
+            .find(|l| l.starts_with("gostray_goroutines{"))
+            .expect("series");
+        assert_eq!(
+            line,
+            r#"gostray_goroutines{pid="42",exe="svc\",pid=\"1\\"} 0"#
+        );
     }
 }

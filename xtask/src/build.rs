@@ -81,7 +81,7 @@ pub fn host_cargo() -> Command {
 }
 
 /// Go programs under `xtask/go/`, each one `main.go`.
-pub const FIXTURES: [&str; 5] = ["spawner", "churn", "demo", "patterns", "torture"];
+pub const FIXTURES: [&str; 6] = ["spawner", "churn", "demo", "patterns", "torture", "hostile"];
 
 /// How a fixture is built besides the default: the binary-reading tests
 /// need every Go line stripped (`-s -w`: no .symtab, no DWARF) and as a
