@@ -11,6 +11,7 @@ mod metrics;
 mod privileges;
 mod procfs;
 mod procmem;
+mod ratelimit;
 mod report;
 mod scan;
 mod server;
