@@ -269,3 +269,7 @@ pub fn referenced_from_globals(
     }
     found
 }
+
+#[cfg(test)]
+#[path = "scan_fuzz.rs"]
+mod fuzz;
