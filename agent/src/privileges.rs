@@ -27,7 +27,7 @@ pub fn missing() -> Vec<&'static str> {
     missing_from(effective, uprobes_need_sys_admin(&release))
 }
 
-/// Linux 6.16 reverted uprobes to CAP_SYS_ADMIN (commit ba677dbe77af); the
+/// Linux 6.16 reverted uprobes to `CAP_SYS_ADMIN` (commit ba677dbe77af); the
 /// stable kernels that took the revert in July 2025 have lower versions and
 /// still fail later, at `perf_event_open`, with EACCES.
 fn uprobes_need_sys_admin(release: &str) -> bool {

@@ -5,6 +5,7 @@
 //! comes out. Nothing may panic, hang, or grow beyond its bounds.
 
 use std::{
+    collections::HashSet,
     panic::{catch_unwind, AssertUnwindSafe},
     time::{Duration, Instant},
 };
@@ -156,12 +157,12 @@ fn scan_and_tracker_survive_lying_memory() {
         if let Ok(scanned) = result {
             assert!(scanned.len() as u64 <= len);
             assert!(scanned.iter().all(|g| g.stack.len() <= MAX_FRAMES));
-            let distinct: std::collections::HashSet<u64> = scanned.iter().map(|g| g.goid).collect();
+            let distinct: HashSet<u64> = scanned.iter().map(|g| g.goid).collect();
             let mut tracker = Tracker::new(32);
             tracker.add_process(1, info());
             tracker.merge_scan(1, &scanned);
             tracker.observe_scan(1, 1, scanned);
-            tracker.evaluate(1, 2_000_000_000, 1, &NoSymbols, &Default::default());
+            tracker.evaluate(1, 2_000_000_000, 1, &NoSymbols, &HashSet::default());
             let live = tracker.process_mut(1).map_or(0, |p| p.live_count());
             assert!(
                 live <= distinct.len() as u64,
@@ -221,7 +222,7 @@ fn repeated_goroutines_and_looping_frames_are_bounded() {
     let frame_at = &raw const frame[0] as u64;
     // SAFETY: writing our own box through a raw pointer to make it self-referential.
     unsafe { (frame_at as *mut u64).write(frame_at) };
-    unsafe { (frame_at as *mut u64).add(1).write(0x401000) };
+    unsafe { (frame_at as *mut u64).add(1).write(0x0040_1000) };
     put(
         &mut g,
         bin.offsets.atomicstatus,
@@ -229,14 +230,14 @@ fn repeated_goroutines_and_looping_frames_are_bounded() {
         4,
     );
     put(&mut g, bin.offsets.goid, 77, 8);
-    put(&mut g, leak.g.sched_pc, 0x402000, 8);
+    put(&mut g, leak.g.sched_pc, 0x0040_2000, 8);
     put(&mut g, leak.g.sched_bp, frame_at, 8);
     let array = vec![g.as_ptr() as u64; 1000];
     let scanned = scan_self(&mut bin, &leak, array.as_ptr() as u64, 1000).unwrap();
     assert_eq!(scanned.len(), 1000);
     assert!(scanned
         .iter()
-        .all(|s| s.goid == 77 && s.stack == [0x402000, 0x401000]));
+        .all(|s| s.goid == 77 && s.stack == [0x0040_2000, 0x0040_1000]));
     let mut tracker = Tracker::new(10);
     tracker.add_process(1, info());
     tracker.merge_scan(1, &scanned);

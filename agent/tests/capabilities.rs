@@ -1,6 +1,6 @@
 //! Least privilege: the agent does its whole job with exactly the
-//! capabilities deploy/README.md documents (SYS_ADMIN, SYS_PTRACE,
-//! DAC_READ_SEARCH) and no others, against a target of another user, and
+//! capabilities deploy/README.md documents (`SYS_ADMIN`, `SYS_PTRACE`,
+//! `DAC_READ_SEARCH`) and no others, against a target of another user, and
 //! refuses to start with one line naming whatever is missing. Run as user
 //! ID 0 with the bounding set cut by `setpriv`, as a container runtime does
 //! (the same way as the deploy checks in xtask/src/deploy/caps.rs).
@@ -19,7 +19,7 @@ const LEAST: [&str; 3] = ["sys_admin", "sys_ptrace", "dac_read_search"];
 
 /// `gostray run` under setpriv with only `caps` (setpriv's lower-case names).
 fn agent_with_only(caps: &[&str]) -> Command {
-    let bounding: String = caps.iter().map(|c| format!(",+{c}")).collect();
+    let bounding: String = caps.iter().fold(String::new(), |s, c| s + ",+" + c);
     let mut cmd = Command::new("setpriv");
     cmd.arg(format!("--bounding-set=-all{bounding}"))
         .args(["--inh-caps=-all", "--no-new-privs", "--"])
@@ -83,8 +83,8 @@ fn exact_counts_with_only_the_documented_capabilities() {
 }
 
 /// Without one of the needed capabilities the agent exits at once with one
-/// line naming it. CAP_BPF + CAP_PERFMON no longer stand in for
-/// CAP_SYS_ADMIN on this kernel (6.16+).
+/// line naming it. `CAP_BPF` + `CAP_PERFMON` no longer stand in for
+/// `CAP_SYS_ADMIN` on this kernel (6.16+).
 #[test]
 fn a_missing_capability_is_named_at_start() {
     let Some(env) = KernelEnv::get() else { return };

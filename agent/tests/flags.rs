@@ -94,7 +94,7 @@ fn invalid_values_are_refused_naming_the_flag() {
     }
 }
 
-/// The same checks hold for values from the environment (a DaemonSet sets
+/// The same checks hold for values from the environment (a `DaemonSet` sets
 /// flags that way).
 #[test]
 fn invalid_environment_values_are_refused() {

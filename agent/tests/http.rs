@@ -13,9 +13,9 @@ use std::{
 
 use support::{http_get, Agent, KernelEnv, Proc};
 
-fn status(response: &Option<String>) -> &str {
+fn status(response: Option<&String>) -> &str {
     response
-        .as_deref()
+        .map(String::as_str)
         .and_then(|r| r.get(9..12))
         .unwrap_or("---")
 }
@@ -46,16 +46,16 @@ fn request_floods_are_rate_limited_but_health_is_not() {
                 "/api/v1/leaks"
             },
         );
-        if status(&r) == "429" {
+        if status(r.as_ref()) == "429" {
             assert!(r.as_deref().unwrap().contains("Retry-After: 1\r\n"));
         }
-        *codes.entry(status(&r).to_string()).or_default() += 1;
-        assert_eq!(status(&http_get(agent.port, "/healthz")), "200");
+        *codes.entry(status(r.as_ref()).to_string()).or_default() += 1;
+        assert_eq!(status(http_get(agent.port, "/healthz").as_ref()), "200");
     }
     assert!(codes.get("429").copied().unwrap_or(0) >= 100, "{codes:?}");
     assert!(codes.get("200").copied().unwrap_or(0) >= 100, "{codes:?}");
     thread::sleep(Duration::from_millis(1500));
-    assert_eq!(status(&http_get(agent.port, "/metrics")), "200");
+    assert_eq!(status(http_get(agent.port, "/metrics").as_ref()), "200");
 }
 
 /// A request head over 8 KiB is refused with 400 without being buffered
@@ -110,7 +110,7 @@ fn idle_connections_cannot_hold_the_server() {
     let deadline = begun + Duration::from_secs(12);
     let mut served = false;
     while Instant::now() < deadline && !served {
-        served = status(&http_get(agent.port, "/healthz")) == "200";
+        served = status(http_get(agent.port, "/healthz").as_ref()) == "200";
     }
     assert!(served, "not served within 12 s");
     eprintln!(
@@ -118,5 +118,5 @@ fn idle_connections_cannot_hold_the_server() {
         begun.elapsed()
     );
     drop(idle);
-    assert_eq!(status(&http_get(agent.port, "/metrics")), "200");
+    assert_eq!(status(http_get(agent.port, "/metrics").as_ref()), "200");
 }

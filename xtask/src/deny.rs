@@ -1,6 +1,6 @@
 //! Supply-chain checks with cargo-deny: every dependency's licence is on
 //! the allow-list in deny.toml, no wildcard versions, crates only from
-//! crates.io. Advisories are left out: the RustSec database is fetched from
+//! crates.io. Advisories are left out: the `RustSec` database is fetched from
 //! GitHub, which this CI cannot reach (`cargo xtask deny --advisories`
 //! where it can).
 
@@ -34,7 +34,7 @@ fn ensure_cargo_deny() -> anyhow::Result<PathBuf> {
     cargo_deny().ok_or_else(|| anyhow::anyhow!("cargo-deny installed but does not run"))
 }
 
-/// Runs the checks; with `advisories`, the RustSec check too (network).
+/// Runs the checks; with `advisories`, the `RustSec` check too (network).
 pub fn deny(advisories: bool) -> anyhow::Result<()> {
     let bin = ensure_cargo_deny()?;
     let t = step("cargo deny: licences, bans, sources");

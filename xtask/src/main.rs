@@ -57,7 +57,7 @@ enum Task {
     TestDeploy,
     /// Licences, bans and sources of every dependency (cargo-deny, deny.toml).
     Deny {
-        /// Also check RustSec advisories (fetches the database from GitHub).
+        /// Also check `RustSec` advisories (fetches the database from GitHub).
         #[arg(long)]
         advisories: bool,
     },

@@ -36,6 +36,7 @@ impl KernelEnv {
     }
 
     /// Every Go line of the matrix (`GOSTRAY_GO_LINES`, set by `cargo xtask test`).
+    #[allow(clippy::unused_self)] // asked of the environment, like `fixture`
     pub fn go_lines(&self) -> Vec<String> {
         let lines = std::env::var("GOSTRAY_GO_LINES")
             .expect("GOSTRAY_GO_LINES is not set (run through `cargo xtask test`)");
