@@ -115,6 +115,18 @@ pub fn all_pids() -> Vec<u32> {
 mod tests {
     use super::*;
 
+    /// A process gone between listing and reading: every reader says so
+    /// with an error or `None`, never a panic or a stale value.
+    #[test]
+    fn vanished_processes() {
+        let gone = u32::MAX - 1; // above pid_max: never a live process
+        assert!(start_time(gone).is_err());
+        assert_eq!(running_since(gone), None);
+        assert!(exe_name(gone).is_err());
+        assert!(image_start(gone, FileId { dev: 0, ino: 0 }).is_err());
+        assert!(running_since(std::process::id()).is_some());
+    }
+
     #[test]
     fn start_time_survives_hostile_command_names() {
         let stat = "4242 (my) (evil) prog) S 1 4242 4242 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 8 0 987654 1000 10";
