@@ -7,7 +7,8 @@
 //! perf event waits for an RCU grace period under the kernel's global
 //! event mutex, about 90 ms each on this 6.18 VM (measured with strace;
 //! closing them from parallel threads does not help), so one executable's
-//! dozen probes take about a second.
+//! dozen probes take about a second, and agents detaching at the same time
+//! (parallel tests, other checkouts on the machine) wait on each other.
 
 mod support;
 
@@ -97,7 +98,8 @@ fn sigkill_while_probes_fire_then_restart_counts_nothing_twice() {
 }
 
 /// SIGTERM while 500 goroutines a tick churn: /readyz answers 503 before the
-/// agent stops answering, the agent exits cleanly within three seconds, the
+/// agent stops answering, the agent exits cleanly within seconds (about one
+/// alone; 8 s allows for other agents detaching at the same time), the
 /// probes are gone from the target, and the target's result is unchanged.
 #[test]
 fn sigterm_while_probes_fire_detaches_within_seconds_readyz_first() {
@@ -138,8 +140,8 @@ fn sigterm_while_probes_fire_detaches_within_seconds_readyz_first() {
     let begun = Instant::now();
     let status = agent
         .proc
-        .terminate(Duration::from_secs(3))
-        .expect("agent exited within 3 s of SIGTERM");
+        .terminate(Duration::from_secs(8))
+        .expect("agent exited within 8 s of SIGTERM");
     let took = begun.elapsed();
     stop.store(true, Ordering::Relaxed);
     let seen = poller.join().unwrap();
