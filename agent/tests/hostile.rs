@@ -123,6 +123,29 @@ fn hostile_names_are_bounded_and_escaped() {
     let report: serde_json::Value = serde_json::from_str(body).expect("valid JSON");
     check_strings(&report, 256);
     assert!(body.contains("main.Ünïcødé_"), "{body}");
+
+    // The terminal: `gostray leaks` prints no control character but line
+    // ends (no escape sequence a name could smuggle in), lines bounded.
+    let out = Command::new(env!("CARGO_BIN_EXE_gostray"))
+        .args([
+            "leaks",
+            "--url",
+            &format!("http://127.0.0.1:{}", agent.port),
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).expect("utf-8");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("main.Ünïcødé_"), "{text}");
+    assert!(
+        !text.chars().any(|c| c.is_control() && c != '\n'),
+        "{text:?}"
+    );
+    assert!(text.lines().all(|l| l.chars().count() <= 512), "{text}");
     drop(target);
     let _ = std::fs::remove_dir_all(dir);
 }
