@@ -239,7 +239,12 @@ impl Agent {
     pub fn metrics_until(&self, within: Duration, ok: impl Fn(&Metrics) -> bool) -> Metrics {
         let deadline = Instant::now() + within;
         loop {
-            let m = self.metrics();
+            // A scrape may time out while a big scan holds the tracker: poll on.
+            let m = match http_get(self.port, "/metrics") {
+                Some(page) => Metrics(page),
+                None if Instant::now() < deadline => continue,
+                None => self.metrics(),
+            };
             if ok(&m) || Instant::now() >= deadline {
                 return m;
             }
@@ -292,7 +297,7 @@ fn free_port() -> u16 {
 /// A GET request; the whole response, or `None` if nothing answered.
 pub fn http_get(port: u16, path: &str) -> Option<String> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(15))).ok()?;
     write!(s, "GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").ok()?;
     let mut out = String::new();
     s.read_to_string(&mut out).ok()?;
