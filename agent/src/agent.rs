@@ -169,7 +169,11 @@ impl Agent {
         // A failed scan still leaves the process watched: its counts are then
         // only those of events since attach.
         let scanned = scan::scan(pid, bin, None, bias, &|_| false).unwrap_or_else(|e| {
-            tracing::warn!(pid, error = %e, "goroutine table scan failed");
+            if procfs::running_since(pid).is_some() {
+                tracing::warn!(pid, error = %e, "goroutine table scan failed");
+            } else {
+                tracing::debug!(pid, "exited during attach");
+            }
             Vec::new()
         });
         self.shared
