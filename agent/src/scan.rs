@@ -70,8 +70,8 @@ pub fn scan(
     bias: u64,
     walk: &dyn Fn(u8) -> bool,
 ) -> io::Result<Vec<ScannedG>> {
-    let len = procmem::read_u64(pid, bin.allglen + bias)?;
-    let array = procmem::read_u64(pid, bin.allgs + bias)?;
+    let len = procmem::read_u64(pid, bin.allglen.wrapping_add(bias))?;
+    let array = procmem::read_u64(pid, bin.allgs.wrapping_add(bias))?;
     if len > MAX_GOROUTINES {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
@@ -88,7 +88,13 @@ pub fn scan(
     for first in (0..len).step_by(CHUNK) {
         let n = (len - first).min(CHUNK as u64) as usize;
         let raw = &mut raw[..n * 8];
-        procmem::read(pid, array + first * 8, raw)?;
+        let at = array.checked_add(first * 8).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                "allgs points past the address space",
+            )
+        })?;
+        procmem::read(pid, at, raw)?;
         pointers.extend(raw.chunks_exact(8).map(le64).filter(|&p| p != 0));
     }
     let o = bin.offsets;
@@ -167,7 +173,8 @@ fn read_channels(
     let with_sudog: Vec<(usize, u64)> = parked
         .iter()
         .filter(|p| p.1 != 0)
-        .map(|p| (p.0, p.1 + u64::from(l.chan.sudog_c)))
+        // A pointer read from the target may be anything: never overflow on it.
+        .filter_map(|p| Some((p.0, p.1.checked_add(u64::from(l.chan.sudog_c))?)))
         .collect();
     let addrs: Vec<u64> = with_sudog.iter().map(|p| p.1).collect();
     let chans: Vec<(usize, u64)> = procmem::read_many(pid, &addrs, 8)
@@ -250,8 +257,8 @@ pub fn referenced_from_globals(
     let mut budget = MAX_GLOBALS_BYTES;
     let mut buf = vec![0u8; CHUNK as usize];
     for &(start, end) in ranges {
-        let mut at = (start + bias) & !7;
-        let end = end + bias;
+        let mut at = start.wrapping_add(bias) & !7;
+        let end = end.wrapping_add(bias);
         while at < end && budget > 0 && found.len() < wanted.len() {
             let n = (end - at).min(CHUNK).min(budget);
             let chunk = &mut buf[..n as usize];

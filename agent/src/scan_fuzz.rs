@@ -112,7 +112,7 @@ fn scan_and_tracker_survive_lying_memory() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(5)
-        .min(10);
+        .min(30);
     let mut rng = Rng(0x2545_f491_4f6c_dd1d);
     let begun = Instant::now();
     let mut cases = 0u64;
