@@ -5,7 +5,7 @@
 //! shared tracker that the HTTP server reads.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     path::PathBuf,
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -66,6 +66,8 @@ pub struct Agent {
     /// Whole-host mode's state; `None` when targets were named.
     pub(crate) host: Option<Host>,
     pub(crate) pid_label: bool,
+    /// `--pid` targets: re-attached when they exec a new executable.
+    pub(crate) named_pids: HashSet<u32>,
     /// Executables with probes but no watched process, since when.
     pub(crate) idle_binaries: HashMap<FileId, Instant>,
     pub(crate) detach_grace: Duration,
@@ -150,6 +152,7 @@ impl Agent {
             procs,
             host: args.whole_host().then(|| Host::new(args)),
             pid_label: args.pid_label,
+            named_pids: args.pids.iter().copied().collect(),
             idle_binaries: HashMap::new(),
             detach_grace: args.detach_grace,
             leak_after: args.leak_after,
@@ -286,7 +289,11 @@ impl Agent {
         // A failed scan still leaves the process watched: its counts are then
         // only those of events since attach.
         let scanned = scan::scan(pid, &bin, None, bias, &|_| false).unwrap_or_else(|e| {
-            tracing::warn!(pid, error = %e, "goroutine table scan failed");
+            if procfs::running_since(pid).is_some() {
+                tracing::warn!(pid, error = %e, "goroutine table scan failed");
+            } else {
+                tracing::debug!(pid, "exited during attach");
+            }
             Vec::new()
         });
         self.shared
@@ -317,8 +324,27 @@ impl Agent {
         if self.binary_targets.is_empty() {
             return;
         }
+        self.follow_replaced_binaries();
         for pid in procfs::all_pids() {
             self.consider_target(pid);
+        }
+    }
+
+    /// Follows `--binary` paths whose file was replaced on disk (a deploy
+    /// writes a new file, a new inode): new processes run the new file. The
+    /// old file's probes go once no watched process runs it.
+    pub(crate) fn follow_replaced_binaries(&mut self) {
+        let mut retired = Vec::new();
+        for (path, id) in &mut self.binary_targets {
+            if let Ok(now) = FileId::of(path) {
+                if now != *id {
+                    tracing::info!(path = %path.display(), "executable replaced on disk; watching the new file");
+                    retired.push(std::mem::replace(id, now));
+                }
+            }
+        }
+        for old in retired {
+            self.release_if_unused(old);
         }
     }
 
@@ -340,6 +366,13 @@ impl Agent {
 
     pub(crate) fn count_failure(&self, pid: u32, e: &anyhow::Error) {
         let reason = failure_reason(e);
+        // A process that exited while being attached is a race, not a
+        // failure: short-lived processes would page through the
+        // attach-failure alert otherwise.
+        if reason == "exited" {
+            tracing::debug!(pid, "exited during attach");
+            return;
+        }
         *self
             .shared
             .stats

@@ -81,14 +81,40 @@ impl Agent {
     /// Forgets processes that exited (zombies included) or whose PID now
     /// names another process: the safety net behind the exit tracepoint.
     fn reap(&mut self) {
-        let gone: Vec<u32> = self
+        // Gone, or still there but running another executable (an exec
+        // keeps the PID and start time; probes and layout were the old
+        // file's).
+        let gone: Vec<(u32, bool)> = self
             .watched
             .iter()
-            .filter(|(pid, w)| !procfs::alive(**pid, w.start_time))
-            .map(|(pid, _)| *pid)
+            .filter_map(|(&pid, w)| {
+                if !procfs::alive(pid, w.start_time) {
+                    return Some((pid, false));
+                }
+                let now = FileId::of(&procfs::exe_path(pid)).ok();
+                (now.is_some() && now != Some(w.file)).then_some((pid, true))
+            })
             .collect();
-        for pid in gone {
+        for (pid, execd) in gone {
             self.forget(pid);
+            if execd {
+                self.reconsider(pid);
+            }
+        }
+    }
+
+    /// After `pid` exec'd a new program: a named `--pid` is followed into
+    /// it; otherwise the usual selection decides.
+    fn reconsider(&mut self, pid: u32) {
+        if self.named_pids.contains(&pid) {
+            tracing::info!(pid, "process exec'd a new executable; attaching to it");
+            if let Err(e) = self.attach(pid) {
+                self.count_failure(pid, &e);
+            }
+        } else if self.host.is_some() {
+            self.consider_host(pid);
+        } else {
+            self.consider_target(pid);
         }
     }
 
@@ -114,11 +140,7 @@ impl Agent {
                         }
                         self.forget(pid);
                     }
-                    if self.host.is_some() {
-                        self.consider_host(pid);
-                    } else {
-                        self.consider_target(pid);
-                    }
+                    self.reconsider(pid);
                 }
             }
         }
@@ -165,6 +187,7 @@ impl Agent {
             self.detach_idle();
             let now = Instant::now();
             if now >= next_scan {
+                self.follow_replaced_binaries();
                 self.reap();
                 self.discover();
                 self.relabel();

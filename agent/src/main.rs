@@ -20,6 +20,7 @@ mod metrics_text;
 mod privileges;
 mod procfs;
 mod procmem;
+mod ratelimit;
 mod report;
 mod scan;
 mod selection;

@@ -119,9 +119,31 @@ pub(crate) fn family<M: EncodeMetric>(
             value.encode(metric)?;
             return Ok(());
         }
+        // prometheus-client (0.24) writes label values as they are: a quote
+        // in an executable or function name would end the value early, break
+        // the whole page for the scraper and let a target forge labels.
+        let labels: Labels = labels
+            .into_iter()
+            .map(|(k, v)| (k, escape_label_value(&v)))
+            .collect();
         value.encode(metric.encode_family(&labels)?)?;
     }
     Ok(())
+}
+
+/// Escapes a label value for the text formats: backslash, double quote
+/// and line feed, as the exposition format specifies.
+fn escape_label_value(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// The per-process families, one series per label set.
@@ -270,5 +292,41 @@ impl Collector for AgentCollector {
             failures,
         )?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tracker::ProcessInfo;
+
+    #[test]
+    fn hostile_label_values_are_escaped() {
+        assert_eq!(escape_label_value(r#"a"b\c"#), r#"a\"b\\c"#);
+        assert_eq!(escape_label_value("x\ny"), r"x\ny");
+        let shared = Arc::new(Shared::new(10, 10));
+        let exe = r#"svc",pid="1\"#;
+        shared.tracker.lock().unwrap().add_process(
+            42,
+            ProcessInfo {
+                exe: exe.into(),
+                go_version: "go1.27".into(),
+            },
+        );
+        let key = crate::series::SeriesKey {
+            exe: exe.into(),
+            pid: Some(42),
+            ..Default::default()
+        };
+        shared.series.lock().unwrap().assign(42, key);
+        let page = render(&registry(shared));
+        let line = page
+            .lines()
+            .find(|l| l.starts_with("gostray_goroutines{"))
+            .expect("series");
+        assert_eq!(
+            line,
+            r#"gostray_goroutines{exe="svc\",pid=\"1\\",pid="42"} 0"#
+        );
     }
 }

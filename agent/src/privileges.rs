@@ -23,13 +23,27 @@ pub fn missing() -> Vec<&'static str> {
         .find_map(|l| l.strip_prefix("CapEff:"))
         .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
         .unwrap_or(0);
-    missing_from(effective)
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    missing_from(effective, uprobes_need_sys_admin(&release))
 }
 
-fn missing_from(effective: u64) -> Vec<&'static str> {
+/// Linux 6.16 reverted uprobes to `CAP_SYS_ADMIN` (commit ba677dbe77af); the
+/// stable kernels that took the revert in July 2025 have lower versions and
+/// still fail later, at `perf_event_open`, with EACCES.
+fn uprobes_need_sys_admin(release: &str) -> bool {
+    let mut parts = release
+        .trim()
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    (major, minor) >= (6, 16)
+}
+
+fn missing_from(effective: u64, sys_admin_only: bool) -> Vec<&'static str> {
     let has = |bit: u32| effective & (1 << bit) != 0;
     let mut out = Vec::new();
-    if !has(CAP_SYS_ADMIN) && !(has(CAP_BPF) && has(CAP_PERFMON)) {
+    let bpf_perfmon = !sys_admin_only && has(CAP_BPF) && has(CAP_PERFMON);
+    if !has(CAP_SYS_ADMIN) && !bpf_perfmon {
         out.push("CAP_SYS_ADMIN");
     }
     if !has(CAP_SYS_PTRACE) {
@@ -44,16 +58,31 @@ mod tests {
 
     #[test]
     fn names_what_is_missing() {
-        assert_eq!(missing_from(0), vec!["CAP_SYS_ADMIN", "CAP_SYS_PTRACE"]);
-        assert!(missing_from(u64::MAX).is_empty());
-        assert!(missing_from((1 << CAP_SYS_ADMIN) | (1 << CAP_SYS_PTRACE)).is_empty());
-        // Older kernels: BPF and PERFMON stand in for SYS_ADMIN.
-        assert!(
-            missing_from((1 << CAP_BPF) | (1 << CAP_PERFMON) | (1 << CAP_SYS_PTRACE)).is_empty()
-        );
-        assert_eq!(
-            missing_from((1 << CAP_BPF) | (1 << CAP_SYS_PTRACE)),
-            vec!["CAP_SYS_ADMIN"]
-        );
+        for new in [false, true] {
+            assert_eq!(
+                missing_from(0, new),
+                vec!["CAP_SYS_ADMIN", "CAP_SYS_PTRACE"]
+            );
+            assert!(missing_from(u64::MAX, new).is_empty());
+            assert!(missing_from((1 << CAP_SYS_ADMIN) | (1 << CAP_SYS_PTRACE), new).is_empty());
+            assert_eq!(
+                missing_from((1 << CAP_BPF) | (1 << CAP_SYS_PTRACE), new),
+                vec!["CAP_SYS_ADMIN"]
+            );
+        }
+        // Before 6.16, BPF and PERFMON stand in for SYS_ADMIN; not after.
+        let bpf = (1 << CAP_BPF) | (1 << CAP_PERFMON) | (1 << CAP_SYS_PTRACE);
+        assert!(missing_from(bpf, false).is_empty());
+        assert_eq!(missing_from(bpf, true), vec!["CAP_SYS_ADMIN"]);
+    }
+
+    #[test]
+    fn kernel_releases() {
+        assert!(uprobes_need_sys_admin("6.18.0-1-amd64\n"));
+        assert!(uprobes_need_sys_admin("6.16.0"));
+        assert!(uprobes_need_sys_admin("7.0.1"));
+        assert!(!uprobes_need_sys_admin("6.15.9"));
+        assert!(!uprobes_need_sys_admin("5.10.0-30-cloud-amd64"));
+        assert!(!uprobes_need_sys_admin("garbage"));
     }
 }

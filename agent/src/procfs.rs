@@ -61,15 +61,21 @@ pub fn start_time(pid: u32) -> io::Result<u64> {
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "malformed /proc/PID/stat"))
 }
 
+/// The start time of `pid` if it is running: `None` once it has exited,
+/// including as a zombie not yet reaped (its /proc entry outlives it).
+pub fn running_since(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let state = stat[stat.rfind(')')? + 1..].split_whitespace().next()?;
+    if matches!(state, "Z" | "X" | "x") {
+        return None;
+    }
+    parse_start_time(&stat)
+}
+
 /// True while `pid` is the process that started at `start_time` and has not
-/// exited: a zombie (state Z or X) has exited even though its entry remains.
+/// exited: a zombie has exited even though its entry remains.
 pub fn alive(pid: u32, start_time: u64) -> bool {
-    fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        let state = stat
-            .rfind(')')
-            .and_then(|i| stat[i + 1..].split_whitespace().next());
-        parse_start_time(&stat) == Some(start_time) && !matches!(state, Some("Z" | "X" | "x"))
-    })
+    running_since(pid) == Some(start_time)
 }
 
 fn parse_start_time(stat: &str) -> Option<u64> {
@@ -114,6 +120,18 @@ pub fn all_pids() -> Vec<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A process gone between listing and reading: every reader says so
+    /// with an error or `None`, never a panic or a stale value.
+    #[test]
+    fn vanished_processes() {
+        let gone = u32::MAX - 1; // above pid_max: never a live process
+        assert!(start_time(gone).is_err());
+        assert_eq!(running_since(gone), None);
+        assert!(exe_name(gone).is_err());
+        assert!(image_start(gone, FileId { dev: 0, ino: 0 }).is_err());
+        assert!(running_since(std::process::id()).is_some());
+    }
 
     #[test]
     fn start_time_survives_hostile_command_names() {

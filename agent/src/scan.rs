@@ -27,6 +27,8 @@ pub const MAX_GOROUTINES: u64 = 10_000_000;
 pub const MAX_FRAMES: usize = 24;
 /// Stacks walked per scan; the rest are counted as not walked.
 pub const MAX_STACKS: usize = 4096;
+/// Pointers and g records read per batch.
+const CHUNK: usize = 16 * 1024;
 /// Global data read per scan when looking for channel references.
 const MAX_GLOBALS_BYTES: u64 = 32 << 20;
 
@@ -68,8 +70,8 @@ pub fn scan(
     bias: u64,
     walk: &dyn Fn(u8) -> bool,
 ) -> io::Result<Vec<ScannedG>> {
-    let len = procmem::read_u64(pid, bin.allglen + bias)?;
-    let array = procmem::read_u64(pid, bin.allgs + bias)?;
+    let len = procmem::read_u64(pid, bin.allglen.wrapping_add(bias))?;
+    let array = procmem::read_u64(pid, bin.allgs.wrapping_add(bias))?;
     if len > MAX_GOROUTINES {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
@@ -79,9 +81,22 @@ pub fn scan(
     if len == 0 || array == 0 {
         return Ok(Vec::new());
     }
-    let mut raw = vec![0u8; len as usize * 8];
-    procmem::read(pid, array, &mut raw)?;
-    let pointers: Vec<u64> = raw.chunks_exact(8).map(le64).filter(|&p| p != 0).collect();
+    // In chunks, so that a lying or torn allglen costs bounded memory
+    // (a chunk of pointers and a chunk of records) beyond the output.
+    let mut pointers = Vec::new();
+    let mut raw = vec![0u8; (len as usize).min(CHUNK) * 8];
+    for first in (0..len).step_by(CHUNK) {
+        let n = (len - first).min(CHUNK as u64) as usize;
+        let raw = &mut raw[..n * 8];
+        let at = array.checked_add(first * 8).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                "allgs points past the address space",
+            )
+        })?;
+        procmem::read(pid, at, raw)?;
+        pointers.extend(raw.chunks_exact(8).map(le64).filter(|&p| p != 0));
+    }
     let o = bin.offsets;
     let mut fields = vec![
         o.goid,
@@ -96,12 +111,12 @@ pub fn scan(
     let record = fields.into_iter().max().unwrap_or(0) as usize + 8;
     let at = |b: &[u8], off: u32| le64(&b[off as usize..off as usize + 8]);
 
-    let mut out = Vec::with_capacity(pointers.len());
+    let mut out = Vec::with_capacity(pointers.len().min(CHUNK));
     let mut parked: Vec<(usize, u64, u64, u64)> = Vec::new(); // (index, waiting, pc, bp)
-    for bytes in procmem::read_many(pid, &pointers, record)
-        .into_iter()
-        .flatten()
-    {
+    let records = pointers
+        .chunks(CHUNK)
+        .flat_map(|chunk| procmem::read_many(pid, chunk, record).into_iter().flatten());
+    for bytes in records {
         let status = u32::from_le_bytes(
             bytes[o.atomicstatus as usize..o.atomicstatus as usize + 4]
                 .try_into()
@@ -158,7 +173,8 @@ fn read_channels(
     let with_sudog: Vec<(usize, u64)> = parked
         .iter()
         .filter(|p| p.1 != 0)
-        .map(|p| (p.0, p.1 + u64::from(l.chan.sudog_c)))
+        // A pointer read from the target may be anything: never overflow on it.
+        .filter_map(|p| Some((p.0, p.1.checked_add(u64::from(l.chan.sudog_c))?)))
         .collect();
     let addrs: Vec<u64> = with_sudog.iter().map(|p| p.1).collect();
     let chans: Vec<(usize, u64)> = procmem::read_many(pid, &addrs, 8)
@@ -241,8 +257,8 @@ pub fn referenced_from_globals(
     let mut budget = MAX_GLOBALS_BYTES;
     let mut buf = vec![0u8; CHUNK as usize];
     for &(start, end) in ranges {
-        let mut at = (start + bias) & !7;
-        let end = end + bias;
+        let mut at = start.wrapping_add(bias) & !7;
+        let end = end.wrapping_add(bias);
         while at < end && budget > 0 && found.len() < wanted.len() {
             let n = (end - at).min(CHUNK).min(budget);
             let chunk = &mut buf[..n as usize];
@@ -260,3 +276,7 @@ pub fn referenced_from_globals(
     }
     found
 }
+
+#[cfg(test)]
+#[path = "scan_fuzz.rs"]
+mod fuzz;

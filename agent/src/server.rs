@@ -14,7 +14,11 @@ use tokio::{
     net::{TcpListener, TcpStream},
 };
 
-use crate::{metrics, metrics_text, state::Shared};
+use crate::{
+    metrics, metrics_text,
+    ratelimit::{RateLimiter, RETRY_AFTER},
+    state::Shared,
+};
 
 const MAX_REQUEST: usize = 8 * 1024;
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
@@ -31,6 +35,7 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
 
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     let registry = Arc::new(metrics::registry(shared.clone()));
+    let limiter = Arc::new(RateLimiter::default());
     let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let Ok((stream, _)) = listener.accept().await else {
@@ -39,9 +44,9 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
         let Ok(permit) = permits.clone().acquire_owned().await else {
             return;
         };
-        let (shared, registry) = (shared.clone(), registry.clone());
+        let (shared, registry, limiter) = (shared.clone(), registry.clone(), limiter.clone());
         tokio::spawn(async move {
-            if let Err(e) = handle(stream, &shared, &registry).await {
+            if let Err(e) = handle(stream, &shared, &registry, &limiter).await {
                 tracing::debug!(error = %e, "http connection");
             }
             drop(permit);
@@ -53,6 +58,7 @@ async fn handle(
     mut stream: TcpStream,
     shared: &Shared,
     registry: &Registry,
+    limiter: &RateLimiter,
 ) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(1024);
     let head_end = tokio::time::timeout(READ_TIMEOUT, async {
@@ -75,13 +81,18 @@ async fn handle(
     .unwrap_or(Ok(None))?;
     let response = match head_end {
         None => reply(400, "text/plain", "bad request\n"),
-        Some(end) => route(&String::from_utf8_lossy(&buf[..end]), shared, registry),
+        Some(end) => route(
+            &String::from_utf8_lossy(&buf[..end]),
+            shared,
+            registry,
+            limiter,
+        ),
     };
     stream.write_all(&response).await?;
     stream.shutdown().await
 }
 
-fn route(head: &str, shared: &Shared, registry: &Registry) -> Vec<u8> {
+fn route(head: &str, shared: &Shared, registry: &Registry, limiter: &RateLimiter) -> Vec<u8> {
     let mut parts = head.lines().next().unwrap_or_default().split(' ');
     let (method, target) = (
         parts.next().unwrap_or_default(),
@@ -91,6 +102,9 @@ fn route(head: &str, shared: &Shared, registry: &Registry) -> Vec<u8> {
         return reply(405, "text/plain", "only GET\n");
     }
     let path = target.split('?').next().unwrap_or_default();
+    if matches!(path, "/metrics" | "/api/v1/leaks") && !limiter.allow() {
+        return reply(429, "text/plain", "too many requests\n");
+    }
     match path {
         "/metrics" => {
             let om = metrics::render(registry);
@@ -135,11 +149,17 @@ fn reply(status: u16, content_type: &str, body: &str) -> Vec<u8> {
         400 => "Bad Request",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        429 => "Too Many Requests",
         500 => "Internal Server Error",
         _ => "Service Unavailable",
     };
+    let retry = if status == 429 {
+        format!("Retry-After: {}\r\n", RETRY_AFTER.as_secs())
+    } else {
+        String::new()
+    };
     format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n{retry}Connection: close\r\n\r\n{body}",
         body.len()
     )
     .into_bytes()
@@ -153,7 +173,9 @@ mod tests {
     fn routes_and_refuses() {
         let shared = Arc::new(Shared::new(10, 10));
         let registry = metrics::registry(shared.clone());
-        let get = |head: &str| String::from_utf8(route(head, &shared, &registry)).unwrap();
+        let limiter = RateLimiter::new(1.0, 3.0);
+        let get =
+            |head: &str| String::from_utf8(route(head, &shared, &registry, &limiter)).unwrap();
         assert!(get("GET /healthz HTTP/1.1").starts_with("HTTP/1.1 200"));
         assert!(get("GET /readyz HTTP/1.1").starts_with("HTTP/1.1 503"));
         shared.ready.store(true, Ordering::Relaxed);
@@ -167,5 +189,13 @@ mod tests {
         assert!(plain.contains("text/plain; version=0.0.4"), "{plain}");
         assert!(plain.contains("# TYPE gostray_stray_events_total counter"));
         assert!(!plain.contains("# EOF"));
+        // The burst of 3 is spent after the leak report: the next render is
+        // refused, health is not.
+        let refused = get("GET /api/v1/leaks HTTP/1.1");
+        assert!(refused.starts_with("HTTP/1.1 200"), "{refused}");
+        let refused = get("GET /metrics HTTP/1.1");
+        assert!(refused.starts_with("HTTP/1.1 429"), "{refused}");
+        assert!(refused.contains("Retry-After: 1\r\n"), "{refused}");
+        assert!(get("GET /healthz HTTP/1.1").starts_with("HTTP/1.1 200"));
     }
 }

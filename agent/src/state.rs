@@ -46,13 +46,13 @@ pub struct Stats {
 }
 
 /// Every `reason` label of `gostray_attach_failures_total`
-/// (`GoBinError::reason`, and the agent's own `exited`, `attach_error`).
-pub const ATTACH_FAILURE_REASONS: [&str; 6] = [
+/// (`GoBinError::reason`, and the agent's own `attach_error`; a process
+/// that exits during attach is not a failure).
+pub const ATTACH_FAILURE_REASONS: [&str; 5] = [
     "not_go",
     "go_too_old",
     "unsupported_arch",
     "unreadable_binary",
-    "exited",
     "attach_error",
 ];
 

@@ -32,10 +32,13 @@ pub struct ProcSymbols {
 
 /// Longest file path kept in a report.
 const MAX_FILE_LEN: usize = 256;
+/// Longest function name kept: Go allows identifiers of any length, and
+/// generic instantiations spell out their type arguments.
+const MAX_FUNCTION_LEN: usize = 256;
 
 fn site_of(f: Frame) -> Site {
     Site {
-        function: f.function,
+        function: bounded_to(&f.function, MAX_FUNCTION_LEN),
         file: bounded_to(&f.file, MAX_FILE_LEN),
         line: f.line,
     }

@@ -109,8 +109,12 @@ fn deleted_and_replaced_executables_are_followed() {
     let mut new = Proc::spawn(&mut Command::new(&path));
     assert_eq!(new.line(), "ready");
     counts_follow(&agent, &mut new, "replacement build");
-    // Two different files: two attachments.
-    assert_eq!(agent.metrics().scalar("gostray_attached_binaries"), 2);
+    // Two different files: two attachments (the gauge is refreshed by
+    // the control loop, a moment after the attach).
+    let m = agent.metrics_until(Duration::from_secs(5), |m| {
+        m.scalar("gostray_attached_binaries") == 2
+    });
+    assert_eq!(m.scalar("gostray_attached_binaries"), 2);
     // Without --pid-label both report as exe="edge-replaced": summed.
 }
 

@@ -197,17 +197,23 @@ fn binary_mode_attaches_later_processes_and_forgets_exited_ones() {
     );
 }
 
-/// SIGTERM detaches within a couple of seconds and the target keeps running.
+/// SIGTERM detaches within seconds and the target keeps running. Detaching
+/// one executable's probes takes about a second alone on this 6.18 VM; the
+/// kernel serialises uprobe removal machine-wide (see reliability.rs), so
+/// agents of tests running at the same time wait on each other: the bound
+/// leaves room for that.
 #[test]
 fn sigterm_detaches_and_target_survives() {
     let Some(env) = KernelEnv::get() else { return };
     let mut spawner = Proc::spawn(&mut Command::new(env.fixture("spawner", "1.27")));
     assert_eq!(spawner.line(), "ready");
     let mut agent = Agent::start(&["--pid", &spawner.pid().to_string()]);
+    let begun = std::time::Instant::now();
     let status = agent
         .proc
-        .terminate(Duration::from_secs(3))
-        .expect("agent stopped within 3 s");
+        .terminate(Duration::from_secs(8))
+        .expect("agent stopped within 8 s");
+    eprintln!("SIGTERM to exit: {:?}", begun.elapsed());
     assert!(status.success(), "agent exit status {status}");
     spawner.send("spawn 1000 0");
     assert!(spawner.expect_line("done").starts_with("done"));

@@ -30,6 +30,15 @@ pub const PROG_SEND_CLOSED: &str = "chan_send_closed";
 pub const MAP_CLOSERS: &str = "CLOSERS";
 /// Bound on remembered first closers, across processes.
 pub const MAX_CLOSERS: u32 = 16384;
+/// Name of the LRU map from (pid, goid) to the time of its last block event.
+pub const MAP_BLOCK_SEEN: &str = "BLOCK_SEEN";
+/// Bound on goroutines whose last block event time is remembered.
+pub const MAX_BLOCK_SEEN: u32 = 65536;
+/// A goroutine's block events closer together than this are not sent:
+/// a goroutine parking thousands of times a second (a busy pipeline) costs
+/// one event per interval, and "blocked since" is at most this much early.
+pub const BLOCK_EVENT_GAP_NS: u64 = 100_000_000;
+
 /// Return addresses a [`ChanEvent`] carries, innermost first.
 pub const EVENT_PCS: usize = 4;
 
@@ -160,6 +169,15 @@ pub struct CloserKey {
     pub hchan: u64,
 }
 
+/// Key of [`MAP_BLOCK_SEEN`].
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct GoidKey {
+    pub pid: u32,
+    pub _pad: u32,
+    pub goid: u64,
+}
+
 /// Value of [`MAP_CLOSERS`]: who closed the channel first.
 #[repr(C)]
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
@@ -252,6 +270,7 @@ mod pod {
     unsafe impl aya::Pod for super::CloserKey {}
     unsafe impl aya::Pod for super::Closer {}
     unsafe impl aya::Pod for super::ProcEvent {}
+    unsafe impl aya::Pod for super::GoidKey {}
 }
 
 const _: () = assert!(core::mem::size_of::<GoroutineEvent>() == 48);

@@ -4,7 +4,10 @@ use aya_ebpf::{
     macros::map,
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
-use gostray_common::{Closer, CloserKey, ProcConfig, MAX_CLOSERS, MAX_TARGETS, PROBE_ERROR_KINDS};
+use gostray_common::{
+    Closer, CloserKey, GoidKey, ProcConfig, MAX_BLOCK_SEEN, MAX_CLOSERS, MAX_TARGETS,
+    PROBE_ERROR_KINDS,
+};
 
 /// Goroutine events for the agent. Sized by the agent at load time
 /// (`--ring-buffer-bytes`); this is only the default.
@@ -23,6 +26,10 @@ pub static ERRORS: PerCpuArray<u64> = PerCpuArray::with_max_entries(PROBE_ERROR_
 
 /// The first closer of each recently closed channel, so that a second close
 /// can name both sites. LRU: old channels are forgotten, never a full map.
+#[map(name = "BLOCK_SEEN")]
+pub static BLOCK_SEEN: LruHashMap<GoidKey, u64> = LruHashMap::with_max_entries(MAX_BLOCK_SEEN, 0);
+
+/// The first closer of each recently closed channel (see `CLOSERS` below).
 #[map(name = "CLOSERS")]
 pub static CLOSERS: LruHashMap<CloserKey, Closer> = LruHashMap::with_max_entries(MAX_CLOSERS, 0);
 /// Process exec and exit notices for the agent's discovery. Small: execs are

@@ -81,7 +81,9 @@ pub fn host_cargo() -> Command {
 }
 
 /// Go programs under `xtask/go/`, each one `main.go`.
-pub const FIXTURES: [&str; 5] = ["spawner", "churn", "demo", "patterns", "inline"];
+pub const FIXTURES: [&str; 7] = [
+    "spawner", "churn", "demo", "patterns", "inline", "torture", "hostile",
+];
 
 /// How a fixture is built besides the default: the binary-reading tests
 /// need every Go line stripped (`-s -w`: no .symtab, no DWARF) and as a

@@ -2,6 +2,7 @@
 
 mod build;
 mod demo;
+mod deny;
 mod deploy;
 mod offsets;
 mod oracle;
@@ -54,6 +55,20 @@ enum Task {
     },
     /// Only the deploy checks (rules, chart, manifests, capabilities, end to end).
     TestDeploy,
+    /// Licences, bans and sources of every dependency (cargo-deny, deny.toml).
+    Deny {
+        /// Also check `RustSec` advisories (fetches the database from GitHub).
+        #[arg(long)]
+        advisories: bool,
+    },
+    /// Run the agent for a while against churning and leaking Go programs
+    /// and check that its memory and descriptors stay flat (`cargo xtask
+    /// test` runs 90 seconds of it).
+    Soak {
+        /// How long to run.
+        #[arg(long, default_value_t = 10)]
+        minutes: u64,
+    },
     /// Run every test: unit tests, kernel tests (root) against Go fixtures,
     /// then the deploy checks (rules, chart, manifests, capabilities, and a
     /// real Prometheus end to end).
@@ -99,6 +114,8 @@ fn dispatch(task: Task) -> anyhow::Result<()> {
             Ok(())
         }
         Task::Offsets => offsets::offsets(),
+        Task::Deny { advisories } => deny::deny(advisories),
+        Task::Soak { minutes } => soak(minutes),
         Task::Fuzz { seconds } => fuzz(seconds),
         Task::TestDeploy => {
             let fixtures = build::build_fixtures(&[tools::GO_NEWEST], &["spawner", "demo"])?;
@@ -110,6 +127,19 @@ fn dispatch(task: Task) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Runs the soak test (agent/tests/soak.rs) alone for `minutes`.
+fn soak(minutes: u64) -> anyhow::Result<()> {
+    build::build_ebpf()?;
+    let fixtures = build::build_fixtures(&[tools::GO_NEWEST], &build::FIXTURES)?;
+    util::run(
+        build::host_cargo()
+            .args(["test", "--package", "gostray", "--test", "soak"])
+            .args(["--", "--nocapture"])
+            .env("GOSTRAY_FIXTURES", &fixtures)
+            .env("GOSTRAY_SOAK_SECONDS", (minutes * 60).to_string()),
+    )
 }
 
 fn fuzz(seconds: u64) -> anyhow::Result<()> {
@@ -186,6 +216,14 @@ fn test(args: &[String]) -> anyhow::Result<()> {
     let (passed, failed) = totals?;
     let (oracle_passed, oracle_failed) = oracle_slice()?;
     let (passed, failed) = (passed + oracle_passed, failed + oracle_failed);
+    let (deny_passed, deny_failed) = match deny::deny(false) {
+        Ok(()) => (1, 0),
+        Err(e) => {
+            eprintln!("cargo deny: FAILED: {e:#}");
+            (0, 1)
+        }
+    };
+    let (passed, failed) = (passed + deny_passed, failed + deny_failed);
     let (deploy_passed, deploy_failed) = deploy::test(&fixtures)?;
     println!("deploy checks: {deploy_passed} passed, {deploy_failed} failed");
     let (passed, failed) = (passed + deploy_passed, failed + deploy_failed);

@@ -232,8 +232,14 @@ impl ProcessState {
 
     /// Merges the scan made at attach.
     pub(super) fn merge_scan(&mut self, scanned: &[ScannedG]) {
+        // A torn or lying table may list a goroutine twice: past the bound,
+        // each listing would otherwise count as another untracked one.
+        let mut listed = HashSet::with_capacity(scanned.len());
         for g in scanned {
-            if self.exited_unseen.contains(&g.goid) || self.live.contains_key(&g.goid) {
+            if !listed.insert(g.goid)
+                || self.exited_unseen.contains(&g.goid)
+                || self.live.contains_key(&g.goid)
+            {
                 continue;
             }
             self.insert(g.goid, Goroutine::new(0, g.gopc, g.startpc, g.parent_goid));

@@ -38,6 +38,16 @@ impl KernelEnv {
         None
     }
 
+    /// Every Go line of the matrix (`GOSTRAY_GO_LINES`, set by `cargo xtask test`).
+    #[allow(clippy::unused_self)] // asked of the environment, like `fixture`
+    pub fn go_lines(&self) -> Vec<String> {
+        let lines = std::env::var("GOSTRAY_GO_LINES")
+            .expect("GOSTRAY_GO_LINES is not set (run through `cargo xtask test`)");
+        let lines: Vec<String> = lines.split(',').map(str::to_string).collect();
+        assert!(lines.len() >= 2, "Go matrix too small: {lines:?}");
+        lines
+    }
+
     /// The fixture `name` built with Go `line`.
     pub fn fixture(&self, name: &str, line: &str) -> PathBuf {
         let path = self.fixtures.join(format!("{name}-{line}"));
@@ -75,6 +85,39 @@ impl Proc {
             stdout: child.stdout.take().map(BufReader::new),
             child,
         }
+    }
+
+    /// Starts `cmd` with stderr piped too (read it with [`Proc::stderr`]).
+    pub fn spawn_with_stderr(cmd: &mut Command) -> Self {
+        Self::spawn(cmd.stderr(Stdio::piped()))
+    }
+
+    /// Everything the child wrote to stderr (it must have exited or closed it).
+    pub fn stderr(&mut self) -> String {
+        let mut s = String::new();
+        if let Some(mut e) = self.child.stderr.take() {
+            let _ = e.read_to_string(&mut s);
+        }
+        s
+    }
+
+    /// Closes stdin and waits up to `within` for the exit status.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        self.stdin = None;
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+
+    /// Sends SIGKILL and reaps the child.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     pub fn pid(&self) -> u32 {
@@ -160,14 +203,21 @@ impl Agent {
 
     /// Starts the agent with or without `--pid-label`, and extra environment.
     pub fn start_with(args: &[&str], pid_label: bool, env: &[(&str, &str)]) -> Self {
-        let port = free_port();
-        let listen = format!("127.0.0.1:{port}");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_gostray"));
-        cmd.arg("run").args(args).args(["--listen", &listen]);
+        cmd.arg("run").args(args);
         if pid_label {
             cmd.arg("--pid-label");
         }
         cmd.envs(env.iter().copied());
+        Self::start_command(cmd)
+    }
+
+    /// Starts `cmd` (a `gostray run …` command line, perhaps behind a
+    /// wrapper such as setpriv) on a free port and waits until ready.
+    pub fn start_command(mut cmd: Command) -> Self {
+        let port = free_port();
+        let listen = format!("127.0.0.1:{port}");
+        cmd.args(["--listen", &listen]);
         let mut agent = Self {
             proc: Proc::spawn(&mut cmd),
             port,
@@ -190,6 +240,20 @@ impl Agent {
         panic!("agent not ready within {within:?}");
     }
 
+    /// Waits until the metrics show `pid` attached.
+    pub fn wait_attached(&self, pid: u32, within: Duration) -> Metrics {
+        // Attached and its goroutine table merged: a Go process always has
+        // at least its main goroutine.
+        let seen = |m: &Metrics| m.for_pid("gostray_goroutines", pid).is_some_and(|n| n > 0);
+        let m = self.metrics_until(within, seen);
+        assert!(
+            seen(&m),
+            "process {pid} not attached within {within:?}:\n{}",
+            m.0
+        );
+        m
+    }
+
     pub fn metrics(&self) -> Metrics {
         Metrics(http_get(self.port, "/metrics").expect("scrape /metrics"))
     }
@@ -198,7 +262,12 @@ impl Agent {
     pub fn metrics_until(&self, within: Duration, ok: impl Fn(&Metrics) -> bool) -> Metrics {
         let deadline = Instant::now() + within;
         loop {
-            let m = self.metrics();
+            // A scrape may time out while a big scan holds the tracker: poll on.
+            let m = match http_get(self.port, "/metrics") {
+                Some(page) => Metrics(page),
+                None if Instant::now() < deadline => continue,
+                None => self.metrics(),
+            };
             if ok(&m) || Instant::now() >= deadline {
                 return m;
             }
@@ -211,6 +280,15 @@ impl Agent {
 pub struct Metrics(pub String);
 
 impl Metrics {
+    /// The value of a series with no labels, or the sum over every series of `name`.
+    pub fn total(&self, name: &str) -> u64 {
+        self.0
+            .lines()
+            .filter(|l| l.starts_with(&format!("{name} ")) || l.starts_with(&format!("{name}{{")))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64
+    }
+
     /// The value of `name` for process `pid`, if that series exists.
     pub fn for_pid(&self, name: &str, pid: u32) -> Option<u64> {
         let needle = format!("pid=\"{pid}\"");
@@ -268,7 +346,7 @@ fn free_port() -> u16 {
 /// A GET request; the whole response, or `None` if nothing answered.
 pub fn http_get(port: u16, path: &str) -> Option<String> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(15))).ok()?;
     write!(s, "GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").ok()?;
     let mut out = String::new();
     s.read_to_string(&mut out).ok()?;

@@ -1,8 +1,12 @@
-use aya_ebpf::{helpers::bpf_get_attach_cookie, macros::uprobe, programs::ProbeContext};
-use gostray_common::{block_cookie, ChanEvent, EventKind};
+use aya_ebpf::{
+    helpers::{bpf_get_attach_cookie, bpf_ktime_get_ns},
+    macros::uprobe,
+    programs::ProbeContext,
+};
+use gostray_common::{block_cookie, ChanEvent, EventKind, GoidKey, BLOCK_EVENT_GAP_NS};
 
 use super::{current_target, finish, read_u64, return_pcs, submit_chan, ProbeError};
-use crate::goabi;
+use crate::{goabi, maps::BLOCK_SEEN};
 
 /// The `CALL runtime.gopark` (or `goparkunlock`) on the blocking path of
 /// `runtime.chansend`, `chanrecv`, `selectgo`, `block`, `semacquire1` and
@@ -30,10 +34,21 @@ fn try_goroutine_block(ctx: &ProbeContext) -> Result<(), ProbeError> {
     } else {
         (rbx, rcx)
     };
+    let goid = read_u64(goabi::current_g(ctx), cfg.g_goid)?;
+    // SAFETY: a helper call with no arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let key = GoidKey { pid, _pad: 0, goid };
+    // SAFETY: the value is copied out at once.
+    if unsafe { BLOCK_SEEN.get(&key) }
+        .is_some_and(|&last| now.wrapping_sub(last) < BLOCK_EVENT_GAP_NS)
+    {
+        return Ok(());
+    }
+    let _ = BLOCK_SEEN.insert(&key, &now, 0);
     let mut event = ChanEvent {
         kind: EventKind::Block as u32,
         pid,
-        goid: read_u64(goabi::current_g(ctx), cfg.g_goid)?,
+        goid,
         reason: (reason & 0xff) as u32,
         pcs: return_pcs(goabi::frame_pointer(ctx)),
         ..ChanEvent::default()
