@@ -81,9 +81,9 @@ fn exact_counts_with_only_the_documented_capabilities() {
         assert_eq!(m.counts(pid), want, "{}", m.0);
     }
     // A periodic scan (it reads the target's memory) agrees.
-    let scans = agent.metrics().total("gostray_scans_total");
+    let scans = agent.metrics().total("gostray_goroutine_scans_total");
     let m = agent.metrics_until(Duration::from_secs(10), |m| {
-        m.total("gostray_scans_total") > scans
+        m.total("gostray_goroutine_scans_total") > scans
     });
     assert_eq!(m.counts(pid), want, "after a scan:\n{}", m.0);
 }

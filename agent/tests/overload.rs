@@ -80,7 +80,14 @@ fn ring_buffer_overflow_is_counted_and_the_scan_recovers() {
             .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
             .sum::<u64>()
     };
-    let settled = |m: &support::Metrics| m.counts(pid).2 == live0 && reconciled(m) > 0;
+    // Settled: reconciled, and the last events still in the (tiny) ring
+    // drained, so that every event is either counted or counted as lost.
+    let accounted = |m: &support::Metrics| {
+        let (c, e, _) = m.counts(pid);
+        c + e + m.for_pid("gostray_events_lost_total", pid).unwrap_or(0) >= 2 * 2000 * ticks
+    };
+    let settled =
+        |m: &support::Metrics| m.counts(pid).2 == live0 && reconciled(m) > 0 && accounted(m);
     let m = agent.metrics_until(SETTLE, settled);
     let lost = m.for_pid("gostray_events_lost_total", pid).unwrap_or(0);
     assert!(lost > 1000, "only {lost} events lost:\n{}", m.0);
@@ -135,7 +142,8 @@ fn a_hundred_thousand_goroutines() {
     let attach = begun.elapsed();
     let (_, _, live0) = agent.metrics().counts(pid);
     assert!(live0 >= n, "scan at attach found {live0}");
-    let scanned = |k: u64| move |m: &support::Metrics| m.total("gostray_scans_total") >= k;
+    let scanned =
+        |k: u64| move |m: &support::Metrics| m.total("gostray_goroutine_scans_total") >= k;
     assert!(scanned(1)(&agent.metrics_until(SETTLE, scanned(1))));
 
     spawner.send(&format!("spawn 1000 {n}"));

@@ -121,7 +121,11 @@ fn memory_and_descriptors_stay_flat_under_churn_and_leaks() {
     );
     assert_eq!(m.total("gostray_attach_failures_total"), 0, "{}", m.0);
     assert_eq!(m.total("gostray_probe_errors_total"), 0, "{}", m.0);
-    assert!(m.total("gostray_scans_total") >= seconds / 2, "{}", m.0);
+    assert!(
+        m.total("gostray_goroutine_scans_total") >= seconds / 2,
+        "{}",
+        m.0
+    );
     // Only the churn program and the current leaker remain watched.
     let m = agent.metrics_until(Duration::from_secs(5), |m| {
         m.total("gostray_attached_processes") == 2

@@ -1,5 +1,6 @@
 //! The project's commands beyond plain cargo: `cargo xtask --help`.
 
+mod bench;
 mod build;
 mod demo;
 mod deny;
@@ -38,6 +39,9 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Measure what the agent costs the watched program and the node, next
+    /// to bare runs, bpftrace and the uprobe floor; writes docs/BENCHMARKS.md.
+    Bench(bench::BenchArgs),
     /// Start a leaking Go demo service under the agent and show what it sees.
     Demo(demo::DemoArgs),
     /// Score the agent against the Go runtime's own goroutine leak cases.
@@ -104,6 +108,7 @@ fn dispatch(task: Task) -> anyhow::Result<()> {
             util::run(Command::new(agent).args(args))
         }
         Task::Demo(args) => demo::demo(&args),
+        Task::Bench(args) => bench::bench(&args),
         Task::Test { args } => test(&args),
         Task::Oracle(args) => {
             let agent = build::build_agent(true)?;
@@ -216,6 +221,8 @@ fn test(args: &[String]) -> anyhow::Result<()> {
     let (passed, failed) = totals?;
     let (oracle_passed, oracle_failed) = oracle_slice()?;
     let (passed, failed) = (passed + oracle_passed, failed + oracle_failed);
+    let (bench_passed, bench_failed) = bench::smoke();
+    let (passed, failed) = (passed + bench_passed, failed + bench_failed);
     let (deny_passed, deny_failed) = match deny::deny(false) {
         Ok(()) => (1, 0),
         Err(e) => {

@@ -1,0 +1,269 @@
+//! `cargo xtask bench`: what the agent costs the watched service and the
+//! node, as ratios to bare runs made side by side, and the floor any
+//! uprobe-based agent would pay. Writes `docs/BENCHMARKS.md`.
+
+mod agentcost;
+mod http;
+mod micro;
+mod proc;
+mod report;
+mod stats;
+
+use std::path::PathBuf;
+
+use micro::{Ctx, Setup};
+use stats::Series;
+
+use crate::{build, tools, util};
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// Repetitions of every measured run.
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
+    /// Go release lines to build the workloads with.
+    #[arg(long, value_delimiter = ',', default_value = "1.24,1.27")]
+    go: Vec<String>,
+    /// A small, fast run proving the harness end to end (what the test
+    /// command runs); writes to target/bench-smoke.md instead of docs/.
+    #[arg(long)]
+    smoke: bool,
+}
+
+/// One micro workload under every setup.
+pub struct MicroResult {
+    pub mode: &'static str,
+    pub hits: f64,
+    /// ns per hit inside the BPF programs (kernel `run_time_ns`).
+    pub prog_ns: f64,
+    pub bare: Series,
+    pub agent: Series,
+    pub floor: Series,
+    pub bpftrace: Series,
+    /// Agent CPU (percent of one core) per 100k events/s, and events lost.
+    pub cpu_per_100k: Series,
+    pub events_per_s: Series,
+    pub lost: f64,
+}
+
+pub struct HttpResult {
+    pub close: bool,
+    pub bare: Vec<http::Load>,
+    pub agent: Vec<http::Load>,
+    pub floor: Vec<http::Load>,
+}
+
+pub struct LineResult {
+    pub go: String,
+    pub micro: Vec<MicroResult>,
+    pub http: Vec<HttpResult>,
+}
+
+pub struct Sizes {
+    n: u64,
+    wrk_seconds: u64,
+    parked: Vec<u64>,
+}
+
+/// The slice of the bench the test command runs: every workload, setup and
+/// agent measurement once at a small size, proving the harness works end to
+/// end. It asserts nothing about the figures (the machine is shared).
+/// Returns (passed, failed) as one check.
+pub fn smoke() -> (u64, u64) {
+    let args = BenchArgs {
+        reps: 1,
+        go: vec![tools::GO_NEWEST.line.to_string()],
+        smoke: true,
+    };
+    let t = util::step("bench smoke run (harness only, no figure is checked)");
+    let result = bench(&args);
+    util::done(t);
+    match result {
+        Ok(()) => (1, 0),
+        Err(e) => {
+            println!("bench smoke run FAILED: {e:#}");
+            (0, 1)
+        }
+    }
+}
+
+pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
+    if !util::is_root() {
+        anyhow::bail!("the bench attaches eBPF probes: run it as root");
+    }
+    for (tool, package) in [("wrk", "wrk"), ("bpftrace", "bpftrace")] {
+        if util::output(std::process::Command::new("which").arg(tool)).is_none() {
+            tools::apt_install(&[package])?;
+        }
+    }
+    tools::ensure_prometheus()?;
+    let sizes = if args.smoke {
+        Sizes {
+            n: 20_000,
+            wrk_seconds: 1,
+            parked: vec![10_000],
+        }
+    } else {
+        Sizes {
+            n: 1_000_000,
+            wrk_seconds: 3,
+            parked: vec![10_000, 100_000, 1_000_000],
+        }
+    };
+    let reps = if args.smoke { 1 } else { args.reps.max(1) };
+    // The smoke run takes the debug agent the test command has just built;
+    // figures are only ever taken from the release build.
+    let agent = build::build_agent(!args.smoke)?;
+    let ctx = Ctx { agent: &agent };
+    let out = util::root().join("target/bench");
+    std::fs::create_dir_all(&out)?;
+    let mut lines = Vec::new();
+    for line in &args.go {
+        let release = tools::GO_RELEASES
+            .iter()
+            .find(|r| r.line == line)
+            .ok_or_else(|| anyhow::anyhow!("Go {line} is not in GO_RELEASES"))?;
+        let go = release.ensure()?;
+        let micro_bin = out.join(format!("bench-micro-{line}"));
+        let http_bin = out.join(format!("bench-http-{line}"));
+        build::go_build(&go, "bench-micro", &micro_bin, &[])?;
+        build::go_build(&go, "bench-http", &http_bin, &[])?;
+        let t = util::step(&format!("measuring with Go {line} ({reps} repetitions)"));
+        let micro = measure_micro(&ctx, &micro_bin, &sizes, reps, args.smoke)?;
+        let http = measure_http(&agent, &http_bin, &sizes, reps)?;
+        util::done(t);
+        lines.push(LineResult {
+            go: line.clone(),
+            micro,
+            http,
+        });
+    }
+    let t = util::step("measuring the agent itself");
+    let newest = out.join(format!(
+        "bench-micro-{}",
+        args.go.last().map_or("1.27", String::as_str)
+    ));
+    let mut memory = Vec::new();
+    for &n in &sizes.parked {
+        memory.push(agentcost::memory(&agent, &newest, n)?);
+    }
+    // Default discovery (a /proc walk every --rescan-interval, 1 s), then
+    // the fastest walk allowed (100 ms), which leaves mostly the attach work.
+    let mut attach = [
+        Series::default(),
+        Series::default(),
+        Series::default(),
+        Series::default(),
+    ];
+    for _ in 0..reps.min(3) {
+        for (i, rescan) in ["1s", "100ms"].into_iter().enumerate() {
+            let mut cmd = std::process::Command::new(&newest);
+            attach[i].push(agentcost::attach_latency(
+                &agent, &newest, &mut cmd, rescan,
+            )?);
+            let mut prom = agentcost::prometheus_command(&out.join("prometheus"))?;
+            let prometheus = std::path::Path::new("/usr/bin/prometheus");
+            attach[2 + i].push(agentcost::attach_latency(
+                &agent, prometheus, &mut prom, rescan,
+            )?);
+        }
+    }
+    util::done(t);
+    let text = report::render(&lines, &memory, &attach, reps);
+    println!("{text}");
+    let path: PathBuf = if args.smoke {
+        out.join("bench-smoke.md")
+    } else {
+        util::root().join("docs/BENCHMARKS.md")
+    };
+    std::fs::create_dir_all(path.parent().expect("parent"))?;
+    std::fs::write(&path, text)?;
+    eprintln!("==> wrote {}", path.display());
+    Ok(())
+}
+
+fn measure_micro(
+    ctx: &Ctx,
+    bin: &std::path::Path,
+    sizes: &Sizes,
+    reps: usize,
+    smoke: bool,
+) -> anyhow::Result<Vec<MicroResult>> {
+    let mut results = Vec::new();
+    for mode in ["spawn", "handoff", "buffered"] {
+        // A non-blocking send takes ~30 ns: 1M of them is a 30 ms window
+        // that one preemption on a shared machine would dominate.
+        let n = if mode == "buffered" {
+            sizes.n * 20
+        } else {
+            sizes.n
+        };
+        let (hits, prog_ns) = micro::hits_per_op(ctx, bin, mode, (n / 10).max(10_000))?;
+        let mut r = MicroResult {
+            mode,
+
+            hits,
+            prog_ns,
+            bare: Series::default(),
+            agent: Series::default(),
+            floor: Series::default(),
+            bpftrace: Series::default(),
+            cpu_per_100k: Series::default(),
+            events_per_s: Series::default(),
+            lost: 0.0,
+        };
+        for _ in 0..reps {
+            r.bare
+                .push(micro::run(ctx, Setup::Bare, bin, mode, n)?.ns_per_op);
+            let a = micro::run(ctx, Setup::Agent, bin, mode, n)?;
+            r.agent.push(a.ns_per_op);
+            // Events as the kernel counts its probe runs: block events
+            // have no counter of their own in /metrics.
+            let events = hits * n as f64;
+            if events >= 1.0 && a.wall_s > 0.0 {
+                r.cpu_per_100k.push(a.agent_cpu_s / events * 1e5 * 100.0);
+                r.events_per_s.push(events / a.wall_s);
+            }
+            r.lost = r.lost.max(a.lost);
+            r.floor
+                .push(micro::run(ctx, Setup::Floor, bin, mode, n)?.ns_per_op);
+            // bpftrace single-steps every hit (~20 µs): fewer operations.
+            if mode == "spawn" && !smoke {
+                r.bpftrace
+                    .push(micro::run(ctx, Setup::Bpftrace, bin, mode, n / 10)?.ns_per_op);
+            } else if mode == "spawn" {
+                r.bpftrace
+                    .push(micro::run(ctx, Setup::Bpftrace, bin, mode, n)?.ns_per_op);
+            }
+        }
+        results.push(r);
+    }
+    Ok(results)
+}
+
+fn measure_http(
+    agent: &std::path::Path,
+    bin: &std::path::Path,
+    sizes: &Sizes,
+    reps: usize,
+) -> anyhow::Result<Vec<HttpResult>> {
+    let mut results = Vec::new();
+    for close in [false, true] {
+        let mut r = HttpResult {
+            close,
+            bare: Vec::new(),
+            agent: Vec::new(),
+            floor: Vec::new(),
+        };
+        let secs = sizes.wrk_seconds;
+        for _ in 0..reps {
+            r.bare.push(http::run(None, bin, close, secs, false)?);
+            r.agent
+                .push(http::run(Some(agent), bin, close, secs, false)?);
+            r.floor
+                .push(http::run(Some(agent), bin, close, secs, true)?);
+        }
+        results.push(r);
+    }
+    Ok(results)
+}
