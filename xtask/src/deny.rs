@@ -38,6 +38,12 @@ fn ensure_cargo_deny() -> anyhow::Result<PathBuf> {
 pub fn deny(advisories: bool) -> anyhow::Result<()> {
     let bin = ensure_cargo_deny()?;
     let t = step("cargo deny: licences, bans, sources");
+    // `--offline` below is for the advisory database; the crate metadata
+    // cargo-deny reads must be local, for every platform in the lock file
+    // (a build only downloads the host's).
+    run(Command::new("cargo")
+        .current_dir(root())
+        .args(["fetch", "--quiet"]))?;
     let mut cmd = Command::new(bin);
     cmd.current_dir(root());
     if advisories {

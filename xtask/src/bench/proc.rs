@@ -88,7 +88,14 @@ impl Agent {
         let child = Command::new(agent)
             .arg("run")
             .args(args)
-            .args(["--listen", &format!("127.0.0.1:{port}"), "--log", "warn"])
+            // The bench reads one process's series by its pid label.
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--log",
+                "warn",
+                "--pid-label",
+            ])
             .stdout(Stdio::null())
             .spawn()
             .context("starting the agent")?;
