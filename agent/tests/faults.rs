@@ -34,8 +34,7 @@ fn a_thousand_short_lived_processes() {
         "--rescan-interval",
         "100ms",
     ]);
-    let mut steady = Proc::spawn(&mut Command::new(&binary));
-    assert_eq!(steady.line(), "ready");
+    let mut steady = Proc::spawn_ready(&binary);
     let (_, _, live0) = agent
         .wait_attached(steady.pid(), SETTLE)
         .counts(steady.pid());
@@ -109,8 +108,7 @@ fn pid_reuse_is_a_new_process() {
         "--rescan-interval",
         "100ms",
     ]);
-    let mut old = Proc::spawn(&mut Command::new(&binary));
-    assert_eq!(old.line(), "ready");
+    let mut old = Proc::spawn_ready(&binary);
     let pid = old.pid();
     old.send("spawn 0 100");
     old.expect_line("done");
@@ -163,8 +161,7 @@ fn exec_into_a_watched_pid_is_followed() {
         env.fixture("spawner", "1.24"),
         env.fixture("spawner", "1.27"),
     );
-    let mut p = Proc::spawn(&mut Command::new(&first));
-    assert_eq!(p.line(), "ready");
+    let mut p = Proc::spawn_ready(&first);
     let pid = p.pid();
     // No detach grace: the old image's probes must go at once.
     let agent = Agent::start(&[
@@ -229,8 +226,7 @@ fn deleted_then_replaced_binary() {
         "--rescan-interval",
         "100ms",
     ]);
-    let mut old = Proc::spawn(&mut Command::new(&path));
-    assert_eq!(old.line(), "ready");
+    let mut old = Proc::spawn_ready(&path);
     let (_, _, live0) = agent.wait_attached(old.pid(), SETTLE).counts(old.pid());
 
     std::fs::remove_file(&path).unwrap();
@@ -241,8 +237,7 @@ fn deleted_then_replaced_binary() {
     assert_eq!(m.counts(old.pid()), want, "deleted binary:\n{}", m.0);
 
     std::fs::copy(env.fixture("spawner", "1.24"), &path).unwrap();
-    let mut new = Proc::spawn(&mut Command::new(&path));
-    assert_eq!(new.line(), "ready");
+    let mut new = Proc::spawn_ready(&path);
     let (_, _, live1) = agent.wait_attached(new.pid(), SETTLE).counts(new.pid());
     new.send("spawn 5 0");
     new.expect_line("done");

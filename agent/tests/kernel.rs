@@ -18,8 +18,7 @@ fn exact_counts(go_line: &str) {
 }
 
 fn exact_counts_of(binary: &std::path::Path, go_line: &str) {
-    let mut spawner = Proc::spawn(&mut Command::new(binary));
-    assert_eq!(spawner.line(), "ready");
+    let mut spawner = Proc::spawn_ready(&binary);
     let pid = spawner.pid();
     let agent = Agent::start(&["--pid", &pid.to_string()]);
 
@@ -175,8 +174,7 @@ fn binary_mode_attaches_later_processes_and_forgets_exited_ones() {
         "--rescan-interval",
         "200ms",
     ]);
-    let mut spawner = Proc::spawn(&mut Command::new(&binary));
-    assert_eq!(spawner.line(), "ready");
+    let mut spawner = Proc::spawn_ready(&binary);
     let pid = spawner.pid();
     let m = agent.metrics_until(SETTLE, |m| m.for_pid("gostray_goroutines", pid).is_some());
     let (_, _, live0) = m.counts(pid);
@@ -205,8 +203,7 @@ fn binary_mode_attaches_later_processes_and_forgets_exited_ones() {
 #[test]
 fn sigterm_detaches_and_target_survives() {
     let Some(env) = KernelEnv::get() else { return };
-    let mut spawner = Proc::spawn(&mut Command::new(env.fixture("spawner", "1.27")));
-    assert_eq!(spawner.line(), "ready");
+    let mut spawner = Proc::spawn_ready(&env.fixture("spawner", "1.27"));
     let mut agent = Agent::start(&["--pid", &spawner.pid().to_string()]);
     let begun = std::time::Instant::now();
     let status = agent

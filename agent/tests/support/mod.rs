@@ -120,6 +120,14 @@ impl Proc {
         let _ = self.child.wait();
     }
 
+    /// Starts the fixture `binary` with no arguments and waits for its
+    /// "ready" line (every Go fixture prints one once it is set up).
+    pub fn spawn_ready(binary: &std::path::Path) -> Self {
+        let mut p = Self::spawn(&mut Command::new(binary));
+        assert_eq!(p.line(), "ready", "{} did not start", binary.display());
+        p
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
