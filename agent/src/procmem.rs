@@ -46,25 +46,40 @@ pub fn read_u64(pid: u32, address: u64) -> io::Result<u64> {
 /// Reads many equally sized records at the given addresses, in batches of
 /// iovecs (one syscall per batch). A record that cannot be read is `None`.
 pub fn read_many(pid: u32, addresses: &[u64], record: usize) -> Vec<Option<Vec<u8>>> {
+    let mut out = Vec::with_capacity(addresses.len());
+    read_each(pid, addresses, record, |_, bytes| {
+        out.push(bytes.map(<[u8]>::to_vec));
+    });
+    out
+}
+
+/// Like [`read_many`], but hands each record to `f` (with its index) from a
+/// reused batch buffer: a scan of a million goroutines then holds one batch
+/// of records, not a million small allocations.
+pub fn read_each(
+    pid: u32,
+    addresses: &[u64],
+    record: usize,
+    mut f: impl FnMut(usize, Option<&[u8]>),
+) {
     // IOV_MAX is 1024 on Linux.
     const BATCH: usize = 1024;
-    let mut out = Vec::with_capacity(addresses.len());
-    for chunk in addresses.chunks(BATCH) {
-        let mut buf = vec![0u8; chunk.len() * record];
-        let local: Vec<libc::iovec> = buf
-            .chunks_mut(record)
-            .map(|c| libc::iovec {
-                iov_base: c.as_mut_ptr().cast(),
-                iov_len: record,
-            })
-            .collect();
-        let remote: Vec<libc::iovec> = chunk
-            .iter()
-            .map(|&a| libc::iovec {
-                iov_base: a as *mut libc::c_void,
-                iov_len: record,
-            })
-            .collect();
+    let mut buf = vec![0u8; BATCH.min(addresses.len()) * record];
+    let mut single = vec![0u8; record];
+    let mut local = Vec::with_capacity(BATCH);
+    let mut remote = Vec::with_capacity(BATCH);
+    for (c, chunk) in addresses.chunks(BATCH).enumerate() {
+        let buf = &mut buf[..chunk.len() * record];
+        local.clear();
+        local.extend(buf.chunks_mut(record).map(|c| libc::iovec {
+            iov_base: c.as_mut_ptr().cast(),
+            iov_len: record,
+        }));
+        remote.clear();
+        remote.extend(chunk.iter().map(|&a| libc::iovec {
+            iov_base: a as *mut libc::c_void,
+            iov_len: record,
+        }));
         // SAFETY: each local iovec covers one disjoint `record`-sized piece of `buf`.
         let n = unsafe {
             libc::process_vm_readv(
@@ -80,13 +95,13 @@ pub fn read_many(pid: u32, addresses: &[u64], record: usize) -> Vec<Option<Vec<u
         // records after it are retried one by one.
         let whole = usize::try_from(n).unwrap_or(0) / record;
         for (i, piece) in buf.chunks(record).enumerate() {
+            let index = c * BATCH + i;
             if i < whole {
-                out.push(Some(piece.to_vec()));
+                f(index, Some(piece));
             } else {
-                let mut single = vec![0u8; record];
-                out.push(read(pid, chunk[i], &mut single).ok().map(|()| single));
+                let ok = read(pid, chunk[i], &mut single).is_ok();
+                f(index, ok.then_some(&single[..]));
             }
         }
     }
-    out
 }

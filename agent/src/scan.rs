@@ -113,17 +113,15 @@ pub fn scan(
 
     let mut out = Vec::with_capacity(pointers.len().min(CHUNK));
     let mut parked: Vec<(usize, u64, u64, u64)> = Vec::new(); // (index, waiting, pc, bp)
-    let records = pointers
-        .chunks(CHUNK)
-        .flat_map(|chunk| procmem::read_many(pid, chunk, record).into_iter().flatten());
-    for bytes in records {
+    procmem::read_each(pid, &pointers, record, |_, bytes| {
+        let Some(bytes) = bytes else { return };
         let status = u32::from_le_bytes(
             bytes[o.atomicstatus as usize..o.atomicstatus as usize + 4]
                 .try_into()
                 .expect("4 bytes"),
         ) & !G_SCAN;
         if status == G_IDLE || status == G_DEAD || status == G_DEAD_EXTRA || status > G_MAX_STATUS {
-            continue;
+            return;
         }
         // A goroutine the runtime itself found leaked is still parked.
         let status = if status == G_LEAKED {
@@ -132,11 +130,11 @@ pub fn scan(
             status
         };
         let mut g = ScannedG {
-            goid: at(&bytes, o.goid),
+            goid: at(bytes, o.goid),
             status,
-            gopc: at(&bytes, o.gopc),
-            startpc: at(&bytes, o.startpc),
-            parent_goid: o.parent_goid.map_or(0, |off| at(&bytes, off)),
+            gopc: at(bytes, o.gopc),
+            startpc: at(bytes, o.startpc),
+            parent_goid: o.parent_goid.map_or(0, |off| at(bytes, off)),
             ..ScannedG::default()
         };
         if let Some(l) = leak {
@@ -144,14 +142,14 @@ pub fn scan(
             if status == G_WAITING && walk(g.waitreason) && parked.len() < MAX_STACKS {
                 parked.push((
                     out.len(),
-                    at(&bytes, l.g.waiting),
-                    at(&bytes, l.g.sched_pc),
-                    at(&bytes, l.g.sched_bp),
+                    at(bytes, l.g.waiting),
+                    at(bytes, l.g.sched_pc),
+                    at(bytes, l.g.sched_bp),
                 ));
             }
         }
         out.push(g);
-    }
+    });
     if let Some(l) = leak {
         read_channels(pid, l, &parked, &mut out);
         walk_stacks(pid, &parked, &mut out);

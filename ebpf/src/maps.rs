@@ -9,6 +9,8 @@ use gostray_common::{
     PROBE_ERROR_KINDS,
 };
 
+use crate::probes::G_SPAN_WORDS;
+
 /// Goroutine events for the agent. Sized by the agent at load time
 /// (`--ring-buffer-bytes`); this is only the default.
 #[map(name = "EVENTS")]
@@ -24,14 +26,16 @@ pub static TARGETS: HashMap<u32, ProcConfig> = HashMap::with_max_entries(MAX_TAR
 #[map(name = "ERRORS")]
 pub static ERRORS: PerCpuArray<u64> = PerCpuArray::with_max_entries(PROBE_ERROR_KINDS, 0);
 
-/// The first closer of each recently closed channel, so that a second close
-/// can name both sites. LRU: old channels are forgotten, never a full map.
+/// When each goroutine last sent a block event, to send at most one per
+/// `BLOCK_EVENT_GAP_NS`. LRU: a full map forgets the oldest goroutines.
 #[map(name = "BLOCK_SEEN")]
 pub static BLOCK_SEEN: LruHashMap<GoidKey, u64> = LruHashMap::with_max_entries(MAX_BLOCK_SEEN, 0);
 
-/// The first closer of each recently closed channel (see `CLOSERS` below).
+/// The first closer of each recently closed channel, so that a second close
+/// can name both sites. LRU: old channels are forgotten, never a full map.
 #[map(name = "CLOSERS")]
 pub static CLOSERS: LruHashMap<CloserKey, Closer> = LruHashMap::with_max_entries(MAX_CLOSERS, 0);
+
 /// Process exec and exit notices for the agent's discovery. Small: execs are
 /// rare next to goroutine events, and a missed one is found by the rescan.
 #[map(name = "PROC_EVENTS")]
@@ -40,3 +44,10 @@ pub static PROC_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 /// Process notices dropped because `PROC_EVENTS` was full, per CPU (slot 0).
 #[map(name = "PROC_LOST")]
 pub static PROC_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per-CPU scratch for one read of a span of `runtime.g` (goid up to
+/// startpc): one `bpf_probe_read_user` instead of one per field, each of
+/// which costs about 85 ns here. A map value, not the stack, so that a
+/// field at a per-binary offset can be indexed on every kernel.
+#[map(name = "G_SPAN")]
+pub static G_SPAN: PerCpuArray<[u64; G_SPAN_WORDS]> = PerCpuArray::with_max_entries(1, 0);

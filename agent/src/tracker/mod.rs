@@ -5,6 +5,7 @@
 
 pub mod histogram;
 mod process;
+mod sitecache;
 pub mod verdict;
 
 use std::collections::{HashMap, HashSet};

@@ -27,16 +27,38 @@ pub struct BlockEvent {
     pub pcs: [u64; gostray_common::EVENT_PCS],
 }
 
-/// What the last memory scan saw of a goroutine.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What the last memory scan saw of a goroutine. Kept inline and small:
+/// a scan sees every goroutine, but only a few thousand parked ones get a
+/// channel or a walked stack, which live behind the box.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Seen {
-    pub status: u32,
+    /// The runtime status (`_Gwaiting`…; at most 16); 0 when never scanned,
+    /// as a scan never keeps an idle g.
+    pub status: u8,
     pub waitreason: u8,
-    pub chan: Option<ChanState>,
-    pub stack: Vec<u64>,
+    detail: Option<Box<SeenDetail>>,
 }
 
-/// A live goroutine. Rare parts are boxed: most goroutines never block long.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct SeenDetail {
+    chan: Option<ChanState>,
+    stack: Vec<u64>,
+}
+
+impl Seen {
+    /// The channel it is parked on, when the scan followed it.
+    pub fn chan(&self) -> Option<ChanState> {
+        self.detail.as_ref().and_then(|d| d.chan)
+    }
+
+    /// Its walked stack, from the parked PC outward (empty if not walked).
+    pub fn stack(&self) -> &[u64] {
+        self.detail.as_ref().map_or(&[], |d| &d.stack)
+    }
+}
+
+/// A live goroutine: 64 bytes, as a million of them may be tracked. Rare
+/// parts are boxed: most goroutines never block long.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Goroutine {
     /// Kernel monotonic time of creation; 0 when found by a memory scan.
@@ -45,10 +67,10 @@ pub struct Goroutine {
     pub startpc: u64,
     pub parent_goid: u64,
     pub last_block: Option<Box<BlockEvent>>,
-    pub seen: Option<Box<Seen>>,
     /// Since when it has been parked for its current reason, as far as the
-    /// probes and scans can tell.
-    pub blocked_since_ns: Option<u64>,
+    /// probes and scans can tell; 0 when not known to be parked.
+    blocked_since_ns: u64,
+    seen: Seen,
 }
 
 impl Goroutine {
@@ -59,9 +81,19 @@ impl Goroutine {
             startpc,
             parent_goid,
             last_block: None,
-            seen: None,
-            blocked_since_ns: None,
+            blocked_since_ns: 0,
+            seen: Seen::default(),
         }
+    }
+
+    /// What the last scan saw, if a scan has seen it.
+    pub fn seen(&self) -> Option<&Seen> {
+        (self.seen.status != 0).then_some(&self.seen)
+    }
+
+    /// Since when it has been parked for its current reason, if it is.
+    pub fn blocked_since(&self) -> Option<u64> {
+        (self.blocked_since_ns != 0).then_some(self.blocked_since_ns)
     }
 }
 
@@ -208,7 +240,7 @@ impl ProcessState {
 
     pub(super) fn blocked(&mut self, e: &ChanEvent) {
         if let Some(g) = self.live.get_mut(&e.goid) {
-            g.blocked_since_ns = Some(e.ktime_ns);
+            g.blocked_since_ns = e.ktime_ns.max(1);
             g.last_block = Some(Box::new(BlockEvent {
                 at_ns: e.ktime_ns,
                 reason: e.reason as u8,
@@ -269,13 +301,22 @@ impl ProcessState {
             let Some(g) = self.live.get_mut(&sg.goid) else {
                 continue;
             };
-            g.blocked_since_ns = (sg.status == G_WAITING).then(|| parked_since(g, &sg, started_ns));
-            g.seen = Some(Box::new(Seen {
-                status: sg.status,
+            g.blocked_since_ns = if sg.status == G_WAITING {
+                parked_since(g, &sg, started_ns).max(1)
+            } else {
+                0
+            };
+            g.seen = Seen {
+                // Statuses are at most G_MAX_STATUS (16); never 0 here.
+                status: u8::try_from(sg.status).unwrap_or(u8::MAX).max(1),
                 waitreason: sg.waitreason,
-                chan: sg.chan,
-                stack: sg.stack,
-            }));
+                detail: (sg.chan.is_some() || !sg.stack.is_empty()).then(|| {
+                    Box::new(SeenDetail {
+                        chan: sg.chan,
+                        stack: sg.stack,
+                    })
+                }),
+            };
         }
         let before = self.live.len();
         self.live
@@ -317,10 +358,9 @@ fn parked_since(g: &Goroutine, sg: &ScannedG, started_ns: u64) -> u64 {
         .filter(|b| b.reason == sg.waitreason)
         .map(|b| b.at_ns);
     let continued = g
-        .seen
-        .as_ref()
-        .filter(|s| s.status == G_WAITING && s.waitreason == sg.waitreason)
-        .and(g.blocked_since_ns);
+        .seen()
+        .filter(|s| u32::from(s.status) == G_WAITING && s.waitreason == sg.waitreason)
+        .and(g.blocked_since());
     match (continued, event) {
         (Some(c), Some(e)) => c.max(e),
         (Some(c), None) => c,

@@ -123,3 +123,10 @@ fn removing_a_process_forgets_it() {
     assert!(t.remove_process(7).is_some());
     assert!(t.process(7).is_none());
 }
+
+#[test]
+fn a_tracked_goroutine_takes_64_bytes() {
+    // A million may be tracked: the table's cost per goroutine is this plus
+    // the key and the hash table's slack (see docs/BENCHMARKS.md).
+    assert_eq!(std::mem::size_of::<super::process::Goroutine>(), 64);
+}

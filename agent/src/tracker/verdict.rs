@@ -153,9 +153,11 @@ pub fn evaluate(
     symbols: &dyn Symbols,
     globals: &HashSet<u64>,
 ) -> (Vec<Group>, Summary, HashMap<u64, u64>) {
+    let cache = super::sitecache::SiteCache::new(symbols);
+    let symbols: &dyn Symbols = &cache;
     let mut summary = Summary::default();
     let class_of = |g: &Goroutine| -> Option<(WaitReason, u8)> {
-        let seen = g.seen.as_ref().filter(|s| s.status == G_WAITING)?;
+        let seen = g.seen().filter(|s| u32::from(s.status) == G_WAITING)?;
         Some((
             WaitReason::from_name(proc.reason_name(seen.waitreason)),
             seen.waitreason,
@@ -171,7 +173,7 @@ pub fn evaluate(
             .site(g.startpc)
             .is_some_and(|s| s.function == "runtime.main")
     };
-    let blocked_for = |g: &Goroutine| g.blocked_since_ns.map_or(0, |s| now_ns.saturating_sub(s));
+    let blocked_for = |g: &Goroutine| g.blocked_since().map_or(0, |s| now_ns.saturating_sub(s));
 
     // Goroutines that will not run again on their own: parked long on a
     // blocking primitive, or parked where nothing can wake them.
@@ -237,7 +239,7 @@ pub fn evaluate(
         };
 
         let creator = creator_of(proc, &ripe, &stuck);
-        let chan = oldest.seen.as_ref().and_then(|s| s.chan);
+        let chan = oldest.seen().and_then(super::process::Seen::chan);
         let global = chan.is_some_and(|c| globals.contains(&c.address));
         // Receivers sharing one channel are a pool's shape; senders sharing
         // one with no receiver are not.
@@ -369,8 +371,8 @@ impl Growth {
 
 /// The first frame that is not the waiting machinery: where user code waits.
 fn blocking_pc(g: &Goroutine, symbols: &dyn Symbols) -> Option<u64> {
-    let stack: Vec<u64> = match (&g.seen, &g.last_block) {
-        (Some(s), _) if !s.stack.is_empty() => s.stack.iter().skip(1).copied().collect(),
+    let stack: Vec<u64> = match (g.seen(), &g.last_block) {
+        (Some(s), _) if !s.stack().is_empty() => s.stack().iter().skip(1).copied().collect(),
         (_, Some(b)) => b.pcs.iter().copied().filter(|&p| p != 0).collect(),
         _ => return None,
     };
@@ -435,10 +437,10 @@ fn is_go_wrapper_name(f: &str) -> bool {
 /// The goroutine's PCs as instruction addresses: the first is where it
 /// stopped, the others are return addresses, whose call is a byte before.
 fn stack_pcs(g: &Goroutine) -> Vec<u64> {
-    let Some(seen) = &g.seen else {
+    let Some(seen) = g.seen() else {
         return Vec::new();
     };
-    seen.stack
+    seen.stack()
         .iter()
         .enumerate()
         .map(|(i, &pc)| if i == 0 { pc } else { pc.saturating_sub(1) })
@@ -514,7 +516,7 @@ fn shared_channel(members: &[&(u64, &Goroutine)]) -> bool {
     let mut seen = HashSet::new();
     members
         .iter()
-        .filter_map(|(_, g)| g.seen.as_ref()?.chan.map(|c| c.address))
+        .filter_map(|(_, g)| g.seen()?.chan().map(|c| c.address))
         .any(|a| !seen.insert(a))
 }
 

@@ -5,7 +5,7 @@ use aya_ebpf::{
 };
 use gostray_common::{block_cookie, ChanEvent, EventKind, GoidKey, BLOCK_EVENT_GAP_NS};
 
-use super::{current_target, finish, read_u64, return_pcs, submit_chan, ProbeError};
+use super::{current_target, finish, read_pair, read_u64, return_pcs, submit_chan, ProbeError};
 use crate::{goabi, maps::BLOCK_SEEN};
 
 /// The `CALL runtime.gopark` (or `goparkunlock`) on the blocking path of
@@ -57,8 +57,13 @@ fn try_goroutine_block(ctx: &ProbeContext) -> Result<(), ProbeError> {
         // The lock is `&c.lock`: step back to the hchan itself.
         let hchan = lock - u64::from(cfg.hchan_lock);
         event.hchan = hchan;
-        event.qcount = read_u64(hchan, cfg.hchan_qcount)?;
-        event.dataqsiz = read_u64(hchan, cfg.hchan_dataqsiz)?;
+        // qcount and dataqsiz are adjacent in every release: one read.
+        if cfg.hchan_dataqsiz == cfg.hchan_qcount + 8 {
+            [event.qcount, event.dataqsiz] = read_pair(hchan, cfg.hchan_qcount)?;
+        } else {
+            event.qcount = read_u64(hchan, cfg.hchan_qcount)?;
+            event.dataqsiz = read_u64(hchan, cfg.hchan_dataqsiz)?;
+        }
         event.has_chan = 1;
     }
     submit_chan(cfg_ptr, event)

@@ -1,7 +1,7 @@
 use aya_ebpf::{macros::uprobe, programs::ProbeContext};
 use gostray_common::{EventKind, GoroutineEvent, OFFSET_ABSENT};
 
-use super::{current_target, finish, read_u64, submit, ProbeError};
+use super::{current_target, finish, read_g_span, read_u64, span_word, submit, ProbeError};
 use crate::goabi;
 
 /// `runtime.newproc.func1`, at its `CALL runtime.runqput(pp *p, gp *g, next bool)`.
@@ -21,6 +21,28 @@ fn try_goroutine_create(ctx: &ProbeContext) -> Result<(), ProbeError> {
     // SAFETY: the pointer comes from a successful map lookup.
     let cfg = unsafe { *cfg_ptr };
     let g = goabi::arg(ctx, 1);
+    if cfg.g_parent_goid != OFFSET_ABSENT {
+        // Go ≥ 1.21: goid, parentGoid, gopc and startpc lie within one span.
+        let span = read_g_span(g, cfg.g_goid)?;
+        let field = |offset| span_word(span, cfg.g_goid, offset);
+        if let (Some(goid), Some(parent_goid), Some(gopc), Some(startpc)) = (
+            field(cfg.g_goid),
+            field(cfg.g_parent_goid),
+            field(cfg.g_gopc),
+            field(cfg.g_startpc),
+        ) {
+            let event = GoroutineEvent {
+                kind: EventKind::Create as u32,
+                pid,
+                goid,
+                parent_goid,
+                gopc,
+                startpc,
+                ktime_ns: 0,
+            };
+            return submit(cfg_ptr, event);
+        }
+    }
     let parent_goid = if cfg.g_parent_goid != OFFSET_ABSENT {
         read_u64(g, cfg.g_parent_goid)?
     } else if cfg.g_m != OFFSET_ABSENT && cfg.m_curg != OFFSET_ABSENT {

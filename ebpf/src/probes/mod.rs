@@ -47,8 +47,58 @@ fn read_u32(base: u64, offset: u32) -> Result<u32, ProbeError> {
         .map_err(|_| ProbeError::ReadUser)
 }
 
+/// Reads two consecutive `u64`s at `base + offset` in one helper call.
+#[inline(always)]
+fn read_pair(base: u64, offset: u32) -> Result<[u64; 2], ProbeError> {
+    // SAFETY: as in `read_u64`.
+    unsafe { bpf_probe_read_user((base + u64::from(offset)) as *const [u64; 2]) }
+        .map_err(|_| ProbeError::ReadUser)
+}
+
+/// Words of `runtime.g` read at once from `goid` on: enough to reach
+/// `startpc` in every release from 1.19 to 1.27 (at most 20 words).
+const G_SPAN_READ: usize = 24;
+/// The scratch slot is larger than the read, a power of two, so that a
+/// masked index is in bounds for the verifier whatever LLVM makes of it.
+pub const G_SPAN_WORDS: usize = 32;
+
+/// The words of `runtime.g` at `g + from`, `G_SPAN_WORDS` of them, in
+/// this CPU's scratch slot.
+#[inline(always)]
+fn read_g_span(g: u64, from: u32) -> Result<&'static [u64; G_SPAN_WORDS], ProbeError> {
+    let slot = crate::maps::G_SPAN.get_ptr_mut(0).ok_or(ProbeError::ReadUser)?;
+    // SAFETY: `slot` is this CPU's map value, written only by this program
+    // while it runs; the helper validates the user address.
+    unsafe {
+        aya_ebpf::helpers::generated::bpf_probe_read_user(
+            slot.cast(),
+            (G_SPAN_READ * 8) as u32,
+            (g + u64::from(from)) as *const core::ffi::c_void,
+        )
+        .eq(&0)
+        .then_some(&*slot)
+        .ok_or(ProbeError::ReadUser)
+    }
+}
+
+/// The word of a span read from `from` that holds the field at `offset`,
+/// or `None` when the field lies outside the span.
+#[inline(always)]
+fn span_word(span: &[u64; G_SPAN_WORDS], from: u32, offset: u32) -> Option<u64> {
+    let rel = offset.wrapping_sub(from);
+    // The masked index goes through a volatile slot: otherwise LLVM folds
+    // the mask into the range check below and the verifier, which sees the
+    // check on a copy of the register, rejects the load as unbounded.
+    let mut index = ((rel >> 3) as usize) & (G_SPAN_WORDS - 1);
+    // SAFETY: a local the function owns.
+    index = unsafe { core::ptr::read_volatile(&raw const index) };
+    let word = span[index & (G_SPAN_WORDS - 1)];
+    (rel % 8 == 0 && (rel as usize) < G_SPAN_READ * 8).then_some(word)
+}
+
 /// Up to [`EVENT_PCS`] return addresses up the frame-pointer chain from
-/// `fp`; stops quietly at the first unreadable or null frame.
+/// `fp`, one read per frame (`[fp]` = caller's fp, `[fp+8]` = return
+/// address); stops quietly at the first unreadable or null frame.
 #[inline(always)]
 fn return_pcs(mut fp: u64) -> [u64; EVENT_PCS] {
     let mut pcs = [0u64; EVENT_PCS];
@@ -56,7 +106,7 @@ fn return_pcs(mut fp: u64) -> [u64; EVENT_PCS] {
         if fp == 0 {
             break;
         }
-        let (Ok(pc), Ok(next)) = (read_u64(fp, 8), read_u64(fp, 0)) else {
+        let Ok([next, pc]) = read_pair(fp, 0) else {
             break;
         };
         *slot = pc;
