@@ -1,6 +1,9 @@
 //! One watched process: its goroutines, counters and last verdicts.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::{
+    collections::{HashMap, HashSet, VecDeque},
+    hash::{BuildHasherDefault, Hasher},
+};
 
 use gostray_common::{ChanEvent, GoroutineEvent};
 
@@ -97,6 +100,31 @@ impl Goroutine {
     }
 }
 
+/// Hashes goroutine IDs: small distinct integers from the runtime, not
+/// input an attacker picks, so one multiply mixes them well enough. The
+/// default SipHash was a tenth of a 100k-goroutine scan.
+#[derive(Default)]
+pub struct GoidHasher(u64);
+
+impl Hasher for GoidHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+pub type GoidMap<V> = HashMap<u64, V, BuildHasherDefault<GoidHasher>>;
+pub type GoidSet = HashSet<u64, BuildHasherDefault<GoidHasher>>;
+
 /// How far the attach has come.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -119,7 +147,7 @@ const MAX_MISUSE_SITES: usize = 256;
 #[derive(Debug)]
 pub struct ProcessState {
     pub info: ProcessInfo,
-    pub(super) live: HashMap<u64, Goroutine>,
+    pub(super) live: GoidMap<Goroutine>,
     max_goroutines: usize,
     phase: Phase,
     exited_unseen: HashSet<u64>,
@@ -161,7 +189,7 @@ impl ProcessState {
     pub fn new(info: ProcessInfo, max_goroutines: usize) -> Self {
         Self {
             info,
-            live: HashMap::new(),
+            live: GoidMap::default(),
             max_goroutines,
             phase: Phase::AwaitingScan,
             exited_unseen: HashSet::new(),
@@ -285,7 +313,8 @@ impl ProcessState {
     /// drops those whose exit event was lost (absent from the scan, and
     /// created before it began).
     pub(super) fn observe(&mut self, started_ns: u64, scanned: Vec<ScannedG>) {
-        let mut present = HashSet::with_capacity(scanned.len());
+        let mut present =
+            GoidSet::with_capacity_and_hasher(scanned.len(), BuildHasherDefault::default());
         for sg in scanned {
             present.insert(sg.goid);
             if !self.live.contains_key(&sg.goid) {

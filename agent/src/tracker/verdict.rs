@@ -371,20 +371,31 @@ impl Growth {
 
 /// The first frame that is not the waiting machinery: where user code waits.
 fn blocking_pc(g: &Goroutine, symbols: &dyn Symbols) -> Option<u64> {
-    let stack: Vec<u64> = match (g.seen(), &g.last_block) {
-        (Some(s), _) if !s.stack().is_empty() => s.stack().iter().skip(1).copied().collect(),
-        (_, Some(b)) => b.pcs.iter().copied().filter(|&p| p != 0).collect(),
-        _ => return None,
+    let is_user = |pc: u64| {
+        symbols
+            .site(pc.saturating_sub(1))
+            .is_some_and(|s| !MECHANISM.iter().any(|m| s.function.starts_with(m)))
     };
-    stack
-        .iter()
-        .copied()
-        .find(|&pc| {
-            symbols
-                .site(pc.saturating_sub(1))
-                .is_some_and(|s| !MECHANISM.iter().any(|m| s.function.starts_with(m)))
-        })
-        .or_else(|| stack.last().copied())
+    // Walked by a scan (the parked PC first, then return addresses), else
+    // the return addresses the park probe saw.
+    match (g.seen(), &g.last_block) {
+        (Some(s), _) if !s.stack().is_empty() => {
+            let frames = &s.stack()[1..];
+            frames
+                .iter()
+                .copied()
+                .find(|&pc| is_user(pc))
+                .or(frames.last().copied())
+        }
+        (_, Some(b)) => {
+            let mut frames = b.pcs.iter().copied().filter(|&p| p != 0);
+            frames
+                .clone()
+                .find(|&pc| is_user(pc))
+                .or_else(|| frames.next_back())
+        }
+        _ => None,
+    }
 }
 
 /// The goroutine's own function: the bottom of its stack, past the
