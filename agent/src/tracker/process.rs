@@ -2,7 +2,7 @@
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},
-    hash::{BuildHasherDefault, Hasher},
+    hash::{BuildHasher, Hasher},
 };
 
 use gostray_common::{ChanEvent, GoroutineEvent};
@@ -49,6 +49,17 @@ struct SeenDetail {
 }
 
 impl Seen {
+    /// What a scan saw: `status` is the runtime's (never idle, so never 0).
+    pub fn new(status: u32, waitreason: u8, chan: Option<ChanState>, stack: Vec<u64>) -> Self {
+        Self {
+            // Statuses are at most G_MAX_STATUS (16); never 0 here.
+            status: u8::try_from(status).unwrap_or(u8::MAX).max(1),
+            waitreason,
+            detail: (chan.is_some() || !stack.is_empty())
+                .then(|| Box::new(SeenDetail { chan, stack })),
+        }
+    }
+
     /// The channel it is parked on, when the scan followed it.
     pub fn chan(&self) -> Option<ChanState> {
         self.detail.as_ref().and_then(|d| d.chan)
@@ -89,6 +100,15 @@ impl Goroutine {
         }
     }
 
+    /// A goroutine found by a scan, as `seen` (for tests of the verdicts).
+    #[cfg(test)]
+    pub fn scanned(startpc: u64, seen: Seen) -> Self {
+        Self {
+            seen,
+            ..Self::new(0, 0, startpc, 0)
+        }
+    }
+
     /// What the last scan saw, if a scan has seen it.
     pub fn seen(&self) -> Option<&Seen> {
         (self.seen.status != 0).then_some(&self.seen)
@@ -100,10 +120,32 @@ impl Goroutine {
     }
 }
 
-/// Hashes goroutine IDs: small distinct integers from the runtime, not
-/// input an attacker picks, so one multiply mixes them well enough. The
-/// default SipHash was a tenth of a 100k-goroutine scan.
-#[derive(Default)]
+/// Hashes goroutine IDs with one folded multiply by a per-table random
+/// key: the default SipHash was a tenth of a 100k-goroutine scan. The IDs
+/// come from the target's memory, so a hostile process could pick them;
+/// the random key and the fold (which mixes every input bit into the low
+/// bits the table indexes by) keep it from choosing colliding ones.
+#[derive(Clone, Copy)]
+pub struct GoidHashing {
+    key: u64,
+}
+
+impl Default for GoidHashing {
+    fn default() -> Self {
+        Self {
+            key: std::collections::hash_map::RandomState::new().hash_one(0u64) | 1,
+        }
+    }
+}
+
+impl BuildHasher for GoidHashing {
+    type Hasher = GoidHasher;
+
+    fn build_hasher(&self) -> GoidHasher {
+        GoidHasher(self.key)
+    }
+}
+
 pub struct GoidHasher(u64);
 
 impl Hasher for GoidHasher {
@@ -114,7 +156,8 @@ impl Hasher for GoidHasher {
     }
 
     fn write_u64(&mut self, v: u64) {
-        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let product = u128::from(self.0 ^ v) * 0x9e37_79b9_7f4a_7c15;
+        self.0 = (product as u64) ^ ((product >> 64) as u64);
     }
 
     fn finish(&self) -> u64 {
@@ -122,8 +165,8 @@ impl Hasher for GoidHasher {
     }
 }
 
-pub type GoidMap<V> = HashMap<u64, V, BuildHasherDefault<GoidHasher>>;
-pub type GoidSet = HashSet<u64, BuildHasherDefault<GoidHasher>>;
+pub type GoidMap<V> = HashMap<u64, V, GoidHashing>;
+pub type GoidSet = HashSet<u64, GoidHashing>;
 
 /// How far the attach has come.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -314,7 +357,7 @@ impl ProcessState {
     /// created before it began).
     pub(super) fn observe(&mut self, started_ns: u64, scanned: Vec<ScannedG>) {
         let mut present =
-            GoidSet::with_capacity_and_hasher(scanned.len(), BuildHasherDefault::default());
+            GoidSet::with_capacity_and_hasher(scanned.len(), GoidHashing::default());
         for sg in scanned {
             present.insert(sg.goid);
             if !self.live.contains_key(&sg.goid) {
@@ -335,17 +378,7 @@ impl ProcessState {
             } else {
                 0
             };
-            g.seen = Seen {
-                // Statuses are at most G_MAX_STATUS (16); never 0 here.
-                status: u8::try_from(sg.status).unwrap_or(u8::MAX).max(1),
-                waitreason: sg.waitreason,
-                detail: (sg.chan.is_some() || !sg.stack.is_empty()).then(|| {
-                    Box::new(SeenDetail {
-                        chan: sg.chan,
-                        stack: sg.stack,
-                    })
-                }),
-            };
+            g.seen = Seen::new(sg.status, sg.waitreason, sg.chan, sg.stack);
         }
         let before = self.live.len();
         self.live

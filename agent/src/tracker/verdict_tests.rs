@@ -375,20 +375,10 @@ impl Symbols for ByName {
 }
 
 fn parked_on(stack: Vec<u64>) -> super::process::Goroutine {
-    super::process::Goroutine {
-        created_ns: 0,
-        gopc: 0,
-        startpc: 0xa000,
-        parent_goid: 0,
-        last_block: None,
-        seen: Some(Box::new(super::process::Seen {
-            status: G_WAITING,
-            waitreason: RECV,
-            chan: None,
-            stack,
-        })),
-        blocked_since_ns: None,
-    }
+    super::process::Goroutine::scanned(
+        0xa000,
+        super::process::Seen::new(G_WAITING, RECV, None, stack),
+    )
 }
 
 #[test]
