@@ -129,7 +129,8 @@ impl Agent {
         binary_targets: Vec<(PathBuf, FileId)>,
         shared: Arc<Shared>,
     ) -> anyhow::Result<(Self, RingBuf<MapData>)> {
-        let (mut kernel, ring) = Kernel::load(args.ring_buffer_bytes, args.kernel_log)?;
+        let (mut kernel, ring) =
+            Kernel::load(args.ring_buffer_bytes, args.kernel_log, args.probes)?;
         let procs = match ProcWatch::start(kernel.ebpf_mut()) {
             Ok(p) => Some(p),
             Err(e) if args.whole_host() => return Err(e.context("watching process execs")),

@@ -47,6 +47,65 @@ pub enum KernelLog {
     Trace = 5,
 }
 
+/// Which probe groups are attached (`--probes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProbeGroups {
+    pub lifecycle: bool,
+    pub park: bool,
+    pub misuse: bool,
+}
+
+impl ProbeGroups {
+    pub const ALL: Self = Self {
+        lifecycle: true,
+        park: true,
+        misuse: true,
+    };
+
+    /// The groups' names, for logs ("none" when empty).
+    pub fn names(self) -> String {
+        let names: Vec<&str> = [
+            (self.lifecycle, "lifecycle"),
+            (self.park, "park"),
+            (self.misuse, "misuse"),
+        ]
+        .into_iter()
+        .filter_map(|(on, name)| on.then_some(name))
+        .collect();
+        if names.is_empty() {
+            "none".into()
+        } else {
+            names.join(",")
+        }
+    }
+}
+
+fn parse_probes(s: &str) -> Result<ProbeGroups, String> {
+    let mut groups = ProbeGroups {
+        lifecycle: false,
+        park: false,
+        misuse: false,
+    };
+    match s.trim() {
+        "all" => return Ok(ProbeGroups::ALL),
+        "none" => return Ok(groups),
+        _ => {}
+    }
+    for name in s.split(',').map(str::trim) {
+        match name {
+            "lifecycle" => groups.lifecycle = true,
+            "park" => groups.park = true,
+            "misuse" => groups.misuse = true,
+            _ => {
+                return Err(format!(
+                    "unknown probe group {name:?}: use lifecycle, park, misuse, all or none"
+                ))
+            }
+        }
+    }
+    Ok(groups)
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Watch Go processes and serve what is seen on --listen.
@@ -160,6 +219,17 @@ pub struct RunArgs {
     /// Kernel-side diagnostics (probe failures), forwarded to the agent's log.
     #[arg(long, env = "GOSTRAY_KERNEL_LOG", value_enum, default_value_t = KernelLog::Off)]
     pub kernel_log: KernelLog,
+
+    /// Probe groups to attach, comma-separated: `lifecycle` (goroutine
+    /// creation and exit: exact counts and lifetimes), `park` (where a
+    /// goroutine blocks, as it blocks), `misuse` (double close, close of nil,
+    /// send on a closed channel); `all` (the default) or `none`. With `none`
+    /// nothing fires in the watched process: counts and verdicts come from
+    /// the goroutine table scans alone (every --scan-interval; creations
+    /// estimated from goroutine IDs, within 16 per P), for services that
+    /// cannot spare a microsecond per goroutine.
+    #[arg(long, env = "GOSTRAY_PROBES", value_name = "GROUPS", default_value = "all", value_parser = parse_probes)]
+    pub probes: ProbeGroups,
 
     /// Goroutines stored per process; beyond it they are counted, not stored.
     #[arg(long, env = "GOSTRAY_MAX_GOROUTINES", default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..=50_000_000))]

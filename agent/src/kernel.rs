@@ -19,7 +19,11 @@ use gostray_common::{
     PROG_GOROUTINE_EXIT, PROG_SEND_CLOSED,
 };
 
-use crate::{config::KernelLog, procfs::FileId, target::Target};
+use crate::{
+    config::{KernelLog, ProbeGroups},
+    procfs::FileId,
+    target::Target,
+};
 
 /// The kernel object, embedded at build time (see `build.rs`).
 static OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/gostray.bpf.o"));
@@ -36,20 +40,27 @@ const PROGRAMS: [&str; 5] = [
 /// One probe to attach: program, file offset, attach cookie.
 type Placement = (&'static str, u64, Option<u64>);
 
-/// Where each program goes in one binary. The leak probes come only with a
-/// leak layout (a binary without one still gets lifecycle counts).
-fn placements(target: &Target) -> Vec<Placement> {
+/// Where each program of the chosen groups goes in one binary. The leak
+/// probes come only with a leak layout (a binary without one still gets
+/// lifecycle counts).
+fn placements(target: &Target, groups: ProbeGroups) -> Vec<Placement> {
     let bin = &target.bin;
-    let mut out = vec![
-        (PROG_GOROUTINE_CREATE, bin.create_site.file_offset, None),
-        (PROG_GOROUTINE_EXIT, bin.exit_site.file_offset, None),
-    ];
-    if let Some(leak) = &target.leak {
+    let mut out = Vec::new();
+    if groups.lifecycle {
+        out.push((PROG_GOROUTINE_CREATE, bin.create_site.file_offset, None));
+        out.push((PROG_GOROUTINE_EXIT, bin.exit_site.file_offset, None));
+    }
+    let Some(leak) = &target.leak else {
+        return out;
+    };
+    if groups.park {
         out.extend(
             leak.block_sites
                 .iter()
                 .map(|s| (PROG_GOROUTINE_BLOCK, s.file_offset, Some(s.cookie))),
         );
+    }
+    if groups.misuse {
         out.extend(leak.close_site.map(|o| (PROG_CHAN_CLOSE, o, None)));
         out.extend(
             leak.send_closed_sites
@@ -70,6 +81,8 @@ pub struct Kernel {
     logger: Option<EbpfLogger<&'static dyn log::Log>>,
     /// Links to drop (detach) off the control thread; see [`Self::detach_links`].
     detacher: mpsc::Sender<Vec<UProbeLink>>,
+    /// The probe groups attached to each executable (`--probes`).
+    groups: ProbeGroups,
 }
 
 /// Starts the thread that drops detached links. It ends when the sender
@@ -108,7 +121,11 @@ fn drop_in_parallel(links: Vec<UProbeLink>) {
 impl Kernel {
     /// Loads and verifies the programs. Returns the event ring buffer
     /// separately so that a drain thread can own it.
-    pub fn load(ring_bytes: u32, log_level: KernelLog) -> anyhow::Result<(Self, RingBuf<MapData>)> {
+    pub fn load(
+        ring_bytes: u32,
+        log_level: KernelLog,
+        groups: ProbeGroups,
+    ) -> anyhow::Result<(Self, RingBuf<MapData>)> {
         if OBJECT.is_empty() {
             bail!(
                 "this gostray was built without its eBPF object; build it with `cargo xtask build`"
@@ -148,6 +165,7 @@ impl Kernel {
                 links: HashMap::new(),
                 detacher: spawn_detacher()?,
                 logger,
+                groups,
             },
             ring,
         ))
@@ -165,7 +183,7 @@ impl Kernel {
         if self.links.contains_key(&id) {
             return Ok(());
         }
-        let wanted = placements(target);
+        let wanted = placements(target, self.groups);
         let mut links = Vec::with_capacity(wanted.len());
         for (name, offset, cookie) in wanted {
             let prog: &mut UProbe = self

@@ -98,6 +98,13 @@ fn run(args: &RunArgs) -> anyhow::Result<()> {
         args.max_goroutines as usize,
         args.max_series as usize,
     ));
+    if !args.probes.lifecycle {
+        shared
+            .tracker
+            .lock()
+            .expect("tracker lock")
+            .count_from_scans();
+    }
     let listener = runtime.block_on(server::bind(args.listen))?;
     // Pod metadata first, so processes found by the first scan can be
     // labelled as soon as the cache syncs; without Kubernetes this is a no-op.
@@ -112,7 +119,7 @@ fn run(args: &RunArgs) -> anyhow::Result<()> {
         ));
     }
     let (agent, ring) = agent::Agent::start(args, binary_targets, shared.clone())?;
-    tracing::info!(listen = %args.listen, "serving /metrics, /healthz, /readyz");
+    tracing::info!(listen = %args.listen, probes = %args.probes.names(), "serving /metrics, /healthz, /readyz");
     runtime.spawn(server::serve(listener, shared.clone()));
 
     let stop = Arc::new(AtomicBool::new(false));

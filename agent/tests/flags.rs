@@ -76,6 +76,8 @@ fn invalid_values_are_refused_naming_the_flag() {
         (&["--leak-after", "0s"], "--leak-after", "between"),
         (&["--leak-after", "1y"], "--leak-after", "unit"),
         (&["--kernel-log", "loud"], "--kernel-log", "possible values"),
+        (&["--probes", "exits"], "--probes", "unknown probe group"),
+        (&["--probes", ""], "--probes", "unknown probe group"),
         (
             &["--max-goroutines", "0"],
             "--max-goroutines",

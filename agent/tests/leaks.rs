@@ -65,11 +65,15 @@ const LEAKS: [(&str, &str); 6] = [
 ];
 
 fn patterns_are_judged(go_line: &str) {
+    patterns_are_judged_with(go_line, &[]);
+}
+
+fn patterns_are_judged_with(go_line: &str, args: &[&str]) {
     let Some(env) = KernelEnv::get() else { return };
     let mut fixture = Proc::spawn(&mut Command::new(env.fixture("patterns", go_line)));
     assert_eq!(fixture.line(), "ready");
     let pid = fixture.pid();
-    let agent = Agent::start(&[&["--pid", &pid.to_string()][..], &FAST].concat());
+    let agent = Agent::start(&[&["--pid", &pid.to_string()][..], &FAST, args].concat());
     for cmd in ["quiet", "leaks"] {
         fixture.send(cmd);
         assert_eq!(fixture.line(), format!("ok {cmd}"));
@@ -123,6 +127,13 @@ fn patterns_are_judged_go_1_24() {
 #[test]
 fn patterns_are_judged_go_1_27() {
     patterns_are_judged("1.27");
+}
+
+/// Without any probe (`--probes none`) the verdicts are the same: they
+/// rest on the goroutine table scans, never on an event alone.
+#[test]
+fn patterns_are_judged_from_scans_alone() {
+    patterns_are_judged_with("1.27", &["--probes", "none"]);
 }
 
 /// Go 1.19 records no parent goroutine in g; the creation probe reads it

@@ -30,7 +30,7 @@ pub const PROG_SEND_CLOSED: &str = "chan_send_closed";
 pub const MAP_CLOSERS: &str = "CLOSERS";
 /// Bound on remembered first closers, across processes.
 pub const MAX_CLOSERS: u32 = 16384;
-/// Name of the LRU map from (pid, goid) to the time of its last block event.
+/// Name of the LRU map from (pid, g address) to the time of its last block event.
 pub const MAP_BLOCK_SEEN: &str = "BLOCK_SEEN";
 /// Bound on goroutines whose last block event time is remembered.
 pub const MAX_BLOCK_SEEN: u32 = 65536;
@@ -169,13 +169,16 @@ pub struct CloserKey {
     pub hchan: u64,
 }
 
-/// Key of [`MAP_BLOCK_SEEN`].
+/// Key of [`MAP_BLOCK_SEEN`]: a goroutine by the address of its `runtime.g`,
+/// which the probe has in a register, so a throttled park reads nothing. A
+/// g reused by a new goroutine within the gap loses that goroutine's first
+/// block event; the scans still see it parked.
 #[repr(C)]
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
-pub struct GoidKey {
+pub struct GKey {
     pub pid: u32,
     pub _pad: u32,
-    pub goid: u64,
+    pub g: u64,
 }
 
 /// Value of [`MAP_CLOSERS`]: who closed the channel first.
@@ -270,7 +273,7 @@ mod pod {
     unsafe impl aya::Pod for super::CloserKey {}
     unsafe impl aya::Pod for super::Closer {}
     unsafe impl aya::Pod for super::ProcEvent {}
-    unsafe impl aya::Pod for super::GoidKey {}
+    unsafe impl aya::Pod for super::GKey {}
 }
 
 const _: () = assert!(core::mem::size_of::<GoroutineEvent>() == 48);

@@ -5,7 +5,7 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use gostray_common::{
-    Closer, CloserKey, GoidKey, ProcConfig, MAX_BLOCK_SEEN, MAX_CLOSERS, MAX_TARGETS,
+    Closer, CloserKey, GKey, ProcConfig, MAX_BLOCK_SEEN, MAX_CLOSERS, MAX_TARGETS,
     PROBE_ERROR_KINDS,
 };
 
@@ -29,7 +29,7 @@ pub static ERRORS: PerCpuArray<u64> = PerCpuArray::with_max_entries(PROBE_ERROR_
 /// When each goroutine last sent a block event, to send at most one per
 /// `BLOCK_EVENT_GAP_NS`. LRU: a full map forgets the oldest goroutines.
 #[map(name = "BLOCK_SEEN")]
-pub static BLOCK_SEEN: LruHashMap<GoidKey, u64> = LruHashMap::with_max_entries(MAX_BLOCK_SEEN, 0);
+pub static BLOCK_SEEN: LruHashMap<GKey, u64> = LruHashMap::with_max_entries(MAX_BLOCK_SEEN, 0);
 
 /// The first closer of each recently closed channel, so that a second close
 /// can name both sites. LRU: old channels are forgotten, never a full map.

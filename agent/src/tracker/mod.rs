@@ -32,6 +32,9 @@ pub struct Tracker {
     /// Events whose kind was not understood, or for a PID not watched (a race
     /// with detach); counted so that nothing is dropped silently.
     pub stray_events: u64,
+    /// No lifecycle probes (`--probes` without `lifecycle`): creations and
+    /// exits are counted from the scans.
+    from_scans: bool,
 }
 
 impl Tracker {
@@ -40,14 +43,22 @@ impl Tracker {
             procs: HashMap::new(),
             max_goroutines,
             stray_events: 0,
+            from_scans: false,
         }
+    }
+
+    /// Counts creations and exits from the goroutine table scans, for
+    /// processes added from now on (no lifecycle probes are attached).
+    pub fn count_from_scans(&mut self) {
+        self.from_scans = true;
     }
 
     /// Starts tracking `pid`. Events for it are accepted from now on; the
     /// first [`Tracker::merge_scan`] completes the picture.
     pub fn add_process(&mut self, pid: u32, info: ProcessInfo) {
-        self.procs
-            .insert(pid, ProcessState::new(info, self.max_goroutines));
+        let mut proc = ProcessState::new(info, self.max_goroutines);
+        proc.from_scans = self.from_scans;
+        self.procs.insert(pid, proc);
     }
 
     /// Forgets `pid` and everything about it (its metric series go with it).

@@ -226,6 +226,20 @@ pub struct ProcessState {
     pub(super) exit_links: HashMap<u64, u64>,
     /// Member counts per group fingerprint over the last scans.
     pub(super) trends: HashMap<u64, VecDeque<u64>>,
+    /// Counts come from the scans (no lifecycle probes); see [`ScanCounts`].
+    pub(super) from_scans: bool,
+    scan_counts: ScanCounts,
+}
+
+/// Creation and exit counts without lifecycle probes. The runtime hands
+/// goroutine IDs out in order, in batches of 16 per P, so the advance of
+/// the highest ID a scan sees is the number created since the last scan,
+/// short-lived goroutines included, to within 16 per P; exits follow from
+/// the live count.
+#[derive(Debug, Default)]
+struct ScanCounts {
+    top_goid: u64,
+    live_at_attach: u64,
 }
 
 impl ProcessState {
@@ -252,6 +266,8 @@ impl ProcessState {
             misuse_report: Vec::new(),
             exit_links: HashMap::new(),
             trends: HashMap::new(),
+            from_scans: false,
+            scan_counts: ScanCounts::default(),
         }
     }
 
@@ -349,6 +365,10 @@ impl ProcessState {
         }
         self.exited_unseen = HashSet::new();
         self.phase = Phase::Ready;
+        self.scan_counts = ScanCounts {
+            top_goid: scanned.iter().map(|g| g.goid).max().unwrap_or(0),
+            live_at_attach: self.live_count(),
+        };
     }
 
     /// Applies a periodic scan started at `started_ns`: refreshes what each
@@ -356,15 +376,15 @@ impl ProcessState {
     /// drops those whose exit event was lost (absent from the scan, and
     /// created before it began).
     pub(super) fn observe(&mut self, started_ns: u64, scanned: Vec<ScannedG>) {
-        let mut present =
-            GoidSet::with_capacity_and_hasher(scanned.len(), GoidHashing::default());
+        let top_goid = scanned.iter().map(|g| g.goid).max().unwrap_or(0);
+        let mut present = GoidSet::with_capacity_and_hasher(scanned.len(), GoidHashing::default());
         for sg in scanned {
             present.insert(sg.goid);
             if !self.live.contains_key(&sg.goid) {
                 if self.live.len() >= self.max_goroutines {
                     continue;
                 }
-                self.reconciled_creates += 1;
+                self.reconciled_creates += u64::from(!self.from_scans);
                 self.live.insert(
                     sg.goid,
                     Goroutine::new(0, sg.gopc, sg.startpc, sg.parent_goid),
@@ -383,7 +403,24 @@ impl ProcessState {
         let before = self.live.len();
         self.live
             .retain(|goid, g| present.contains(goid) || g.created_ns >= started_ns);
-        self.reconciled_exits += (before - self.live.len()) as u64;
+        if self.from_scans {
+            self.count_from_scan(top_goid);
+        } else {
+            self.reconciled_exits += (before - self.live.len()) as u64;
+        }
+    }
+
+    /// Without lifecycle probes: creations from the advance of the highest
+    /// goroutine ID, exits from the live count (see [`ScanCounts`]). Both
+    /// only ever grow.
+    fn count_from_scan(&mut self, top_goid: u64) {
+        let c = &mut self.scan_counts;
+        if top_goid > c.top_goid {
+            self.created_total += top_goid - c.top_goid;
+            c.top_goid = top_goid;
+        }
+        let gone = (c.live_at_attach + self.created_total).saturating_sub(self.live_count());
+        self.exited_total = self.exited_total.max(gone);
     }
 
     /// Records this evaluation's group sizes and forgets groups that are gone.

@@ -130,3 +130,29 @@ fn a_tracked_goroutine_takes_64_bytes() {
     // the key and the hash table's slack (see docs/BENCHMARKS.md).
     assert_eq!(std::mem::size_of::<super::process::Goroutine>(), 64);
 }
+
+#[test]
+fn without_lifecycle_probes_the_scans_count_creations_and_exits() {
+    let mut t = Tracker::new(100);
+    t.count_from_scans();
+    t.add_process(7, info());
+    t.merge_scan(7, &[scanned(1), scanned(5)]);
+    // 40 goroutines came and went between scans, three are new and alive,
+    // goroutine 5 exited: IDs reached 48.
+    t.observe_scan(
+        7,
+        1,
+        vec![scanned(1), scanned(46), scanned(47), scanned(48)],
+    );
+    let p = t.process(7).unwrap();
+    assert_eq!(
+        (p.created_total, p.exited_total, p.live_count()),
+        (43, 41, 4)
+    );
+    // Scan-found goroutines are not lost events here.
+    assert_eq!((p.reconciled_creates, p.reconciled_exits), (0, 0));
+    // Nothing new, two exits: the counters only grow.
+    t.observe_scan(7, 1, vec![scanned(1), scanned(46)]);
+    let p = t.process(7).unwrap();
+    assert_eq!((p.created_total, p.exited_total), (43, 43));
+}

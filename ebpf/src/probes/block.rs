@@ -3,7 +3,7 @@ use aya_ebpf::{
     macros::uprobe,
     programs::ProbeContext,
 };
-use gostray_common::{block_cookie, ChanEvent, EventKind, GoidKey, BLOCK_EVENT_GAP_NS};
+use gostray_common::{block_cookie, ChanEvent, EventKind, GKey, BLOCK_EVENT_GAP_NS};
 
 use super::{current_target, finish, read_pair, read_u64, return_pcs, submit_chan, ProbeError};
 use crate::{goabi, maps::BLOCK_SEEN};
@@ -34,10 +34,10 @@ fn try_goroutine_block(ctx: &ProbeContext) -> Result<(), ProbeError> {
     } else {
         (rbx, rcx)
     };
-    let goid = read_u64(goabi::current_g(ctx), cfg.g_goid)?;
+    let g = goabi::current_g(ctx);
     // SAFETY: a helper call with no arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    let key = GoidKey { pid, _pad: 0, goid };
+    let key = GKey { pid, _pad: 0, g };
     // SAFETY: the value is copied out at once.
     if unsafe { BLOCK_SEEN.get(&key) }
         .is_some_and(|&last| now.wrapping_sub(last) < BLOCK_EVENT_GAP_NS)
@@ -45,6 +45,7 @@ fn try_goroutine_block(ctx: &ProbeContext) -> Result<(), ProbeError> {
         return Ok(());
     }
     let _ = BLOCK_SEEN.insert(&key, &now, 0);
+    let goid = read_u64(g, cfg.g_goid)?;
     let mut event = ChanEvent {
         kind: EventKind::Block as u32,
         pid,
