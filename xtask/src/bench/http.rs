@@ -17,11 +17,18 @@ pub struct Load {
     pub lost: f64,
 }
 
+/// How the agent runs next to the server: its path and `--probes` groups.
+#[derive(Clone, Copy)]
+pub struct With<'a> {
+    pub agent: &'a Path,
+    pub probes: &'a str,
+}
+
 /// Serves `binary` on loopback and loads it for `seconds` with wrk;
 /// `close` asks for a new connection per request. With `floor`, the agent
 /// watches a second, idle server instead: its probes fire but filter out.
 pub fn run(
-    agent: Option<&Path>,
+    agent: Option<With>,
     binary: &Path,
     close: bool,
     seconds: u64,
@@ -40,7 +47,15 @@ pub fn run(
         .context("bench-http did not say where it listens")?
         .to_string();
     let agent = match agent {
-        Some(a) => Some(Agent::start(a, &["--pid".into(), watched.to_string()])?),
+        Some(a) => Some(Agent::start(
+            a.agent,
+            &[
+                "--pid".into(),
+                watched.to_string(),
+                "--probes".into(),
+                a.probes.into(),
+            ],
+        )?),
         None => None,
     };
     let counted = |a: &Agent| {

@@ -18,8 +18,9 @@ use crate::util::Guard;
 pub enum Setup {
     /// No agent.
     Bare,
-    /// The agent in its default configuration, watching the workload.
-    Agent,
+    /// The agent watching the workload with these `--probes` groups
+    /// (`all` is its default configuration).
+    Agent(&'static str),
     /// The agent's probes attached to the binary but watching a decoy
     /// process: every hit runs only the PID lookup and returns. The least a
     /// uprobe at these same instructions can cost.
@@ -63,8 +64,16 @@ pub fn run(ctx: &Ctx, setup: Setup, binary: &Path, mode: &str, n: u64) -> anyhow
                 ..Sample::default()
             })
         }
-        Setup::Agent => {
-            let agent = Agent::start(ctx.agent, &["--pid".into(), w.pid().to_string()])?;
+        Setup::Agent(groups) => {
+            let agent = Agent::start(
+                ctx.agent,
+                &[
+                    "--pid".into(),
+                    w.pid().to_string(),
+                    "--probes".into(),
+                    groups.into(),
+                ],
+            )?;
             let events = |m: &str| {
                 proc::sample(m, "gostray_goroutines_created_total")
                     + proc::sample(m, "gostray_goroutines_exited_total")

@@ -40,6 +40,8 @@ pub struct MicroResult {
     pub agent: Series,
     pub floor: Series,
     pub bpftrace: Series,
+    /// The agent with one probe group each (see [`GROUPS`]).
+    pub groups: Vec<Series>,
     /// Agent CPU (percent of one core) per 100k events/s, and events lost.
     pub cpu_per_100k: Series,
     pub events_per_s: Series,
@@ -51,7 +53,13 @@ pub struct HttpResult {
     pub bare: Vec<http::Load>,
     pub agent: Vec<http::Load>,
     pub floor: Vec<http::Load>,
+    /// The agent with one probe group each (see [`GROUPS`]).
+    pub groups: Vec<Vec<http::Load>>,
 }
+
+/// The optional probe groups, each measured alone (`--probes`), and `none`:
+/// the scan-only mode.
+pub const GROUPS: [&str; 4] = ["lifecycle", "park", "misuse", "none"];
 
 pub struct LineResult {
     pub go: String,
@@ -208,6 +216,7 @@ fn measure_micro(
             agent: Series::default(),
             floor: Series::default(),
             bpftrace: Series::default(),
+            groups: vec![Series::default(); GROUPS.len()],
             cpu_per_100k: Series::default(),
             events_per_s: Series::default(),
             lost: 0.0,
@@ -215,7 +224,7 @@ fn measure_micro(
         for _ in 0..reps {
             r.bare
                 .push(micro::run(ctx, Setup::Bare, bin, mode, n)?.ns_per_op);
-            let a = micro::run(ctx, Setup::Agent, bin, mode, n)?;
+            let a = micro::run(ctx, Setup::Agent("all"), bin, mode, n)?;
             r.agent.push(a.ns_per_op);
             // Events as the kernel counts its probe runs: block events
             // have no counter of their own in /metrics.
@@ -227,6 +236,9 @@ fn measure_micro(
             r.lost = r.lost.max(a.lost);
             r.floor
                 .push(micro::run(ctx, Setup::Floor, bin, mode, n)?.ns_per_op);
+            for (series, groups) in r.groups.iter_mut().zip(GROUPS) {
+                series.push(micro::run(ctx, Setup::Agent(groups), bin, mode, n)?.ns_per_op);
+            }
             // bpftrace single-steps every hit (~20 µs): fewer operations.
             if mode == "spawn" && !smoke {
                 r.bpftrace
@@ -254,14 +266,19 @@ fn measure_http(
             bare: Vec::new(),
             agent: Vec::new(),
             floor: Vec::new(),
+            groups: vec![Vec::new(); GROUPS.len()],
         };
         let secs = sizes.wrk_seconds;
+        let with = |probes| Some(http::With { agent, probes });
         for _ in 0..reps {
             r.bare.push(http::run(None, bin, close, secs, false)?);
             r.agent
-                .push(http::run(Some(agent), bin, close, secs, false)?);
+                .push(http::run(with("all"), bin, close, secs, false)?);
             r.floor
-                .push(http::run(Some(agent), bin, close, secs, true)?);
+                .push(http::run(with("all"), bin, close, secs, true)?);
+            for (loads, groups) in r.groups.iter_mut().zip(GROUPS) {
+                loads.push(http::run(with(groups), bin, close, secs, false)?);
+            }
         }
         results.push(r);
     }

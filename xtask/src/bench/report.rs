@@ -3,7 +3,7 @@
 
 use std::{fmt::Write, process::Command};
 
-use super::{agentcost::Memory, http::Load, stats::Series, LineResult, MicroResult};
+use super::{agentcost::Memory, http::Load, stats::Series, LineResult, MicroResult, GROUPS};
 use crate::util::output;
 
 /// Per probe hit, ns: `(x − bare) / hits`, paired run by run.
@@ -115,6 +115,7 @@ pub fn render(
             );
         }
     }
+    groups_section(&mut s, &mut goals, lines);
     agent_section(&mut s, &mut goals, lines, memory, attach);
     let _ = writeln!(s, "\n## Goals\n\n{}", goals.0.join("\n"));
     let _ = write!(s, "\n{}", include_str!("notes.md"));
@@ -199,6 +200,67 @@ fn micro_row(s: &mut String, goals: &mut Goals, go: &str, m: &MicroResult) {
     }
 }
 
+/// Each probe group alone, and none (the scan-only mode), as the
+/// workload's time (in-process) or throughput (net/http) relative to bare.
+fn groups_section(s: &mut String, goals: &mut Goals, lines: &[LineResult]) {
+    let _ = writeln!(s, "\n## Probe groups (`--probes`)\n\nEach group alone against bare, paired run by run: time per operation for the in-process workloads (above 1 is slower), requests per second for net/http (below 1 is slower). *all* is the default; *none* attaches no probe and counts from the goroutine table scans.\n");
+    let _ = writeln!(s, "| Go | workload | all | {} |", GROUPS.join(" | "));
+    let _ = writeln!(s, "| --- | --- | --- |{}", " --- |".repeat(GROUPS.len()));
+    for l in lines {
+        for m in &l.micro {
+            let cells: Vec<String> = m
+                .groups
+                .iter()
+                .map(|g| g.ratio_to(&m.bare).show(3))
+                .collect();
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} |",
+                l.go,
+                m.mode,
+                m.agent.ratio_to(&m.bare).show(3),
+                cells.join(" | ")
+            );
+        }
+        for h in &l.http {
+            let rps = |v: &[Load]| Series(v.iter().map(|x| x.rps).collect());
+            let bare = rps(&h.bare);
+            let cells: Vec<String> = h
+                .groups
+                .iter()
+                .map(|g| rps(g).ratio_to(&bare).show(3))
+                .collect();
+            let kind = if h.close {
+                "new per request"
+            } else {
+                "keep-alive"
+            };
+            let _ = writeln!(
+                s,
+                "| {} | net/http {kind} | {} | {} |",
+                l.go,
+                rps(&h.agent).ratio_to(&bare).show(3),
+                cells.join(" | ")
+            );
+            let none = GROUPS
+                .iter()
+                .position(|&g| g == "none")
+                .expect("none is a group");
+            let ratio = rps(&h.groups[none]).ratio_to(&bare);
+            let goal = if h.close { 0.90 } else { 0.97 };
+            goals.check(
+                ratio.median() >= goal,
+                &format!(
+                    "Go {} net/http {kind} with `--probes none` keeps ≥ {:.0}% of bare throughput",
+                    l.go,
+                    goal * 100.0
+                ),
+                format!("{:.1}%", ratio.median() * 100.0),
+            );
+        }
+    }
+}
+
 fn agent_section(
     s: &mut String,
     goals: &mut Goals,
@@ -270,12 +332,12 @@ fn agent_section(
     {
         let _ = writeln!(
             s,
-            "| exec → PID in /metrics, {what} (`--binary`, default 1 s /proc walk), ms | {} |",
+            "| exec → PID in /metrics, {what} (`--binary`: exec tracepoint, default 1 s walk as fallback), ms | {} |",
             attach[2 * i].show(0)
         );
         let _ = writeln!(
             s,
-            "| exec → PID in /metrics, {what} (`--rescan-interval 100ms`), ms | {} |",
+            "| exec → PID in /metrics, {what} (same, `--rescan-interval 100ms`), ms | {} |",
             attach[2 * i + 1].show(0)
         );
     }
