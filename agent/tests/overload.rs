@@ -158,7 +158,7 @@ fn a_hundred_thousand_goroutines() {
     let rss = rss_kb(agent.proc.pid());
     let seconds =
         m.0.lines()
-            .find_map(|l| l.strip_prefix("gostray_scan_seconds_total "));
+            .find_map(|l| l.strip_prefix("gostray_goroutine_scan_seconds_total "));
     eprintln!(
         "100k+100k goroutines: attach (scan of {live0}) in {attach:?}; 2 scan rounds took {seconds:?} s; agent RSS {rss} kB"
     );

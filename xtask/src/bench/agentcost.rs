@@ -55,7 +55,7 @@ pub fn memory(agent: &Path, binary: &Path, count: u64) -> anyhow::Result<Memory>
     let scans = |m: &str| {
         (
             proc::sample(m, "gostray_goroutine_scans_total"),
-            proc::sample(m, "gostray_scan_seconds_total"),
+            proc::sample(m, "gostray_goroutine_scan_seconds_total"),
         )
     };
     // Wait until the table holds them all, then time three full scans.
