@@ -113,7 +113,7 @@ pub fn scan(
 
     let mut out = Vec::with_capacity(pointers.len().min(CHUNK));
     let mut parked: Vec<(usize, u64, u64, u64)> = Vec::new(); // (index, waiting, pc, bp)
-    procmem::read_each(pid, &pointers, record, |_, bytes| {
+    procmem::read_each_near(pid, &pointers, record, |_, bytes| {
         let Some(bytes) = bytes else { return };
         let status = u32::from_le_bytes(
             bytes[o.atomicstatus as usize..o.atomicstatus as usize + 4]

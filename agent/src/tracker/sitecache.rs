@@ -2,17 +2,20 @@
 //! few PCs (creation sites, start functions, blocking frames) once per
 //! goroutine: with 100k goroutines that was most of a scan's time.
 
-use std::{cell::RefCell, collections::HashMap};
+use std::cell::RefCell;
 
-use super::verdict::{Site, Symbols};
+use super::{
+    process::GoidMap,
+    verdict::{Site, Symbols},
+};
 
 /// Distinct PCs remembered; the memo starts over past this.
 const MAX_ENTRIES: usize = 65_536;
 
 pub struct SiteCache<'a> {
     inner: &'a dyn Symbols,
-    sites: RefCell<HashMap<u64, Option<Site>>>,
-    frames: RefCell<HashMap<u64, Vec<Site>>>,
+    sites: RefCell<GoidMap<Option<Site>>>,
+    frames: RefCell<GoidMap<Vec<Site>>>,
 }
 
 impl<'a> SiteCache<'a> {
@@ -26,7 +29,7 @@ impl<'a> SiteCache<'a> {
 }
 
 /// The memoised `lookup(pc)`: computed once, then cloned from `memo`.
-fn memoised<T: Clone>(memo: &RefCell<HashMap<u64, T>>, pc: u64, lookup: impl FnOnce() -> T) -> T {
+fn memoised<T: Clone>(memo: &RefCell<GoidMap<T>>, pc: u64, lookup: impl FnOnce() -> T) -> T {
     if let Some(hit) = memo.borrow().get(&pc) {
         return hit.clone();
     }

@@ -156,23 +156,26 @@ pub fn evaluate(
     let cache = super::sitecache::SiteCache::new(symbols);
     let symbols: &dyn Symbols = &cache;
     let mut summary = Summary::default();
+    // Classified once per value and per start PC, not once per goroutine.
+    let reasons: Vec<WaitReason> = (0..=u8::MAX)
+        .map(|r| WaitReason::from_name(proc.reason_name(r)))
+        .collect();
     let class_of = |g: &Goroutine| -> Option<(WaitReason, u8)> {
         let seen = g.seen().filter(|s| u32::from(s.status) == G_WAITING)?;
-        Some((
-            WaitReason::from_name(proc.reason_name(seen.waitreason)),
-            seen.waitreason,
-        ))
+        Some((reasons[usize::from(seen.waitreason)], seen.waitreason))
     };
-    let system = |g: &Goroutine| {
-        symbols
-            .site(g.startpc)
-            .is_some_and(|s| s.function.starts_with("runtime.") && s.function != "runtime.main")
+    let starts = std::cell::RefCell::new(super::process::GoidMap::<Start>::default());
+    let start_of = |g: &Goroutine| {
+        *starts.borrow_mut().entry(g.startpc).or_insert_with(|| {
+            match symbols.site(g.startpc).map(|s| s.function) {
+                Some(f) if f == "runtime.main" => Start::Main,
+                Some(f) if f.starts_with("runtime.") => Start::Runtime,
+                _ => Start::User,
+            }
+        })
     };
-    let main_goroutine = |g: &Goroutine| {
-        symbols
-            .site(g.startpc)
-            .is_some_and(|s| s.function == "runtime.main")
-    };
+    let system = |g: &Goroutine| start_of(g) == Start::Runtime;
+    let main_goroutine = |g: &Goroutine| start_of(g) == Start::Main;
     let blocked_for = |g: &Goroutine| g.blocked_since().map_or(0, |s| now_ns.saturating_sub(s));
 
     // Goroutines that will not run again on their own: parked long on a
@@ -432,6 +435,14 @@ pub(super) fn start_function(g: &Goroutine, symbols: &dyn Symbols) -> String {
     from_stack
         .or_else(|| symbols.site(g.startpc).map(|s| s.function))
         .unwrap_or_default()
+}
+
+/// What a goroutine's start function makes it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Start {
+    Main,
+    Runtime,
+    User,
 }
 
 fn is_goexit(f: &str) -> bool {
