@@ -37,7 +37,7 @@ pub const MAX_MESSAGE: usize = 16 << 20;
 /// Watches that start closer together than this are spaced out with an
 /// exponential back-off from [`WATCH_BACKOFF_MIN`] to [`WATCH_BACKOFF_MAX`].
 /// A healthy watch lasts minutes (the server ends it after ~290 s).
-const WATCH_CALM: Duration = Duration::from_secs(60);
+const WATCH_CALM: Duration = Duration::from_mins(1);
 const WATCH_BACKOFF_MIN: Duration = Duration::from_secs(1);
 const WATCH_BACKOFF_MAX: Duration = Duration::from_secs(30);
 

@@ -197,7 +197,7 @@ fn serve(stream: TcpStream, state: &(Mutex<State>, Condvar)) -> std::io::Result<
             hang
         };
         if hang {
-            thread::sleep(Duration::from_secs(120));
+            thread::sleep(Duration::from_mins(2));
             return Ok(());
         }
         let (items, generation) = {
