@@ -43,6 +43,7 @@ pub mod names {
     pub const KUBE_CONTAINERS: &str = "gostray_kube_containers_cached";
     pub const KUBE_SYNCED: &str = "gostray_kube_synced";
     pub const KUBE_WATCH_ERRORS: &str = "gostray_kube_watch_errors";
+    pub const KUBE_API_ERRORS: &str = "gostray_kube_api_errors";
 }
 
 pub(crate) type Labels = Vec<(&'static str, String)>;

@@ -9,6 +9,7 @@ use prometheus_client::{
 };
 
 use crate::{
+    k8s::ApiError,
     metrics::{family, names, Labels},
     state::Shared,
 };
@@ -184,5 +185,20 @@ fn kube(enc: &mut DescriptorEncoder, shared: &Shared) -> fmt::Result {
         "Errors from the pod list/watch (retried with back-off)",
         MetricType::Counter,
         ConstCounter::new(kube.watch_errors.load(Ordering::Relaxed)),
+    )?;
+    // Every reason from the start, at 0, so the first failure is an increase.
+    let api = ApiError::ALL.iter().map(|&why| {
+        let n = kube.api_errors[why as usize].load(Ordering::Relaxed);
+        (
+            vec![("reason", why.as_str().to_string())],
+            ConstCounter::new(n),
+        )
+    });
+    family(
+        enc,
+        names::KUBE_API_ERRORS,
+        "Failed exchanges with the Kubernetes API server, by reason (connection, timeout, status, decode, too_large, stream)",
+        MetricType::Counter,
+        api,
     )
 }

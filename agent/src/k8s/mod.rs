@@ -7,6 +7,7 @@
 //! agent never fails for lack of an API server.
 
 pub mod cgroup;
+mod guard;
 mod pods;
 
 use std::sync::{
@@ -29,6 +30,48 @@ pub struct Kube {
     /// The initial list completed and the cache is current.
     pub synced: AtomicBool,
     pub watch_errors: AtomicU64,
+    /// Failed exchanges with the API server, by [`ApiError`].
+    pub api_errors: [AtomicU64; ApiError::ALL.len()],
+}
+
+/// Why an exchange with the API server failed: the `reason` label of
+/// `gostray_kube_api_errors_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApiError {
+    /// No connection, or it failed before an answer.
+    Connection,
+    /// No answer (or no complete list) within the request timeout.
+    Timeout,
+    /// An HTTP error status, or an error `Status` in a watch stream.
+    Status,
+    /// Not JSON, or not the objects asked for.
+    Decode,
+    /// A document over the size bound.
+    TooLarge,
+    /// An answer cut off part-way (a truncated list or watch stream).
+    Stream,
+}
+
+impl ApiError {
+    pub const ALL: [Self; 6] = [
+        Self::Connection,
+        Self::Timeout,
+        Self::Status,
+        Self::Decode,
+        Self::TooLarge,
+        Self::Stream,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Connection => "connection",
+            Self::Timeout => "timeout",
+            Self::Status => "status",
+            Self::Decode => "decode",
+            Self::TooLarge => "too_large",
+            Self::Stream => "stream",
+        }
+    }
 }
 
 impl Kube {
@@ -44,6 +87,21 @@ impl Kube {
             .lookup(at)
     }
 
+    pub fn count(&self, why: ApiError) {
+        self.api_errors[why as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts `e` under `why`, logs it, and hands it back.
+    fn failed(
+        &self,
+        why: ApiError,
+        e: Box<dyn std::error::Error + Send + Sync>,
+    ) -> Box<dyn std::error::Error + Send + Sync> {
+        self.count(why);
+        tracing::warn!(reason = why.as_str(), error = %e, "Kubernetes API");
+        e
+    }
+
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, PodIndex> {
         self.index
             .write()
@@ -51,11 +109,14 @@ impl Kube {
     }
 }
 
-/// Builds a client: `--kube-api` names the server (no credentials: a local
+/// Where the API server is and how to reach it; see [`client`].
+pub struct Connection(kube::Config);
+
+/// Finds the API server: `--kube-api` names it (no credentials: a local
 /// `kubectl proxy` or a test server); else in-cluster config or KUBECONFIG.
 /// `None`, with one log line, when there is no Kubernetes here.
-pub async fn client(api: Option<&str>) -> Option<kube::Client> {
-    let config = match api {
+pub async fn client(api: Option<&str>) -> Option<Connection> {
+    let mut config = match api {
         Some(url) => match url.parse::<http::Uri>() {
             Ok(uri) => kube::Config::new(uri),
             Err(e) => {
@@ -71,8 +132,15 @@ pub async fn client(api: Option<&str>) -> Option<kube::Client> {
             }
         },
     };
-    match kube::Client::try_from(config) {
-        Ok(c) => Some(c),
+    // A SYN into the void is given up on sooner than kube's 30 s.
+    config.connect_timeout = Some(guard::REQUEST_TIMEOUT);
+    // kube would retry 429/503/504 itself, up to 15 times and as long as a
+    // Retry-After asks, unseen; the watcher's back-off handles them instead,
+    // and each is counted.
+    config.default_retry = false;
+    // Checked here so that a broken configuration is one line at start.
+    match kube::client::ClientBuilder::try_from(config.clone()) {
+        Ok(_) => Some(Connection(config)),
         Err(e) => {
             tracing::warn!(error = %e, "Kubernetes client; pod labels disabled");
             None
@@ -83,7 +151,14 @@ pub async fn client(api: Option<&str>) -> Option<kube::Client> {
 /// Keeps `kube`'s pod cache current until the task is dropped: list, then
 /// watch from the list's resourceVersion, relisting when the server says the
 /// version is gone, with exponential back-off on errors.
-pub async fn watch_pods(client: kube::Client, node: Option<String>, kube: Arc<Kube>) {
+pub async fn watch_pods(conn: Connection, node: Option<String>, kube: Arc<Kube>) {
+    let client = match kube::client::ClientBuilder::try_from(conn.0) {
+        Ok(b) => b.with_layer(&guard::Guard::new(kube.clone())).build(),
+        Err(e) => {
+            tracing::warn!(error = %e, "Kubernetes client; pod labels disabled");
+            return;
+        }
+    };
     let mut config = watcher::Config::default();
     if let Some(node) = &node {
         config = config.fields(&format!("spec.nodeName={node}"));
@@ -113,8 +188,34 @@ pub async fn watch_pods(client: kube::Client, node: Option<String>, kube: Arc<Ku
             Ok(watcher::Event::Delete(pod)) => kube.write().delete(&pod),
             Err(e) => {
                 kube.watch_errors.fetch_add(1, Ordering::Relaxed);
+                if let Some(why) = unseen(&e) {
+                    kube.count(why);
+                }
                 tracing::warn!(error = %e, "pod watch");
             }
         }
+    }
+}
+
+/// The API error behind a watcher error that the guard could not see: it
+/// sees transport and HTTP status, not what a 200 body says.
+fn unseen(e: &watcher::Error) -> Option<ApiError> {
+    use kube::Error as K;
+    use watcher::Error as W;
+    match e {
+        W::InitialListFailed(e) | W::WatchStartFailed(e) | W::WatchFailed(e)
+            if matches!(
+                e,
+                K::SerdeError(_) | K::FromUtf8(_) | K::LinesCodecMaxLineLengthExceeded
+            ) =>
+        {
+            Some(ApiError::Decode)
+        }
+        W::NoResourceVersion => Some(ApiError::Decode),
+        // A Status line in a watch stream, in place of an event.
+        W::WatchFailed(K::Api(_)) => Some(ApiError::Status),
+        // 410 Gone is the protocol asking for a relist, not a failure.
+        W::WatchError(status) if status.code != 410 => Some(ApiError::Status),
+        _ => None,
     }
 }

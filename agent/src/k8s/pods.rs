@@ -10,8 +10,10 @@ use super::cgroup::{strip_scheme, Placement};
 
 /// Hard bound on pods held (far above any node's pod limit).
 pub const MAX_PODS: usize = 5_000;
-/// Labels kept per pod, and the longest label value kept.
+/// Labels and containers kept per pod, and the longest string kept (names,
+/// label keys and values; Kubernetes allows 253 characters in a name).
 const MAX_LABELS: usize = 64;
+const MAX_CONTAINERS: usize = 64;
 const MAX_VALUE: usize = 253;
 
 /// What a pod contributes to its processes' labels and selection.
@@ -116,7 +118,7 @@ impl PodIndex {
 
 fn extract(pod: &Pod) -> Option<(PodMeta, Vec<Container>)> {
     let m = &pod.metadata;
-    let uid = m.uid.clone()?;
+    let uid = trim(m.uid.as_deref()?);
     let labels: Vec<(String, String)> = m
         .labels
         .iter()
@@ -129,7 +131,7 @@ fn extract(pod: &Pod) -> Option<(PodMeta, Vec<Container>)> {
         .iter()
         .flatten()
         .find(|o| o.controller == Some(true))
-        .map(|o| (o.kind.clone(), o.name.clone()))
+        .map(|o| (trim(&o.kind), trim(&o.name)))
         .unwrap_or_default();
     // Deployments own pods through a ReplicaSet named <deployment>-<hash>.
     let hash = labels.iter().find(|(k, _)| k == "pod-template-hash");
@@ -140,8 +142,8 @@ fn extract(pod: &Pod) -> Option<(PodMeta, Vec<Container>)> {
         }
     }
     let meta = PodMeta {
-        namespace: m.namespace.clone().unwrap_or_default(),
-        pod: m.name.clone().unwrap_or_default(),
+        namespace: trim(m.namespace.as_deref().unwrap_or_default()),
+        pod: trim(m.name.as_deref().unwrap_or_default()),
         uid,
         labels,
         workload_kind,
@@ -158,7 +160,7 @@ fn extract(pod: &Pod) -> Option<(PodMeta, Vec<Container>)> {
                 .flatten()
         })
         .filter_map(|c| Some((strip_scheme(c.container_id.as_deref()?)?, trim(&c.name))));
-    Some((meta, statuses.collect()))
+    Some((meta, statuses.take(MAX_CONTAINERS).collect()))
 }
 
 fn trim(s: &str) -> String {
@@ -227,5 +229,51 @@ mod tests {
             .collect();
         idx.replace(&many);
         assert_eq!(idx.pods(), MAX_PODS);
+    }
+
+    #[test]
+    fn absurd_pods_are_trimmed() {
+        let long = "x".repeat(1_000);
+        let statuses: Vec<_> = (0..500)
+            .map(|i| {
+                serde_json::json!({"name": long, "containerID": format!("containerd://{i:064x}"),
+                "image": "i", "imageID": "", "ready": true, "restartCount": 0})
+            })
+            .collect();
+        let labels: serde_json::Map<_, _> = (0..500)
+            .map(|i| (format!("{long}{i}"), serde_json::Value::from(long.clone())))
+            .collect();
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": long, "namespace": long, "uid": long, "labels": labels,
+                "ownerReferences": [{"apiVersion": "v1", "kind": long, "name": long,
+                    "uid": "u", "controller": true}]},
+            "status": {"containerStatuses": statuses}
+        }))
+        .unwrap();
+        let mut idx = PodIndex::default();
+        idx.apply(&pod);
+        assert_eq!((idx.pods(), idx.containers()), (1, MAX_CONTAINERS));
+        let c = idx
+            .lookup(&Placement {
+                container_id: Some(format!("{:064x}", 0)),
+                pod_uid: None,
+            })
+            .unwrap();
+        let p = &c.pod;
+        assert_eq!(p.labels.len(), MAX_LABELS);
+        let strings = [
+            &p.namespace,
+            &p.pod,
+            &p.uid,
+            &p.workload_kind,
+            &p.workload,
+            &c.container,
+        ];
+        let strings = strings
+            .into_iter()
+            .chain(p.labels.iter().flat_map(|(k, v)| [k, v]));
+        for s in strings {
+            assert_eq!(s.chars().count(), MAX_VALUE);
+        }
     }
 }

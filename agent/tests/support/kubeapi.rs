@@ -23,6 +23,27 @@ struct State {
     requests: Vec<String>,
     /// Bumped by [`KubeApi::expire`]: open watches end with 410 Gone.
     generation: u64,
+    /// How the server misbehaves, set by [`KubeApi::fault`].
+    fault: Fault,
+    /// List requests still to be held unanswered (see [`KubeApi::hang_lists`]).
+    hang_lists: usize,
+}
+
+/// Ways the stand-in server can fail.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub enum Fault {
+    #[default]
+    None,
+    /// Every answer (a list, a watch's headers) held this long first.
+    Slow(Duration),
+    /// Not listening: connections are refused and open watches cut off.
+    Down,
+    /// Lists answered with these raw bytes (status line onwards), then closed.
+    List(String),
+    /// Lists answered with `200 OK` and this many bytes of JSON-looking junk.
+    HugeList(usize),
+    /// Watches answered with these raw bytes, then closed; lists are fine.
+    Watch(String),
 }
 
 pub struct KubeApi {
@@ -41,16 +62,23 @@ impl KubeApi {
             }),
             Condvar::new(),
         ));
+        listener.set_nonblocking(true).unwrap();
         let shared = state.clone();
-        thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                let state = shared.clone();
-                thread::spawn(move || {
-                    let _ = serve(stream, &state);
-                });
-            }
-        });
+        thread::spawn(move || accept(Some(listener), port, &shared));
         Self { port, state }
+    }
+
+    /// Misbehaves from now on (`Fault::None` to stop); open watches are cut.
+    pub fn fault(&self, fault: Fault) {
+        let (lock, cv) = &*self.state;
+        lock.lock().unwrap().fault = fault;
+        cv.notify_all();
+    }
+
+    /// The next `n` lists are read and never answered (the connection is
+    /// held open for two minutes).
+    pub fn hang_lists(&self, n: usize) {
+        self.state.0.lock().unwrap().hang_lists = n;
     }
 
     pub fn url(&self) -> String {
@@ -84,6 +112,46 @@ impl KubeApi {
     }
 }
 
+/// Accepts until the test ends; while [`Fault::Down`] the port is closed.
+fn accept(mut listener: Option<TcpListener>, port: u16, state: &Arc<(Mutex<State>, Condvar)>) {
+    loop {
+        let down = state.0.lock().unwrap().fault == Fault::Down;
+        if down {
+            listener = None;
+        } else if listener.is_none() {
+            listener = TcpListener::bind(("127.0.0.1", port)).ok();
+            if let Some(l) = &listener {
+                l.set_nonblocking(true).unwrap();
+            }
+        }
+        match listener.as_ref().map(TcpListener::accept) {
+            Some(Ok((stream, _))) => {
+                stream.set_nonblocking(false).unwrap();
+                let state = state.clone();
+                thread::spawn(move || {
+                    let _ = serve(stream, &state);
+                });
+            }
+            _ => thread::sleep(Duration::from_millis(10)),
+        }
+    }
+}
+
+/// Holds an answer while the fault says slow (less if the fault changes).
+fn hold(state: &(Mutex<State>, Condvar)) {
+    let (lock, cv) = state;
+    let mut s = lock.lock().unwrap();
+    if let Fault::Slow(d) = s.fault {
+        let until = std::time::Instant::now() + d;
+        while let Some(left) = until.checked_duration_since(std::time::Instant::now()) {
+            if !matches!(s.fault, Fault::Slow(_)) {
+                break;
+            }
+            s = cv.wait_timeout(s, left).unwrap().0;
+        }
+    }
+}
+
 fn serve(stream: TcpStream, state: &(Mutex<State>, Condvar)) -> std::io::Result<()> {
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut out = stream;
@@ -106,8 +174,31 @@ fn serve(stream: TcpStream, state: &(Mutex<State>, Condvar)) -> std::io::Result<
             write!(out, "HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len())?;
             continue;
         }
+        let fault = state.0.lock().unwrap().fault.clone();
+        if fault == Fault::Down {
+            return Ok(());
+        }
+        hold(state);
         if target.contains("watch=true") || target.contains("watch=1") {
+            if let Fault::Watch(raw) = fault {
+                return out.write_all(raw.as_bytes());
+            }
             return stream_events(out, state);
+        }
+        match fault {
+            Fault::List(raw) => return out.write_all(raw.as_bytes()),
+            Fault::HugeList(n) => return huge(out, n),
+            _ => {}
+        }
+        let hang = {
+            let mut s = state.0.lock().unwrap();
+            let hang = s.hang_lists > 0;
+            s.hang_lists = s.hang_lists.saturating_sub(1);
+            hang
+        };
+        if hang {
+            thread::sleep(Duration::from_mins(2));
+            return Ok(());
         }
         let (items, generation) = {
             let s = state.0.lock().unwrap();
@@ -127,6 +218,22 @@ fn serve(stream: TcpStream, state: &(Mutex<State>, Condvar)) -> std::io::Result<
     }
 }
 
+/// `200 OK` with `n` bytes of one never-ending JSON document.
+fn huge(mut out: TcpStream, n: usize) -> std::io::Result<()> {
+    write!(
+        out,
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {n}\r\n\r\n"
+    )?;
+    let block = "[".repeat(1 << 16);
+    let mut left = n;
+    while left > 0 {
+        let k = left.min(block.len());
+        out.write_all(&block.as_bytes()[..k])?;
+        left -= k;
+    }
+    Ok(())
+}
+
 fn stream_events(mut out: TcpStream, state: &(Mutex<State>, Condvar)) -> std::io::Result<()> {
     write!(
         out,
@@ -141,6 +248,10 @@ fn stream_events(mut out: TcpStream, state: &(Mutex<State>, Condvar)) -> std::io
             let mut s = lock.lock().unwrap();
             while s.events.len() == sent && s.generation == generation {
                 s = cv.wait_timeout(s, Duration::from_secs(1)).unwrap().0;
+                if s.fault == Fault::Down {
+                    // Cut off mid-stream, without the final chunk.
+                    return Ok(());
+                }
             }
             if s.generation != generation {
                 drop(s);
