@@ -57,7 +57,9 @@ fn probe(port: u16, agent_pid: u32, stop: Arc<AtomicBool>) -> thread::JoinHandle
             p.requests += 1;
             match reply {
                 Some(r) if r.starts_with("HTTP/1.1 200") => {}
-                Some(r) => p.failures.push(format!("{path}: {}", r.lines().next().unwrap_or(""))),
+                Some(r) => p
+                    .failures
+                    .push(format!("{path}: {}", r.lines().next().unwrap_or(""))),
                 None => p.failures.push(format!("{path}: no answer")),
             }
             p.max_rss_kb = p.max_rss_kb.max(status_kb(agent_pid, "VmRSS"));
@@ -108,7 +110,7 @@ fn a_million_goroutines() {
     let scans0 = scans(&agent.metrics());
     let want = live0 + MILLION;
     let settled = |m: &Metrics| m.counts(pid).2 == want && scans(m) > scans0;
-    let m = agent.metrics_until(Duration::from_secs(60), settled);
+    let m = agent.metrics_until(Duration::from_mins(1), settled);
     let counted = begun.elapsed();
     let (created, _, live) = m.counts(pid);
     let lost = m.for_pid("gostray_events_lost_total", pid).unwrap_or(0);
@@ -128,7 +130,7 @@ fn a_million_goroutines() {
     assert_eq!(spawner.expect_line("released "), "released 1");
     let scans1 = scans(&agent.metrics());
     let back = |m: &Metrics| m.counts(pid).2 == live0 && scans(m) >= scans1 + 2;
-    let m = agent.metrics_until(Duration::from_secs(60), back);
+    let m = agent.metrics_until(Duration::from_mins(1), back);
     stop.store(true, Ordering::Relaxed);
     let seen = prober.join().expect("prober");
     assert_eq!(m.counts(pid).2, live0, "after release:\n{}", m.0);

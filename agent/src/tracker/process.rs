@@ -358,8 +358,7 @@ impl ProcessState {
     /// found but could not store become the untracked count: the events'
     /// running count of them drifts once one is lost.
     pub(super) fn observe(&mut self, started_ns: u64, scanned: Vec<ScannedG>) {
-        let mut present =
-            GoidSet::with_capacity_and_hasher(scanned.len(), GoidHashing::default());
+        let mut present = GoidSet::with_capacity_and_hasher(scanned.len(), GoidHashing::default());
         let mut beyond = 0;
         for sg in scanned {
             // A torn table may list a goroutine twice.
