@@ -171,6 +171,41 @@ mod tests {
         assert!(!alive(pid, start));
     }
 
+    /// Every read the attach makes, against a process that has exited but
+    /// is not reaped (its /proc directory stays, its executable link,
+    /// mappings and memory are gone) and then against the reaped PID: each
+    /// says "no" with an error or an empty answer, none panics.
+    #[test]
+    fn reads_of_an_exited_process() {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        while std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|s| !s.contains(") Z "))
+        {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        for state in ["zombie", "reaped"] {
+            assert!(FileId::of(&exe_path(pid)).is_err(), "{state}");
+            assert!(exe_name(pid).is_err(), "{state}");
+            assert!(crate::discovery::fingerprint(pid).is_err(), "{state}");
+            let image = image_start(pid, FileId { dev: 0, ino: 0 });
+            assert!(!matches!(image, Ok(Some(_))), "{state}: {image:?}");
+            let mut word = [0u8; 8];
+            assert!(
+                crate::procmem::read(pid, 0x40_0000, &mut word).is_err(),
+                "{state}"
+            );
+            assert!(crate::procmem::read_u64(pid, 0x40_0000).is_err(), "{state}");
+            // A zombie still has a cgroup file; a reaped PID has none.
+            let placement = crate::k8s::cgroup::placement(pid);
+            assert_eq!(placement.container_id, None, "{state}");
+            if state == "zombie" {
+                child.wait().unwrap();
+            }
+        }
+        assert!(running_since(pid).is_none());
+    }
+
     #[test]
     fn bounds_and_cleans_names() {
         assert_eq!(bounded("a\nb\u{1b}[31m"), "ab[31m");

@@ -1,5 +1,6 @@
 //! Whole-host mode at its edges: a PID that becomes another program, an
-//! executable deleted or replaced on disk, and the cap on watched processes.
+//! executable deleted or replaced on disk, the cap on watched processes, and
+//! processes that exit while discovery reads their /proc entries.
 
 mod support;
 
@@ -233,4 +234,83 @@ fn label_sets_beyond_the_bound_are_folded() {
     );
     pa.send("quit");
     pb.send("quit");
+}
+
+/// Node-wide discovery under churn: 600 short-lived Go processes (0–60 ms
+/// each, 20 at a time) exit while the agent finds, classifies and attaches
+/// them, so /proc/PID/{exe,maps,cgroup,stat} and their memory vanish in the
+/// middle of its reads. The agent stays up and logs no panic, counts no
+/// attach failure (an exit mid-attach is a race, not a failure), forgets
+/// every one of them, leaks no descriptor, and still counts a long-lived
+/// process of the same executable exactly.
+#[test]
+fn processes_vanishing_during_discovery() {
+    let Some(env) = KernelEnv::get() else { return };
+    let dir = Scratch::new("churn");
+    let path = dir.install(&env.fixture("spawner", "1.24"), "edge-churn");
+    let log = dir.0.join("agent.log");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_gostray"));
+    cmd.args([
+        "run",
+        "--include",
+        "edge-churn",
+        "--rescan-interval",
+        "100ms",
+        "--pid-label",
+    ])
+    .stderr(fs::File::create(&log).unwrap());
+    let mut agent = Agent::start_command(cmd);
+    let mut steady = Proc::spawn_ready(&path);
+    let m = agent.metrics_until(SETTLE, |m| attached(m, steady.pid()));
+    let (c0, e0, live0) = m.counts(steady.pid());
+    let fds0 = open_fds(agent.proc.pid());
+
+    for wave in 0..30u64 {
+        let mut batch: Vec<Proc> = (0..20)
+            .map(|_| Proc::spawn(&mut Command::new(&path)))
+            .collect();
+        for (i, p) in batch.iter_mut().enumerate() {
+            p.send("spawn 20 2");
+            // Exits spread over the agent's walk, exec notice and attach.
+            std::thread::sleep(Duration::from_millis((i as u64 * 7 + wave) % 4));
+        }
+        for p in &mut batch {
+            p.send("quit");
+            p.wait_exit(Duration::from_secs(5))
+                .expect("short process exits");
+        }
+    }
+
+    steady.send("spawn 100 10");
+    steady.expect_line("done");
+    let want = (c0 + 110, e0 + 100, live0 + 10);
+    let m = agent.metrics_until(SETTLE, |m| {
+        m.counts(steady.pid()) == want && m.scalar("gostray_watched_processes") == 1
+    });
+    assert_eq!(m.counts(steady.pid()), want, "{}", m.0);
+    assert_eq!(
+        m.scalar("gostray_watched_processes"),
+        1,
+        "stale processes:\n{}",
+        m.0
+    );
+    assert_eq!(m.total("gostray_attach_failures_total"), 0, "{}", m.0);
+    let attaches = m.total("gostray_attaches_total");
+    eprintln!("600 short-lived processes: {attaches} attached before they exited");
+    assert!(attaches > 1, "churn never attached:\n{}", m.0);
+    let fds = open_fds(agent.proc.pid());
+    assert!(
+        fds <= fds0 + 2,
+        "agent descriptors grew from {fds0} to {fds}"
+    );
+    assert!(
+        matches!(agent.proc.child.try_wait(), Ok(None)),
+        "agent exited"
+    );
+    let logged = fs::read_to_string(&log).unwrap_or_default();
+    assert!(!logged.contains("panicked"), "agent panicked:\n{logged}");
+}
+
+fn open_fds(pid: u32) -> usize {
+    fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count)
 }

@@ -374,14 +374,21 @@ impl ProcessState {
     /// Applies a periodic scan started at `started_ns`: refreshes what each
     /// goroutine is doing, adds goroutines whose creation event was lost and
     /// drops those whose exit event was lost (absent from the scan, and
-    /// created before it began).
+    /// created before it began). Past the table's bound, the goroutines it
+    /// found but could not store become the untracked count: the events'
+    /// running count of them drifts once one is lost.
     pub(super) fn observe(&mut self, started_ns: u64, scanned: Vec<ScannedG>) {
         let top_goid = scanned.iter().map(|g| g.goid).max().unwrap_or(0);
         let mut present = GoidSet::with_capacity_and_hasher(scanned.len(), GoidHashing::default());
+        let mut beyond = 0;
         for sg in scanned {
-            present.insert(sg.goid);
+            // A torn table may list a goroutine twice.
+            if !present.insert(sg.goid) {
+                continue;
+            }
             if !self.live.contains_key(&sg.goid) {
                 if self.live.len() >= self.max_goroutines {
+                    beyond += 1;
                     continue;
                 }
                 self.reconciled_creates += u64::from(!self.from_scans);
@@ -403,6 +410,7 @@ impl ProcessState {
         let before = self.live.len();
         self.live
             .retain(|goid, g| present.contains(goid) || g.created_ns >= started_ns);
+        self.untracked = beyond;
         if self.from_scans {
             self.count_from_scan(top_goid);
         } else {

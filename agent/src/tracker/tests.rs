@@ -95,6 +95,28 @@ fn table_is_bounded_and_overflow_is_counted() {
 }
 
 #[test]
+fn scans_past_the_bound_count_what_they_could_not_store() {
+    let mut t = Tracker::new(3);
+    t.add_process(7, info());
+    t.merge_scan(7, &[]);
+    // Two creations seen, four lost: the scan finds all six.
+    for goid in 1..=2 {
+        t.apply(&Event::Goroutine(ev(EventKind::Create, 7, goid)));
+    }
+    let all: Vec<ScannedG> = (1..=6).map(scanned).collect();
+    t.observe_scan(7, 1_000, all.clone());
+    let p = t.process(7).unwrap();
+    assert_eq!((p.live_count(), p.untracked), (6, 3));
+    // A torn table listing each twice counts each once.
+    t.observe_scan(7, 2_000, [all.clone(), all].concat());
+    assert_eq!(t.process(7).unwrap().live_count(), 6);
+    // All but two exited, their exits lost.
+    t.observe_scan(7, 3_000, (1..=2).map(scanned).collect());
+    let p = t.process(7).unwrap();
+    assert_eq!((p.live_count(), p.untracked), (2, 0));
+}
+
+#[test]
 fn events_for_unknown_processes_or_kinds_are_counted_not_applied() {
     let mut t = Tracker::new(10);
     t.apply(&Event::Goroutine(ev(EventKind::Create, 99, 1)));
