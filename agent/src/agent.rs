@@ -9,7 +9,7 @@ use std::{
     path::PathBuf,
     sync::{
         atomic::{AtomicBool, Ordering},
-        Arc,
+        Arc, TryLockError,
     },
     thread,
     time::{Duration, Instant},
@@ -29,7 +29,7 @@ use crate::{
     scan,
     state::Shared,
     target::Target,
-    tracker::{decode_event, ProcessInfo},
+    tracker::{decode_event, Event, ProcessInfo},
 };
 
 /// A process being watched.
@@ -397,24 +397,43 @@ const ANALYSIS_CACHE: usize = 256;
 
 /// Drains the ring buffer every `every` into the tracker until `stop`.
 pub fn drain(mut ring: RingBuf<MapData>, shared: &Shared, every: Duration, stop: &AtomicBool) {
-    let mut batch = Vec::with_capacity(4096);
+    /// Ring records read per round before the tracker is tried.
+    const ROUND: usize = 4096;
+    /// Events held while a table scan holds the tracker (a scan of a
+    /// million goroutines takes a while): about 28 MiB at most, and the
+    /// kernel's ring buffer behind it. Past it the ring fills and its
+    /// losses are counted.
+    const MAX_BACKLOG: usize = 262_144;
+    let mut backlog: Vec<Event> = Vec::with_capacity(ROUND);
     while !stop.load(Ordering::Relaxed) {
-        while let Some(item) = ring.next() {
-            if let Some(event) = decode_event(&item) {
-                batch.push(event);
-            }
-            if batch.len() == batch.capacity() {
-                break;
+        let mut read = 0;
+        while read < ROUND && backlog.len() < MAX_BACKLOG {
+            let Some(item) = ring.next() else { break };
+            read += 1;
+            backlog.extend(decode_event(&item));
+        }
+        if !backlog.is_empty() {
+            match shared.tracker.try_lock() {
+                Ok(mut tracker) => {
+                    for event in backlog.drain(..) {
+                        tracker.apply(&event);
+                    }
+                    drop(tracker);
+                    backlog.shrink_to(ROUND);
+                }
+                // A scan holds it: keep the ring flowing into the backlog.
+                Err(TryLockError::WouldBlock) => {}
+                Err(TryLockError::Poisoned(e)) => panic!("tracker lock: {e}"),
             }
         }
-        if !batch.is_empty() {
-            let mut tracker = shared.tracker.lock().expect("tracker lock");
-            for event in batch.drain(..) {
-                tracker.apply(&event);
-            }
-            // A full batch means more is waiting: go round again at once.
-            continue;
+        // A full round means more is waiting: go round again at once.
+        if read < ROUND {
+            let pause = if backlog.is_empty() {
+                every
+            } else {
+                every.min(Duration::from_millis(1))
+            };
+            thread::sleep(pause);
         }
-        thread::sleep(every);
     }
 }

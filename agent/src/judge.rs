@@ -31,17 +31,28 @@ impl Agent {
             let started_ns = monotonic_ns();
             let bin = &w.target.bin;
             let walk = |r: u8| bin.wait_reason(r).is_blocking();
-            let scanned = match scan::scan(pid, bin, w.target.leak.as_ref(), w.bias, &walk) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::debug!(pid, error = %e, "scan failed (process exiting?)");
-                    continue;
-                }
+            // Applied part by part, each under a short hold of the tracker,
+            // so neither the table nor the lock is held whole.
+            let mut chans = HashSet::new();
+            let mut observing = Duration::ZERO;
+            self.shared.tracker.lock().expect("tracker lock").begin_scan(pid);
+            let mut apply = |part: Vec<scan::ScannedG>| {
+                chans.extend(part.iter().filter_map(|g| g.chan.map(|c| c.address)));
+                let mut tracker = self.shared.tracker.lock().expect("tracker lock");
+                let locked = Instant::now();
+                tracker.observe_part(pid, started_ns, part);
+                observing += locked.elapsed();
             };
-            let chans: HashSet<u64> = scanned
-                .iter()
-                .filter_map(|g| g.chan.map(|c| c.address))
-                .collect();
+            let leak = w.target.leak.as_ref();
+            if let Err(e) = scan::scan_into(pid, bin, leak, w.bias, &walk, &mut apply) {
+                tracing::debug!(pid, error = %e, "scan failed (process exiting?)");
+                continue;
+            }
+            self.shared
+                .tracker
+                .lock()
+                .expect("tracker lock")
+                .end_scan(pid, started_ns);
             let globals = if chans.is_empty() {
                 HashSet::new()
             } else {
@@ -52,14 +63,6 @@ impl Agent {
                 bias: w.bias,
             };
             let read = begun.elapsed();
-            // Two holds of the tracker, not one: the drain thread waits for
-            // it, and at a million goroutines each half takes a while
-            // (measured: about 0.9 s and 3 s in the debug build).
-            let mut tracker = self.shared.tracker.lock().expect("tracker lock");
-            let locked = Instant::now();
-            tracker.observe_scan(pid, started_ns, scanned);
-            drop(tracker);
-            let observed = locked.elapsed();
             let mut tracker = self.shared.tracker.lock().expect("tracker lock");
             let locked = Instant::now();
             tracker.evaluate(pid, monotonic_ns(), leak_after_ns, &symbols, &globals);
@@ -67,7 +70,7 @@ impl Agent {
             tracing::debug!(
                 pid,
                 read_ms = read.as_secs_f64() * 1e3,
-                observe_ms = observed.as_secs_f64() * 1e3,
+                observe_ms = observing.as_secs_f64() * 1e3,
                 evaluate_ms = locked.elapsed().as_secs_f64() * 1e3,
                 "goroutine table scanned"
             );

@@ -70,6 +70,22 @@ pub fn scan(
     bias: u64,
     walk: &dyn Fn(u8) -> bool,
 ) -> io::Result<Vec<ScannedG>> {
+    let mut all = Vec::new();
+    scan_into(pid, bin, leak, bias, walk, &mut |mut part| all.append(&mut part))?;
+    Ok(all)
+}
+
+/// Like [`scan`], but hands the goroutines to `sink` in parts of at most
+/// `CHUNK` (the walked ones last, with their channels and stacks), so a
+/// table of a million goroutines is never held whole.
+pub fn scan_into(
+    pid: u32,
+    bin: &GoBinary,
+    leak: Option<&LeakLayout>,
+    bias: u64,
+    walk: &dyn Fn(u8) -> bool,
+    sink: &mut dyn FnMut(Vec<ScannedG>),
+) -> io::Result<()> {
     let len = procmem::read_u64(pid, bin.allglen.wrapping_add(bias))?;
     let array = procmem::read_u64(pid, bin.allgs.wrapping_add(bias))?;
     if len > MAX_GOROUTINES {
@@ -79,7 +95,7 @@ pub fn scan(
         ));
     }
     if len == 0 || array == 0 {
-        return Ok(Vec::new());
+        return Ok(());
     }
     // In chunks, so that a lying or torn allglen costs bounded memory
     // (a chunk of pointers and a chunk of records) beyond the output.
@@ -111,8 +127,11 @@ pub fn scan(
     let record = fields.into_iter().max().unwrap_or(0) as usize + 8;
     let at = |b: &[u8], off: u32| le64(&b[off as usize..off as usize + 8]);
 
-    let mut out = Vec::with_capacity(pointers.len().min(CHUNK));
-    let mut parked: Vec<(usize, u64, u64, u64)> = Vec::new(); // (index, waiting, pc, bp)
+    let mut part = Vec::with_capacity(pointers.len().min(CHUNK));
+    // Goroutines whose channel and stack are read at the end, with
+    // (index in `walked`, waiting, pc, bp).
+    let mut walked = Vec::new();
+    let mut parked: Vec<(usize, u64, u64, u64)> = Vec::new();
     procmem::read_each_near(pid, &pointers, record, |_, bytes| {
         let Some(bytes) = bytes else { return };
         let status = u32::from_le_bytes(
@@ -141,20 +160,27 @@ pub fn scan(
             g.waitreason = bytes[l.g.waitreason as usize];
             if status == G_WAITING && walk(g.waitreason) && parked.len() < MAX_STACKS {
                 parked.push((
-                    out.len(),
+                    walked.len(),
                     at(bytes, l.g.waiting),
                     at(bytes, l.g.sched_pc),
                     at(bytes, l.g.sched_bp),
                 ));
+                walked.push(g);
+                return;
             }
         }
-        out.push(g);
+        part.push(g);
+        if part.len() == CHUNK {
+            sink(std::mem::replace(&mut part, Vec::with_capacity(CHUNK)));
+        }
     });
+    sink(part);
     if let Some(l) = leak {
-        read_channels(pid, l, &parked, &mut out);
-        walk_stacks(pid, &parked, &mut out);
+        read_channels(pid, l, &parked, &mut walked);
+        walk_stacks(pid, &parked, &mut walked);
     }
-    Ok(out)
+    sink(walked);
+    Ok(())
 }
 
 fn le64(b: &[u8]) -> u64 {

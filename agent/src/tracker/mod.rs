@@ -109,9 +109,29 @@ impl Tracker {
     }
 
     /// Applies a periodic scan of `pid` that started at `started_ns`.
+    #[cfg(test)]
     pub fn observe_scan(&mut self, pid: u32, started_ns: u64, scanned: Vec<ScannedG>) {
         if let Some(proc) = self.procs.get_mut(&pid) {
             proc.observe(started_ns, scanned);
+        }
+    }
+
+    /// The same in parts: `begin_scan`, `observe_part`s, `end_scan`.
+    pub fn begin_scan(&mut self, pid: u32) {
+        if let Some(proc) = self.procs.get_mut(&pid) {
+            proc.begin_scan();
+        }
+    }
+
+    pub fn observe_part(&mut self, pid: u32, started_ns: u64, part: Vec<ScannedG>) {
+        if let Some(proc) = self.procs.get_mut(&pid) {
+            proc.observe_part(started_ns, part);
+        }
+    }
+
+    pub fn end_scan(&mut self, pid: u32, started_ns: u64) {
+        if let Some(proc) = self.procs.get_mut(&pid) {
+            proc.end_scan(started_ns);
         }
     }
 

@@ -39,6 +39,8 @@ pub struct Seen {
     /// as a scan never keeps an idle g.
     pub status: u8,
     pub waitreason: u8,
+    /// The scan pass that last listed it (see `ProcessState::begin_scan`).
+    mark: u8,
     detail: Option<Box<SeenDetail>>,
 }
 
@@ -55,6 +57,7 @@ impl Seen {
             // Statuses are at most G_MAX_STATUS (16); never 0 here.
             status: u8::try_from(status).unwrap_or(u8::MAX).max(1),
             waitreason,
+            mark: 0,
             detail: (chan.is_some() || !stack.is_empty())
                 .then(|| Box::new(SeenDetail { chan, stack })),
         }
@@ -229,6 +232,16 @@ pub struct ProcessState {
     /// Counts come from the scans (no lifecycle probes); see [`ScanCounts`].
     pub(super) from_scans: bool,
     scan_counts: ScanCounts,
+    pass: ScanPass,
+}
+
+/// The periodic scan being applied.
+#[derive(Debug, Default)]
+struct ScanPass {
+    mark: u8,
+    top_goid: u64,
+    /// Goroutines listed but not stored (past the table's bound).
+    beyond: GoidSet,
 }
 
 /// Creation and exit counts without lifecycle probes. The runtime hands
@@ -268,6 +281,7 @@ impl ProcessState {
             trends: HashMap::new(),
             from_scans: false,
             scan_counts: ScanCounts::default(),
+            pass: ScanPass::default(),
         }
     }
 
@@ -371,34 +385,47 @@ impl ProcessState {
         };
     }
 
-    /// Applies a periodic scan started at `started_ns`: refreshes what each
-    /// goroutine is doing, adds goroutines whose creation event was lost and
-    /// drops those whose exit event was lost (absent from the scan, and
-    /// created before it began). Past the table's bound, the goroutines it
-    /// found but could not store become the untracked count: the events'
-    /// running count of them drifts once one is lost.
+    /// Applies a periodic scan started at `started_ns` at once (see
+    /// [`Self::begin_scan`] for the same in parts).
+    #[cfg(test)]
     pub(super) fn observe(&mut self, started_ns: u64, scanned: Vec<ScannedG>) {
-        let top_goid = scanned.iter().map(|g| g.goid).max().unwrap_or(0);
-        let mut present = GoidSet::with_capacity_and_hasher(scanned.len(), GoidHashing::default());
-        let mut beyond = 0;
-        for sg in scanned {
-            // A torn table may list a goroutine twice.
-            if !present.insert(sg.goid) {
-                continue;
-            }
-            if !self.live.contains_key(&sg.goid) {
-                if self.live.len() >= self.max_goroutines {
-                    beyond += 1;
+        self.begin_scan();
+        self.observe_part(started_ns, scanned);
+        self.end_scan(started_ns);
+    }
+
+    /// Starts applying a periodic scan, which then comes in parts
+    /// ([`Self::observe_part`]) and ends with [`Self::end_scan`]: each
+    /// goroutine it lists is marked, so no set of the whole table is built.
+    pub(super) fn begin_scan(&mut self) {
+        // 0 is never a pass's mark: goroutines created by events carry it.
+        self.pass.mark = self.pass.mark % u8::MAX + 1;
+        self.pass.top_goid = 0;
+        self.pass.beyond = GoidSet::default();
+    }
+
+    /// Part of a scan: refreshes what each goroutine is doing and adds
+    /// goroutines whose creation event was lost. Past the table's bound,
+    /// the goroutines found but not stored become the untracked count.
+    pub(super) fn observe_part(&mut self, started_ns: u64, part: Vec<ScannedG>) {
+        let mark = self.pass.mark;
+        for sg in part {
+            self.pass.top_goid = self.pass.top_goid.max(sg.goid);
+            let full = self.live.len() >= self.max_goroutines;
+            let g = match self.live.get_mut(&sg.goid) {
+                // A torn table may list a goroutine twice.
+                Some(g) if g.seen.mark == mark => continue,
+                Some(g) => g,
+                None if full => {
+                    self.pass.beyond.insert(sg.goid);
                     continue;
                 }
-                self.reconciled_creates += u64::from(!self.from_scans);
-                self.live.insert(
-                    sg.goid,
-                    Goroutine::new(0, sg.gopc, sg.startpc, sg.parent_goid),
-                );
-            }
-            let Some(g) = self.live.get_mut(&sg.goid) else {
-                continue;
+                None => {
+                    self.reconciled_creates += u64::from(!self.from_scans);
+                    self.live
+                        .entry(sg.goid)
+                        .or_insert(Goroutine::new(0, sg.gopc, sg.startpc, sg.parent_goid))
+                }
             };
             g.blocked_since_ns = if sg.status == G_WAITING {
                 parked_since(g, &sg, started_ns).max(1)
@@ -406,13 +433,21 @@ impl ProcessState {
                 0
             };
             g.seen = Seen::new(sg.status, sg.waitreason, sg.chan, sg.stack);
+            g.seen.mark = mark;
         }
+    }
+
+    /// Ends a scan: drops the goroutines it did not list whose exit event
+    /// was lost (those created before it began).
+    pub(super) fn end_scan(&mut self, started_ns: u64) {
+        let mark = self.pass.mark;
         let before = self.live.len();
         self.live
-            .retain(|goid, g| present.contains(goid) || g.created_ns >= started_ns);
-        self.untracked = beyond;
+            .retain(|_, g| g.seen.mark == mark || g.created_ns >= started_ns);
+        self.untracked = self.pass.beyond.len() as u64;
+        self.pass.beyond = GoidSet::default();
         if self.from_scans {
-            self.count_from_scan(top_goid);
+            self.count_from_scan(self.pass.top_goid);
         } else {
             self.reconciled_exits += (before - self.live.len()) as u64;
         }
