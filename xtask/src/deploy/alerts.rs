@@ -3,12 +3,12 @@
 //! firing with the right labels (and not for the process named quiet).
 //! Rules run with `for:` shortened (see e2e.rs).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::bail;
 
 use super::{
-    e2e::{Spawner, DEMO, SPAWNER},
+    e2e::{exe, Spawner, DEMO, SPAWNER},
     pending,
     prometheus::{poll, Prometheus},
     Tally,
@@ -37,7 +37,8 @@ enum Provoke {
 }
 
 /// One alert, end to end: provoke it, see it fire with the labels
-/// `fires_with`, and not for the exe `quiet_for`. Cases listed in
+/// `fires_with`, and not for the exe `quiet_for`. An `exe` is named by its
+/// fixture and matched as this run's copy (`e2e::exe`). Cases listed in
 /// `pending::PENDING_ALERT_CASES` are announced and skipped.
 struct AlertCase {
     alert: &'static str,
@@ -132,7 +133,10 @@ pub fn check(tally: &mut Tally, prom: &Prometheus, spawner: &mut Spawner, agent:
             ALERT_CASES.iter().any(|case| {
                 matches!(case.provoke, Provoke::DemoLeaks)
                     && case.alert == name
-                    && case.fires_with.iter().all(|(k, v)| labels[k] == *v)
+                    && case
+                        .fires_with
+                        .iter()
+                        .all(|&(k, v)| has_label(labels, k, v))
             })
         };
         let active: Vec<_> = prom
@@ -155,6 +159,7 @@ pub fn check(tally: &mut Tally, prom: &Prometheus, spawner: &mut Spawner, agent:
             None => format!("alert {} fires when provoked", case.alert),
         };
         tally.check(&name, || {
+            let begun = Instant::now();
             match case.provoke {
                 Provoke::DemoLeaks => {}
                 Provoke::EventBurst => spawner.spawn(3000, 0)?,
@@ -169,18 +174,28 @@ pub fn check(tally: &mut Tally, prom: &Prometheus, spawner: &mut Spawner, agent:
                 }
                 Provoke::UnattachableProcess => bail!("no way to provoke yet"),
             }
-            let fired =
-                |labels: &serde_json::Value| case.fires_with.iter().all(|(k, v)| labels[k] == *v);
+            let fired = |labels: &serde_json::Value| {
+                case.fires_with
+                    .iter()
+                    .all(|&(k, v)| has_label(labels, k, v))
+            };
             poll(ALERT_WAIT, &format!("{} firing", case.alert), || {
                 Ok(prom.alerts()?.iter().any(|(name, state, labels)| {
                     name == case.alert && state == "firing" && fired(labels)
                 }))
             })?;
+            println!(
+                "    {} firing {:.1}s after being provoked",
+                case.alert,
+                begun.elapsed().as_secs_f64()
+            );
             if let Some(quiet) = case.quiet_for {
                 let noisy: Vec<_> = prom
                     .alerts()?
                     .into_iter()
-                    .filter(|(name, _, labels)| name == case.alert && labels["exe"] == quiet)
+                    .filter(|(name, _, labels)| {
+                        name == case.alert && has_label(labels, "exe", quiet)
+                    })
                     .collect();
                 if !noisy.is_empty() {
                     bail!("also active for {quiet}: {noisy:?}");
@@ -188,5 +203,14 @@ pub fn check(tally: &mut Tally, prom: &Prometheus, spawner: &mut Spawner, agent:
             }
             Ok(())
         });
+    }
+}
+
+/// Whether the alert's `labels` have `key` = `value`; an `exe` value names a
+/// fixture, whose copy runs here under `e2e::exe`.
+fn has_label(labels: &serde_json::Value, key: &str, value: &str) -> bool {
+    match key {
+        "exe" => labels[key] == exe(value),
+        _ => labels[key] == value,
     }
 }
