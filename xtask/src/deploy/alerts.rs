@@ -3,15 +3,18 @@
 //! firing with the right labels (and not for the process named quiet).
 //! Rules run with `for:` shortened (see e2e.rs).
 
-use std::time::{Duration, Instant};
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
 
-use anyhow::bail;
+use anyhow::{bail, Context};
 
 use super::{
     e2e::{exe, Spawner, DEMO, SPAWNER},
     pending,
     prometheus::{poll, Prometheus},
-    Tally,
+    unattachable, Tally,
 };
 use crate::util::Guard;
 
@@ -30,7 +33,9 @@ enum Provoke {
     /// 250 goroutines blocked for good in the spawner, over the agent's
     /// `--max-goroutines` of 200, in batches the ring buffer holds.
     FillTable,
-    /// A process the agent cannot attach to (node-wide mode).
+    /// A Go process the agent refuses (its build info claims Go 1.16),
+    /// started under the whole-host agent: found by its exec, refused, and
+    /// counted in `gostray_attach_failures_total`.
     UnattachableProcess,
     /// The agent stops: its scrape target goes down.
     StopAgent,
@@ -97,7 +102,7 @@ const ALERT_CASES: [AlertCase; 7] = [
         alert: "GostrayAttachFailing",
         provoke: Provoke::UnattachableProcess,
         agent_args: &[],
-        fires_with: &[],
+        fires_with: &[("reason", unattachable::REASON)],
         quiet_for: None,
     },
     AlertCase {
@@ -125,8 +130,15 @@ pub fn agent_args() -> Vec<&'static str> {
     args
 }
 
-/// Quiet first, then each case provoked in turn.
-pub fn check(tally: &mut Tally, prom: &Prometheus, spawner: &mut Spawner, agent: &mut Guard) {
+/// Quiet first, then each case provoked in turn. `too_old` is the
+/// executable the agent refuses (see unattachable.rs).
+pub fn check(
+    tally: &mut Tally,
+    prom: &Prometheus,
+    spawner: &mut Spawner,
+    too_old: &Path,
+    agent: &mut Guard,
+) {
     tally.check("no alert pending or firing while nothing is wrong", || {
         // The demo's own leak is always there: its alerts are allowed.
         let standing = |name: &str, labels: &serde_json::Value| {
@@ -160,6 +172,8 @@ pub fn check(tally: &mut Tally, prom: &Prometheus, spawner: &mut Spawner, agent:
         };
         tally.check(&name, || {
             let begun = Instant::now();
+            // A refused process runs until its case is over.
+            let mut _refused = None;
             match case.provoke {
                 Provoke::DemoLeaks => {}
                 Provoke::EventBurst => spawner.spawn(3000, 0)?,
@@ -172,7 +186,7 @@ pub fn check(tally: &mut Tally, prom: &Prometheus, spawner: &mut Spawner, agent:
                 Provoke::StopAgent => {
                     agent.terminate(Duration::from_secs(5));
                 }
-                Provoke::UnattachableProcess => bail!("no way to provoke yet"),
+                Provoke::UnattachableProcess => _refused = Some(Spawner::start(too_old)?),
             }
             let fired = |labels: &serde_json::Value| {
                 case.fires_with
@@ -189,6 +203,9 @@ pub fn check(tally: &mut Tally, prom: &Prometheus, spawner: &mut Spawner, agent:
                 case.alert,
                 begun.elapsed().as_secs_f64()
             );
+            if matches!(case.provoke, Provoke::UnattachableProcess) {
+                refused_once(prom)?;
+            }
             if let Some(quiet) = case.quiet_for {
                 let noisy: Vec<_> = prom
                     .alerts()?
@@ -204,6 +221,29 @@ pub fn check(tally: &mut Tally, prom: &Prometheus, spawner: &mut Spawner, agent:
             Ok(())
         });
     }
+}
+
+/// The refused process is counted exactly once (one process, one refusal;
+/// rescans must not count it again) and has no series of its own.
+fn refused_once(prom: &Prometheus) -> anyhow::Result<()> {
+    let counted = format!(
+        r#"gostray_attach_failures_total{{job="gostray",reason="{}"}}"#,
+        unattachable::REASON
+    );
+    let value = prom
+        .query(&counted)?
+        .first()
+        .and_then(|s| s["value"][1].as_str().map(str::to_string))
+        .with_context(|| format!("no {counted}"))?;
+    if value != "1" {
+        bail!("{counted} is {value}, not 1");
+    }
+    let watched = format!(r#"gostray_goroutines{{exe="{}"}}"#, exe(unattachable::NAME));
+    let series = prom.query(&watched)?;
+    if !series.is_empty() {
+        bail!("the refused process is watched: {series:?}");
+    }
+    Ok(())
 }
 
 /// Whether the alert's `labels` have `key` = `value`; an `exe` value names a

@@ -18,7 +18,7 @@ use super::{
     alerts, caps, expressions,
     pending::{self, announce},
     prometheus::{fast_rules, poll, Prometheus},
-    Tally,
+    unattachable, Tally,
 };
 use crate::util::{free_port, root, Guard};
 
@@ -96,8 +96,11 @@ pub fn run(tally: &mut Tally, agent: &Path, fixtures: &Path, work: &Path) -> any
             .context("starting the demo")?,
     );
     let mut spawner = Spawner::start(&copy_as_exe(fixtures, SPAWNER, work)?)?;
+    // Made now, started only by its alert case: until then nothing fails.
+    let too_old = work.join(exe(unattachable::NAME));
+    unattachable::make(&fixtures.join(SPAWNER), &too_old)?;
     let port = free_port()?;
-    let exes = [DEMO, SPAWNER].map(exe);
+    let exes = [DEMO, SPAWNER, unattachable::NAME].map(exe);
     let mut agent = start_agent(agent, port, &exes, work)?;
 
     let rules = work.join("rules-fast.yaml");
@@ -137,7 +140,7 @@ pub fn run(tally: &mut Tally, agent: &Path, fixtures: &Path, work: &Path) -> any
         return Ok(());
     }
     check_expressions(tally, &prom)?;
-    alerts::check(tally, &prom, &mut spawner, &mut agent);
+    alerts::check(tally, &prom, &mut spawner, &too_old, &mut agent);
     Ok(())
 }
 
