@@ -3,15 +3,18 @@
 //! firing with the right labels (and not for the process named quiet).
 //! Rules run with `for:` shortened (see e2e.rs).
 
-use std::time::Duration;
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
 
-use anyhow::bail;
+use anyhow::{bail, Context};
 
 use super::{
-    e2e::{Spawner, DEMO, SPAWNER},
+    e2e::{exe, Spawner, DEMO, SPAWNER},
     pending,
     prometheus::{poll, Prometheus},
-    Tally,
+    unattachable, Tally,
 };
 use crate::util::Guard;
 
@@ -30,14 +33,17 @@ enum Provoke {
     /// 250 goroutines blocked for good in the spawner, over the agent's
     /// `--max-goroutines` of 200, in batches the ring buffer holds.
     FillTable,
-    /// A process the agent cannot attach to (node-wide mode).
+    /// A Go process the agent refuses (its build info claims Go 1.16),
+    /// started under the whole-host agent: found by its exec, refused, and
+    /// counted in `gostray_attach_failures_total`.
     UnattachableProcess,
     /// The agent stops: its scrape target goes down.
     StopAgent,
 }
 
 /// One alert, end to end: provoke it, see it fire with the labels
-/// `fires_with`, and not for the exe `quiet_for`. Cases listed in
+/// `fires_with`, and not for the exe `quiet_for`. An `exe` is named by its
+/// fixture and matched as this run's copy (`e2e::exe`). Cases listed in
 /// `pending::PENDING_ALERT_CASES` are announced and skipped.
 struct AlertCase {
     alert: &'static str,
@@ -96,7 +102,7 @@ const ALERT_CASES: [AlertCase; 7] = [
         alert: "GostrayAttachFailing",
         provoke: Provoke::UnattachableProcess,
         agent_args: &[],
-        fires_with: &[],
+        fires_with: &[("reason", unattachable::REASON)],
         quiet_for: None,
     },
     AlertCase {
@@ -124,15 +130,25 @@ pub fn agent_args() -> Vec<&'static str> {
     args
 }
 
-/// Quiet first, then each case provoked in turn.
-pub fn check(tally: &mut Tally, prom: &Prometheus, spawner: &mut Spawner, agent: &mut Guard) {
+/// Quiet first, then each case provoked in turn. `too_old` is the
+/// executable the agent refuses (see unattachable.rs).
+pub fn check(
+    tally: &mut Tally,
+    prom: &Prometheus,
+    spawner: &mut Spawner,
+    too_old: &Path,
+    agent: &mut Guard,
+) {
     tally.check("no alert pending or firing while nothing is wrong", || {
         // The demo's own leak is always there: its alerts are allowed.
         let standing = |name: &str, labels: &serde_json::Value| {
             ALERT_CASES.iter().any(|case| {
                 matches!(case.provoke, Provoke::DemoLeaks)
                     && case.alert == name
-                    && case.fires_with.iter().all(|(k, v)| labels[k] == *v)
+                    && case
+                        .fires_with
+                        .iter()
+                        .all(|&(k, v)| has_label(labels, k, v))
             })
         };
         let active: Vec<_> = prom
@@ -155,6 +171,9 @@ pub fn check(tally: &mut Tally, prom: &Prometheus, spawner: &mut Spawner, agent:
             None => format!("alert {} fires when provoked", case.alert),
         };
         tally.check(&name, || {
+            let begun = Instant::now();
+            // A refused process runs until its case is over.
+            let mut _refused = None;
             match case.provoke {
                 Provoke::DemoLeaks => {}
                 Provoke::EventBurst => spawner.spawn(3000, 0)?,
@@ -167,20 +186,33 @@ pub fn check(tally: &mut Tally, prom: &Prometheus, spawner: &mut Spawner, agent:
                 Provoke::StopAgent => {
                     agent.terminate(Duration::from_secs(5));
                 }
-                Provoke::UnattachableProcess => bail!("no way to provoke yet"),
+                Provoke::UnattachableProcess => _refused = Some(Spawner::start(too_old)?),
             }
-            let fired =
-                |labels: &serde_json::Value| case.fires_with.iter().all(|(k, v)| labels[k] == *v);
+            let fired = |labels: &serde_json::Value| {
+                case.fires_with
+                    .iter()
+                    .all(|&(k, v)| has_label(labels, k, v))
+            };
             poll(ALERT_WAIT, &format!("{} firing", case.alert), || {
                 Ok(prom.alerts()?.iter().any(|(name, state, labels)| {
                     name == case.alert && state == "firing" && fired(labels)
                 }))
             })?;
+            println!(
+                "    {} firing {:.1}s after being provoked",
+                case.alert,
+                begun.elapsed().as_secs_f64()
+            );
+            if matches!(case.provoke, Provoke::UnattachableProcess) {
+                refused_once(prom)?;
+            }
             if let Some(quiet) = case.quiet_for {
                 let noisy: Vec<_> = prom
                     .alerts()?
                     .into_iter()
-                    .filter(|(name, _, labels)| name == case.alert && labels["exe"] == quiet)
+                    .filter(|(name, _, labels)| {
+                        name == case.alert && has_label(labels, "exe", quiet)
+                    })
                     .collect();
                 if !noisy.is_empty() {
                     bail!("also active for {quiet}: {noisy:?}");
@@ -188,5 +220,37 @@ pub fn check(tally: &mut Tally, prom: &Prometheus, spawner: &mut Spawner, agent:
             }
             Ok(())
         });
+    }
+}
+
+/// The refused process is counted exactly once (one process, one refusal;
+/// rescans must not count it again) and has no series of its own.
+fn refused_once(prom: &Prometheus) -> anyhow::Result<()> {
+    let counted = format!(
+        r#"gostray_attach_failures_total{{job="gostray",reason="{}"}}"#,
+        unattachable::REASON
+    );
+    let value = prom
+        .query(&counted)?
+        .first()
+        .and_then(|s| s["value"][1].as_str().map(str::to_string))
+        .with_context(|| format!("no {counted}"))?;
+    if value != "1" {
+        bail!("{counted} is {value}, not 1");
+    }
+    let watched = format!(r#"gostray_goroutines{{exe="{}"}}"#, exe(unattachable::NAME));
+    let series = prom.query(&watched)?;
+    if !series.is_empty() {
+        bail!("the refused process is watched: {series:?}");
+    }
+    Ok(())
+}
+
+/// Whether the alert's `labels` have `key` = `value`; an `exe` value names a
+/// fixture, whose copy runs here under `e2e::exe`.
+fn has_label(labels: &serde_json::Value, key: &str, value: &str) -> bool {
+    match key {
+        "exe" => labels[key] == exe(value),
+        _ => labels[key] == value,
     }
 }

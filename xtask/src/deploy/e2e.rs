@@ -1,12 +1,13 @@
 //! End to end: Go workloads under the real agent (least-privilege
-//! capabilities), a real Prometheus scraping it and evaluating
+//! capabilities, whole-host mode narrowed to the workloads' executables),
+//! a real Prometheus scraping it and evaluating
 //! `deploy/prometheus/rules.yaml`. Every dashboard and rule expression must
 //! parse and return data (pending ones aside); then the alert cases
 //! (alerts.rs) run against the same Prometheus.
 
 use std::{
     io::{BufRead, BufReader, Write},
-    path::Path,
+    path::{Path, PathBuf},
     process::{ChildStdin, ChildStdout, Command, Stdio},
     time::Duration,
 };
@@ -17,7 +18,7 @@ use super::{
     alerts, caps, expressions,
     pending::{self, announce},
     prometheus::{fast_rules, poll, Prometheus},
-    Tally,
+    unattachable, Tally,
 };
 use crate::util::{free_port, root, Guard};
 
@@ -25,6 +26,21 @@ use crate::util::{free_port, root, Guard};
 const FAST_FOR: &str = "2s";
 pub(super) const DEMO: &str = "demo-1.27";
 pub(super) const SPAWNER: &str = "spawner-1.27";
+
+/// The executable name a workload runs under here: its fixture name made
+/// unique to this run. Whole-host mode sees every process on the machine,
+/// and another test run's fixtures (kernel tests, another worktree's
+/// end-to-end) must be neither watched nor alerted on here.
+pub(super) fn exe(fixture: &str) -> String {
+    format!("{fixture}-e2e{}", std::process::id())
+}
+
+/// A copy of `fixtures/<name>` in `work`, under its run's name.
+fn copy_as_exe(fixtures: &Path, name: &str, work: &Path) -> anyhow::Result<PathBuf> {
+    let to = work.join(exe(name));
+    std::fs::copy(fixtures.join(name), &to).with_context(|| format!("copying {name}"))?;
+    Ok(to)
+}
 
 /// The spawner fixture, driven over stdin.
 pub(super) struct Spawner {
@@ -34,13 +50,12 @@ pub(super) struct Spawner {
 }
 
 impl Spawner {
-    fn start(binary: &Path) -> anyhow::Result<(Self, u32)> {
+    pub(super) fn start(binary: &Path) -> anyhow::Result<Self> {
         let mut child = Command::new(binary)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
             .with_context(|| format!("starting {}", binary.display()))?;
-        let pid = child.id();
         let stdin = child.stdin.take().expect("piped");
         let stdout = BufReader::new(child.stdout.take().expect("piped"));
         let mut s = Self {
@@ -49,7 +64,7 @@ impl Spawner {
             stdout,
         };
         s.expect("ready")?;
-        Ok((s, pid))
+        Ok(s)
     }
 
     fn expect(&mut self, prefix: &str) -> anyhow::Result<()> {
@@ -74,15 +89,19 @@ impl Spawner {
 
 pub fn run(tally: &mut Tally, agent: &Path, fixtures: &Path, work: &Path) -> anyhow::Result<()> {
     announce();
-    let demo = Guard(
-        Command::new(fixtures.join(DEMO))
+    let _demo = Guard(
+        Command::new(copy_as_exe(fixtures, DEMO, work)?)
             .stdout(Stdio::null())
             .spawn()
             .context("starting the demo")?,
     );
-    let (mut spawner, spawner_pid) = Spawner::start(&fixtures.join(SPAWNER))?;
+    let mut spawner = Spawner::start(&copy_as_exe(fixtures, SPAWNER, work)?)?;
+    // Made now, started only by its alert case: until then nothing fails.
+    let too_old = work.join(exe(unattachable::NAME));
+    unattachable::make(&fixtures.join(SPAWNER), &too_old)?;
     let port = free_port()?;
-    let mut agent = start_agent(agent, port, &[demo.0.id(), spawner_pid], work)?;
+    let exes = [DEMO, SPAWNER, unattachable::NAME].map(exe);
+    let mut agent = start_agent(agent, port, &exes, work)?;
 
     let rules = work.join("rules-fast.yaml");
     fast_rules(
@@ -121,17 +140,18 @@ pub fn run(tally: &mut Tally, agent: &Path, fixtures: &Path, work: &Path) -> any
         return Ok(());
     }
     check_expressions(tally, &prom)?;
-    alerts::check(tally, &prom, &mut spawner, &mut agent);
+    alerts::check(tally, &prom, &mut spawner, &too_old, &mut agent);
     Ok(())
 }
 
-/// The agent under the least-privilege capabilities, watching `pids`, with
-/// the flags of every alert case that runs.
-fn start_agent(agent: &Path, port: u16, pids: &[u32], work: &Path) -> anyhow::Result<Guard> {
+/// The agent under the least-privilege capabilities, in whole-host mode as
+/// the `DaemonSet` runs it, narrowed to the executables `exes` (Prometheus
+/// is a Go program too), with the flags of every alert case that runs.
+fn start_agent(agent: &Path, port: u16, exes: &[String], work: &Path) -> anyhow::Result<Guard> {
     let mut cmd = caps::with_only(&caps::daemonset_capabilities()?, agent);
     cmd.arg("run");
-    for pid in pids {
-        cmd.args(["--pid", &pid.to_string()]);
+    for exe in exes {
+        cmd.args(["--include", &format!("exe={exe}")]);
     }
     cmd.args(["--listen", &format!("127.0.0.1:{port}")])
         // Small and slow on purpose, so the event-loss case can overflow it.

@@ -8,6 +8,8 @@
 //! - e2e: a real Prometheus scraping the real agent watching Go workloads:
 //!   every dashboard and rule expression (root);
 //! - alerts: on that Prometheus, each alert provoked and seen firing.
+//! - unattachable: a Go program the agent must refuse, for the
+//!   attach-failure alert.
 //! - pending: the metrics not exported yet, in one list.
 //!
 //! Each check prints one line; the counts join the test totals.
@@ -20,6 +22,7 @@ mod http;
 mod objects;
 mod pending;
 mod prometheus;
+mod unattachable;
 
 use std::path::Path;
 
