@@ -35,7 +35,11 @@ impl Agent {
             // so neither the table nor the lock is held whole.
             let mut chans = HashSet::new();
             let mut observing = Duration::ZERO;
-            self.shared.tracker.lock().expect("tracker lock").begin_scan(pid);
+            self.shared
+                .tracker
+                .lock()
+                .expect("tracker lock")
+                .begin_scan(pid);
             let mut apply = |part: Vec<scan::ScannedG>| {
                 chans.extend(part.iter().filter_map(|g| g.chan.map(|c| c.address)));
                 let mut tracker = self.shared.tracker.lock().expect("tracker lock");

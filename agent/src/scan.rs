@@ -71,7 +71,9 @@ pub fn scan(
     walk: &dyn Fn(u8) -> bool,
 ) -> io::Result<Vec<ScannedG>> {
     let mut all = Vec::new();
-    scan_into(pid, bin, leak, bias, walk, &mut |mut part| all.append(&mut part))?;
+    scan_into(pid, bin, leak, bias, walk, &mut |mut part| {
+        all.append(&mut part)
+    })?;
     Ok(all)
 }
 

@@ -5,7 +5,7 @@ use std::{
     hash::{BuildHasher, Hasher},
 };
 
-use gostray_common::{ChanEvent, GoroutineEvent};
+use gostray_common::{ChanEvent, GoroutineEvent, EVENT_PCS};
 
 use super::{
     histogram::Histogram,
@@ -21,19 +21,11 @@ pub struct ProcessInfo {
     pub go_version: String,
 }
 
-/// The last probed park of a goroutine.
+/// What the last memory scan saw of a goroutine, and the last park the
+/// probes saw. Kept inline and small (16 bytes): a scan sees every
+/// goroutine, but only a few thousand parked ones get a channel or a
+/// walked stack, which live behind the box.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BlockEvent {
-    pub at_ns: u64,
-    pub reason: u8,
-    pub chan: Option<(u64, u64, u64)>,
-    pub pcs: [u64; gostray_common::EVENT_PCS],
-}
-
-/// What the last memory scan saw of a goroutine. Kept inline and small:
-/// a scan sees every goroutine, but only a few thousand parked ones get a
-/// channel or a walked stack, which live behind the box.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Seen {
     /// The runtime status (`_Gwaiting`…; at most 16); 0 when never scanned,
     /// as a scan never keeps an idle g.
@@ -41,7 +33,29 @@ pub struct Seen {
     pub waitreason: u8,
     /// The scan pass that last listed it (see `ProcessState::begin_scan`).
     mark: u8,
+    /// The wait reason of a probed park no scan has seen since
+    /// ([`NO_PARK`] if none): then `blocked_since_ns` is that park's time.
+    park_reason: u8,
+    /// The return addresses of the last probed park, interned per process
+    /// (`ProcessState::park_stacks`), or [`NO_STACK`].
+    park_stack: u32,
     detail: Option<Box<SeenDetail>>,
+}
+
+const NO_PARK: u8 = u8::MAX;
+const NO_STACK: u32 = u32::MAX;
+
+impl Default for Seen {
+    fn default() -> Self {
+        Self {
+            status: 0,
+            waitreason: 0,
+            mark: 0,
+            park_reason: NO_PARK,
+            park_stack: NO_STACK,
+            detail: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,9 +71,9 @@ impl Seen {
             // Statuses are at most G_MAX_STATUS (16); never 0 here.
             status: u8::try_from(status).unwrap_or(u8::MAX).max(1),
             waitreason,
-            mark: 0,
             detail: (chan.is_some() || !stack.is_empty())
                 .then(|| Box::new(SeenDetail { chan, stack })),
+            ..Self::default()
         }
     }
 
@@ -74,7 +88,7 @@ impl Seen {
     }
 }
 
-/// A live goroutine: 64 bytes, as a million of them may be tracked. Rare
+/// A live goroutine: 56 bytes, as a million of them may be tracked. Rare
 /// parts are boxed: most goroutines never block long.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Goroutine {
@@ -83,7 +97,6 @@ pub struct Goroutine {
     pub gopc: u64,
     pub startpc: u64,
     pub parent_goid: u64,
-    pub last_block: Option<Box<BlockEvent>>,
     /// Since when it has been parked for its current reason, as far as the
     /// probes and scans can tell; 0 when not known to be parked.
     blocked_since_ns: u64,
@@ -97,7 +110,6 @@ impl Goroutine {
             gopc,
             startpc,
             parent_goid,
-            last_block: None,
             blocked_since_ns: 0,
             seen: Seen::default(),
         }
@@ -120,6 +132,13 @@ impl Goroutine {
     /// Since when it has been parked for its current reason, if it is.
     pub fn blocked_since(&self) -> Option<u64> {
         (self.blocked_since_ns != 0).then_some(self.blocked_since_ns)
+    }
+
+    /// The return addresses of its last probed park, if any.
+    pub fn park_stack<'a>(&self, proc: &'a ProcessState) -> Option<&'a [u64]> {
+        proc.park_stacks
+            .get(self.seen.park_stack as usize)
+            .map(|pcs| &pcs[..])
     }
 }
 
@@ -233,7 +252,14 @@ pub struct ProcessState {
     pub(super) from_scans: bool,
     scan_counts: ScanCounts,
     pass: ScanPass,
+    /// Distinct return-address stacks of probed parks, interned: a million
+    /// goroutines parked at one site share one entry.
+    park_stacks: Vec<[u64; EVENT_PCS]>,
+    park_stack_index: HashMap<[u64; EVENT_PCS], u32>,
 }
+
+/// Distinct park stacks remembered per process.
+const MAX_PARK_STACKS: usize = 65_536;
 
 /// The periodic scan being applied.
 #[derive(Debug, Default)]
@@ -282,6 +308,8 @@ impl ProcessState {
             from_scans: false,
             scan_counts: ScanCounts::default(),
             pass: ScanPass::default(),
+            park_stacks: Vec::new(),
+            park_stack_index: HashMap::new(),
         }
     }
 
@@ -340,15 +368,30 @@ impl ProcessState {
     }
 
     pub(super) fn blocked(&mut self, e: &ChanEvent) {
+        if !self.live.contains_key(&e.goid) {
+            return;
+        }
+        let stack = self.intern_park_stack(e.pcs);
         if let Some(g) = self.live.get_mut(&e.goid) {
             g.blocked_since_ns = e.ktime_ns.max(1);
-            g.last_block = Some(Box::new(BlockEvent {
-                at_ns: e.ktime_ns,
-                reason: e.reason as u8,
-                chan: (e.has_chan != 0).then_some((e.hchan, e.qcount, e.dataqsiz)),
-                pcs: e.pcs,
-            }));
+            g.seen.park_reason = (e.reason as u8).min(NO_PARK - 1);
+            g.seen.park_stack = stack;
         }
+    }
+
+    /// The index of `pcs` in `park_stacks`; [`NO_STACK`] once the bound is
+    /// reached (the scans' own stack walks still name the site then).
+    fn intern_park_stack(&mut self, pcs: [u64; EVENT_PCS]) -> u32 {
+        if let Some(&i) = self.park_stack_index.get(&pcs) {
+            return i;
+        }
+        if self.park_stacks.len() >= MAX_PARK_STACKS {
+            return NO_STACK;
+        }
+        let i = self.park_stacks.len() as u32;
+        self.park_stacks.push(pcs);
+        self.park_stack_index.insert(pcs, i);
+        i
     }
 
     pub(super) fn misused(&mut self, kind: gostray_common::EventKind, e: &ChanEvent) {
@@ -422,9 +465,12 @@ impl ProcessState {
                 }
                 None => {
                     self.reconciled_creates += u64::from(!self.from_scans);
-                    self.live
-                        .entry(sg.goid)
-                        .or_insert(Goroutine::new(0, sg.gopc, sg.startpc, sg.parent_goid))
+                    self.live.entry(sg.goid).or_insert(Goroutine::new(
+                        0,
+                        sg.gopc,
+                        sg.startpc,
+                        sg.parent_goid,
+                    ))
                 }
             };
             g.blocked_since_ns = if sg.status == G_WAITING {
@@ -432,8 +478,10 @@ impl ProcessState {
             } else {
                 0
             };
+            let park_stack = g.seen.park_stack;
             g.seen = Seen::new(sg.status, sg.waitreason, sg.chan, sg.stack);
             g.seen.mark = mark;
+            g.seen.park_stack = park_stack;
         }
     }
 
@@ -494,19 +542,12 @@ impl ProcessState {
 /// probed park with the same reason is exact; otherwise the earlier scan
 /// that already saw it parked the same way; otherwise this scan.
 fn parked_since(g: &Goroutine, sg: &ScannedG, started_ns: u64) -> u64 {
-    let event = g
-        .last_block
-        .as_ref()
-        .filter(|b| b.reason == sg.waitreason)
-        .map(|b| b.at_ns);
+    let probed = g.seen.park_reason == sg.waitreason;
     let continued = g
         .seen()
-        .filter(|s| u32::from(s.status) == G_WAITING && s.waitreason == sg.waitreason)
-        .and(g.blocked_since());
-    match (continued, event) {
-        (Some(c), Some(e)) => c.max(e),
-        (Some(c), None) => c,
-        (None, Some(e)) => e,
-        (None, None) => started_ns,
+        .is_some_and(|s| u32::from(s.status) == G_WAITING && s.waitreason == sg.waitreason);
+    match g.blocked_since() {
+        Some(since) if probed || continued => since,
+        _ => started_ns,
     }
 }

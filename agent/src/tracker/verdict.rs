@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::Serialize;
 
-use super::process::{Goroutine, ProcessState, TREND_LEN};
+use super::process::{GoidSet, Goroutine, ProcessState, TREND_LEN};
 use crate::{
     gobin::WaitReason,
     scan::{ChanState, G_WAITING},
@@ -180,7 +180,7 @@ pub fn evaluate(
 
     // Goroutines that will not run again on their own: parked long on a
     // blocking primitive, or parked where nothing can wake them.
-    let mut stuck: HashSet<u64> = HashSet::new();
+    let mut stuck = GoidSet::default();
     for (&goid, g) in &proc.live {
         let Some((class, _)) = class_of(g) else {
             continue;
@@ -211,7 +211,7 @@ pub fn evaluate(
         if !class.is_blocking() || system(g) || main_goroutine(g) {
             continue;
         }
-        let site_pc = blocking_pc(g, symbols).unwrap_or(0);
+        let site_pc = blocking_pc(g, proc, symbols).unwrap_or(0);
         let key = (g.gopc, site_pc, reason);
         groups
             .entry(key)
@@ -373,7 +373,7 @@ impl Growth {
 }
 
 /// The first frame that is not the waiting machinery: where user code waits.
-fn blocking_pc(g: &Goroutine, symbols: &dyn Symbols) -> Option<u64> {
+fn blocking_pc(g: &Goroutine, proc: &ProcessState, symbols: &dyn Symbols) -> Option<u64> {
     let is_user = |pc: u64| {
         symbols
             .site(pc.saturating_sub(1))
@@ -381,7 +381,7 @@ fn blocking_pc(g: &Goroutine, symbols: &dyn Symbols) -> Option<u64> {
     };
     // Walked by a scan (the parked PC first, then return addresses), else
     // the return addresses the park probe saw.
-    match (g.seen(), &g.last_block) {
+    match (g.seen(), g.park_stack(proc)) {
         (Some(s), _) if !s.stack().is_empty() => {
             let frames = &s.stack()[1..];
             frames
@@ -390,8 +390,8 @@ fn blocking_pc(g: &Goroutine, symbols: &dyn Symbols) -> Option<u64> {
                 .find(|&pc| is_user(pc))
                 .or(frames.last().copied())
         }
-        (_, Some(b)) => {
-            let mut frames = b.pcs.iter().copied().filter(|&p| p != 0);
+        (_, Some(pcs)) => {
+            let mut frames = pcs.iter().copied().filter(|&p| p != 0);
             frames
                 .clone()
                 .find(|&pc| is_user(pc))
@@ -477,11 +477,7 @@ pub(super) fn stack_of(g: &Goroutine, symbols: &dyn Symbols) -> Vec<Site> {
         .collect()
 }
 
-fn creator_of(
-    proc: &ProcessState,
-    members: &[&(u64, &Goroutine)],
-    stuck: &HashSet<u64>,
-) -> Creator {
+fn creator_of(proc: &ProcessState, members: &[&(u64, &Goroutine)], stuck: &GoidSet) -> Creator {
     let mut verdicts = members.iter().map(|(_, g)| {
         if g.parent_goid == 0 || proc.untracked > 0 {
             Creator::Unknown
@@ -508,12 +504,12 @@ fn creator_of(
 /// parked for good: whatever they wait for may still come from it.
 fn waiting_on_active_descendants(
     proc: &ProcessState,
-    stuck: &HashSet<u64>,
+    stuck: &GoidSet,
     system: &dyn Fn(&Goroutine) -> bool,
-) -> HashSet<u64> {
+) -> GoidSet {
     // Mark every ancestor of an active goroutine, walking parent links up.
     // Each goroutine is marked once, so this is linear in the table.
-    let mut marked: HashSet<u64> = HashSet::new();
+    let mut marked = GoidSet::default();
     for (&goid, g) in &proc.live {
         if stuck.contains(&goid) || system(g) {
             continue;
