@@ -62,16 +62,7 @@ fn a_thousand_short_lived_processes() {
     steady.send("spawn 100 10");
     steady.expect_line("done");
     let want = (110, 100, live0 + 10);
-    let m = agent.metrics_until(SETTLE, |m| {
-        m.counts(steady.pid()) == want && m.total("gostray_attached_processes") == 1
-    });
-    assert_eq!(m.counts(steady.pid()), want, "{}", m.0);
-    assert_eq!(
-        m.total("gostray_attached_processes"),
-        1,
-        "stale processes:\n{}",
-        m.0
-    );
+    let m = agent.settle_one(steady.pid(), want, "gostray_attached_processes");
     assert_eq!(m.total("gostray_attach_failures_total"), 0, "{}", m.0);
     let fds = open_fds(agent.proc.pid());
     assert!(

@@ -284,16 +284,7 @@ fn processes_vanishing_during_discovery() {
     steady.send("spawn 100 10");
     steady.expect_line("done");
     let want = (c0 + 110, e0 + 100, live0 + 10);
-    let m = agent.metrics_until(SETTLE, |m| {
-        m.counts(steady.pid()) == want && m.scalar("gostray_watched_processes") == 1
-    });
-    assert_eq!(m.counts(steady.pid()), want, "{}", m.0);
-    assert_eq!(
-        m.scalar("gostray_watched_processes"),
-        1,
-        "stale processes:\n{}",
-        m.0
-    );
+    let m = agent.settle_one(steady.pid(), want, "gostray_watched_processes");
     assert_eq!(m.total("gostray_attach_failures_total"), 0, "{}", m.0);
     let attaches = m.total("gostray_attaches_total");
     eprintln!("600 short-lived processes: {attaches} attached before they exited");

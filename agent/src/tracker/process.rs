@@ -337,10 +337,20 @@ impl ProcessState {
 
     pub(super) fn created(&mut self, event: &GoroutineEvent) {
         self.created_total += 1;
-        self.insert(
-            event.goid,
-            Goroutine::new(event.ktime_ns, event.gopc, event.startpc, event.parent_goid),
-        );
+        let fresh = Goroutine::new(event.ktime_ns, event.gopc, event.startpc, event.parent_goid);
+        match self.live.get_mut(&event.goid) {
+            // A scan in progress found it before its event arrived: keep
+            // what the scan saw (its pass mark above all, or the end of
+            // the pass would drop it), take the event's richer record.
+            Some(g) => {
+                *g = Goroutine {
+                    blocked_since_ns: g.blocked_since_ns,
+                    seen: std::mem::take(&mut g.seen),
+                    ..fresh
+                };
+            }
+            None => self.insert(event.goid, fresh),
+        }
     }
 
     pub(super) fn exited(&mut self, goid: u64, at_ns: u64) {

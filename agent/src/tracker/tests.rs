@@ -178,3 +178,19 @@ fn without_lifecycle_probes_the_scans_count_creations_and_exits() {
     let p = t.process(7).unwrap();
     assert_eq!((p.created_total, p.exited_total), (43, 43));
 }
+
+#[test]
+fn a_creation_event_arriving_during_a_scan_pass_keeps_the_goroutine() {
+    let mut t = Tracker::new(100);
+    t.add_process(7, info());
+    t.merge_scan(7, &[scanned(1)]);
+    // The pass lists goroutine 9 before its creation event is drained;
+    // the event (created before the pass began) must not undo the mark.
+    t.begin_scan(7);
+    t.observe_part(7, 1_000, vec![scanned(1), scanned(9)]);
+    t.apply(&Event::Goroutine(ev(EventKind::Create, 7, 9)));
+    t.end_scan(7, 1_000);
+    let p = t.process(7).unwrap();
+    assert_eq!((p.live_count(), p.created_total), (2, 1));
+    assert_eq!(p.goroutine(9).unwrap().gopc, 0x1000);
+}

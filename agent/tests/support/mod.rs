@@ -262,6 +262,17 @@ impl Agent {
         m
     }
 
+    /// Waits until `pid`'s (created, exited, live) are `want` and the gauge
+    /// `processes` says one process is left, and asserts both.
+    pub fn settle_one(&self, pid: u32, want: (u64, u64, u64), processes: &str) -> Metrics {
+        let m = self.metrics_until(Duration::from_secs(10), |m| {
+            m.counts(pid) == want && m.total(processes) == 1
+        });
+        assert_eq!(m.counts(pid), want, "{}", m.0);
+        assert_eq!(m.total(processes), 1, "stale processes:\n{}", m.0);
+        m
+    }
+
     pub fn metrics(&self) -> Metrics {
         Metrics(http_get(self.port, "/metrics").expect("scrape /metrics"))
     }
