@@ -1,17 +1,13 @@
-//! The running agent: attaches to targets, drains events, notices exits.
+//! The running agent: attaches to targets and notices exits.
 //!
 //! Two threads: the control loop owns the kernel handles (attach, watch,
-//! detach, rescan); the drain thread owns the ring buffer. Both feed the
-//! shared tracker that the HTTP server reads.
+//! detach, rescan); the drain thread (`drain.rs`) owns the ring buffer.
+//! Both feed the shared tracker that the HTTP server reads.
 
 use std::{
     collections::{HashMap, HashSet},
     path::PathBuf,
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc, TryLockError,
-    },
-    thread,
+    sync::{atomic::Ordering, Arc},
     time::{Duration, Instant},
 };
 
@@ -29,7 +25,7 @@ use crate::{
     scan,
     state::Shared,
     target::Target,
-    tracker::{decode_event, Event, ProcessInfo},
+    tracker::ProcessInfo,
 };
 
 /// A process being watched.
@@ -394,46 +390,3 @@ impl Agent {
 
 /// Analyses kept: each is a few hundred bytes (offsets and probe sites).
 const ANALYSIS_CACHE: usize = 256;
-
-/// Drains the ring buffer every `every` into the tracker until `stop`.
-pub fn drain(mut ring: RingBuf<MapData>, shared: &Shared, every: Duration, stop: &AtomicBool) {
-    /// Ring records read per round before the tracker is tried.
-    const ROUND: usize = 4096;
-    /// Events held while a table scan holds the tracker (a scan of a
-    /// million goroutines takes a while): about 28 MiB at most, and the
-    /// kernel's ring buffer behind it. Past it the ring fills and its
-    /// losses are counted.
-    const MAX_BACKLOG: usize = 262_144;
-    let mut backlog: Vec<Event> = Vec::with_capacity(ROUND);
-    while !stop.load(Ordering::Relaxed) {
-        let mut read = 0;
-        while read < ROUND && backlog.len() < MAX_BACKLOG {
-            let Some(item) = ring.next() else { break };
-            read += 1;
-            backlog.extend(decode_event(&item));
-        }
-        if !backlog.is_empty() {
-            match shared.tracker.try_lock() {
-                Ok(mut tracker) => {
-                    for event in backlog.drain(..) {
-                        tracker.apply(&event);
-                    }
-                    drop(tracker);
-                    backlog.shrink_to(ROUND);
-                }
-                // A scan holds it: keep the ring flowing into the backlog.
-                Err(TryLockError::WouldBlock) => {}
-                Err(TryLockError::Poisoned(e)) => panic!("tracker lock: {e}"),
-            }
-        }
-        // A full round means more is waiting: go round again at once.
-        if read < ROUND {
-            let pause = if backlog.is_empty() {
-                every
-            } else {
-                every.min(Duration::from_millis(1))
-            };
-            thread::sleep(pause);
-        }
-    }
-}

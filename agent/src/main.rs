@@ -3,6 +3,7 @@
 mod agent;
 mod config;
 mod discovery;
+mod drain;
 mod gobin;
 mod host;
 mod inspect;
@@ -127,7 +128,7 @@ fn run(args: &RunArgs) -> anyhow::Result<()> {
         let (stop, shared, every) = (stop.clone(), shared.clone(), args.drain_interval);
         thread::Builder::new()
             .name("gostray-drain".into())
-            .spawn(move || agent::drain(ring, &shared, every, &stop))?
+            .spawn(move || drain::drain(ring, &shared, every, &stop))?
     };
     let control = {
         let (stop, every) = (stop.clone(), args.rescan_interval);

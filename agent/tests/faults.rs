@@ -239,6 +239,8 @@ fn deleted_then_replaced_binary() {
         "replaced binary:\n{}",
         m.0
     );
+    // The gauge is refreshed once a control-loop round ends.
+    let m = agent.metrics_until(SETTLE, |m| m.total("gostray_attached_binaries") == 2);
     assert_eq!(m.total("gostray_attached_binaries"), 2, "{}", m.0);
 
     old.send("quit");
