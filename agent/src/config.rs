@@ -11,8 +11,8 @@ use crate::selection::Rule;
 ///
 /// gostray attaches eBPF uprobes to the Go runtime of the processes you name
 /// and keeps a live table of their goroutines, served as Prometheus metrics.
-/// It needs root, or CAP_SYS_ADMIN (CAP_BPF + CAP_PERFMON before Linux
-/// 6.16) and CAP_SYS_PTRACE.
+/// It needs root, or `CAP_SYS_ADMIN` (`CAP_BPF` + `CAP_PERFMON` before Linux
+/// 6.16) and `CAP_SYS_PTRACE`.
 #[derive(Debug, Parser)]
 #[command(name = "gostray", version, propagate_version = true)]
 pub struct Cli {
@@ -120,7 +120,7 @@ pub enum Command {
     ///
     /// Examples:
     ///   gostray leaks
-    ///   gostray leaks --url http://10.0.0.7:9981 --json
+    ///   gostray leaks --url <http://10.0.0.7:9981> --json
     Leaks(LeaksArgs),
     /// Show what gostray reads from a Go binary and whether it can watch it.
     ///
@@ -320,11 +320,11 @@ fn parse_drain_interval(s: &str) -> Result<Duration, String> {
 }
 
 fn parse_rescan_interval(s: &str) -> Result<Duration, String> {
-    parse_bounded(s, Duration::from_millis(100), Duration::from_secs(600))
+    parse_bounded(s, Duration::from_millis(100), Duration::from_mins(10))
 }
 
 fn parse_leak_after(s: &str) -> Result<Duration, String> {
-    parse_bounded(s, Duration::from_secs(1), Duration::from_secs(7 * 86_400))
+    parse_bounded(s, Duration::from_secs(1), Duration::from_hours(168))
 }
 
 fn parse_detach_grace(s: &str) -> Result<Duration, String> {
@@ -348,7 +348,7 @@ mod tests {
     #[test]
     fn durations() {
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_mins(5)));
         assert!(parse_duration("5").unwrap_err().contains("unit"));
         assert!(parse_duration("fast").is_err());
         assert!(parse_drain_interval("2s").is_err());

@@ -1,6 +1,7 @@
 //! `gostray leaks`: the running agent's leak report, as a table or JSON.
 
 use std::{
+    fmt::Write as _,
     io::{Read, Write},
     net::{TcpStream, ToSocketAddrs},
     time::Duration,
@@ -92,13 +93,15 @@ pub fn render(report: &Report) -> String {
     if rows.is_empty() {
         out.push_str("no leaked or suspect goroutines\n");
     } else {
-        out.push_str(&format!(
-            "{:<8} {:<16} {:<8} {:>6} {:>8}  {:<24} {}\n",
+        let _ = writeln!(
+            out,
+            "{:<8} {:<16} {:<8} {:>6} {:>8}  {:<24} {}",
             "PID", "EXE", "VERDICT", "COUNT", "OLDEST", "WAIT", "BLOCKED AT  <-  CREATED AT"
-        ));
+        );
         for (pid, exe, g) in rows {
-            out.push_str(&format!(
-                "{:<8} {:<16} {:<8} {:>6} {:>7.0}s  {:<24} {}  <-  {}\n",
+            let _ = writeln!(
+                out,
+                "{:<8} {:<16} {:<8} {:>6} {:>7.0}s  {:<24} {}  <-  {}",
                 pid,
                 clean(exe),
                 g["verdict"].as_str().unwrap_or("?"),
@@ -107,13 +110,9 @@ pub fn render(report: &Report) -> String {
                 clean(g["wait_reason"].as_str().unwrap_or("?")),
                 site(&g["blocked_at"]),
                 site(&g["created_at"]),
-            ));
+            );
             for e in g["evidence"].as_array().into_iter().flatten() {
-                out.push_str(&format!(
-                    "{:>10}- {}\n",
-                    "",
-                    clean(e.as_str().unwrap_or_default())
-                ));
+                let _ = writeln!(out, "{:>10}- {}", "", clean(e.as_str().unwrap_or_default()));
             }
         }
     }
@@ -129,13 +128,14 @@ pub fn render(report: &Report) -> String {
                     .as_ref()
                     .map(|f| format!(" (first closed in {})", clean(&f.function)))
                     .unwrap_or_default();
-                out.push_str(&format!(
-                    "{:<8} {:<16} {what} x{} in {}{first}\n",
+                let _ = writeln!(
+                    out,
+                    "{:<8} {:<16} {what} x{} in {}{first}",
                     p.pid,
                     clean(&p.exe),
                     m.count,
                     clean(&m.site.function)
-                ));
+                );
             }
         }
     }

@@ -58,7 +58,7 @@ pub fn registry(shared: Arc<Shared>) -> Registry {
     registry
 }
 
-/// What [`render`] produces: the OpenMetrics text format, which Prometheus
+/// What [`render`] produces: the `OpenMetrics` text format, which Prometheus
 /// scrapes natively (and whose `# EOF` older text parsers read as a comment).
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 

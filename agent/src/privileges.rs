@@ -1,10 +1,10 @@
 //! Checking, before touching the kernel, that we may: one clear line beats
 //! an EPERM from deep inside the loader.
 //!
-//! Uprobes through the perf PMU need CAP_SYS_ADMIN from Linux 6.16 (and the
-//! stable kernels updated since July 2025); before that CAP_BPF with
-//! CAP_PERFMON was enough. Reading other processes' memory and executables
-//! needs CAP_SYS_PTRACE. See deploy/README.md for the tested sets.
+//! Uprobes through the perf PMU need `CAP_SYS_ADMIN` from Linux 6.16 (and the
+//! stable kernels updated since July 2025); before that `CAP_BPF` with
+//! `CAP_PERFMON` was enough. Reading other processes' memory and executables
+//! needs `CAP_SYS_PTRACE`. See deploy/README.md for the tested sets.
 
 const CAP_SYS_PTRACE: u32 = 19;
 const CAP_SYS_ADMIN: u32 = 21;

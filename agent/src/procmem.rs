@@ -141,7 +141,7 @@ fn read_runs(
     });
 }
 
-/// IOV_MAX on Linux: the most iovecs one `process_vm_readv` takes.
+/// `IOV_MAX` on Linux: the most iovecs one `process_vm_readv` takes.
 const MAX_IOV: usize = 1024;
 
 /// Reads each `(address, length)` range, in batches of at most [`MAX_IOV`]

@@ -72,7 +72,7 @@ pub fn scan(
 ) -> io::Result<Vec<ScannedG>> {
     let mut all = Vec::new();
     scan_into(pid, bin, leak, bias, walk, &mut |mut part| {
-        all.append(&mut part)
+        all.append(&mut part);
     })?;
     Ok(all)
 }

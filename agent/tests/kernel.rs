@@ -18,7 +18,7 @@ fn exact_counts(go_line: &str) {
 }
 
 fn exact_counts_of(binary: &std::path::Path, go_line: &str) {
-    let mut spawner = Proc::spawn_ready(&binary);
+    let mut spawner = Proc::spawn_ready(binary);
     let pid = spawner.pid();
     let agent = Agent::start(&["--pid", &pid.to_string()]);
 

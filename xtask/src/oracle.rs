@@ -2,7 +2,7 @@
 //! cases that ship with the Go toolchain.
 //!
 //! `$GOROOT/src/runtime/testdata/testgoroutineleakprofile/` holds small
-//! programs (micro cases, common patterns, and the GoKer kernels of real
+//! programs (micro cases, common patterns, and the `GoKer` kernels of real
 //! bugs) and `runtime/goroutineleakprofile_test.go` lists, as regular
 //! expressions, the leaks each must show. Each case is built with a main of
 //! our own that runs it in a goroutine and then stays alive, the agent
@@ -123,7 +123,7 @@ fn parse_cases(src: &str) -> Vec<Case> {
 }
 
 /// The runtime test's own reading of a debug=2 leak profile: for each
-/// goroutine marked "(leaked)", "function() [wait reason]".
+/// goroutine marked "(leaked)", "`function()` [wait reason]".
 fn go_detector_leaks(output: &str) -> Vec<String> {
     let header = Regex::new(r"goroutine \d+ \[").expect("valid regex");
     let mut leaks = Vec::new();
@@ -180,7 +180,7 @@ struct Score {
     false_leaks: Vec<String>,
 }
 
-/// Before Go 1.20 (and for WaitGroup before 1.25) the runtime names every
+/// Before Go 1.20 (and for `WaitGroup` before 1.25) the runtime names every
 /// sync wait "semacquire"; the expectations use today's names. A leak in
 /// "[semacquire]" matches an expectation of any sync wait at that function.
 const SYNC_NAMES: [&str; 5] = [

@@ -168,7 +168,7 @@ impl Tracker {
                 (m.kind, report)
             })
             .collect();
-        misuse.sort_by(|a, b| b.1.count.cmp(&a.1.count));
+        misuse.sort_by_key(|m| std::cmp::Reverse(m.1.count));
         proc.misuse_report = misuse;
         proc.record_trends(&sizes);
         proc.summary = summary;

@@ -143,7 +143,7 @@ impl Goroutine {
 }
 
 /// Hashes goroutine IDs with one folded multiply by a per-table random
-/// key: the default SipHash was a tenth of a 100k-goroutine scan. The IDs
+/// key: the default `SipHash` was a tenth of a 100k-goroutine scan. The IDs
 /// come from the target's memory, so a hostile process could pick them;
 /// the random key and the fold (which mixes every input bit into the low
 /// bits the table indexes by) keep it from choosing colliding ones.
