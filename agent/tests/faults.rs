@@ -28,12 +28,7 @@ fn open_fds(pid: u32) -> usize {
 fn a_thousand_short_lived_processes() {
     let Some(env) = KernelEnv::get() else { return };
     let binary = env.fixture("spawner", "1.24");
-    let agent = Agent::start(&[
-        "--binary",
-        binary.to_str().unwrap(),
-        "--rescan-interval",
-        "100ms",
-    ]);
+    let agent = Agent::for_binary(&binary, "100ms");
     let mut steady = Proc::spawn_ready(&binary);
     let (_, _, live0) = agent
         .wait_attached(steady.pid(), SETTLE)
@@ -93,12 +88,7 @@ fn spawn_as_pid(binary: &Path, pid: u32) -> Proc {
 fn pid_reuse_is_a_new_process() {
     let Some(env) = KernelEnv::get() else { return };
     let binary = env.fixture("spawner", "1.27");
-    let agent = Agent::start(&[
-        "--binary",
-        binary.to_str().unwrap(),
-        "--rescan-interval",
-        "100ms",
-    ]);
+    let agent = Agent::for_binary(&binary, "100ms");
     let mut old = Proc::spawn_ready(&binary);
     let pid = old.pid();
     old.send("spawn 0 100");
@@ -211,12 +201,7 @@ fn deleted_then_replaced_binary() {
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("svc");
     std::fs::copy(env.fixture("spawner", "1.27"), &path).unwrap();
-    let agent = Agent::start(&[
-        "--binary",
-        path.to_str().unwrap(),
-        "--rescan-interval",
-        "100ms",
-    ]);
+    let agent = Agent::for_binary(&path, "100ms");
     let mut old = Proc::spawn_ready(&path);
     let (_, _, live0) = agent.wait_attached(old.pid(), SETTLE).counts(old.pid());
 

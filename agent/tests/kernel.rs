@@ -168,12 +168,7 @@ fn churn_is_counted_exactly_and_output_is_unchanged() {
 fn binary_mode_attaches_later_processes_and_forgets_exited_ones() {
     let Some(env) = KernelEnv::get() else { return };
     let binary = env.fixture("spawner", "1.24");
-    let agent = Agent::start(&[
-        "--binary",
-        binary.to_str().unwrap(),
-        "--rescan-interval",
-        "200ms",
-    ]);
+    let agent = Agent::for_binary(&binary, "200ms");
     let mut spawner = Proc::spawn_ready(&binary);
     let pid = spawner.pid();
     let m = agent.metrics_until(SETTLE, |m| m.for_pid("gostray_goroutines", pid).is_some());

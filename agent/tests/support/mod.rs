@@ -209,6 +209,12 @@ impl Agent {
         Self::start_with(args, true, &[])
     }
 
+    /// Starts `gostray run --binary PATH --rescan-interval RESCAN`.
+    pub fn for_binary(path: &std::path::Path, rescan: &str) -> Self {
+        let path = path.to_str().expect("UTF-8 path");
+        Self::start(&["--binary", path, "--rescan-interval", rescan])
+    }
+
     /// Starts the agent with or without `--pid-label`, and extra environment.
     pub fn start_with(args: &[&str], pid_label: bool, env: &[(&str, &str)]) -> Self {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_gostray"));
