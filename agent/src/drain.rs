@@ -35,17 +35,19 @@ pub fn drain(mut ring: RingBuf<MapData>, shared: &Shared, every: Duration, stop:
             backlog.extend(decode_event(&item));
         }
         if !backlog.is_empty() {
-            match shared.tracker.try_lock() {
-                Ok(mut tracker) => {
-                    for event in backlog.drain(..) {
-                        tracker.apply(&event);
-                    }
-                    drop(tracker);
-                    backlog.shrink_to(ROUND);
-                }
+            let tracker = match shared.tracker.try_lock() {
+                Ok(t) => Some(t),
+                // As every reader of shared state does: keep going.
+                Err(TryLockError::Poisoned(e)) => Some(e.into_inner()),
                 // A scan holds it: keep the ring flowing into the backlog.
-                Err(TryLockError::WouldBlock) => {}
-                Err(TryLockError::Poisoned(e)) => panic!("tracker lock: {e}"),
+                Err(TryLockError::WouldBlock) => None,
+            };
+            if let Some(mut tracker) = tracker {
+                for event in backlog.drain(..) {
+                    tracker.apply(&event);
+                }
+                drop(tracker);
+                backlog.shrink_to(ROUND);
             }
         }
         // A full round means more is waiting: go round again at once.

@@ -110,10 +110,7 @@ pub(crate) fn encode(
 ) -> fmt::Result {
     let mut rows: BTreeMap<SeriesKey, Row> = BTreeMap::new();
     {
-        let table = shared
-            .series
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let table = crate::state::lock(&shared.series);
         for (pid, p) in procs {
             let Some(key) = table.key(*pid) else { continue };
             let row = rows.entry(key.clone()).or_default();
@@ -228,10 +225,7 @@ pub(crate) fn encode(
             .map(|(k, r)| (k.labels(), ConstHistogram(r.lifetimes.clone()))),
     )?;
 
-    let stats = shared
-        .stats
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let stats = crate::state::lock(&shared.stats);
     family(
         enc,
         names::TABLE_SCANS,

@@ -77,10 +77,7 @@ fn process(enc: &mut DescriptorEncoder) -> fmt::Result {
 
 fn discovery(enc: &mut DescriptorEncoder, shared: &Shared) -> fmt::Result {
     let (series, folded) = {
-        let t = shared
-            .series
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let t = crate::state::lock(&shared.series);
         (t.len(), t.folded_total)
     };
     one(
@@ -98,10 +95,7 @@ fn discovery(enc: &mut DescriptorEncoder, shared: &Shared) -> fmt::Result {
         ConstCounter::new(folded),
     )?;
 
-    let stats = shared
-        .stats
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let stats = crate::state::lock(&shared.stats);
     one(
         enc,
         names::ATTACHES,

@@ -120,10 +120,7 @@ fn route(head: &str, shared: &Shared, registry: &Registry, limiter: &RateLimiter
         }
         "/api/v1/leaks" => {
             let report = {
-                let tracker = shared
-                    .tracker
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let tracker = crate::state::lock(&shared.tracker);
                 crate::report::build(&tracker)
             };
             match serde_json::to_string_pretty(&report) {

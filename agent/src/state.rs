@@ -72,3 +72,10 @@ impl Shared {
         }
     }
 }
+
+/// Locks `m` even if a thread panicked while holding it: what the readers
+/// of shared state (metrics, the API, the rate limiter) want, since a
+/// half-updated counter is better than an agent that stops answering.
+pub fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}

@@ -79,6 +79,20 @@ const fn optional(name: &'static str, function: &'static str, find: Find) -> Sit
     }
 }
 
+/// The parks of `function`: its calls to `runtime.gopark`.
+const fn parks(name: &'static str, function: &'static str) -> SiteSpec {
+    optional(name, function, Find::CallsTo("runtime.gopark"))
+}
+
+/// Its calls to `runtime.goparkunlock`, where the compiler kept them.
+const fn unlock_parks(function: &'static str) -> SiteSpec {
+    optional(
+        SITE_BLOCK_UNLOCK,
+        function,
+        Find::CallsTo("runtime.goparkunlock"),
+    )
+}
+
 /// Every probe site, in attach order.
 pub const SITES: &[SiteSpec] = &[
     SiteSpec {
@@ -95,42 +109,14 @@ pub const SITES: &[SiteSpec] = &[
     },
     // Parking on the blocking paths only: these calls are never reached on
     // a channel's fast path, nor for network waits (netpoll parks elsewhere).
-    optional(
-        SITE_BLOCK_CHAN,
-        "runtime.chansend",
-        Find::CallsTo("runtime.gopark"),
-    ),
-    optional(
-        SITE_BLOCK_CHAN,
-        "runtime.chanrecv",
-        Find::CallsTo("runtime.gopark"),
-    ),
-    optional(
-        SITE_BLOCK,
-        "runtime.selectgo",
-        Find::CallsTo("runtime.gopark"),
-    ),
-    optional(SITE_BLOCK, "runtime.block", Find::CallsTo("runtime.gopark")),
-    optional(
-        SITE_BLOCK,
-        "runtime.semacquire1",
-        Find::CallsTo("runtime.gopark"),
-    ),
-    optional(
-        SITE_BLOCK_UNLOCK,
-        "runtime.semacquire1",
-        Find::CallsTo("runtime.goparkunlock"),
-    ),
-    optional(
-        SITE_BLOCK,
-        "runtime.notifyListWait",
-        Find::CallsTo("runtime.gopark"),
-    ),
-    optional(
-        SITE_BLOCK_UNLOCK,
-        "runtime.notifyListWait",
-        Find::CallsTo("runtime.goparkunlock"),
-    ),
+    parks(SITE_BLOCK_CHAN, "runtime.chansend"),
+    parks(SITE_BLOCK_CHAN, "runtime.chanrecv"),
+    parks(SITE_BLOCK, "runtime.selectgo"),
+    parks(SITE_BLOCK, "runtime.block"),
+    parks(SITE_BLOCK, "runtime.semacquire1"),
+    unlock_parks("runtime.semacquire1"),
+    parks(SITE_BLOCK, "runtime.notifyListWait"),
+    unlock_parks("runtime.notifyListWait"),
     optional(
         SITE_CLOSE,
         "runtime.closechan",

@@ -124,11 +124,7 @@ where
     fn call(&mut self, req: Request<Body>) -> Self::Future {
         let watch = is_watch(req.uri());
         let delay = if watch {
-            self.guard
-                .pace
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .watch_delay(Instant::now())
+            crate::state::lock(&self.guard.pace).watch_delay(Instant::now())
         } else {
             Duration::ZERO
         };
