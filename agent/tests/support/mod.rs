@@ -75,11 +75,20 @@ pub struct Proc {
 impl Proc {
     /// Starts `cmd` with piped stdin and stdout.
     pub fn spawn(cmd: &mut Command) -> Self {
-        let mut child = cmd
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"));
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped());
+        // A binary a test has just copied may still be open for writing in
+        // a child another test thread forked meanwhile (until it execs):
+        // exec then fails with ETXTBSY for a moment.
+        let mut tries = 0;
+        let mut child = loop {
+            match cmd.spawn() {
+                Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 100 => {
+                    tries += 1;
+                    thread::sleep(Duration::from_millis(10));
+                }
+                spawned => break spawned.unwrap_or_else(|e| panic!("starting {cmd:?}: {e}")),
+            }
+        };
         Self {
             stdin: child.stdin.take(),
             stdout: child.stdout.take().map(BufReader::new),
