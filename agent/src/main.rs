@@ -1,36 +1,19 @@
 //! `gostray`: the agent and its command line.
 
-mod agent;
-mod config;
+mod cli;
+mod control;
 mod discovery;
-mod drain;
 mod gobin;
-mod host;
-mod inspect;
-mod judge;
 mod k8s;
 mod kernel;
-mod labels;
-mod leakbin;
-mod leaks;
-mod lifecycle;
+mod lock;
 mod metrics;
-mod metrics_leaks;
-mod metrics_self;
-mod metrics_text;
-mod privileges;
-mod procfs;
-mod procmem;
-mod ratelimit;
-mod report;
-mod scan;
-mod selection;
-mod series;
+mod proc;
 mod server;
 mod state;
-mod target;
 mod tracker;
 
+use lock::lock;
 use std::{
     process::ExitCode,
     sync::{atomic::AtomicBool, atomic::Ordering, Arc},
@@ -39,15 +22,15 @@ use std::{
 
 use anyhow::Context;
 use clap::Parser;
-use config::{Cli, Command, LogFormat, RunArgs};
+use cli::config::{Cli, Command, LogFormat, RunArgs};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format, &cli.log);
     let result = match cli.command {
         Command::Run(args) => run(&args),
-        Command::Leaks(args) => leaks::run(&args),
-        Command::Inspect(args) => inspect::inspect(&args),
+        Command::Leaks(args) => cli::leaks::run(&args),
+        Command::Inspect(args) => cli::inspect::inspect(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -72,17 +55,17 @@ fn init_logging(format: LogFormat, filter: &str) {
 }
 
 fn run(args: &RunArgs) -> anyhow::Result<()> {
-    let binary_targets = agent::validate_targets(args)?;
+    let binary_targets = control::validate_targets(args)?;
     if !args.whole_host() && (!args.include.is_empty() || !args.exclude.is_empty()) {
         tracing::warn!(
             "--include/--exclude apply to whole-host mode only; ignored with --pid/--binary"
         );
     }
-    let missing = privileges::missing();
+    let missing = kernel::privileges::missing();
     if !missing.is_empty() {
         anyhow::bail!(
             "gostray needs {}; missing: {}",
-            privileges::NEEDED,
+            kernel::privileges::NEEDED,
             missing.join(", ")
         );
     }
@@ -100,11 +83,7 @@ fn run(args: &RunArgs) -> anyhow::Result<()> {
         args.max_series as usize,
     ));
     if !args.probes.lifecycle {
-        shared
-            .tracker
-            .lock()
-            .expect("tracker lock")
-            .count_from_scans();
+        lock(&shared.tracker).count_from_scans();
     }
     let listener = runtime.block_on(server::bind(args.listen))?;
     // Pod metadata first, so processes found by the first scan can be
@@ -119,7 +98,7 @@ fn run(args: &RunArgs) -> anyhow::Result<()> {
             shared.kube.clone(),
         ));
     }
-    let (agent, ring) = agent::Agent::start(args, binary_targets, shared.clone())?;
+    let (agent, ring) = control::Agent::start(args, binary_targets, shared.clone())?;
     tracing::info!(listen = %args.listen, probes = %args.probes.names(), "serving /metrics, /healthz, /readyz");
     runtime.spawn(server::serve(listener, shared.clone()));
 
@@ -128,7 +107,7 @@ fn run(args: &RunArgs) -> anyhow::Result<()> {
         let (stop, shared, every) = (stop.clone(), shared.clone(), args.drain_interval);
         thread::Builder::new()
             .name("gostray-drain".into())
-            .spawn(move || drain::drain(ring, &shared, every, &stop))?
+            .spawn(move || kernel::drain::drain(ring, &shared, every, &stop))?
     };
     let control = {
         let (stop, every) = (stop.clone(), args.rescan_interval);

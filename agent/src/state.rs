@@ -5,7 +5,7 @@ use std::{
     sync::{atomic::AtomicBool, Arc, Mutex},
 };
 
-use crate::{k8s::Kube, series::SeriesTable, tracker::Tracker};
+use crate::{k8s::Kube, metrics::series::SeriesTable, tracker::Tracker};
 
 #[derive(Debug)]
 pub struct Shared {
@@ -71,11 +71,4 @@ impl Shared {
             kube: Arc::new(Kube::default()),
         }
     }
-}
-
-/// Locks `m` even if a thread panicked while holding it: what the readers
-/// of shared state (metrics, the API, the rate limiter) want, since a
-/// half-updated counter is better than an agent that stops answering.
-pub fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }

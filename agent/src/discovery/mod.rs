@@ -20,7 +20,7 @@ use gostray_common::{
     PROG_PROCESS_EXIT, TP_PROCESS_EXEC, TP_PROCESS_EXIT,
 };
 
-use crate::procfs::{self, FileId};
+use crate::proc::procfs::{self, FileId};
 
 /// Executables whose verdict is remembered. Each entry is a few dozen bytes.
 pub const VERDICT_CACHE: usize = 4096;

@@ -19,6 +19,7 @@ mod inline;
 #[cfg(test)]
 mod inline_tests;
 mod layout;
+pub mod leaklayout;
 mod offsets;
 mod pclntab;
 mod read;

@@ -6,6 +6,7 @@
 //! tight loop. This layer, outermost in the client's stack, bounds all three
 //! and counts each failure by reason.
 
+use crate::lock::lock;
 use std::{
     future::Future,
     pin::Pin,
@@ -124,7 +125,7 @@ where
     fn call(&mut self, req: Request<Body>) -> Self::Future {
         let watch = is_watch(req.uri());
         let delay = if watch {
-            crate::state::lock(&self.guard.pace).watch_delay(Instant::now())
+            lock(&self.guard.pace).watch_delay(Instant::now())
         } else {
             Duration::ZERO
         };

@@ -14,7 +14,7 @@ use gostray_common::{ChanEvent, EventKind, GoroutineEvent, CHAN_EVENT_SIZE, EVEN
 pub use process::{ProcessInfo, ProcessState};
 pub use verdict::{Summary, Symbols};
 
-use crate::scan::ScannedG;
+use crate::proc::scan::ScannedG;
 
 /// One decoded ring-buffer record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -160,7 +160,7 @@ impl Tracker {
             .misuse
             .iter()
             .map(|(m, &count)| {
-                let report = crate::report::MisuseReport {
+                let report = crate::server::report::MisuseReport {
                     site: verdict::user_site(&m.pcs, symbols).into(),
                     first_closer: (m.kind == EventKind::DoubleClose).then(|| site(m.other_pc)),
                     count,

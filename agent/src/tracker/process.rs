@@ -11,7 +11,7 @@ use super::{
     histogram::Histogram,
     verdict::{Group, Misuse},
 };
-use crate::scan::{ChanState, ScannedG, G_WAITING};
+use crate::proc::scan::{ChanState, ScannedG, G_WAITING};
 
 /// What the agent knows about a process apart from its goroutines.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -241,7 +241,10 @@ pub struct ProcessState {
     pub groups: Vec<Group>,
     pub summary: super::Summary,
     /// Misuse sites named at the last evaluation.
-    pub misuse_report: Vec<(gostray_common::EventKind, crate::report::MisuseReport)>,
+    pub misuse_report: Vec<(
+        gostray_common::EventKind,
+        crate::server::report::MisuseReport,
+    )>,
     /// Parents of goroutines that exited, so that descendant chains stay
     /// connected through goroutines that are gone. Bounded: cleared whole
     /// when full (an older link only matters for a long-lived grandchild).

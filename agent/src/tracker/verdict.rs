@@ -13,7 +13,7 @@ use serde::Serialize;
 use super::process::{GoidSet, Goroutine, ProcessState, TREND_LEN};
 use crate::{
     gobin::WaitReason,
-    scan::{ChanState, G_WAITING},
+    proc::scan::{ChanState, G_WAITING},
 };
 
 /// A source location, as reported.

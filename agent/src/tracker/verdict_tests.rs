@@ -8,7 +8,7 @@ use super::{
     verdict::{Creator, Site, Symbols, Verdict},
     Event, ProcessInfo, Tracker,
 };
-use crate::scan::{ChanState, ScannedG, G_WAITING};
+use crate::proc::scan::{ChanState, ScannedG, G_WAITING};
 
 const PID: u32 = 1;
 const SEC: u64 = 1_000_000_000;

@@ -7,7 +7,7 @@ use anyhow::Context;
 use serde::Serialize;
 
 use crate::{
-    config::InspectArgs,
+    cli::config::InspectArgs,
     gobin::{
         AddressSource, BuildInfo, ChosenSite, Frame, FuncRange, GOffsets, GoBinary, HchanOffsets,
         LayoutSource, SudogOffsets, WaitReason, WaitqOffsets,

@@ -10,9 +10,10 @@ use prometheus_client::{
     metrics::{counter::ConstCounter, gauge::ConstGauge, MetricType},
 };
 
+use crate::lock::lock;
 use crate::{
+    metrics::series::SeriesKey,
     metrics::{family, Labels},
-    series::SeriesKey,
     state::Shared,
     tracker::{histogram::Histogram, verdict::Verdict, ProcessState},
 };
@@ -110,7 +111,7 @@ pub(crate) fn encode(
 ) -> fmt::Result {
     let mut rows: BTreeMap<SeriesKey, Row> = BTreeMap::new();
     {
-        let table = crate::state::lock(&shared.series);
+        let table = lock(&shared.series);
         for (pid, p) in procs {
             let Some(key) = table.key(*pid) else { continue };
             let row = rows.entry(key.clone()).or_default();
@@ -225,7 +226,7 @@ pub(crate) fn encode(
             .map(|(k, r)| (k.labels(), ConstHistogram(r.lifetimes.clone()))),
     )?;
 
-    let stats = crate::state::lock(&shared.stats);
+    let stats = lock(&shared.stats);
     family(
         enc,
         names::TABLE_SCANS,

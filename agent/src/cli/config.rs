@@ -5,7 +5,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::selection::Rule;
+use crate::control::selection::Rule;
 
 /// Finds stray goroutines in running, unmodified Go programs.
 ///

@@ -3,6 +3,7 @@
 //! misbehaving client cannot keep the agent busy rendering. Health probes
 //! are never limited: a kubelet must always get its answer.
 
+use crate::lock::lock;
 use std::{
     sync::Mutex,
     time::{Duration, Instant},
@@ -36,7 +37,7 @@ impl RateLimiter {
     }
 
     fn allow_at(&self, now: Instant) -> bool {
-        let mut state = crate::state::lock(&self.state);
+        let mut state = lock(&self.state);
         let (tokens, last) = *state;
         let elapsed = now.saturating_duration_since(last).as_secs_f64();
         let tokens = (tokens + elapsed * self.rate).min(self.burst);

@@ -4,6 +4,13 @@
 //! detach, rescan); the drain thread (`drain.rs`) owns the ring buffer.
 //! Both feed the shared tracker that the HTTP server reads.
 
+mod host;
+mod labels;
+mod lifecycle;
+pub mod selection;
+mod tables;
+pub mod target;
+
 use std::{
     collections::{HashMap, HashSet},
     path::PathBuf,
@@ -14,17 +21,18 @@ use std::{
 use anyhow::Context;
 use aya::maps::{MapData, RingBuf};
 
+use crate::lock::lock;
 use crate::{
-    config::RunArgs,
+    cli::config::RunArgs,
+    control::host::Host,
+    control::target::Target,
     discovery::{self, BoundedMap, Classifier, Fingerprint, ProcWatch, Verdict, VERDICT_CACHE},
     gobin::{GoBinError, GoBinary},
-    host::Host,
     k8s::{self, cgroup::Placement},
     kernel::Kernel,
-    procfs::{self, FileId},
-    scan,
+    proc::procfs::{self, FileId},
+    proc::scan,
     state::Shared,
-    target::Target,
     tracker::ProcessInfo,
 };
 
@@ -222,10 +230,7 @@ impl Agent {
         if bin.layout_source.is_guess() {
             tracing::warn!(pid, go = %bin.version, layout = ?bin.layout_source,
                 "no DWARF and no offsets for this exact Go release: using another release's layout");
-            self.shared
-                .stats
-                .lock()
-                .expect("stats lock")
+            lock(&self.shared.stats)
                 .layout_guessed
                 .insert((file.dev, file.ino));
         }
@@ -248,18 +253,14 @@ impl Agent {
             go_version: bin.version.to_string(),
         };
         {
-            let mut tracker = self.shared.tracker.lock().expect("tracker lock");
+            let mut tracker = lock(&self.shared.tracker);
             tracker.add_process(pid, info);
             if let Some(p) = tracker.process_mut(pid) {
                 p.bias = bias;
                 p.wait_reasons.clone_from(&bin.wait_reasons);
             }
         }
-        self.shared
-            .series
-            .lock()
-            .expect("series lock")
-            .assign(pid, key);
+        lock(&self.shared.series).assign(pid, key);
         self.watched.insert(
             pid,
             Watched {
@@ -281,7 +282,7 @@ impl Agent {
             self.forget(pid);
             return Err(Gone.into());
         }
-        self.shared.stats.lock().expect("stats lock").attaches += 1;
+        lock(&self.shared.stats).attaches += 1;
         let begun = Instant::now();
         // A failed scan still leaves the process watched: its counts are then
         // only those of events since attach.
@@ -293,16 +294,12 @@ impl Agent {
             }
             Vec::new()
         });
-        self.shared
-            .tracker
-            .lock()
-            .expect("tracker lock")
-            .merge_scan(pid, &scanned);
+        lock(&self.shared.tracker).merge_scan(pid, &scanned);
         tracing::info!(
             pid,
             go = %bin.version,
             goroutines = scanned.len(),
-            leak_probes = target.leak.as_ref().map_or(0, crate::leakbin::LeakLayout::probe_count),
+            leak_probes = target.leak.as_ref().map_or(0, crate::gobin::leaklayout::LeakLayout::probe_count),
             create_site = format_args!("{:#x} ({:?})", bin.create_site.address, bin.create_site.kind),
             exit_site = format_args!("{:#x} ({:?})", bin.exit_site.address, bin.exit_site.kind),
             scan_ms = begun.elapsed().as_secs_f64() * 1e3,
@@ -370,11 +367,7 @@ impl Agent {
             tracing::debug!(pid, "exited during attach");
             return;
         }
-        *self
-            .shared
-            .stats
-            .lock()
-            .expect("stats lock")
+        *lock(&self.shared.stats)
             .attach_failures
             .entry(reason)
             .or_default() += 1;

@@ -1,6 +1,11 @@
 //! Prometheus exposition, rendered at scrape time from the tracker's state,
 //! so a process that goes away takes its series with it.
 
+mod agent;
+mod leaks;
+pub mod series;
+pub mod text;
+
 use std::{collections::BTreeMap, fmt, sync::Arc};
 
 use prometheus_client::{
@@ -10,8 +15,9 @@ use prometheus_client::{
     registry::Registry,
 };
 
+use crate::lock::lock;
 use crate::{
-    series::{Counters, SeriesKey},
+    metrics::series::{Counters, SeriesKey},
     state::Shared,
     tracker::ProcessState,
 };
@@ -82,10 +88,7 @@ struct Row {
 }
 
 fn series_rows(procs: &[(u32, &ProcessState)], shared: &Shared) -> BTreeMap<SeriesKey, Row> {
-    let table = shared
-        .series
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let table = lock(&shared.series);
     let mut rows: BTreeMap<SeriesKey, Row> = BTreeMap::new();
     for (pid, p) in procs {
         // A process between tracker and series registration has no key yet.
@@ -220,14 +223,11 @@ impl Collector for AgentCollector {
             [(version, ConstGauge::new(1i64))],
         )?;
 
-        let tracker = shared
-            .tracker
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let tracker = lock(&shared.tracker);
         let procs: Vec<_> = tracker.processes().collect();
         let rows = series_rows(&procs, shared);
         per_series(&mut enc, &rows)?;
-        crate::metrics_leaks::encode(&mut enc, &procs, shared)?;
+        crate::metrics::leaks::encode(&mut enc, &procs, shared)?;
 
         let mut by_exe: BTreeMap<&str, i64> = BTreeMap::new();
         for (_, p) in &procs {
@@ -246,7 +246,7 @@ impl Collector for AgentCollector {
         let stray = tracker.stray_events;
         let watched = procs.len();
         drop(tracker);
-        crate::metrics_self::encode(&mut enc, shared, watched)?;
+        crate::metrics::agent::encode(&mut enc, shared, watched)?;
 
         family(
             &mut enc,
@@ -255,10 +255,7 @@ impl Collector for AgentCollector {
             MetricType::Counter,
             [(Labels::new(), ConstCounter::new(stray))],
         )?;
-        let stats = shared
-            .stats
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let stats = lock(&shared.stats);
         family(
             &mut enc,
             names::ATTACHED_BINARIES,
@@ -307,19 +304,19 @@ mod tests {
         assert_eq!(escape_label_value("x\ny"), r"x\ny");
         let shared = Arc::new(Shared::new(10, 10));
         let exe = r#"svc",pid="1\"#;
-        shared.tracker.lock().unwrap().add_process(
+        lock(&shared.tracker).add_process(
             42,
             ProcessInfo {
                 exe: exe.into(),
                 go_version: "go1.27".into(),
             },
         );
-        let key = crate::series::SeriesKey {
+        let key = crate::metrics::series::SeriesKey {
             exe: exe.into(),
             pid: Some(42),
             ..Default::default()
         };
-        shared.series.lock().unwrap().assign(42, key);
+        lock(&shared.series).assign(42, key);
         let page = render(&registry(shared));
         let line = page
             .lines()

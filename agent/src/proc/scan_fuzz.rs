@@ -12,8 +12,8 @@ use std::{
 
 use super::{scan, ScannedG, MAX_FRAMES, MAX_GOROUTINES};
 use crate::{
+    gobin::leaklayout::LeakLayout,
     gobin::GoBinary,
-    leakbin::LeakLayout,
     tracker::{verdict::Site, ProcessInfo, Symbols, Tracker},
 };
 

@@ -1,6 +1,9 @@
 //! The thin layer that touches the kernel: loading the probes, attaching them
 //! per binary, and the map of watched processes.
 
+pub mod drain;
+pub mod privileges;
+
 use std::{collections::HashMap, path::Path, sync::mpsc};
 
 use anyhow::{bail, Context};
@@ -20,9 +23,9 @@ use gostray_common::{
 };
 
 use crate::{
-    config::{KernelLog, ProbeGroups},
-    procfs::FileId,
-    target::Target,
+    cli::config::{KernelLog, ProbeGroups},
+    control::target::Target,
+    proc::procfs::FileId,
 };
 
 /// The kernel object, embedded at build time (see `build.rs`).

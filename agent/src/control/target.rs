@@ -4,9 +4,9 @@
 use std::sync::Arc;
 
 use crate::{
+    gobin::leaklayout::LeakLayout,
     gobin::{Frame, GoBinary},
-    leakbin::LeakLayout,
-    procfs::bounded_to,
+    proc::procfs::bounded_to,
     tracker::{verdict::Site, Symbols},
 };
 

@@ -9,11 +9,12 @@ use std::{
 
 use gostray_common::ProcEventKind;
 
+use crate::lock::lock;
 use crate::{
-    agent::Agent,
+    control::Agent,
     discovery::{self, ProcWatch},
-    procfs::{self, FileId},
-    series::Counters,
+    metrics::series::Counters,
+    proc::procfs::{self, FileId},
 };
 
 impl Agent {
@@ -21,22 +22,13 @@ impl Agent {
     /// binary's probes once no watched process runs it.
     pub(crate) fn forget(&mut self, pid: u32) {
         self.kernel.unwatch(pid);
-        let state = self
-            .shared
-            .tracker
-            .lock()
-            .expect("tracker lock")
-            .remove_process(pid);
+        let state = lock(&self.shared.tracker).remove_process(pid);
         let last = state.map(|p| Counters {
             created: p.created_total,
             exited: p.exited_total,
             lost: p.lost_total,
         });
-        self.shared
-            .series
-            .lock()
-            .expect("series lock")
-            .release(pid, last.unwrap_or_default());
+        lock(&self.shared.series).release(pid, last.unwrap_or_default());
         let Some(w) = self.watched.remove(&pid) else {
             return;
         };
@@ -155,13 +147,13 @@ impl Agent {
             .map(|&pid| (pid, self.kernel.lost(pid)))
             .collect();
         {
-            let mut tracker = self.shared.tracker.lock().expect("tracker lock");
+            let mut tracker = lock(&self.shared.tracker);
             for (pid, n) in lost {
                 tracker.set_lost(pid, n);
             }
         }
-        let series = self.shared.series.lock().expect("series lock").len();
-        let mut stats = self.shared.stats.lock().expect("stats lock");
+        let series = lock(&self.shared.series).len();
+        let mut stats = lock(&self.shared.stats);
         stats.attached_binaries = self.kernel.attached_binaries();
         stats.probe_errors = self.kernel.probe_errors();
         stats.proc_events_lost = self.procs.as_ref().map_or(0, ProcWatch::lost);

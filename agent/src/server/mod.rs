@@ -2,6 +2,9 @@
 //! request per connection. Nothing here writes state or reads a file named
 //! by the client.
 
+mod ratelimit;
+pub mod report;
+
 use std::{
     net::SocketAddr,
     sync::{atomic::Ordering, Arc},
@@ -14,9 +17,11 @@ use tokio::{
     net::{TcpListener, TcpStream},
 };
 
+use crate::lock::lock;
 use crate::{
-    metrics, metrics_text,
-    ratelimit::{RateLimiter, RETRY_AFTER},
+    metrics,
+    metrics::text,
+    server::ratelimit::{RateLimiter, RETRY_AFTER},
     state::Shared,
 };
 
@@ -108,20 +113,16 @@ fn route(head: &str, shared: &Shared, registry: &Registry, limiter: &RateLimiter
     match path {
         "/metrics" => {
             let om = metrics::render(registry);
-            if metrics_text::wants_openmetrics(head) {
+            if text::wants_openmetrics(head) {
                 reply(200, metrics::CONTENT_TYPE, &om)
             } else {
-                reply(
-                    200,
-                    metrics_text::CONTENT_TYPE,
-                    &metrics_text::from_openmetrics(&om),
-                )
+                reply(200, text::CONTENT_TYPE, &text::from_openmetrics(&om))
             }
         }
         "/api/v1/leaks" => {
             let report = {
-                let tracker = crate::state::lock(&shared.tracker);
-                crate::report::build(&tracker)
+                let tracker = lock(&shared.tracker);
+                crate::server::report::build(&tracker)
             };
             match serde_json::to_string_pretty(&report) {
                 Ok(json) => reply(200, "application/json", &json),

@@ -8,6 +8,7 @@ use prometheus_client::{
     metrics::{counter::ConstCounter, gauge::ConstGauge, MetricType},
 };
 
+use crate::lock::lock;
 use crate::{
     k8s::ApiError,
     metrics::{family, names, Labels},
@@ -77,7 +78,7 @@ fn process(enc: &mut DescriptorEncoder) -> fmt::Result {
 
 fn discovery(enc: &mut DescriptorEncoder, shared: &Shared) -> fmt::Result {
     let (series, folded) = {
-        let t = crate::state::lock(&shared.series);
+        let t = lock(&shared.series);
         (t.len(), t.folded_total)
     };
     one(
@@ -95,7 +96,7 @@ fn discovery(enc: &mut DescriptorEncoder, shared: &Shared) -> fmt::Result {
         ConstCounter::new(folded),
     )?;
 
-    let stats = crate::state::lock(&shared.stats);
+    let stats = lock(&shared.stats);
     one(
         enc,
         names::ATTACHES,

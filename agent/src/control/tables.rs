@@ -7,7 +7,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{agent::Agent, scan, target::ProcSymbols};
+use crate::lock::lock;
+use crate::{control::target::ProcSymbols, control::Agent, proc::scan};
 
 /// `CLOCK_MONOTONIC` in nanoseconds: the clock of `bpf_ktime_get_ns`.
 pub fn monotonic_ns() -> u64 {
@@ -35,14 +36,10 @@ impl Agent {
             // so neither the table nor the lock is held whole.
             let mut chans = HashSet::new();
             let mut observing = Duration::ZERO;
-            self.shared
-                .tracker
-                .lock()
-                .expect("tracker lock")
-                .begin_scan(pid);
+            lock(&self.shared.tracker).begin_scan(pid);
             let mut apply = |part: Vec<scan::ScannedG>| {
                 chans.extend(part.iter().filter_map(|g| g.chan.map(|c| c.address)));
-                let mut tracker = self.shared.tracker.lock().expect("tracker lock");
+                let mut tracker = lock(&self.shared.tracker);
                 let locked = Instant::now();
                 tracker.observe_part(pid, started_ns, part);
                 observing += locked.elapsed();
@@ -52,11 +49,7 @@ impl Agent {
                 tracing::debug!(pid, error = %e, "scan failed (process exiting?)");
                 continue;
             }
-            self.shared
-                .tracker
-                .lock()
-                .expect("tracker lock")
-                .end_scan(pid, started_ns);
+            lock(&self.shared.tracker).end_scan(pid, started_ns);
             let globals = if chans.is_empty() {
                 HashSet::new()
             } else {
@@ -67,7 +60,7 @@ impl Agent {
                 bias: w.bias,
             };
             let read = begun.elapsed();
-            let mut tracker = self.shared.tracker.lock().expect("tracker lock");
+            let mut tracker = lock(&self.shared.tracker);
             let locked = Instant::now();
             tracker.evaluate(pid, monotonic_ns(), leak_after_ns, &symbols, &globals);
             drop(tracker);
@@ -87,7 +80,7 @@ impl Agent {
         unsafe {
             libc::malloc_trim(0);
         }
-        let mut stats = self.shared.stats.lock().expect("stats lock");
+        let mut stats = lock(&self.shared.stats);
         stats.table_scans += 1;
         stats.table_scan_seconds += total.as_secs_f64();
     }

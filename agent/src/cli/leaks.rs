@@ -10,7 +10,7 @@ use std::{
 use anyhow::{bail, Context};
 use serde_json::Value;
 
-use crate::{config::LeaksArgs, report::Report};
+use crate::{cli::config::LeaksArgs, server::report::Report};
 
 /// Largest response accepted from the agent.
 const MAX_RESPONSE: u64 = 64 << 20;

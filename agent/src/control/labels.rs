@@ -2,10 +2,11 @@
 //! in Kubernetes, its pod, found through its cgroup. A process can start
 //! before the API server reports its container, so labels are retried.
 
+use crate::lock::lock;
 use crate::{
-    agent::Agent,
+    control::Agent,
     k8s::cgroup::{self, Placement},
-    series::SeriesKey,
+    metrics::series::SeriesKey,
 };
 
 impl Agent {
@@ -47,25 +48,14 @@ impl Agent {
             .map(|(pid, w)| (*pid, w.placement.clone()))
             .collect();
         for (pid, placement) in pending {
-            let Some(old) = self
-                .shared
-                .series
-                .lock()
-                .expect("series lock")
-                .key(pid)
-                .cloned()
-            else {
+            let Some(old) = lock(&self.shared.series).key(pid).cloned() else {
                 continue;
             };
             let (key, labelled) = self.series_key(pid, &old.exe, &placement);
             if key.pod.is_empty() || key == old {
                 continue;
             }
-            self.shared
-                .series
-                .lock()
-                .expect("series lock")
-                .assign(pid, key);
+            lock(&self.shared.series).assign(pid, key);
             if let Some(w) = self.watched.get_mut(&pid) {
                 w.labelled = labelled;
             }

@@ -192,10 +192,13 @@ mod tests {
             assert!(!matches!(image, Ok(Some(_))), "{state}: {image:?}");
             let mut word = [0u8; 8];
             assert!(
-                crate::procmem::read(pid, 0x40_0000, &mut word).is_err(),
+                crate::proc::mem::read(pid, 0x40_0000, &mut word).is_err(),
                 "{state}"
             );
-            assert!(crate::procmem::read_u64(pid, 0x40_0000).is_err(), "{state}");
+            assert!(
+                crate::proc::mem::read_u64(pid, 0x40_0000).is_err(),
+                "{state}"
+            );
             // A zombie still has a cgroup file; a reaped PID has none.
             let placement = crate::k8s::cgroup::placement(pid);
             assert_eq!(placement.container_id, None, "{state}");

@@ -7,7 +7,7 @@
 
 use std::{collections::HashSet, io};
 
-use crate::{gobin::GoBinary, leakbin::LeakLayout, procmem};
+use crate::{gobin::leaklayout::LeakLayout, gobin::GoBinary, proc::mem};
 
 /// `runtime._Gidle`, `_Gwaiting`, `_Gdead` and the `_Gscan` bit (runtime2.go; stable since Go 1.0).
 const G_IDLE: u32 = 0;
@@ -88,8 +88,8 @@ pub fn scan_into(
     walk: &dyn Fn(u8) -> bool,
     sink: &mut dyn FnMut(Vec<ScannedG>),
 ) -> io::Result<()> {
-    let len = procmem::read_u64(pid, bin.allglen.wrapping_add(bias))?;
-    let array = procmem::read_u64(pid, bin.allgs.wrapping_add(bias))?;
+    let len = mem::read_u64(pid, bin.allglen.wrapping_add(bias))?;
+    let array = mem::read_u64(pid, bin.allgs.wrapping_add(bias))?;
     if len > MAX_GOROUTINES {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
@@ -112,7 +112,7 @@ pub fn scan_into(
                 "allgs points past the address space",
             )
         })?;
-        procmem::read(pid, at, raw)?;
+        mem::read(pid, at, raw)?;
         pointers.extend(raw.chunks_exact(8).map(le64).filter(|&p| p != 0));
     }
     let o = bin.offsets;
@@ -134,7 +134,7 @@ pub fn scan_into(
     // (index in `walked`, waiting, pc, bp).
     let mut walked = Vec::new();
     let mut parked: Vec<(usize, u64, u64, u64)> = Vec::new();
-    procmem::read_each_near(pid, &pointers, record, |_, bytes| {
+    mem::read_each_near(pid, &pointers, record, |_, bytes| {
         let Some(bytes) = bytes else { return };
         let status = u32::from_le_bytes(
             bytes[o.atomicstatus as usize..o.atomicstatus as usize + 4]
@@ -203,7 +203,7 @@ fn read_channels(
         .filter_map(|p| Some((p.0, p.1.checked_add(u64::from(l.chan.sudog_c))?)))
         .collect();
     let addrs: Vec<u64> = with_sudog.iter().map(|p| p.1).collect();
-    let chans: Vec<(usize, u64)> = procmem::read_many(pid, &addrs, 8)
+    let chans: Vec<(usize, u64)> = mem::read_many(pid, &addrs, 8)
         .into_iter()
         .zip(&with_sudog)
         .filter_map(|(b, &(i, _))| Some((i, le64(&b?))))
@@ -216,10 +216,7 @@ fn read_channels(
         .unwrap_or(0) as usize
         + 8;
     let addrs: Vec<u64> = chans.iter().map(|p| p.1).collect();
-    for (bytes, &(i, address)) in procmem::read_many(pid, &addrs, size)
-        .into_iter()
-        .zip(&chans)
-    {
+    for (bytes, &(i, address)) in mem::read_many(pid, &addrs, size).into_iter().zip(&chans) {
         let Some(b) = bytes else { continue };
         let at = |off: u32| le64(&b[off as usize..]);
         out[i].chan = Some(ChanState {
@@ -253,7 +250,7 @@ fn walk_stacks(pid: u32, parked: &[(usize, u64, u64, u64)], out: &mut [ScannedG]
             break;
         }
         let addrs: Vec<u64> = live.iter().map(|p| p.1).collect();
-        let frames = procmem::read_many(pid, &addrs, 16);
+        let frames = mem::read_many(pid, &addrs, 16);
         let mut next = Vec::with_capacity(live.len());
         for (bytes, &(i, bp)) in frames.into_iter().zip(&live) {
             let Some(b) = bytes else { continue };
@@ -288,7 +285,7 @@ pub fn referenced_from_globals(
         while at < end && budget > 0 && found.len() < wanted.len() {
             let n = (end - at).min(CHUNK).min(budget);
             let chunk = &mut buf[..n as usize];
-            if procmem::read(pid, at, chunk).is_ok() {
+            if mem::read(pid, at, chunk).is_ok() {
                 found.extend(
                     chunk
                         .chunks_exact(8)

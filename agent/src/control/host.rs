@@ -7,13 +7,14 @@ use std::{
     time::Instant,
 };
 
+use crate::lock::lock;
 use crate::{
-    agent::Agent,
-    config::RunArgs,
+    cli::config::RunArgs,
+    control::selection::{Decision, PodState, Selection},
+    control::Agent,
     discovery::{self, Verdict},
     k8s::cgroup,
-    procfs,
-    selection::{Decision, PodState, Selection},
+    proc::procfs,
 };
 
 /// Reasons a process is looked at and not watched (metric label values).
@@ -66,7 +67,7 @@ impl Agent {
         for pid in pids {
             self.consider_host(pid);
         }
-        let mut stats = self.shared.stats.lock().expect("stats lock");
+        let mut stats = lock(&self.shared.stats);
         stats.scans += 1;
         stats.scan_seconds += begun.elapsed().as_secs_f64();
     }
@@ -136,14 +137,7 @@ impl Agent {
         };
         host.declined.insert(pid, (start, why));
         if why != ATTACH_FAILED {
-            *self
-                .shared
-                .stats
-                .lock()
-                .expect("stats lock")
-                .skipped
-                .entry(why)
-                .or_default() += 1;
+            *lock(&self.shared.stats).skipped.entry(why).or_default() += 1;
         }
     }
 }
