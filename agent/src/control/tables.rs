@@ -37,7 +37,7 @@ impl Agent {
             let mut chans = HashSet::new();
             let mut observing = Duration::ZERO;
             lock(&self.shared.tracker).begin_scan(pid);
-            let mut apply = |part: Vec<scan::ScannedG>| {
+            let mut apply = |part: Vec<crate::tracker::input::ScannedG>| {
                 chans.extend(part.iter().filter_map(|g| g.chan.map(|c| c.address)));
                 let mut tracker = lock(&self.shared.tracker);
                 let locked = Instant::now();

@@ -7,7 +7,7 @@ use crate::{
     gobin::leaklayout::LeakLayout,
     gobin::{Frame, GoBinary},
     proc::procfs::bounded_to,
-    tracker::{verdict::Site, Symbols},
+    tracker::{Site, Symbols},
 };
 
 /// One analysed executable.

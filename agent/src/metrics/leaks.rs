@@ -15,7 +15,7 @@ use crate::{
     metrics::series::SeriesKey,
     metrics::{family, Labels},
     state::Shared,
-    tracker::{histogram::Histogram, verdict::Verdict, ProcessState},
+    tracker::{histogram::Histogram, ProcessState, Verdict},
 };
 
 pub mod names {

@@ -7,11 +7,15 @@
 
 use std::{collections::HashSet, io};
 
-use crate::{gobin::leaklayout::LeakLayout, gobin::GoBinary, proc::mem};
+use crate::tracker::input::{ChanState, ScannedG};
+use crate::{
+    gobin::{leaklayout::LeakLayout, GoBinary},
+    proc::mem,
+    tracker::input::G_WAITING,
+};
 
 /// `runtime._Gidle`, `_Gwaiting`, `_Gdead` and the `_Gscan` bit (runtime2.go; stable since Go 1.0).
 const G_IDLE: u32 = 0;
-pub const G_WAITING: u32 = 4;
 const G_DEAD: u32 = 6;
 /// Go ≥ 1.26: `_Gleaked`, a parked goroutine the runtime's own leak profile
 /// caught (still parked, wait reason kept), and `_Gdeadextra`, a dead g
@@ -31,33 +35,6 @@ pub const MAX_STACKS: usize = 4096;
 const CHUNK: usize = 16 * 1024;
 /// Global data read per scan when looking for channel references.
 const MAX_GLOBALS_BYTES: u64 = 32 << 20;
-
-/// A channel a goroutine is parked on, as read from memory.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ChanState {
-    pub address: u64,
-    pub qcount: u64,
-    pub dataqsiz: u64,
-    pub closed: bool,
-    /// Whether goroutines wait to receive from / send to it.
-    pub receivers_waiting: bool,
-    pub senders_waiting: bool,
-}
-
-/// One live goroutine as seen in memory.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct ScannedG {
-    pub goid: u64,
-    pub status: u32,
-    pub gopc: u64,
-    pub startpc: u64,
-    pub parent_goid: u64,
-    /// The runtime's waitReason value (meaningful while waiting).
-    pub waitreason: u8,
-    pub chan: Option<ChanState>,
-    /// Return addresses from the parked PC outward (runtime addresses).
-    pub stack: Vec<u64>,
-}
 
 /// Reads every live goroutine of process `pid`, whose executable is `bin`
 /// loaded with `bias` added to its link-time addresses. With `leak`, parked

@@ -14,7 +14,7 @@ use super::{scan, ScannedG, MAX_FRAMES, MAX_GOROUTINES};
 use crate::{
     gobin::leaklayout::LeakLayout,
     gobin::GoBinary,
-    tracker::{verdict::Site, ProcessInfo, Symbols, Tracker},
+    tracker::{ProcessInfo, Site, Symbols, Tracker},
 };
 
 /// Room for any g record the scan reads (its fields sit below 512 bytes).

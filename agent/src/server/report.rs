@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::tracker::{verdict::Site, ProcessState, Tracker};
+use crate::tracker::{MisuseReport, ProcessState, Tracker};
 
 /// The whole report, one entry per watched process.
 #[derive(Debug, Serialize, Deserialize)]
@@ -20,35 +20,6 @@ pub struct ProcessReport {
     pub double_closes: Vec<MisuseReport>,
     pub sends_on_closed: Vec<MisuseReport>,
     pub closes_of_nil: Vec<MisuseReport>,
-}
-
-/// A channel misuse site, with how often it happened.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct MisuseReport {
-    /// The goroutine's site (for a double close: the second closer).
-    pub site: SiteOut,
-    /// A double close's first closer.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub first_closer: Option<SiteOut>,
-    pub count: u64,
-}
-
-/// A site as printed (owned, deserializable for the CLI).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct SiteOut {
-    pub function: String,
-    pub file: String,
-    pub line: u32,
-}
-
-impl From<Site> for SiteOut {
-    fn from(s: Site) -> Self {
-        Self {
-            function: s.function,
-            file: s.file,
-            line: s.line,
-        }
-    }
 }
 
 /// Builds the report from the tracker's last evaluation.

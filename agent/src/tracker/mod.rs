@@ -3,18 +3,23 @@
 //!
 //! Nothing here touches the kernel, so it is unit-tested without root.
 
+mod goroutine;
+pub mod group;
 pub mod histogram;
+pub mod input;
 mod process;
+mod site;
 mod sitecache;
-pub mod verdict;
+mod verdict;
 
 use std::collections::{HashMap, HashSet};
 
 use gostray_common::{ChanEvent, EventKind, GoroutineEvent, CHAN_EVENT_SIZE, EVENT_SIZE};
+pub use group::{MisuseReport, Summary, Verdict};
 pub use process::{ProcessInfo, ProcessState};
-pub use verdict::{Summary, Symbols};
+pub use site::{Site, Symbols};
 
-use crate::proc::scan::ScannedG;
+use input::ScannedG;
 
 /// One decoded ring-buffer record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -160,8 +165,8 @@ impl Tracker {
             .misuse
             .iter()
             .map(|(m, &count)| {
-                let report = crate::server::report::MisuseReport {
-                    site: verdict::user_site(&m.pcs, symbols).into(),
+                let report = MisuseReport {
+                    site: site::user_site(&m.pcs, symbols).into(),
                     first_closer: (m.kind == EventKind::DoubleClose).then(|| site(m.other_pc)),
                     count,
                 };

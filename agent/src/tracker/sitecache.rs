@@ -5,8 +5,8 @@
 use std::cell::RefCell;
 
 use super::{
-    process::GoidMap,
-    verdict::{Site, Symbols},
+    goroutine::GoidMap,
+    site::{Site, Symbols},
 };
 
 /// Distinct PCs remembered; the memo starts over past this.

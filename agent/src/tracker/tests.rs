@@ -150,7 +150,7 @@ fn removing_a_process_forgets_it() {
 fn a_tracked_goroutine_takes_56_bytes() {
     // A million may be tracked: the table's cost per goroutine is this plus
     // the key and the hash table's slack (see docs/BENCHMARKS.md).
-    assert_eq!(std::mem::size_of::<super::process::Goroutine>(), 56);
+    assert_eq!(std::mem::size_of::<super::goroutine::Goroutine>(), 56);
 }
 
 #[test]

@@ -4,11 +4,12 @@ use std::collections::{HashMap, HashSet};
 
 use gostray_common::{EventKind, GoroutineEvent};
 
+use super::input::{ChanState, ScannedG, G_WAITING};
 use super::{
-    verdict::{Creator, Site, Symbols, Verdict},
+    group::{Creator, Verdict},
+    site::{Site, Symbols},
     Event, ProcessInfo, Tracker,
 };
-use crate::proc::scan::{ChanState, ScannedG, G_WAITING};
 
 const PID: u32 = 1;
 const SEC: u64 = 1_000_000_000;
@@ -374,16 +375,16 @@ impl Symbols for ByName {
     }
 }
 
-fn parked_on(stack: Vec<u64>) -> super::process::Goroutine {
-    super::process::Goroutine::scanned(
+fn parked_on(stack: Vec<u64>) -> super::goroutine::Goroutine {
+    super::goroutine::Goroutine::scanned(
         0xa000,
-        super::process::Seen::new(G_WAITING, RECV, None, stack),
+        super::goroutine::Seen::new(G_WAITING, RECV, None, stack),
     )
 }
 
 #[test]
 fn a_goroutine_is_named_by_its_inlined_function_past_hidden_wrappers() {
-    use super::verdict::{stack_of, start_function};
+    use super::site::{stack_of, start_function};
     let g = parked_on(vec![0x7000, 0x8011, 0x9001]);
     assert_eq!(start_function(&g, &Inlined), "main.(*Tx).awaitDone");
     let names: Vec<String> = stack_of(&g, &Inlined)
