@@ -11,7 +11,10 @@ use prometheus_client::{
 use crate::lock::lock;
 use crate::{
     k8s::ApiError,
-    metrics::{family, names, Labels},
+    metrics::{
+        family::{family, Labels},
+        names,
+    },
     state::Shared,
 };
 

@@ -13,25 +13,13 @@ use prometheus_client::{
 use crate::lock::lock;
 use crate::{
     metrics::series::SeriesKey,
-    metrics::{family, Labels},
+    metrics::{
+        family::{family, Labels},
+        names,
+    },
     state::Shared,
     tracker::{histogram::Histogram, ProcessState, Verdict},
 };
-
-pub mod names {
-    pub const LEAKED: &str = "gostray_leaked_goroutines";
-    pub const SUSPECT: &str = "gostray_suspect_goroutines";
-    pub const BLOCKED_SENDERS: &str = "gostray_blocked_senders";
-    pub const BLOCKED: &str = "gostray_goroutines_blocked";
-    pub const RECONCILED: &str = "gostray_goroutines_reconciled";
-    pub const DOUBLE_CLOSES: &str = "gostray_channel_double_closes";
-    pub const SENDS_ON_CLOSED: &str = "gostray_channel_sends_on_closed";
-    pub const NIL_CLOSES: &str = "gostray_channel_nil_closes";
-    pub const LIFETIME: &str = "gostray_goroutine_lifetime_seconds";
-    pub const TABLE_SCANS: &str = "gostray_goroutine_scans";
-    pub const TABLE_SCAN_SECONDS: &str = "gostray_goroutine_scan_seconds";
-    pub const LAYOUT_GUESSED: &str = "gostray_binaries_layout_guessed";
-}
 
 /// Leak and suspect series per label set: the top sites by count, the
 /// rest folded into `function="other"` so cardinality stays bounded.
@@ -104,45 +92,49 @@ fn top_sites(
     out
 }
 
+/// Sums what the processes of each series have, by series.
+fn rows(procs: &[(u32, &ProcessState)], shared: &Shared) -> BTreeMap<SeriesKey, Row> {
+    let mut rows: BTreeMap<SeriesKey, Row> = BTreeMap::new();
+    let table = lock(&shared.series);
+    for (pid, p) in procs {
+        let Some(key) = table.key(*pid) else { continue };
+        let row = rows.entry(key.clone()).or_default();
+        for g in &p.groups {
+            let map = if g.verdict == Verdict::Leak {
+                &mut row.leaked
+            } else {
+                &mut row.suspect
+            };
+            *map.entry((g.wait_class, g.blocked_at.function.clone()))
+                .or_default() += g.count;
+        }
+        row.blocked_senders += p.summary.blocked_senders;
+        for (class, n) in &p.summary.blocked_by_class {
+            *row.blocked.entry(class).or_default() += n;
+        }
+        row.reconciled[0] += p.reconciled_creates;
+        row.reconciled[1] += p.reconciled_exits;
+        for (i, kind) in [
+            EventKind::DoubleClose,
+            EventKind::SendClosed,
+            EventKind::CloseNil,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            row.misuse[i] += p.misuse_total.get(&kind).copied().unwrap_or(0);
+        }
+        row.lifetimes.merge(&p.lifetimes);
+    }
+    rows
+}
+
 pub(crate) fn encode(
     enc: &mut DescriptorEncoder,
     procs: &[(u32, &ProcessState)],
     shared: &Shared,
 ) -> fmt::Result {
-    let mut rows: BTreeMap<SeriesKey, Row> = BTreeMap::new();
-    {
-        let table = lock(&shared.series);
-        for (pid, p) in procs {
-            let Some(key) = table.key(*pid) else { continue };
-            let row = rows.entry(key.clone()).or_default();
-            for g in &p.groups {
-                let map = if g.verdict == Verdict::Leak {
-                    &mut row.leaked
-                } else {
-                    &mut row.suspect
-                };
-                *map.entry((g.wait_class, g.blocked_at.function.clone()))
-                    .or_default() += g.count;
-            }
-            row.blocked_senders += p.summary.blocked_senders;
-            for (class, n) in &p.summary.blocked_by_class {
-                *row.blocked.entry(class).or_default() += n;
-            }
-            row.reconciled[0] += p.reconciled_creates;
-            row.reconciled[1] += p.reconciled_exits;
-            for (i, kind) in [
-                EventKind::DoubleClose,
-                EventKind::SendClosed,
-                EventKind::CloseNil,
-            ]
-            .into_iter()
-            .enumerate()
-            {
-                row.misuse[i] += p.misuse_total.get(&kind).copied().unwrap_or(0);
-            }
-            row.lifetimes.merge(&p.lifetimes);
-        }
-    }
+    let rows = rows(procs, shared);
     family(
         enc,
         names::LEAKED,
@@ -191,6 +183,15 @@ pub(crate) fn encode(
         MetricType::Counter,
         reconciled,
     )?;
+    misuse_and_lifetimes(enc, &rows)?;
+    scan_costs(enc, shared)
+}
+
+/// Channel misuse counters and goroutine lifetimes, per series.
+fn misuse_and_lifetimes(
+    enc: &mut DescriptorEncoder,
+    rows: &BTreeMap<SeriesKey, Row>,
+) -> fmt::Result {
     for (i, (name, help)) in [
         (
             names::DOUBLE_CLOSES,
@@ -225,7 +226,11 @@ pub(crate) fn encode(
         rows.iter()
             .map(|(k, r)| (k.labels(), ConstHistogram(r.lifetimes.clone()))),
     )?;
+    Ok(())
+}
 
+/// What the goroutine table scans cost, agent-wide.
+fn scan_costs(enc: &mut DescriptorEncoder, shared: &Shared) -> fmt::Result {
     let stats = lock(&shared.stats);
     family(
         enc,

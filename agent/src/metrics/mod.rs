@@ -2,7 +2,9 @@
 //! so a process that goes away takes its series with it.
 
 mod agent;
+mod family;
 mod leaks;
+pub mod names;
 pub mod series;
 pub mod text;
 
@@ -10,49 +12,18 @@ use std::{collections::BTreeMap, fmt, sync::Arc};
 
 use prometheus_client::{
     collector::Collector,
-    encoding::{DescriptorEncoder, EncodeMetric},
+    encoding::DescriptorEncoder,
     metrics::{counter::ConstCounter, gauge::ConstGauge, MetricType},
     registry::Registry,
 };
 
+use self::family::{family, Labels};
 use crate::lock::lock;
 use crate::{
     metrics::series::{Counters, SeriesKey},
     state::Shared,
     tracker::ProcessState,
 };
-
-/// Metric names, in one place.
-pub mod names {
-    pub const BUILD_INFO: &str = "gostray_build_info";
-    pub const GOROUTINES: &str = "gostray_goroutines";
-    pub const CREATED: &str = "gostray_goroutines_created";
-    pub const EXITED: &str = "gostray_goroutines_exited";
-    pub const UNTRACKED: &str = "gostray_goroutines_untracked";
-    pub const LOST: &str = "gostray_events_lost";
-    pub const ATTACHED: &str = "gostray_attached_processes";
-    pub const ATTACHED_BINARIES: &str = "gostray_attached_binaries";
-    pub const PROBE_ERRORS: &str = "gostray_probe_errors";
-    pub const ATTACH_FAILURES: &str = "gostray_attach_failures";
-    pub const STRAY_EVENTS: &str = "gostray_stray_events";
-    pub const WATCHED: &str = "gostray_watched_processes";
-    pub const ATTACHES: &str = "gostray_attaches";
-    pub const PROCESS_INFO: &str = "gostray_process_info";
-    pub const SKIPPED: &str = "gostray_processes_skipped";
-    pub const PROC_EVENTS_LOST: &str = "gostray_process_events_lost";
-    pub const SCANS: &str = "gostray_discovery_scans";
-    pub const SCAN_SECONDS: &str = "gostray_discovery_scan_seconds";
-    pub const TABLE_ENTRIES: &str = "gostray_table_entries";
-    pub const SERIES: &str = "gostray_series";
-    pub const SERIES_FOLDED: &str = "gostray_series_folded";
-    pub const KUBE_PODS: &str = "gostray_kube_pods_cached";
-    pub const KUBE_CONTAINERS: &str = "gostray_kube_containers_cached";
-    pub const KUBE_SYNCED: &str = "gostray_kube_synced";
-    pub const KUBE_WATCH_ERRORS: &str = "gostray_kube_watch_errors";
-    pub const KUBE_API_ERRORS: &str = "gostray_kube_api_errors";
-}
-
-pub(crate) type Labels = Vec<(&'static str, String)>;
 
 #[derive(Debug)]
 struct AgentCollector(Arc<Shared>);
@@ -107,47 +78,6 @@ fn series_rows(procs: &[(u32, &ProcessState)], shared: &Shared) -> BTreeMap<Seri
         row.counters += table.retired(key);
     }
     rows
-}
-
-pub(crate) fn family<M: EncodeMetric>(
-    enc: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    kind: MetricType,
-    series: impl IntoIterator<Item = (Labels, M)>,
-) -> fmt::Result {
-    let mut metric = enc.encode_descriptor(name, help, None, kind)?;
-    for (labels, value) in series {
-        if labels.is_empty() {
-            // `name{} 1` is legal but noisy; a bare sample reads better.
-            value.encode(metric)?;
-            return Ok(());
-        }
-        // prometheus-client (0.24) writes label values as they are: a quote
-        // in an executable or function name would end the value early, break
-        // the whole page for the scraper and let a target forge labels.
-        let labels: Labels = labels
-            .into_iter()
-            .map(|(k, v)| (k, escape_label_value(&v)))
-            .collect();
-        value.encode(metric.encode_family(&labels)?)?;
-    }
-    Ok(())
-}
-
-/// Escapes a label value for the text formats: backslash, double quote
-/// and line feed, as the exposition format specifies.
-fn escape_label_value(v: &str) -> String {
-    let mut out = String::with_capacity(v.len());
-    for c in v.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 /// The per-process families, one series per label set.
@@ -300,8 +230,6 @@ mod tests {
 
     #[test]
     fn hostile_label_values_are_escaped() {
-        assert_eq!(escape_label_value(r#"a"b\c"#), r#"a\"b\\c"#);
-        assert_eq!(escape_label_value("x\ny"), r"x\ny");
         let shared = Arc::new(Shared::new(10, 10));
         let exe = r#"svc",pid="1\"#;
         lock(&shared.tracker).add_process(

@@ -3,6 +3,7 @@
 //!
 //! Nothing here touches the kernel, so it is unit-tested without root.
 
+mod evidence;
 mod goroutine;
 pub mod group;
 pub mod histogram;

@@ -1,0 +1,43 @@
+//! Every metric name the agent serves, in one place (counters without
+//! their `_total`, which the encoder adds).
+
+pub const BUILD_INFO: &str = "gostray_build_info";
+pub const GOROUTINES: &str = "gostray_goroutines";
+pub const CREATED: &str = "gostray_goroutines_created";
+pub const EXITED: &str = "gostray_goroutines_exited";
+pub const UNTRACKED: &str = "gostray_goroutines_untracked";
+pub const LOST: &str = "gostray_events_lost";
+pub const ATTACHED: &str = "gostray_attached_processes";
+pub const ATTACHED_BINARIES: &str = "gostray_attached_binaries";
+pub const PROBE_ERRORS: &str = "gostray_probe_errors";
+pub const ATTACH_FAILURES: &str = "gostray_attach_failures";
+pub const STRAY_EVENTS: &str = "gostray_stray_events";
+pub const WATCHED: &str = "gostray_watched_processes";
+pub const ATTACHES: &str = "gostray_attaches";
+pub const PROCESS_INFO: &str = "gostray_process_info";
+pub const SKIPPED: &str = "gostray_processes_skipped";
+pub const PROC_EVENTS_LOST: &str = "gostray_process_events_lost";
+pub const SCANS: &str = "gostray_discovery_scans";
+pub const SCAN_SECONDS: &str = "gostray_discovery_scan_seconds";
+pub const TABLE_ENTRIES: &str = "gostray_table_entries";
+pub const SERIES: &str = "gostray_series";
+pub const SERIES_FOLDED: &str = "gostray_series_folded";
+pub const KUBE_PODS: &str = "gostray_kube_pods_cached";
+pub const KUBE_CONTAINERS: &str = "gostray_kube_containers_cached";
+pub const KUBE_SYNCED: &str = "gostray_kube_synced";
+pub const KUBE_WATCH_ERRORS: &str = "gostray_kube_watch_errors";
+pub const KUBE_API_ERRORS: &str = "gostray_kube_api_errors";
+
+// The leak detector's families.
+pub const LEAKED: &str = "gostray_leaked_goroutines";
+pub const SUSPECT: &str = "gostray_suspect_goroutines";
+pub const BLOCKED_SENDERS: &str = "gostray_blocked_senders";
+pub const BLOCKED: &str = "gostray_goroutines_blocked";
+pub const RECONCILED: &str = "gostray_goroutines_reconciled";
+pub const DOUBLE_CLOSES: &str = "gostray_channel_double_closes";
+pub const SENDS_ON_CLOSED: &str = "gostray_channel_sends_on_closed";
+pub const NIL_CLOSES: &str = "gostray_channel_nil_closes";
+pub const LIFETIME: &str = "gostray_goroutine_lifetime_seconds";
+pub const TABLE_SCANS: &str = "gostray_goroutine_scans";
+pub const TABLE_SCAN_SECONDS: &str = "gostray_goroutine_scan_seconds";
+pub const LAYOUT_GUESSED: &str = "gostray_binaries_layout_guessed";
