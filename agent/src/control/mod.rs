@@ -4,6 +4,10 @@
 //! detach, rescan); the drain thread (`drain.rs`) owns the ring buffer.
 //! Both feed the shared tracker that the HTTP server reads.
 
+mod attach;
+
+pub use attach::validate_targets;
+use attach::Rejected;
 mod host;
 mod labels;
 mod lifecycle;
@@ -21,19 +25,16 @@ use std::{
 use anyhow::Context;
 use aya::maps::{MapData, RingBuf};
 
-use crate::lock::lock;
 use crate::{
     cli::config::RunArgs,
     control::host::Host,
     control::target::Target,
-    discovery::{self, BoundedMap, Classifier, Fingerprint, ProcWatch, Verdict, VERDICT_CACHE},
-    gobin::{GoBinError, GoBinary},
-    k8s::{self, cgroup::Placement},
+    discovery::{BoundedMap, Classifier, ProcWatch, VERDICT_CACHE},
+    gobin::GoBinary,
+    k8s::cgroup::Placement,
     kernel::Kernel,
     proc::procfs::{self, FileId},
-    proc::scan,
     state::Shared,
-    tracker::ProcessInfo,
 };
 
 /// A process being watched.
@@ -81,47 +82,6 @@ pub struct Agent {
     pub(crate) scan_every: Duration,
     pub(crate) last_table_scan: Option<Instant>,
 }
-
-/// Checks the targets named on the command line before anything is loaded,
-/// so a typo gets one clear line. Returns the `--binary` file identities.
-pub fn validate_targets(args: &RunArgs) -> anyhow::Result<Vec<(PathBuf, FileId)>> {
-    let mut binary_targets = Vec::new();
-    for path in &args.binaries {
-        let file = FileId::of(path).with_context(|| format!("binary {}", path.display()))?;
-        GoBinary::open(path).with_context(|| format!("{}", path.display()))?;
-        binary_targets.push((path.clone(), file));
-    }
-    for &pid in &args.pids {
-        if procfs::start_time(pid).is_err() {
-            anyhow::bail!("no process with PID {pid}");
-        }
-    }
-    Ok(binary_targets)
-}
-
-/// Why one process could not be attached, as a metric label.
-pub(crate) fn failure_reason(err: &anyhow::Error) -> &'static str {
-    match err.downcast_ref::<GoBinError>() {
-        Some(e) => e.reason(),
-        None if err.downcast_ref::<Gone>().is_some() => "exited",
-        None if let Some(known) = err.downcast_ref::<Rejected>() => known.reason,
-        None => "attach_error",
-    }
-}
-
-/// An executable already found unwatchable: the same answer again, without
-/// parsing it again or repeating the warning for each of its processes.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{why}")]
-pub(crate) struct Rejected {
-    reason: &'static str,
-    why: String,
-}
-
-/// The process went away while being attached: a race, not a fault.
-#[derive(Debug, thiserror::Error)]
-#[error("process exited during attach")]
-pub(crate) struct Gone;
 
 impl Agent {
     /// Loads the probes and attaches to every target named on the command
@@ -172,142 +132,6 @@ impl Agent {
         Ok((agent, ring))
     }
 
-    /// Attaches to one process: analyse its executable (cached), attach the
-    /// probes to that executable once, start the kernel's filter for the
-    /// PID, then read its goroutine table so goroutines that predate us count.
-    pub(crate) fn attach(&mut self, pid: u32) -> anyhow::Result<()> {
-        let start_time = procfs::start_time(pid).map_err(|_| Gone)?;
-        let fp = discovery::fingerprint(pid).map_err(|_| Gone)?;
-        let result = self.attach_as(pid, start_time, fp);
-        if result.is_err() {
-            // Probes attached for a process that then failed must not stay.
-            self.release_if_unused(fp.file);
-            // A process that exited halfway (its /proc entry, or the PID
-            // itself, gone) is a race, not a fault worth a warning.
-            if procfs::start_time(pid).ok() != Some(start_time) {
-                return Err(Gone.into());
-            }
-        }
-        result
-    }
-
-    fn attach_as(&mut self, pid: u32, start_time: u64, fp: Fingerprint) -> anyhow::Result<()> {
-        let file = fp.file;
-        // Opened through /proc/PID/exe: the file in the process's own root.
-        let exe = procfs::exe_path(pid);
-        let build_id = match self.classifier.classify(pid, fp).map_err(|_| Gone)? {
-            Verdict::Go { build_id } => build_id,
-            Verdict::NotGo => return Err(GoBinError::NotGo.into()),
-        };
-        let key = (file, build_id);
-        if let Some(known) = self.rejected.get(&key) {
-            return Err(known.clone().into());
-        }
-        let bin = match self.binaries.get(&key) {
-            Some(bin) => bin.clone(),
-            None => match GoBinary::open(&exe) {
-                Ok(bin) => {
-                    let bin = Arc::new(bin);
-                    self.binaries.insert(key, bin.clone());
-                    bin
-                }
-                Err(e) => {
-                    // An unreadable file may be a process gone mid-read: only
-                    // verdicts about the binary itself are remembered.
-                    if !matches!(e, GoBinError::Io { .. }) {
-                        let e = anyhow::Error::from(e);
-                        let known = Rejected {
-                            reason: failure_reason(&e),
-                            why: e.to_string(),
-                        };
-                        self.rejected.insert(key, known);
-                        return Err(e);
-                    }
-                    return Err(e.into());
-                }
-            },
-        };
-        if bin.layout_source.is_guess() {
-            tracing::warn!(pid, go = %bin.version, layout = ?bin.layout_source,
-                "no DWARF and no offsets for this exact Go release: using another release's layout");
-            lock(&self.shared.stats)
-                .layout_guessed
-                .insert((file.dev, file.ino));
-        }
-        let target = Arc::new(Target::new(bin.clone()));
-        self.kernel.attach_binary(file, &exe, &target)?;
-        self.idle_binaries.remove(&file);
-        let bias = if bin.pie {
-            procfs::image_start(pid, file)
-                .map_err(|_| Gone)?
-                .context("executable mapping not found in /proc/PID/maps")?
-                .wrapping_sub(bin.image_base)
-        } else {
-            0
-        };
-        let exe_name = procfs::exe_name(pid).unwrap_or_default();
-        let placement = k8s::cgroup::placement(pid);
-        let (key, labelled) = self.series_key(pid, &exe_name, &placement);
-        let info = ProcessInfo {
-            exe: exe_name,
-            go_version: bin.version.to_string(),
-        };
-        {
-            let mut tracker = lock(&self.shared.tracker);
-            tracker.add_process(pid, info);
-            if let Some(p) = tracker.process_mut(pid) {
-                p.bias = bias;
-                p.wait_reasons.clone_from(&bin.wait_reasons);
-            }
-        }
-        lock(&self.shared.series).assign(pid, key);
-        self.watched.insert(
-            pid,
-            Watched {
-                start_time,
-                file,
-                bias,
-                target: target.clone(),
-                placement,
-                labelled,
-            },
-        );
-        if let Err(e) = self.kernel.watch(pid, &target) {
-            self.forget(pid);
-            return Err(e);
-        }
-        // The exit notice only fires for PIDs in the watch map: a process
-        // that exited before it got there would never be forgotten.
-        if !procfs::alive(pid, start_time) {
-            self.forget(pid);
-            return Err(Gone.into());
-        }
-        lock(&self.shared.stats).attaches += 1;
-        let begun = Instant::now();
-        // A failed scan still leaves the process watched: its counts are then
-        // only those of events since attach.
-        let scanned = scan::scan(pid, &bin, None, bias, &|_| false).unwrap_or_else(|e| {
-            if procfs::running_since(pid).is_some() {
-                tracing::warn!(pid, error = %e, "goroutine table scan failed");
-            } else {
-                tracing::debug!(pid, "exited during attach");
-            }
-            Vec::new()
-        });
-        lock(&self.shared.tracker).merge_scan(pid, &scanned);
-        tracing::info!(
-            pid,
-            go = %bin.version,
-            goroutines = scanned.len(),
-            leak_probes = target.leak.as_ref().map_or(0, crate::gobin::leaklayout::LeakLayout::probe_count),
-            create_site = format_args!("{:#x} ({:?})", bin.create_site.address, bin.create_site.kind),
-            exit_site = format_args!("{:#x} ({:?})", bin.exit_site.address, bin.exit_site.kind),
-            scan_ms = begun.elapsed().as_secs_f64() * 1e3,
-            "attached"
-        );
-        Ok(())
-    }
-
     /// Attaches to processes of the `--binary` targets, or in whole-host mode
     /// to every selected Go process, that are not watched yet.
     pub(crate) fn discover(&mut self) {
@@ -355,28 +179,6 @@ impl Agent {
         }
         if let Err(e) = self.attach(pid) {
             self.count_failure(pid, &e);
-        }
-    }
-
-    pub(crate) fn count_failure(&self, pid: u32, e: &anyhow::Error) {
-        let reason = failure_reason(e);
-        // A process that exited while being attached is a race, not a
-        // failure: short-lived processes would page through the
-        // attach-failure alert otherwise.
-        if reason == "exited" {
-            tracing::debug!(pid, "exited during attach");
-            return;
-        }
-        *lock(&self.shared.stats)
-            .attach_failures
-            .entry(reason)
-            .or_default() += 1;
-        if reason == "exited" {
-            tracing::debug!(pid, "exited during attach");
-        } else if e.downcast_ref::<Rejected>().is_some() {
-            tracing::debug!(pid, error = %e, "not watchable (known executable)");
-        } else {
-            tracing::warn!(pid, error = format!("{e:#}"), "attach failed");
         }
     }
 }
