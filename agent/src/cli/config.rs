@@ -5,7 +5,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::control::selection::Rule;
+use crate::{control::selection::Rule, gobin::sites::ProbeGroup};
 
 /// Finds stray goroutines in running, unmodified Go programs.
 ///
@@ -61,6 +61,15 @@ impl ProbeGroups {
         park: true,
         misuse: true,
     };
+
+    /// Whether the registry's `group` is chosen.
+    pub fn has(self, group: ProbeGroup) -> bool {
+        match group {
+            ProbeGroup::Lifecycle => self.lifecycle,
+            ProbeGroup::Park => self.park,
+            ProbeGroup::Misuse => self.misuse,
+        }
+    }
 
     /// The groups' names, for logs ("none" when empty).
     pub fn names(self) -> String {

@@ -14,7 +14,7 @@ use super::{target::Target, Agent, Watched};
 use crate::{
     cli::config::RunArgs,
     discovery::{self, Fingerprint, Verdict},
-    gobin::{GoBinError, GoBinary},
+    gobin::{sites::ProbeGroup, GoBinError, GoBinary},
     k8s,
     lock::lock,
     proc::{
@@ -217,7 +217,7 @@ impl Agent {
             pid,
             go = %bin.version,
             goroutines = scanned.len(),
-            leak_probes = target.leak.as_ref().map_or(0, crate::gobin::leaklayout::LeakLayout::probe_count),
+            leak_probes = bin.sites.iter().filter(|s| s.attach && s.spec.group != ProbeGroup::Lifecycle).count(),
             create_site = format_args!("{:#x} ({:?})", bin.create_site.address, bin.create_site.kind),
             exit_site = format_args!("{:#x} ({:?})", bin.exit_site.address, bin.exit_site.kind),
             scan_ms = begun.elapsed().as_secs_f64() * 1e3,

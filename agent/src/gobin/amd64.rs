@@ -269,3 +269,18 @@ mod tests {
         assert!(call_site(0x1000, &code, 0x2000).is_err());
     }
 }
+
+/// The last RIP-relative `lea rbx, [rip+…]` of `code`: the `plainError`
+/// string header a following `gopanic` call receives (its interface data
+/// word is the second argument register).
+pub fn panic_string(address: u64, code: &[u8]) -> Option<u64> {
+    decode(address, code)
+        .filter(|i| {
+            i.mnemonic() == Mnemonic::Lea
+                && i.op0_register() == ARG_REGS[1]
+                && i.op1_kind() == OpKind::Memory
+                && i.is_ip_rel_memory_operand()
+        })
+        .last()
+        .map(|i| i.ip_rel_memory_address())
+}

@@ -291,6 +291,9 @@ fn choose_all<'a>(
                 name: spec.name,
                 function: spec.function,
                 site,
+                spec,
+                attach: spec.panic_message.is_none()
+                    || panics_with(arch, image, spec, found, code, site.address) != Some(false),
             })),
             Err(e) if spec.required => return Err(e),
             Err(e) => {
@@ -299,6 +302,29 @@ fn choose_all<'a>(
         }
     }
     Ok(chosen)
+}
+
+/// Whether the `gopanic` call at `call` in `spec`'s function panics with
+/// the spec's message, read from the string header the code passes it;
+/// `None` when that cannot be read.
+fn panics_with<'a>(
+    arch: &dyn Arch,
+    image: &Image,
+    spec: &sites::SiteSpec,
+    found: &HashMap<&str, Func>,
+    code: impl Fn(&Func) -> Option<&'a [u8]>,
+    call: u64,
+) -> Option<bool> {
+    let f = found.get(spec.function)?;
+    let before = code(f)?.get(..usize::try_from(call.checked_sub(f.entry)?).ok()?)?;
+    let header = arch.panic_string(f.entry, before)?;
+    let raw = image.at(header, 16)?;
+    let ptr = u64::from_le_bytes(raw[..8].try_into().ok()?);
+    let len = u64::from_le_bytes(raw[8..16].try_into().ok()?);
+    if len > 256 {
+        return None;
+    }
+    Some(image.at(ptr, usize::try_from(len).ok()?)? == spec.panic_message?)
 }
 
 /// `(address, size)` of the few data symbols read from `.symtab`.

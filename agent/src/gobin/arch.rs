@@ -25,6 +25,11 @@ pub trait Arch: Sync {
 
     /// `(runtime.waitReasonStrings, length)` from `runtime.waitReason.String`.
     fn wait_reason_table(&self, address: u64, code: &[u8]) -> Option<(u64, u64)>;
+
+    /// The address of the string header a `gopanic(plainError(...))` call
+    /// ending `code` (which starts at `address`) passes: where the code
+    /// last loaded the argument register from static data.
+    fn panic_string(&self, address: u64, code: &[u8]) -> Option<u64>;
 }
 
 /// x86-64, Go's `ABIInternal` (Go ≥ 1.17).
@@ -63,6 +68,10 @@ impl Arch for Amd64 {
 
     fn wait_reason_table(&self, address: u64, code: &[u8]) -> Option<(u64, u64)> {
         amd64::wait_reason_table(address, code)
+    }
+
+    fn panic_string(&self, address: u64, code: &[u8]) -> Option<u64> {
+        amd64::panic_string(address, code)
     }
 }
 

@@ -292,6 +292,8 @@ impl GoBinary {
         })
     }
 
+    // Interface for the tests (and the coming heap walker) so far.
+    #[allow(dead_code)]
     /// The bytes of `range` in the mapped file: a function's machine code,
     /// or static data the code points at.
     pub fn code(&self, range: FuncRange) -> Option<&[u8]> {

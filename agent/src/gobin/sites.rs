@@ -1,7 +1,13 @@
-//! Where the probes go: a declarative list of sites, each a function and a
-//! rule for finding the instruction inside it. Adding a probe site is one
-//! entry in [`SITES`]; the decoding lives behind [`super::arch::Arch`].
+//! The probe registry: every probe site, each a function, a rule for
+//! finding the instruction inside it, the kernel program it runs and the
+//! `--probes` group it belongs to. Adding a probe site is one entry in
+//! [`SITES`] (plus its kernel program); the decoding lives behind
+//! [`super::arch::Arch`], and attaching only filters this list.
 
+use gostray_common::{
+    block_cookie, PROG_CHAN_CLOSE, PROG_GOROUTINE_BLOCK, PROG_GOROUTINE_CREATE,
+    PROG_GOROUTINE_EXIT, PROG_SEND_CLOSED,
+};
 use serde::Serialize;
 
 /// How the kernel will execute the probed instruction. Every kind here is
@@ -39,6 +45,17 @@ pub enum Find {
     Entry { live_args: &'static [usize] },
 }
 
+/// Which `--probes` group a site belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProbeGroup {
+    /// Goroutine creation and exit.
+    Lifecycle,
+    /// Parks on blocking paths.
+    Park,
+    /// Channel misuse.
+    Misuse,
+}
+
 /// One line of the site list.
 #[derive(Debug, Clone, Copy)]
 pub struct SiteSpec {
@@ -50,6 +67,14 @@ pub struct SiteSpec {
     /// A required site missing makes the binary unsupported; an optional
     /// one is reported as absent.
     pub required: bool,
+    /// The kernel program attached there (a `PROG_*` name of `common`).
+    pub program: &'static str,
+    pub group: ProbeGroup,
+    /// The attach cookie the program reads (`bpf_get_attach_cookie`).
+    pub cookie: Option<u64>,
+    /// For a call to `gopanic`: attach only where the panic's message is
+    /// this one (a call whose message cannot be read is kept).
+    pub panic_message: Option<&'static [u8]>,
 }
 
 /// Goroutine creation: `runtime.newproc.func1` calls `runqput(pp, newg,
@@ -68,66 +93,132 @@ pub const SITE_CLOSE: &str = "close";
 /// The `gopanic` calls in `runtime.chansend`: "send on closed channel".
 pub const SITE_SEND_CLOSED: &str = "send_closed";
 
-/// An optional site rule (the leak probes: a binary without them still
-/// gets goroutine counts).
-const fn optional(name: &'static str, function: &'static str, find: Find) -> SiteSpec {
+/// The message of the panics the send-on-closed probe is for; chansend
+/// has others (Go 1.24+: "send on synctest channel from outside bubble").
+const SEND_ON_CLOSED: &[u8] = b"send on closed channel";
+
+/// A required lifecycle site.
+const fn lifecycle(
+    name: &'static str,
+    function: &'static str,
+    find: Find,
+    program: &'static str,
+) -> SiteSpec {
+    SiteSpec {
+        name,
+        function,
+        find,
+        required: true,
+        program,
+        group: ProbeGroup::Lifecycle,
+        cookie: None,
+        panic_message: None,
+    }
+}
+
+/// An optional site (the leak probes: a binary without them still gets
+/// goroutine counts).
+const fn optional(
+    name: &'static str,
+    function: &'static str,
+    find: Find,
+    program: &'static str,
+    group: ProbeGroup,
+) -> SiteSpec {
     SiteSpec {
         name,
         function,
         find,
         required: false,
+        program,
+        group,
+        cookie: None,
+        panic_message: None,
     }
 }
 
-/// The parks of `function`: its calls to `runtime.gopark`.
-const fn parks(name: &'static str, function: &'static str) -> SiteSpec {
-    optional(name, function, Find::CallsTo("runtime.gopark"))
+/// The parks of `function`: its calls to `runtime.gopark`, whose lock is
+/// `&hchan.lock` when `chan_lock`.
+const fn parks(name: &'static str, function: &'static str, chan_lock: bool) -> SiteSpec {
+    SiteSpec {
+        cookie: Some(block_cookie::encode(false, chan_lock)),
+        ..optional(
+            name,
+            function,
+            Find::CallsTo("runtime.gopark"),
+            PROG_GOROUTINE_BLOCK,
+            ProbeGroup::Park,
+        )
+    }
 }
 
 /// Its calls to `runtime.goparkunlock`, where the compiler kept them.
 const fn unlock_parks(function: &'static str) -> SiteSpec {
-    optional(
-        SITE_BLOCK_UNLOCK,
-        function,
-        Find::CallsTo("runtime.goparkunlock"),
-    )
+    SiteSpec {
+        cookie: Some(block_cookie::encode(true, false)),
+        ..optional(
+            SITE_BLOCK_UNLOCK,
+            function,
+            Find::CallsTo("runtime.goparkunlock"),
+            PROG_GOROUTINE_BLOCK,
+            ProbeGroup::Park,
+        )
+    }
 }
 
 /// Every probe site, in attach order.
 pub const SITES: &[SiteSpec] = &[
-    SiteSpec {
-        name: SITE_CREATE,
-        function: "runtime.newproc.func1",
-        find: Find::CallTo("runtime.runqput"),
-        required: true,
-    },
-    SiteSpec {
-        name: SITE_EXIT,
-        function: "runtime.goexit0",
-        find: Find::Entry { live_args: &[0] },
-        required: true,
-    },
+    lifecycle(
+        SITE_CREATE,
+        "runtime.newproc.func1",
+        Find::CallTo("runtime.runqput"),
+        PROG_GOROUTINE_CREATE,
+    ),
+    lifecycle(
+        SITE_EXIT,
+        "runtime.goexit0",
+        Find::Entry { live_args: &[0] },
+        PROG_GOROUTINE_EXIT,
+    ),
     // Parking on the blocking paths only: these calls are never reached on
     // a channel's fast path, nor for network waits (netpoll parks elsewhere).
-    parks(SITE_BLOCK_CHAN, "runtime.chansend"),
-    parks(SITE_BLOCK_CHAN, "runtime.chanrecv"),
-    parks(SITE_BLOCK, "runtime.selectgo"),
-    parks(SITE_BLOCK, "runtime.block"),
-    parks(SITE_BLOCK, "runtime.semacquire1"),
+    parks(SITE_BLOCK_CHAN, "runtime.chansend", true),
+    parks(SITE_BLOCK_CHAN, "runtime.chanrecv", true),
+    parks(SITE_BLOCK, "runtime.selectgo", false),
+    parks(SITE_BLOCK, "runtime.block", false),
+    parks(SITE_BLOCK, "runtime.semacquire1", false),
     unlock_parks("runtime.semacquire1"),
-    parks(SITE_BLOCK, "runtime.notifyListWait"),
+    parks(SITE_BLOCK, "runtime.notifyListWait", false),
     unlock_parks("runtime.notifyListWait"),
     optional(
         SITE_CLOSE,
         "runtime.closechan",
         Find::Entry { live_args: &[0] },
+        PROG_CHAN_CLOSE,
+        ProbeGroup::Misuse,
     ),
-    optional(
-        SITE_SEND_CLOSED,
-        "runtime.chansend",
-        Find::CallsTo("runtime.gopanic"),
-    ),
+    SiteSpec {
+        panic_message: Some(SEND_ON_CLOSED),
+        ..optional(
+            SITE_SEND_CLOSED,
+            "runtime.chansend",
+            Find::CallsTo("runtime.gopanic"),
+            PROG_SEND_CLOSED,
+            ProbeGroup::Misuse,
+        )
+    },
 ];
+
+/// The kernel programs the registry names, each once, in list order.
+pub fn programs() -> Vec<&'static str> {
+    let mut out: Vec<&'static str> = Vec::new();
+    for spec in SITES {
+        if !out.contains(&spec.program) {
+            out.push(spec.program);
+        }
+    }
+    out
+}
 
 /// A site found in a binary.
 #[derive(Debug, Clone, Serialize)]
@@ -135,6 +226,13 @@ pub struct ChosenSite {
     pub name: &'static str,
     pub function: &'static str,
     pub site: ProbeSite,
+    /// Its line of [`SITES`].
+    #[serde(skip)]
+    pub spec: &'static SiteSpec,
+    /// Whether the probe goes there: false for a `gopanic` call whose
+    /// message is not the spec's.
+    #[serde(skip)]
+    pub attach: bool,
 }
 
 impl SiteSpec {

@@ -18,8 +18,7 @@ use aya::{
 use aya_log::EbpfLogger;
 use gostray_common::{
     ProbeErrorKind, ProcConfig, GLOBAL_LOG_LEVEL, MAP_ERRORS, MAP_EVENTS, MAP_TARGETS,
-    OFFSET_ABSENT, PROG_CHAN_CLOSE, PROG_GOROUTINE_BLOCK, PROG_GOROUTINE_CREATE,
-    PROG_GOROUTINE_EXIT, PROG_SEND_CLOSED,
+    OFFSET_ABSENT,
 };
 
 use crate::{
@@ -31,47 +30,19 @@ use crate::{
 /// The kernel object, embedded at build time (see `build.rs`).
 static OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/gostray.bpf.o"));
 
-/// Every program, loaded once.
-const PROGRAMS: [&str; 5] = [
-    PROG_GOROUTINE_CREATE,
-    PROG_GOROUTINE_EXIT,
-    PROG_GOROUTINE_BLOCK,
-    PROG_CHAN_CLOSE,
-    PROG_SEND_CLOSED,
-];
-
 /// One probe to attach: program, file offset, attach cookie.
 type Placement = (&'static str, u64, Option<u64>);
 
-/// Where each program of the chosen groups goes in one binary. The leak
-/// probes come only with a leak layout (a binary without one still gets
-/// lifecycle counts).
+/// Where each program of the chosen groups goes in one binary: the probe
+/// registry's sites found in it, filtered by `--probes`.
 fn placements(target: &Target, groups: ProbeGroups) -> Vec<Placement> {
-    let bin = &target.bin;
-    let mut out = Vec::new();
-    if groups.lifecycle {
-        out.push((PROG_GOROUTINE_CREATE, bin.create_site.file_offset, None));
-        out.push((PROG_GOROUTINE_EXIT, bin.exit_site.file_offset, None));
-    }
-    let Some(leak) = &target.leak else {
-        return out;
-    };
-    if groups.park {
-        out.extend(
-            leak.block_sites
-                .iter()
-                .map(|s| (PROG_GOROUTINE_BLOCK, s.file_offset, Some(s.cookie))),
-        );
-    }
-    if groups.misuse {
-        out.extend(leak.close_site.map(|o| (PROG_CHAN_CLOSE, o, None)));
-        out.extend(
-            leak.send_closed_sites
-                .iter()
-                .map(|&o| (PROG_SEND_CLOSED, o, None)),
-        );
-    }
-    out
+    target
+        .bin
+        .sites
+        .iter()
+        .filter(|s| s.attach && groups.has(s.spec.group))
+        .map(|s| (s.spec.program, s.site.file_offset, s.spec.cookie))
+        .collect()
 }
 
 /// Loaded probes and their attachments. Dropping it detaches everything.
@@ -145,7 +116,7 @@ impl Kernel {
             KernelLog::Off => None,
             _ => Some(EbpfLogger::init(&mut ebpf).context("starting the kernel log reader")?),
         };
-        for name in PROGRAMS {
+        for name in crate::gobin::sites::programs() {
             let prog: &mut UProbe = ebpf
                 .program_mut(name)
                 .with_context(|| format!("program {name} missing from the eBPF object"))?
