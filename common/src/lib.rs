@@ -26,12 +26,8 @@ pub const PROG_CHAN_CLOSE: &str = "chan_close";
 /// Program fired at the `gopanic` calls in `runtime.chansend`: a send on a
 /// closed channel, about to panic.
 pub const PROG_SEND_CLOSED: &str = "chan_send_closed";
-/// Name of the LRU map from (pid, channel) to its first closer.
-pub const MAP_CLOSERS: &str = "CLOSERS";
-/// Bound on remembered first closers, across processes.
+/// Bound on remembered first closers (the kernel's `CLOSERS` LRU map), across processes.
 pub const MAX_CLOSERS: u32 = 16384;
-/// Name of the LRU map from (pid, g address) to the time of its last block event.
-pub const MAP_BLOCK_SEEN: &str = "BLOCK_SEEN";
 /// Bound on goroutines whose last block event time is remembered.
 pub const MAX_BLOCK_SEEN: u32 = 65536;
 /// A goroutine's block events closer together than this are not sent:
@@ -160,7 +156,7 @@ pub struct ChanEvent {
 /// Size of [`ChanEvent`] on the wire.
 pub const CHAN_EVENT_SIZE: usize = core::mem::size_of::<ChanEvent>();
 
-/// Key of [`MAP_CLOSERS`].
+/// Key of the kernel's `CLOSERS` map.
 #[repr(C)]
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
 pub struct CloserKey {
@@ -169,7 +165,7 @@ pub struct CloserKey {
     pub hchan: u64,
 }
 
-/// Key of [`MAP_BLOCK_SEEN`]: a goroutine by the address of its `runtime.g`,
+/// Key of the kernel's `BLOCK_SEEN` map: a goroutine by the address of its `runtime.g`,
 /// which the probe has in a register, so a throttled park reads nothing. A
 /// g reused by a new goroutine within the gap loses that goroutine's first
 /// block event; the scans still see it parked.
@@ -181,7 +177,7 @@ pub struct GKey {
     pub g: u64,
 }
 
-/// Value of [`MAP_CLOSERS`]: who closed the channel first.
+/// Value of the kernel's `CLOSERS` map: who closed the channel first.
 #[repr(C)]
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
 pub struct Closer {
@@ -280,3 +276,6 @@ const _: () = assert!(core::mem::size_of::<GoroutineEvent>() == 48);
 const _: () = assert!(core::mem::size_of::<ProcConfig>() == 48);
 const _: () = assert!(core::mem::size_of::<ChanEvent>() == 104);
 const _: () = assert!(core::mem::size_of::<ProcEvent>() == 8);
+const _: () = assert!(core::mem::size_of::<CloserKey>() == 16);
+const _: () = assert!(core::mem::size_of::<GKey>() == 16);
+const _: () = assert!(core::mem::size_of::<Closer>() == 16);

@@ -9,8 +9,6 @@ use gostray_common::{
     PROBE_ERROR_KINDS,
 };
 
-use crate::probes::G_SPAN_WORDS;
-
 /// Goroutine events for the agent. Sized by the agent at load time
 /// (`--ring-buffer-bytes`); this is only the default.
 #[map(name = "EVENTS")]
@@ -44,6 +42,10 @@ pub static PROC_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 /// Process notices dropped because `PROC_EVENTS` was full, per CPU (slot 0).
 #[map(name = "PROC_LOST")]
 pub static PROC_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Words in a [`G_SPAN`] slot. The slot is larger than the read, a power of two, so that a
+/// masked index is in bounds for the verifier whatever LLVM makes of it.
+pub const G_SPAN_WORDS: usize = 32;
 
 /// Per-CPU scratch for one read of a span of `runtime.g` (goid up to
 /// startpc): one `bpf_probe_read_user` instead of one per field, each of

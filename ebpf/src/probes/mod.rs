@@ -16,7 +16,7 @@ use aya_log_ebpf::debug;
 use core::intrinsics::{atomic_xadd, AtomicOrdering};
 use gostray_common::{ChanEvent, GoroutineEvent, ProbeErrorKind, ProcConfig, EVENT_PCS};
 
-use crate::maps::{ERRORS, EVENTS, TARGETS};
+use crate::maps::{ERRORS, EVENTS, G_SPAN_WORDS, TARGETS};
 
 /// Why a probe gave up; counted in `ERRORS`, never silently dropped.
 pub enum ProbeError {
@@ -58,9 +58,6 @@ fn read_pair(base: u64, offset: u32) -> Result<[u64; 2], ProbeError> {
 /// Words of `runtime.g` read at once from `goid` on: enough to reach
 /// `startpc` in every release from 1.19 to 1.27 (at most 20 words).
 const G_SPAN_READ: usize = 24;
-/// The scratch slot is larger than the read, a power of two, so that a
-/// masked index is in bounds for the verifier whatever LLVM makes of it.
-pub const G_SPAN_WORDS: usize = 32;
 
 /// The words of `runtime.g` at `g + from`, `G_SPAN_WORDS` of them, in
 /// this CPU's scratch slot.

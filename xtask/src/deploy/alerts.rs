@@ -11,10 +11,11 @@ use std::{
 use anyhow::{bail, Context};
 
 use super::{
-    e2e::{exe, Spawner, DEMO, SPAWNER},
     pending,
     prometheus::{poll, Prometheus},
-    unattachable, Tally,
+    unattachable,
+    workload::{exe, Spawner, DEMO, SPAWNER},
+    Tally,
 };
 use crate::util::Guard;
 

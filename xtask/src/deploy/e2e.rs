@@ -6,9 +6,8 @@
 //! (alerts.rs) run against the same Prometheus.
 
 use std::{
-    io::{BufRead, BufReader, Write},
-    path::{Path, PathBuf},
-    process::{ChildStdin, ChildStdout, Command, Stdio},
+    path::Path,
+    process::{Command, Stdio},
     time::Duration,
 };
 
@@ -18,75 +17,14 @@ use super::{
     alerts, caps, expressions,
     pending::{self, announce},
     prometheus::{fast_rules, poll, Prometheus},
-    unattachable, Tally,
+    unattachable,
+    workload::{copy_as_exe, exe, Spawner, DEMO, SPAWNER},
+    Tally,
 };
 use crate::util::{free_port, root, Guard};
 
 /// `for:` of every rule in the test copy, so alerts fire within seconds.
 const FAST_FOR: &str = "2s";
-pub(super) const DEMO: &str = "demo-1.27";
-pub(super) const SPAWNER: &str = "spawner-1.27";
-
-/// The executable name a workload runs under here: its fixture name made
-/// unique to this run. Whole-host mode sees every process on the machine,
-/// and another test run's fixtures (kernel tests, another worktree's
-/// end-to-end) must be neither watched nor alerted on here.
-pub(super) fn exe(fixture: &str) -> String {
-    format!("{fixture}-e2e{}", std::process::id())
-}
-
-/// A copy of `fixtures/<name>` in `work`, under its run's name.
-fn copy_as_exe(fixtures: &Path, name: &str, work: &Path) -> anyhow::Result<PathBuf> {
-    let to = work.join(exe(name));
-    std::fs::copy(fixtures.join(name), &to).with_context(|| format!("copying {name}"))?;
-    Ok(to)
-}
-
-/// The spawner fixture, driven over stdin.
-pub(super) struct Spawner {
-    _guard: Guard,
-    stdin: ChildStdin,
-    stdout: BufReader<ChildStdout>,
-}
-
-impl Spawner {
-    pub(super) fn start(binary: &Path) -> anyhow::Result<Self> {
-        let mut child = Command::new(binary)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("starting {}", binary.display()))?;
-        let stdin = child.stdin.take().expect("piped");
-        let stdout = BufReader::new(child.stdout.take().expect("piped"));
-        let mut s = Self {
-            _guard: Guard(child),
-            stdin,
-            stdout,
-        };
-        s.expect("ready")?;
-        Ok(s)
-    }
-
-    fn expect(&mut self, prefix: &str) -> anyhow::Result<()> {
-        let mut line = String::new();
-        loop {
-            line.clear();
-            if self.stdout.read_line(&mut line)? == 0 {
-                bail!("spawner closed its output before {prefix:?}");
-            }
-            if line.starts_with(prefix) {
-                return Ok(());
-            }
-        }
-    }
-
-    pub(super) fn spawn(&mut self, exiting: u32, blocking: u32) -> anyhow::Result<()> {
-        writeln!(self.stdin, "spawn {exiting} {blocking}")?;
-        self.stdin.flush()?;
-        self.expect("done")
-    }
-}
-
 pub fn run(tally: &mut Tally, agent: &Path, fixtures: &Path, work: &Path) -> anyhow::Result<()> {
     announce();
     let _demo = Guard(

@@ -23,6 +23,7 @@ mod objects;
 mod pending;
 mod prometheus;
 mod unattachable;
+mod workload;
 
 use std::path::Path;
 
