@@ -4,3 +4,4 @@
 pub mod config;
 pub mod inspect;
 pub mod leaks;
+mod probes;

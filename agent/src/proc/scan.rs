@@ -65,32 +65,9 @@ pub fn scan_into(
     walk: &dyn Fn(u8) -> bool,
     sink: &mut dyn FnMut(Vec<ScannedG>),
 ) -> io::Result<()> {
-    let len = mem::read_u64(pid, bin.allglen.wrapping_add(bias))?;
-    let array = mem::read_u64(pid, bin.allgs.wrapping_add(bias))?;
-    if len > MAX_GOROUTINES {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("allglen {len} is implausible"),
-        ));
-    }
-    if len == 0 || array == 0 {
+    let pointers = read_allgs(pid, bin, bias)?;
+    if pointers.is_empty() {
         return Ok(());
-    }
-    // In chunks, so that a lying or torn allglen costs bounded memory
-    // (a chunk of pointers and a chunk of records) beyond the output.
-    let mut pointers = Vec::new();
-    let mut raw = vec![0u8; (len as usize).min(CHUNK) * 8];
-    for first in (0..len).step_by(CHUNK) {
-        let n = (len - first).min(CHUNK as u64) as usize;
-        let raw = &mut raw[..n * 8];
-        let at = array.checked_add(first * 8).ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                "allgs points past the address space",
-            )
-        })?;
-        mem::read(pid, at, raw)?;
-        pointers.extend(raw.chunks_exact(8).map(le64).filter(|&p| p != 0));
     }
     let o = bin.offsets;
     let mut fields = vec![
@@ -160,6 +137,38 @@ pub fn scan_into(
     }
     sink(walked);
     Ok(())
+}
+
+/// The non-nil pointers of `runtime.allgs`.
+fn read_allgs(pid: u32, bin: &GoBinary, bias: u64) -> io::Result<Vec<u64>> {
+    let len = mem::read_u64(pid, bin.allglen.wrapping_add(bias))?;
+    let array = mem::read_u64(pid, bin.allgs.wrapping_add(bias))?;
+    if len > MAX_GOROUTINES {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("allglen {len} is implausible"),
+        ));
+    }
+    if len == 0 || array == 0 {
+        return Ok(Vec::new());
+    }
+    // In chunks, so that a lying or torn allglen costs bounded memory
+    // (a chunk of pointers and a chunk of records) beyond the output.
+    let mut pointers = Vec::new();
+    let mut raw = vec![0u8; (len as usize).min(CHUNK) * 8];
+    for first in (0..len).step_by(CHUNK) {
+        let n = (len - first).min(CHUNK as u64) as usize;
+        let raw = &mut raw[..n * 8];
+        let at = array.checked_add(first * 8).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                "allgs points past the address space",
+            )
+        })?;
+        mem::read(pid, at, raw)?;
+        pointers.extend(raw.chunks_exact(8).map(le64).filter(|&p| p != 0));
+    }
+    Ok(pointers)
 }
 
 fn le64(b: &[u8]) -> u64 {
