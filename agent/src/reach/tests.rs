@@ -1,0 +1,301 @@
+//! Verdicts on synthetic heaps: who holds the channel decides.
+
+use super::testmem::World;
+use super::{
+    run, AddrRange, Budget, Candidate, HeapMap, Input, Object, Outcome, Root, RootKind, Scan,
+    StackBounds,
+};
+
+/// Go ≤ 1.26 puts the heap here; 1.27 randomises it.
+const CLASSIC: u64 = 0x00c0_0000_0000;
+/// A randomised-looking base, 64 MiB aligned.
+const RANDOM: u64 = 0x7f3a_4000_0000;
+
+const HCHAN: u64 = 96;
+
+fn walk(w: &mut World, input: &Input) -> Outcome {
+    run(&mut w.mem, &w.layout, input, &Budget::default()).expect("walk within budget")
+}
+
+fn global(name: &str, r: AddrRange) -> Root {
+    Root { kind: RootKind::Global { name: name.into() }, scan: Scan::Range(r) }
+}
+
+fn stack_root(goid: u64, r: AddrRange) -> Root {
+    Root { kind: RootKind::Stack { goid }, scan: Scan::Range(r) }
+}
+
+fn cand(goid: u64, primitives: Vec<u64>, stack: AddrRange) -> Candidate {
+    Candidate { goid, primitives, stack: Scan::Range(stack) }
+}
+
+/// A world with a span of hchan-sized objects; returns (world, first chan).
+fn with_chan(base: u64) -> (World, u64) {
+    let mut w = World::new(base);
+    let span = w.span(1, HCHAN, false);
+    (w, span + HCHAN)
+}
+
+#[test]
+fn global_holds_channel_reachable_and_attributed() {
+    for base in [CLASSIC, RANDOM] {
+        let (mut w, ch) = with_chan(base);
+        let g = w.global(16);
+        w.put(g.lo + 8, ch);
+        let st = w.stack(4096);
+        let input = Input {
+            roots: vec![global("main.jobs", g)],
+            candidates: vec![cand(7, vec![ch], st)],
+            ..Input::default()
+        };
+        let out = walk(&mut w, &input);
+        assert!(out.unreachable.is_empty(), "base {base:#x}");
+        assert_eq!(out.held_by, vec![(7, RootKind::Global { name: "main.jobs".into() })]);
+        assert_eq!(out.stats.reads_failed, 0);
+        assert_eq!(out.stats.spans, 1, "the stack's manual span is not heap");
+    }
+}
+
+#[test]
+fn running_goroutine_stack_holds_channel() {
+    let (mut w, ch) = with_chan(RANDOM);
+    let running = w.stack(8192);
+    w.put(running.lo + 128, ch);
+    let st = w.stack(4096);
+    let input = Input {
+        roots: vec![stack_root(1, running)],
+        candidates: vec![cand(9, vec![ch], st)],
+        ..Input::default()
+    };
+    let out = walk(&mut w, &input);
+    assert!(out.unreachable.is_empty());
+    assert_eq!(out.held_by, vec![(9, RootKind::Stack { goid: 1 })]);
+}
+
+#[test]
+fn only_own_stack_holds_channel_is_unreachable() {
+    let (mut w, ch) = with_chan(CLASSIC);
+    let st = w.stack(4096);
+    w.put(st.lo + 64, ch);
+    let input = Input { candidates: vec![cand(5, vec![ch], st)], ..Input::default() };
+    let out = walk(&mut w, &input);
+    assert_eq!(out.unreachable, vec![5]);
+    assert!(out.held_by.is_empty());
+}
+
+#[test]
+fn ab_ba_both_unreachable() {
+    let mut w = World::new(CLASSIC);
+    let span = w.span(1, HCHAN, false);
+    let (ca, cb) = (span, span + HCHAN);
+    let (sa, sb) = (w.stack(4096), w.stack(4096));
+    // A waits on ca and holds cb; B waits on cb and holds ca.
+    w.put(sa.lo, cb);
+    w.put(sb.lo, ca);
+    let input = Input {
+        candidates: vec![cand(1, vec![ca], sa), cand(2, vec![cb], sb)],
+        ..Input::default()
+    };
+    assert_eq!(walk(&mut w, &input).unreachable, vec![1, 2]);
+}
+
+#[test]
+fn fixpoint_wakes_through_a_woken_candidate() {
+    let mut w = World::new(RANDOM);
+    let span = w.span(1, HCHAN, false);
+    let (ca, cb) = (span, span + HCHAN);
+    let (sa, sb) = (w.stack(4096), w.stack(4096));
+    let g = w.global(8);
+    w.put(g.lo, cb); // B is reachable from a global
+    w.put(sb.lo + 40, ca); // and B's stack holds A's channel
+    let input = Input {
+        roots: vec![global("main.q", g)],
+        // A listed first, so a single pass would miss it.
+        candidates: vec![cand(1, vec![ca], sa), cand(2, vec![cb], sb)],
+        ..Input::default()
+    };
+    let out = walk(&mut w, &input);
+    assert!(out.unreachable.is_empty());
+    assert_eq!(
+        out.held_by,
+        vec![(2, RootKind::Global { name: "main.q".into() }), (1, RootKind::Stack { goid: 2 })]
+    );
+}
+
+#[test]
+fn chain_through_heap_objects_and_interior_pointers() {
+    for cut in [false, true] {
+        let mut w = World::new(RANDOM);
+        let small = w.span(1, 48, false);
+        let big = w.large(100_000, false);
+        let ch = w.span(1, HCHAN, false) + 3 * HCHAN;
+        let g = w.global(8);
+        w.put(g.lo, small + 48 + 16); // interior pointer into the second slot
+        w.put(small + 48 + 40, big + 8); // its last word points inside the big object
+        if !cut {
+            w.put(big + 99_992, ch + 24); // deep in the big object: into the hchan
+        }
+        let st = w.stack(4096);
+        let input = Input {
+            roots: vec![global("main.root", g)],
+            candidates: vec![cand(3, vec![ch], st)],
+            ..Input::default()
+        };
+        let out = walk(&mut w, &input);
+        assert_eq!(out.unreachable.is_empty(), !cut, "cut={cut}");
+        assert_eq!(out.stats.objects_marked, if cut { 2 } else { 3 });
+    }
+}
+
+#[test]
+fn noscan_span_is_not_scanned() {
+    for noscan in [true, false] {
+        let (mut w, ch) = with_chan(CLASSIC);
+        let bytes = w.span(1, 64, noscan);
+        let g = w.global(8);
+        w.put(g.lo, bytes);
+        w.put(bytes + 8, ch); // looks like a pointer, but the class holds none
+        let st = w.stack(4096);
+        let input = Input {
+            roots: vec![global("main.buf", g)],
+            candidates: vec![cand(4, vec![ch], st)],
+            ..Input::default()
+        };
+        assert_eq!(walk(&mut w, &input).unreachable.is_empty(), !noscan, "noscan={noscan}");
+    }
+}
+
+#[test]
+fn opaque_sudog_does_not_reach_its_channel() {
+    for opaque in [true, false] {
+        let (mut w, ch) = with_chan(RANDOM);
+        let sudog = w.span(1, 96, false) + 96;
+        let g = w.global(8);
+        w.put(g.lo, sudog + 8); // e.g. the semtable holds the sudog
+        w.put(sudog + 40, ch); // sudog.c
+        let st = w.stack(4096);
+        let input = Input {
+            roots: vec![Root { kind: RootKind::Runtime { what: "semtable".into() }, scan: Scan::Range(g) }],
+            candidates: vec![cand(6, vec![ch], st)],
+            opaque: if opaque { vec![sudog] } else { Vec::new() },
+            ..Input::default()
+        };
+        let out = walk(&mut w, &input);
+        assert_eq!(out.unreachable.is_empty(), !opaque, "opaque={opaque}");
+        // The sudog itself is marked either way; its channel only if scanned.
+        assert_eq!(out.stats.objects_marked, if opaque { 1 } else { 2 });
+        if !opaque {
+            assert_eq!(out.held_by, vec![(6, RootKind::Runtime { what: "semtable".into() })]);
+        }
+    }
+}
+
+#[test]
+fn select_wakes_on_any_reachable_channel() {
+    let mut w = World::new(CLASSIC);
+    let span = w.span(1, HCHAN, false);
+    let (lost, held) = (span, span + 2 * HCHAN);
+    let running = w.stack(4096);
+    w.put(running.lo + 8, held);
+    let (st, st2) = (w.stack(4096), w.stack(4096));
+    let input = Input {
+        roots: vec![stack_root(1, running)],
+        candidates: vec![cand(8, vec![lost, held], st), cand(9, vec![lost], st2)],
+        ..Input::default()
+    };
+    let out = walk(&mut w, &input);
+    assert_eq!(out.unreachable, vec![9]);
+    assert_eq!(out.held_by, vec![(8, RootKind::Stack { goid: 1 })]);
+}
+
+#[test]
+fn primitives_on_stacks_follow_their_owner() {
+    let mut w = World::new(RANDOM);
+    let (s1, s2, s3, s4) = (w.stack(4096), w.stack(4096), w.stack(4096), w.stack(4096));
+    let g = w.global(8);
+    let span = w.span(1, HCHAN, false);
+    w.put(g.lo, span); // wakes candidate 30, whose stack holds the mutex of 40
+    let stacks = [(10, s1), (20, s2), (30, s3), (40, s4)]
+        .map(|(goid, range)| StackBounds { goid, range })
+        .to_vec();
+    let input = Input {
+        roots: vec![global("main.x", g), stack_root(10, s1)],
+        candidates: vec![
+            cand(20, vec![s2.lo + 16], s2), // a mutex on its own stack: never
+            cand(40, vec![s3.lo + 8], s4),  // on 30's stack: once 30 runs
+            cand(30, vec![span], s3),
+            cand(50, vec![s1.lo + 8], s4), // on a runnable goroutine's stack
+        ],
+        stacks,
+        ..Input::default()
+    };
+    let out = walk(&mut w, &input);
+    assert_eq!(out.unreachable, vec![20]);
+    assert!(out.held_by.contains(&(40, RootKind::Stack { goid: 30 })));
+    assert!(out.held_by.contains(&(50, RootKind::Stack { goid: 10 })));
+}
+
+#[test]
+fn nil_and_unresolved_primitives() {
+    let mut w = World::new(CLASSIC);
+    let st = w.stack(4096);
+    let input = Input {
+        candidates: vec![cand(1, vec![0], st), cand(2, vec![0x1234_5678], st), cand(3, vec![], st)],
+        ..Input::default()
+    };
+    let out = walk(&mut w, &input);
+    assert_eq!(out.unreachable, vec![1, 3]);
+    assert_eq!(out.held_by, vec![(2, RootKind::Unresolved { addr: 0x1234_5678 })]);
+}
+
+#[test]
+fn primitive_in_static_data_is_reachable() {
+    let mut w = World::new(CLASSIC);
+    let mu = w.global(8); // var mu sync.Mutex
+    let st = w.stack(4096);
+    let input = Input {
+        roots: vec![global("main.mu", mu)],
+        candidates: vec![cand(1, vec![mu.lo], st)],
+        ..Input::default()
+    };
+    assert_eq!(walk(&mut w, &input).held_by, vec![(1, RootKind::Global { name: "main.mu".into() })]);
+}
+
+#[test]
+fn precise_slots_read_only_live_words() {
+    for live in [true, false] {
+        let (mut w, ch) = with_chan(RANDOM);
+        let running = w.stack(4096);
+        w.put(running.lo + 24, ch); // a dead slot holds a stale pointer
+        let slots = if live { vec![running.lo + 24] } else { vec![running.lo + 32] };
+        let st = w.stack(4096);
+        let input = Input {
+            roots: vec![Root { kind: RootKind::Stack { goid: 1 }, scan: Scan::Slots(slots) }],
+            candidates: vec![cand(2, vec![ch], st)],
+            ..Input::default()
+        };
+        assert_eq!(walk(&mut w, &input).unreachable.is_empty(), live, "live={live}");
+    }
+}
+
+#[test]
+fn object_of_resolves_interior_and_large_objects_across_arenas() {
+    let arena = 64 << 20;
+    let mut w = World::new(RANDOM);
+    w.add_arena(RANDOM + arena);
+    let small = w.span(2, 48, true);
+    // A large object crossing into the second arena.
+    w.cursor = RANDOM + arena - 8192;
+    let big = w.large(3 * 8192, false);
+    let heap = HeapMap::build(&mut w.mem, &w.layout, &Budget::default()).expect("build");
+    assert_eq!(heap.stats.spans, 2);
+    let obj = |base, size, noscan| Some(Object { base, size, noscan });
+    assert_eq!(heap.object_of(small), obj(small, 48, true));
+    assert_eq!(heap.object_of(small + 100), obj(small + 96, 48, true));
+    // 16384 / 48 = 341 slots: the tail past the last slot is no object.
+    assert_eq!(heap.object_of(small + 341 * 48), None);
+    assert_eq!(heap.object_of(big + 9000), obj(big, 3 * 8192, false));
+    assert_eq!(heap.object_of(big + 20_000), obj(big, 3 * 8192, false));
+    assert_eq!(heap.object_of(big + 3 * 8192), None);
+    assert_eq!(heap.object_of(small - 1), None);
+}
