@@ -152,7 +152,8 @@ fn read_span_tables<M: Memory + ?Sized>(
     let mut table = vec![0u8; (pages * 8) as usize];
     let mut runs = Vec::new();
     for &idx in arenas {
-        let l1 = layout.mheap.wrapping_add(u64::from(layout.mheap_arenas)) + (idx >> g.l2_bits) * 8;
+        let l1 = (layout.mheap.wrapping_add(u64::from(layout.mheap_arenas)))
+            .wrapping_add((idx >> g.l2_bits) * 8);
         let Some(l2) = meter.read_u64(l1)? else { continue };
         let l2_mask = (1u64 << g.l2_bits) - 1;
         let Some(ha) = meter.read_u64(l2.wrapping_add((idx & l2_mask) * 8))? else { continue };
