@@ -80,14 +80,22 @@ impl HeapMap {
             elapsed: started.elapsed(),
             ..WalkStats::default()
         };
-        Ok(Self { spans: kept, total_slots, stats })
+        Ok(Self {
+            spans: kept,
+            total_slots,
+            stats,
+        })
     }
 
     /// The object whose slot holds `addr` (interior pointers included).
     pub fn object_of(&self, addr: u64) -> Option<Object> {
         let (i, slot) = self.locate(addr)?;
         let s = &self.spans[i];
-        Some(Object { base: s.start + slot * s.elemsize, size: s.elemsize, noscan: s.noscan })
+        Some(Object {
+            base: s.start + slot * s.elemsize,
+            size: s.elemsize,
+            noscan: s.noscan,
+        })
     }
 
     /// Number of object slots in the map (the mark bitmap's length in bits).
@@ -97,7 +105,10 @@ impl HeapMap {
 
     /// Span index and slot index within it.
     fn locate(&self, addr: u64) -> Option<(usize, u64)> {
-        let i = self.spans.partition_point(|s| s.start <= addr).checked_sub(1)?;
+        let i = self
+            .spans
+            .partition_point(|s| s.start <= addr)
+            .checked_sub(1)?;
         let s = &self.spans[i];
         (addr < s.end).then(|| (i, (addr - s.start) / s.elemsize))
     }
@@ -106,7 +117,11 @@ impl HeapMap {
     pub(super) fn slot_of(&self, addr: u64) -> Option<(u64, Object)> {
         let (i, slot) = self.locate(addr)?;
         let s = &self.spans[i];
-        let obj = Object { base: s.start + slot * s.elemsize, size: s.elemsize, noscan: s.noscan };
+        let obj = Object {
+            base: s.start + slot * s.elemsize,
+            size: s.elemsize,
+            noscan: s.noscan,
+        };
         Some((s.slot_base + slot, obj))
     }
 }
@@ -118,10 +133,16 @@ fn read_arena_indexes<M: Memory + ?Sized>(
     budget: &Budget,
 ) -> Result<Vec<u64>, WalkError> {
     let g = &layout.geometry;
-    let header = layout.mheap.wrapping_add(u64::from(layout.mheap_all_arenas));
-    let unreadable = WalkError::Unreadable { what: "mheap_.allArenas" };
+    let header = layout
+        .mheap
+        .wrapping_add(u64::from(layout.mheap_all_arenas));
+    let unreadable = WalkError::Unreadable {
+        what: "mheap_.allArenas",
+    };
     let ptr = meter.read_u64(header)?.ok_or(unreadable.clone())?;
-    let len = meter.read_u64(header.wrapping_add(8))?.ok_or(unreadable.clone())?;
+    let len = meter
+        .read_u64(header.wrapping_add(8))?
+        .ok_or(unreadable.clone())?;
     // Checked before allocating: a torn length must not size a buffer.
     if len > budget.max_heap_bytes / g.arena_bytes {
         return Err(WalkError::OverBudget { what: "heap bytes" });
@@ -154,10 +175,17 @@ fn read_span_tables<M: Memory + ?Sized>(
     for &idx in arenas {
         let l1 = (layout.mheap.wrapping_add(u64::from(layout.mheap_arenas)))
             .wrapping_add((idx >> g.l2_bits) * 8);
-        let Some(l2) = meter.read_u64(l1)? else { continue };
+        let Some(l2) = meter.read_u64(l1)? else {
+            continue;
+        };
         let l2_mask = (1u64 << g.l2_bits) - 1;
-        let Some(ha) = meter.read_u64(l2.wrapping_add((idx & l2_mask) * 8))? else { continue };
-        if l2 == 0 || ha == 0 || !meter.read(ha.wrapping_add(u64::from(layout.arena_spans)), &mut table)? {
+        let Some(ha) = meter.read_u64(l2.wrapping_add((idx & l2_mask) * 8))? else {
+            continue;
+        };
+        if l2 == 0
+            || ha == 0
+            || !meter.read(ha.wrapping_add(u64::from(layout.arena_spans)), &mut table)?
+        {
             continue;
         }
         let base = g.arena_base(idx);
@@ -219,7 +247,9 @@ enum SpanCheck {
 
 fn field_u64(buf: &[u8], off: u32) -> u64 {
     let off = off as usize;
-    buf.get(off..off + 8).and_then(|b| b.try_into().ok()).map_or(0, u64::from_le_bytes)
+    buf.get(off..off + 8)
+        .and_then(|b| b.try_into().ok())
+        .map_or(0, u64::from_le_bytes)
 }
 
 fn field_u8(buf: &[u8], off: u32) -> u8 {
@@ -240,7 +270,10 @@ fn parse_span(buf: &[u8], layout: &HeapLayout, arenas: &[u64], first_page: u64) 
     // A span longer than the arenas in use cannot be real; this also keeps
     // the arena loop below bounded.
     let max_pages = arenas.len() as u64 * g.pages_per_arena();
-    let Some(end) = npages.checked_mul(g.page_bytes).and_then(|b| start.checked_add(b)) else {
+    let Some(end) = npages
+        .checked_mul(g.page_bytes)
+        .and_then(|b| start.checked_add(b))
+    else {
         return SpanCheck::Lie;
     };
     if start != first_page || npages == 0 || npages > max_pages {
@@ -260,7 +293,15 @@ fn parse_span(buf: &[u8], layout: &HeapLayout, arenas: &[u64], first_page: u64) 
     if limit <= start || limit > end {
         return SpanCheck::Lie;
     }
-    let slots = (limit - start).div_ceil(elemsize).min((end - start) / elemsize);
+    let slots = (limit - start)
+        .div_ceil(elemsize)
+        .min((end - start) / elemsize);
     let end = start + slots * elemsize;
-    SpanCheck::Ok(SpanEntry { start, end, elemsize, noscan, slot_base: 0 })
+    SpanCheck::Ok(SpanEntry {
+        start,
+        end,
+        elemsize,
+        noscan,
+        slot_base: 0,
+    })
 }

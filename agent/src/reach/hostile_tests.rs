@@ -2,51 +2,53 @@
 //! must end, stay inside its budget and never panic; a fuzz loop checks that
 //! over a few thousand mutated heaps.
 
-use super::testmem::{World, MHEAP};
-use super::{run, AddrRange, Budget, Candidate, HeapMap, Input, Root, RootKind, Scan, WalkError};
+use super::testmem::{global, small_budget, World, MHEAP};
+use super::{run, AddrRange, Budget, Candidate, HeapMap, Input, Scan, WalkError};
 
 const BASE: u64 = 0x00c0_0000_0000;
 const RANDOM: u64 = 0x7f3a_4000_0000;
 
-fn global(r: AddrRange) -> Root {
-    Root { kind: RootKind::Global { name: "g".into() }, scan: Scan::Range(r) }
-}
-
-fn small_budget() -> Budget {
-    Budget { max_bytes_read: 2 << 20, max_heap_bytes: 1 << 30, max_spans: 64, max_objects: 1000 }
-}
-
 #[test]
 fn lying_spans_are_rejected_and_the_rest_still_works() {
     let mut w = World::new(BASE);
-    let l = w.layout;
+    let layout = w.layout;
     let good = w.span(1, 96, false);
     let put = |w: &mut World, ms: u64, off: u32, v: u64| w.put(ms + u64::from(off), v);
-    let p = w.cursor;
-    let huge = w.raw_span(p, 1, 64, p + 8192, 2, 1);
-    put(&mut w, huge, l.span_npages, 1 << 50);
-    let outside = w.raw_span(p + 8192, 1, 64, p + 16384, 2, 1);
-    put(&mut w, outside, l.span_start, 0x1000);
-    let zero = w.raw_span(p + 2 * 8192, 1, 0, p + 3 * 8192, 2, 1);
-    let past = w.raw_span(p + 3 * 8192, 1, 64, p + 9 * 8192, 2, 1);
+    let at = w.cursor;
+    let huge = w.raw_span(at, 1, 64, at + 8192, 2, 1);
+    put(&mut w, huge, layout.span_npages, 1 << 50);
+    let outside = w.raw_span(at + 8192, 1, 64, at + 16384, 2, 1);
+    put(&mut w, outside, layout.span_start, 0x1000);
+    let zero = w.raw_span(at + 2 * 8192, 1, 0, at + 3 * 8192, 2, 1);
+    let past = w.raw_span(at + 3 * 8192, 1, 64, at + 9 * 8192, 2, 1);
     // X covers four pages; Y claims the second of them too.
-    let x = w.raw_span(p + 4 * 8192, 4, 64, p + 8 * 8192, 2, 1);
-    w.raw_span(p + 5 * 8192, 1, 64, p + 6 * 8192, 2, 1);
-    let _ = (zero, past, x);
-    let heap = HeapMap::build(&mut w.mem, &l, &Budget::default()).expect("build");
+    let wide = w.raw_span(at + 4 * 8192, 4, 64, at + 8 * 8192, 2, 1);
+    w.raw_span(at + 5 * 8192, 1, 64, at + 6 * 8192, 2, 1);
+    let _ = (zero, past, wide);
+    let heap = HeapMap::build(&mut w.mem, &layout, &Budget::default()).expect("build");
     assert_eq!(heap.stats.spans, 2, "the good span and X");
     assert_eq!(heap.stats.spans_rejected, 5);
     assert!(heap.object_of(0x1000).is_none());
-    assert_eq!(heap.object_of(p + 5 * 8192 + 70).map(|o| o.base), Some(p + 5 * 8192 + 64));
+    assert_eq!(
+        heap.object_of(at + 5 * 8192 + 70).map(|o| o.base),
+        Some(at + 5 * 8192 + 64)
+    );
 
     let g = w.global(8);
     w.put(g.lo, good);
     let input = Input {
-        roots: vec![global(g)],
-        candidates: vec![Candidate { goid: 1, primitives: vec![good + 8], stack: Scan::Slots(vec![]) }],
+        roots: vec![global("g", g)],
+        candidates: vec![Candidate {
+            goid: 1,
+            primitives: vec![good + 8],
+            stack: Scan::Slots(vec![]),
+        }],
         ..Input::default()
     };
-    assert!(run(&mut w.mem, &l, &input, &Budget::default()).expect("walk").unreachable.is_empty());
+    assert!(run(&mut w.mem, &layout, &input, &Budget::default())
+        .expect("walk")
+        .unreachable
+        .is_empty());
 }
 
 #[test]
@@ -75,14 +77,17 @@ fn distinct_garbage_pointers_exceed_the_span_budget() {
 #[test]
 fn pointer_cycles_terminate() {
     let mut w = World::new(BASE);
-    let s = w.span(1, 32, false);
-    let (a, b) = (s, s + 32);
-    w.put(a, b);
-    w.put(b + 8, a + 16);
-    w.put(b + 16, b); // a self-pointer too
+    let span = w.span(1, 32, false);
+    let (first, second) = (span, span + 32);
+    w.put(first, second);
+    w.put(second + 8, first + 16);
+    w.put(second + 16, second); // a self-pointer too
     let g = w.global(8);
-    w.put(g.lo, a);
-    let input = Input { roots: vec![global(g)], ..Input::default() };
+    w.put(g.lo, first);
+    let input = Input {
+        roots: vec![global("g", g)],
+        ..Input::default()
+    };
     let out = run(&mut w.mem, &w.layout, &input, &Budget::default()).expect("walk");
     assert_eq!(out.stats.objects_marked, 2);
 }
@@ -97,8 +102,12 @@ fn unmapped_object_pages_count_as_failed_reads() {
     let g = w.global(8);
     w.put(g.lo, s + 8192);
     let input = Input {
-        roots: vec![global(g)],
-        candidates: vec![Candidate { goid: 1, primitives: vec![ch], stack: Scan::Slots(vec![7]) }],
+        roots: vec![global("g", g)],
+        candidates: vec![Candidate {
+            goid: 1,
+            primitives: vec![ch],
+            stack: Scan::Slots(vec![7]),
+        }],
         ..Input::default()
     };
     let out = run(&mut w.mem, &w.layout, &input, &Budget::default()).expect("walk");
@@ -113,7 +122,13 @@ fn all_arenas_lies() {
     for (len, ptr, want) in [
         (u64::MAX, None, WalkError::OverBudget { what: "heap bytes" }),
         (1000, None, WalkError::OverBudget { what: "heap bytes" }),
-        (1, Some(0xdead_0000), WalkError::Unreadable { what: "mheap_.allArenas" }),
+        (
+            1,
+            Some(0xdead_0000),
+            WalkError::Unreadable {
+                what: "mheap_.allArenas",
+            },
+        ),
     ] {
         let mut w = World::new(BASE);
         w.put(hdr + 8, len);
@@ -136,7 +151,12 @@ fn every_read_fails() {
     let mut w = World::new(BASE);
     w.mem.broken = true;
     let err = HeapMap::build(&mut w.mem, &w.layout, &Budget::default()).expect_err("broken");
-    assert_eq!(err, WalkError::Unreadable { what: "mheap_.allArenas" });
+    assert_eq!(
+        err,
+        WalkError::Unreadable {
+            what: "mheap_.allArenas"
+        }
+    );
 }
 
 #[test]
@@ -148,15 +168,33 @@ fn budgets_hold() {
     }
     let g = w.global(8);
     w.put(g.lo, s);
-    let input = Input { roots: vec![global(g)], ..Input::default() };
-    let few = Budget { max_objects: 50, ..Budget::default() };
+    let input = Input {
+        roots: vec![global("g", g)],
+        ..Input::default()
+    };
+    let few = Budget {
+        max_objects: 50,
+        ..Budget::default()
+    };
     let err = run(&mut w.mem, &w.layout, &input, &few).expect_err("objects");
     assert_eq!(err, WalkError::OverBudget { what: "objects" });
-    let tiny = Budget { max_bytes_read: 66_000, ..Budget::default() };
+    let tiny = Budget {
+        max_bytes_read: 66_000,
+        ..Budget::default()
+    };
     let err = run(&mut w.mem, &w.layout, &input, &tiny).expect_err("bytes");
     assert_eq!(err, WalkError::OverBudget { what: "bytes read" });
     // A root range covering the address space ends by budget, not by time.
-    let all = Input { roots: vec![global(AddrRange { lo: 0, hi: u64::MAX })], ..Input::default() };
+    let all = Input {
+        roots: vec![global(
+            "g",
+            AddrRange {
+                lo: 0,
+                hi: u64::MAX,
+            },
+        )],
+        ..Input::default()
+    };
     let err = run(&mut w.mem, &w.layout, &all, &small_budget()).expect_err("bytes");
     assert_eq!(err, WalkError::OverBudget { what: "bytes read" });
 }
@@ -168,78 +206,14 @@ fn bad_layout_is_refused() {
     l.span_state = 1 << 30;
     assert_eq!(
         HeapMap::build(&mut w.mem, &l, &Budget::default()).expect_err("layout"),
-        WalkError::BadLayout { what: "field offset" }
+        WalkError::BadLayout {
+            what: "field offset"
+        }
     );
     l = w.layout;
     l.geometry.page_bytes = 3000;
-    assert!(matches!(HeapMap::build(&mut w.mem, &l, &Budget::default()), Err(WalkError::BadLayout { .. })));
-}
-
-/// xorshift64: deterministic, no crates.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
-#[test]
-fn fuzz_mutated_heaps_stay_in_budget() {
-    let mut w = World::new(RANDOM);
-    let chans = w.span(1, 96, false);
-    let objs = w.span(2, 48, false);
-    let big = w.large(20_000, false);
-    let st = w.stack(4096);
-    let g = w.global(32);
-    w.put(g.lo, objs + 8);
-    w.put(objs + 16, big + 100);
-    w.put(big + 19_000, chans + 96);
-    w.put(st.lo, chans);
-    let mut interesting = vec![RANDOM, chans, objs, big, st.lo, g.lo, MHEAP, 0, u64::MAX];
-    interesting.extend(w.mem.pages.keys().map(|p| p * 4096));
-    let input = Input {
-        roots: vec![global(g)],
-        candidates: (0..3)
-            .map(|i| Candidate { goid: i, primitives: vec![chans + i * 96], stack: Scan::Range(st) })
-            .collect(),
-        opaque: vec![objs + 48],
-        ..Input::default()
-    };
-    let budget = small_budget();
-    let pages: Vec<u64> = w.mem.pages.keys().copied().collect();
-    let baseline = run(&mut w.mem.clone(), &w.layout, &input, &budget).expect("baseline");
-    assert_eq!(baseline.unreachable, vec![2]);
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-    let (mut ok, mut err, mut changed) = (0, 0, 0);
-    for _ in 0..3000 {
-        let mut mem = w.mem.clone();
-        for _ in 0..1 + rng.next() % 8 {
-            let page = pages[(rng.next() % pages.len() as u64) as usize];
-            let at = page * 4096 + (rng.next() % 4096 & !7);
-            let v = match rng.next() % 4 {
-                0 => rng.next(),
-                1 => interesting[(rng.next() % interesting.len() as u64) as usize].wrapping_add(rng.next() % 256),
-                2 => rng.next() % 16,
-                _ => rng.next() % (1 << 40),
-            };
-            mem.write_u64(at, v);
-        }
-        match run(&mut mem, &w.layout, &input, &budget) {
-            Ok(out) => {
-                ok += 1;
-                assert!(out.stats.bytes_read <= budget.max_bytes_read);
-                assert!(out.stats.objects_marked <= budget.max_objects);
-                assert_eq!(out.unreachable.len() + out.held_by.len(), input.candidates.len());
-                changed += usize::from(out.unreachable != baseline.unreachable);
-            }
-            Err(_) => err += 1,
-        }
-    }
-    // The mutations must actually reach the walk: some change the verdict.
-    assert!(ok > 1000 && changed + err > 0, "ok {ok} err {err} changed {changed}");
-    eprintln!("fuzz: ok {ok} err {err} changed {changed}");
+    assert!(matches!(
+        HeapMap::build(&mut w.mem, &l, &Budget::default()),
+        Err(WalkError::BadLayout { .. })
+    ));
 }

@@ -41,7 +41,10 @@ impl ArenaGeometry {
     };
 
     /// linux/arm64: as amd64 but with no base offset.
-    pub const LINUX_ARM64: Self = Self { base_offset: 0, ..Self::LINUX_AMD64 };
+    pub const LINUX_ARM64: Self = Self {
+        base_offset: 0,
+        ..Self::LINUX_AMD64
+    };
 
     /// Pages per arena: the length of `heapArena.spans`.
     pub fn pages_per_arena(&self) -> u64 {
@@ -55,7 +58,9 @@ impl ArenaGeometry {
 
     /// The first address of arena `index`.
     pub fn arena_base(&self, index: u64) -> u64 {
-        index.wrapping_mul(self.arena_bytes).wrapping_add(self.base_offset)
+        index
+            .wrapping_mul(self.arena_bytes)
+            .wrapping_add(self.base_offset)
     }
 
     /// Number of valid arena indexes.
@@ -96,7 +101,12 @@ pub struct HeapLayout {
 impl HeapLayout {
     /// Bytes to read per mspan: enough to cover every field used.
     pub(super) fn span_read_len(&self) -> usize {
-        let words = [self.span_start, self.span_npages, self.span_elemsize, self.span_limit];
+        let words = [
+            self.span_start,
+            self.span_npages,
+            self.span_elemsize,
+            self.span_limit,
+        ];
         let bytes = [self.span_spanclass, self.span_state];
         let end_w = words.iter().map(|o| o + 8).max().unwrap_or(0);
         let end_b = bytes.iter().map(|o| o + 1).max().unwrap_or(0);

@@ -39,7 +39,11 @@ pub(super) struct Marker<'h> {
 impl<'h> Marker<'h> {
     /// `opaque` are object bases (or any address inside them).
     pub(super) fn new(heap: &'h HeapMap, opaque: &[u64], budget: &Budget) -> Self {
-        let opaque = opaque.iter().filter_map(|&a| heap.slot_of(a)).map(|(s, _)| s).collect();
+        let opaque = opaque
+            .iter()
+            .filter_map(|&a| heap.slot_of(a))
+            .map(|(s, _)| s)
+            .collect();
         Self {
             heap,
             // Bounded by the heap map, itself bounded by max_heap_bytes.
@@ -64,8 +68,12 @@ impl<'h> Marker<'h> {
     /// Marks the object `value` points into, if any, and queues it for
     /// scanning unless it is noscan or opaque.
     fn mark(&mut self, value: u64, root: RootId) -> Result<(), WalkError> {
-        let Some((slot, obj)) = self.heap.slot_of(value) else { return Ok(()) };
-        let Some(word) = self.bits.get_mut((slot / 64) as usize) else { return Ok(()) };
+        let Some((slot, obj)) = self.heap.slot_of(value) else {
+            return Ok(());
+        };
+        let Some(word) = self.bits.get_mut((slot / 64) as usize) else {
+            return Ok(());
+        };
         let bit = 1u64 << (slot % 64);
         if *word & bit != 0 {
             return Ok(());
@@ -79,7 +87,11 @@ impl<'h> Marker<'h> {
             self.fired.push((slot, root));
         }
         if !obj.noscan && !self.opaque.contains(&slot) {
-            self.work.push(Pending { base: obj.base, size: obj.size, root });
+            self.work.push(Pending {
+                base: obj.base,
+                size: obj.size,
+                root,
+            });
         }
         Ok(())
     }

@@ -20,7 +20,12 @@ impl<'m, M: Memory + ?Sized> Meter<'m, M> {
     /// Starts a meter that has already spent `bytes_read` (the heap map
     /// build), so that the whole walk stays inside one budget.
     pub(super) fn new(mem: &'m mut M, max_bytes: u64, bytes_read: u64) -> Self {
-        Self { mem, max_bytes, bytes_read, reads_failed: 0 }
+        Self {
+            mem,
+            max_bytes,
+            bytes_read,
+            reads_failed: 0,
+        }
     }
 
     /// Charges `len` bytes, or fails if the budget would be exceeded.

@@ -29,7 +29,11 @@ mod roots;
 mod walk;
 
 #[cfg(test)]
+mod fuzz_tests;
+#[cfg(test)]
 mod hostile_tests;
+#[cfg(test)]
+mod place_tests;
 #[cfg(test)]
 mod testmem;
 #[cfg(test)]

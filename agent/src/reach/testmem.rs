@@ -4,7 +4,10 @@
 
 use std::collections::BTreeMap;
 
-use super::{AddrRange, ArenaGeometry, HeapLayout, Memory, ReadError};
+use super::{
+    run, AddrRange, ArenaGeometry, Budget, Candidate, HeapLayout, Input, Memory, Outcome,
+    ReadError, Root, RootKind, Scan,
+};
 
 const PAGE: u64 = 4096;
 
@@ -21,7 +24,10 @@ impl SparseMem {
         let mut done = 0usize;
         while done < bytes.len() {
             let a = addr + done as u64;
-            let page = self.pages.entry(a / PAGE).or_insert_with(|| Box::new([0; PAGE as usize]));
+            let page = self
+                .pages
+                .entry(a / PAGE)
+                .or_insert_with(|| Box::new([0; PAGE as usize]));
             let off = (a % PAGE) as usize;
             let n = (PAGE as usize - off).min(bytes.len() - done);
             page[off..off + n].copy_from_slice(&bytes[done..done + n]);
@@ -112,24 +118,36 @@ impl World {
         let idx = g.arena_index(base);
         let ha = HEAP_ARENAS + self.arenas.len() as u64 * 0x20_0000;
         self.arenas.push(idx);
-        self.mem.write_u64(L2 + (idx & ((1 << g.l2_bits) - 1)) * 8, ha);
+        self.mem
+            .write_u64(L2 + (idx & ((1 << g.l2_bits) - 1)) * 8, ha);
         let spans = ha + u64::from(self.layout.arena_spans);
-        self.mem.write(spans, &vec![0; (g.pages_per_arena() * 8) as usize]);
+        self.mem
+            .write(spans, &vec![0; (g.pages_per_arena() * 8) as usize]);
         let hdr = MHEAP + u64::from(self.layout.mheap_all_arenas);
         self.mem.write_u64(hdr, ALL_ARENAS);
         self.mem.write_u64(hdr + 8, self.arenas.len() as u64);
-        self.mem.write_u64(ALL_ARENAS + (self.arenas.len() as u64 - 1) * 8, idx);
+        self.mem
+            .write_u64(ALL_ARENAS + (self.arenas.len() as u64 - 1) * 8, idx);
     }
 
     /// Writes an mspan and points the span table of each of its pages at
     /// it. Returns the mspan's address.
-    pub fn raw_span(&mut self, start: u64, npages: u64, elemsize: u64, limit: u64, class: u8, state: u8) -> u64 {
+    pub fn raw_span(
+        &mut self,
+        start: u64,
+        npages: u64,
+        elemsize: u64,
+        limit: u64,
+        class: u8,
+        state: u8,
+    ) -> u64 {
         let l = self.layout;
         let ms = MSPANS + self.mspans * 0x100;
         self.mspans += 1;
         self.mem.write_u64(ms + u64::from(l.span_start), start);
         self.mem.write_u64(ms + u64::from(l.span_npages), npages);
-        self.mem.write_u64(ms + u64::from(l.span_elemsize), elemsize);
+        self.mem
+            .write_u64(ms + u64::from(l.span_elemsize), elemsize);
         self.mem.write_u64(ms + u64::from(l.span_limit), limit);
         self.mem.write(ms + u64::from(l.span_spanclass), &[class]);
         self.mem.write(ms + u64::from(l.span_state), &[state]);
@@ -142,7 +160,9 @@ impl World {
     /// Points the span table entry of the page at `addr` at `ms`.
     pub fn set_page(&mut self, addr: u64, ms: u64) {
         let g = self.layout.geometry;
-        let Some(n) = self.arenas.iter().position(|&i| i == g.arena_index(addr)) else { return };
+        let Some(n) = self.arenas.iter().position(|&i| i == g.arena_index(addr)) else {
+            return;
+        };
         let ha = HEAP_ARENAS + n as u64 * 0x20_0000 + u64::from(self.layout.arena_spans);
         let page = (addr - g.arena_base(g.arena_index(addr))) / g.page_bytes;
         self.mem.write_u64(ha + page * 8, ms);
@@ -166,7 +186,14 @@ impl World {
         let pb = self.layout.geometry.page_bytes;
         let npages = size.div_ceil(pb);
         let start = self.cursor;
-        self.raw_span(start, npages, npages * pb, start + size, u8::from(noscan), 1);
+        self.raw_span(
+            start,
+            npages,
+            npages * pb,
+            start + size,
+            u8::from(noscan),
+            1,
+        );
         self.mem.write(start, &vec![0; (npages * pb) as usize]);
         self.cursor += npages * pb;
         start
@@ -194,5 +221,56 @@ impl World {
 
     pub fn put(&mut self, addr: u64, v: u64) {
         self.mem.write_u64(addr, v);
+    }
+}
+
+// Shorthands for the verdict tests.
+
+pub const CLASSIC: u64 = 0x00c0_0000_0000;
+/// A randomised-looking base, 64 MiB aligned.
+pub const RANDOM: u64 = 0x7f3a_4000_0000;
+
+pub const HCHAN: u64 = 96;
+
+pub fn walk(w: &mut World, input: &Input) -> Outcome {
+    run(&mut w.mem, &w.layout, input, &Budget::default()).expect("walk within budget")
+}
+
+pub fn global(name: &str, r: AddrRange) -> Root {
+    Root {
+        kind: RootKind::Global { name: name.into() },
+        scan: Scan::Range(r),
+    }
+}
+
+pub fn stack_root(goid: u64, r: AddrRange) -> Root {
+    Root {
+        kind: RootKind::Stack { goid },
+        scan: Scan::Range(r),
+    }
+}
+
+pub fn cand(goid: u64, primitives: Vec<u64>, stack: AddrRange) -> Candidate {
+    Candidate {
+        goid,
+        primitives,
+        stack: Scan::Range(stack),
+    }
+}
+
+/// A world with a span of hchan-sized objects; returns (world, first chan).
+pub fn with_chan(base: u64) -> (World, u64) {
+    let mut w = World::new(base);
+    let span = w.span(1, HCHAN, false);
+    (w, span + HCHAN)
+}
+
+/// Small enough that the fuzz loop's lies hit it.
+pub fn small_budget() -> Budget {
+    Budget {
+        max_bytes_read: 2 << 20,
+        max_heap_bytes: 1 << 30,
+        max_spans: 64,
+        max_objects: 1000,
     }
 }

@@ -1,41 +1,9 @@
 //! Verdicts on synthetic heaps: who holds the channel decides.
 
-use super::testmem::World;
-use super::{
-    run, AddrRange, Budget, Candidate, HeapMap, Input, Object, Outcome, Root, RootKind, Scan,
-    StackBounds,
-};
+use super::testmem::{cand, global, stack_root, walk, with_chan, World, CLASSIC, HCHAN, RANDOM};
+use super::{Input, Root, RootKind, Scan};
 
 /// Go ≤ 1.26 puts the heap here; 1.27 randomises it.
-const CLASSIC: u64 = 0x00c0_0000_0000;
-/// A randomised-looking base, 64 MiB aligned.
-const RANDOM: u64 = 0x7f3a_4000_0000;
-
-const HCHAN: u64 = 96;
-
-fn walk(w: &mut World, input: &Input) -> Outcome {
-    run(&mut w.mem, &w.layout, input, &Budget::default()).expect("walk within budget")
-}
-
-fn global(name: &str, r: AddrRange) -> Root {
-    Root { kind: RootKind::Global { name: name.into() }, scan: Scan::Range(r) }
-}
-
-fn stack_root(goid: u64, r: AddrRange) -> Root {
-    Root { kind: RootKind::Stack { goid }, scan: Scan::Range(r) }
-}
-
-fn cand(goid: u64, primitives: Vec<u64>, stack: AddrRange) -> Candidate {
-    Candidate { goid, primitives, stack: Scan::Range(stack) }
-}
-
-/// A world with a span of hchan-sized objects; returns (world, first chan).
-fn with_chan(base: u64) -> (World, u64) {
-    let mut w = World::new(base);
-    let span = w.span(1, HCHAN, false);
-    (w, span + HCHAN)
-}
-
 #[test]
 fn global_holds_channel_reachable_and_attributed() {
     for base in [CLASSIC, RANDOM] {
@@ -50,7 +18,15 @@ fn global_holds_channel_reachable_and_attributed() {
         };
         let out = walk(&mut w, &input);
         assert!(out.unreachable.is_empty(), "base {base:#x}");
-        assert_eq!(out.held_by, vec![(7, RootKind::Global { name: "main.jobs".into() })]);
+        assert_eq!(
+            out.held_by,
+            vec![(
+                7,
+                RootKind::Global {
+                    name: "main.jobs".into()
+                }
+            )]
+        );
         assert_eq!(out.stats.reads_failed, 0);
         assert_eq!(out.stats.spans, 1, "the stack's manual span is not heap");
     }
@@ -77,7 +53,10 @@ fn only_own_stack_holds_channel_is_unreachable() {
     let (mut w, ch) = with_chan(CLASSIC);
     let st = w.stack(4096);
     w.put(st.lo + 64, ch);
-    let input = Input { candidates: vec![cand(5, vec![ch], st)], ..Input::default() };
+    let input = Input {
+        candidates: vec![cand(5, vec![ch], st)],
+        ..Input::default()
+    };
     let out = walk(&mut w, &input);
     assert_eq!(out.unreachable, vec![5]);
     assert!(out.held_by.is_empty());
@@ -118,7 +97,15 @@ fn fixpoint_wakes_through_a_woken_candidate() {
     assert!(out.unreachable.is_empty());
     assert_eq!(
         out.held_by,
-        vec![(2, RootKind::Global { name: "main.q".into() }), (1, RootKind::Stack { goid: 2 })]
+        vec![
+            (
+                2,
+                RootKind::Global {
+                    name: "main.q".into()
+                }
+            ),
+            (1, RootKind::Stack { goid: 2 })
+        ]
     );
 }
 
@@ -161,7 +148,11 @@ fn noscan_span_is_not_scanned() {
             candidates: vec![cand(4, vec![ch], st)],
             ..Input::default()
         };
-        assert_eq!(walk(&mut w, &input).unreachable.is_empty(), !noscan, "noscan={noscan}");
+        assert_eq!(
+            walk(&mut w, &input).unreachable.is_empty(),
+            !noscan,
+            "noscan={noscan}"
+        );
     }
 }
 
@@ -175,7 +166,12 @@ fn opaque_sudog_does_not_reach_its_channel() {
         w.put(sudog + 40, ch); // sudog.c
         let st = w.stack(4096);
         let input = Input {
-            roots: vec![Root { kind: RootKind::Runtime { what: "semtable".into() }, scan: Scan::Range(g) }],
+            roots: vec![Root {
+                kind: RootKind::Runtime {
+                    what: "semtable".into(),
+                },
+                scan: Scan::Range(g),
+            }],
             candidates: vec![cand(6, vec![ch], st)],
             opaque: if opaque { vec![sudog] } else { Vec::new() },
             ..Input::default()
@@ -185,7 +181,15 @@ fn opaque_sudog_does_not_reach_its_channel() {
         // The sudog itself is marked either way; its channel only if scanned.
         assert_eq!(out.stats.objects_marked, if opaque { 1 } else { 2 });
         if !opaque {
-            assert_eq!(out.held_by, vec![(6, RootKind::Runtime { what: "semtable".into() })]);
+            assert_eq!(
+                out.held_by,
+                vec![(
+                    6,
+                    RootKind::Runtime {
+                        what: "semtable".into()
+                    }
+                )]
+            );
         }
     }
 }
@@ -206,96 +210,4 @@ fn select_wakes_on_any_reachable_channel() {
     let out = walk(&mut w, &input);
     assert_eq!(out.unreachable, vec![9]);
     assert_eq!(out.held_by, vec![(8, RootKind::Stack { goid: 1 })]);
-}
-
-#[test]
-fn primitives_on_stacks_follow_their_owner() {
-    let mut w = World::new(RANDOM);
-    let (s1, s2, s3, s4) = (w.stack(4096), w.stack(4096), w.stack(4096), w.stack(4096));
-    let g = w.global(8);
-    let span = w.span(1, HCHAN, false);
-    w.put(g.lo, span); // wakes candidate 30, whose stack holds the mutex of 40
-    let stacks = [(10, s1), (20, s2), (30, s3), (40, s4)]
-        .map(|(goid, range)| StackBounds { goid, range })
-        .to_vec();
-    let input = Input {
-        roots: vec![global("main.x", g), stack_root(10, s1)],
-        candidates: vec![
-            cand(20, vec![s2.lo + 16], s2), // a mutex on its own stack: never
-            cand(40, vec![s3.lo + 8], s4),  // on 30's stack: once 30 runs
-            cand(30, vec![span], s3),
-            cand(50, vec![s1.lo + 8], s4), // on a runnable goroutine's stack
-        ],
-        stacks,
-        ..Input::default()
-    };
-    let out = walk(&mut w, &input);
-    assert_eq!(out.unreachable, vec![20]);
-    assert!(out.held_by.contains(&(40, RootKind::Stack { goid: 30 })));
-    assert!(out.held_by.contains(&(50, RootKind::Stack { goid: 10 })));
-}
-
-#[test]
-fn nil_and_unresolved_primitives() {
-    let mut w = World::new(CLASSIC);
-    let st = w.stack(4096);
-    let input = Input {
-        candidates: vec![cand(1, vec![0], st), cand(2, vec![0x1234_5678], st), cand(3, vec![], st)],
-        ..Input::default()
-    };
-    let out = walk(&mut w, &input);
-    assert_eq!(out.unreachable, vec![1, 3]);
-    assert_eq!(out.held_by, vec![(2, RootKind::Unresolved { addr: 0x1234_5678 })]);
-}
-
-#[test]
-fn primitive_in_static_data_is_reachable() {
-    let mut w = World::new(CLASSIC);
-    let mu = w.global(8); // var mu sync.Mutex
-    let st = w.stack(4096);
-    let input = Input {
-        roots: vec![global("main.mu", mu)],
-        candidates: vec![cand(1, vec![mu.lo], st)],
-        ..Input::default()
-    };
-    assert_eq!(walk(&mut w, &input).held_by, vec![(1, RootKind::Global { name: "main.mu".into() })]);
-}
-
-#[test]
-fn precise_slots_read_only_live_words() {
-    for live in [true, false] {
-        let (mut w, ch) = with_chan(RANDOM);
-        let running = w.stack(4096);
-        w.put(running.lo + 24, ch); // a dead slot holds a stale pointer
-        let slots = if live { vec![running.lo + 24] } else { vec![running.lo + 32] };
-        let st = w.stack(4096);
-        let input = Input {
-            roots: vec![Root { kind: RootKind::Stack { goid: 1 }, scan: Scan::Slots(slots) }],
-            candidates: vec![cand(2, vec![ch], st)],
-            ..Input::default()
-        };
-        assert_eq!(walk(&mut w, &input).unreachable.is_empty(), live, "live={live}");
-    }
-}
-
-#[test]
-fn object_of_resolves_interior_and_large_objects_across_arenas() {
-    let arena = 64 << 20;
-    let mut w = World::new(RANDOM);
-    w.add_arena(RANDOM + arena);
-    let small = w.span(2, 48, true);
-    // A large object crossing into the second arena.
-    w.cursor = RANDOM + arena - 8192;
-    let big = w.large(3 * 8192, false);
-    let heap = HeapMap::build(&mut w.mem, &w.layout, &Budget::default()).expect("build");
-    assert_eq!(heap.stats.spans, 2);
-    let obj = |base, size, noscan| Some(Object { base, size, noscan });
-    assert_eq!(heap.object_of(small), obj(small, 48, true));
-    assert_eq!(heap.object_of(small + 100), obj(small + 96, 48, true));
-    // 16384 / 48 = 341 slots: the tail past the last slot is no object.
-    assert_eq!(heap.object_of(small + 341 * 48), None);
-    assert_eq!(heap.object_of(big + 9000), obj(big, 3 * 8192, false));
-    assert_eq!(heap.object_of(big + 20_000), obj(big, 3 * 8192, false));
-    assert_eq!(heap.object_of(big + 3 * 8192), None);
-    assert_eq!(heap.object_of(small - 1), None);
 }

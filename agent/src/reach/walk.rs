@@ -65,7 +65,9 @@ pub fn prove<M: Memory + ?Sized>(
                 wake.queue.push((ci, label.clone()));
             }
         }
-        let Some((ci, by)) = wake.queue.pop() else { break };
+        let Some((ci, by)) = wake.queue.pop() else {
+            break;
+        };
         if std::mem::replace(&mut wake.woken[ci], true) {
             continue;
         }
@@ -88,7 +90,11 @@ pub fn prove<M: Memory + ?Sized>(
     stats.bytes_read = meter.bytes_read;
     stats.reads_failed += meter.reads_failed;
     stats.elapsed += started.elapsed();
-    Ok(Outcome { unreachable, held_by, stats })
+    Ok(Outcome {
+        unreachable,
+        held_by,
+        stats,
+    })
 }
 
 /// Sorts every primitive into the rule that decides it (see
@@ -96,7 +102,12 @@ pub fn prove<M: Memory + ?Sized>(
 fn classify(marker: &mut Marker<'_>, input: &Input) -> Wake {
     let n = input.candidates.len();
     let mut labels: Vec<RootKind> = input.roots.iter().map(|r| r.kind.clone()).collect();
-    labels.extend(input.candidates.iter().map(|c| RootKind::Stack { goid: c.goid }));
+    labels.extend(
+        input
+            .candidates
+            .iter()
+            .map(|c| RootKind::Stack { goid: c.goid }),
+    );
     // The first candidate listed for a goid owns it; duplicates are the
     // caller's bug, not a reason to fail.
     let mut by_goid: HashMap<u64, usize> = HashMap::with_capacity(n);
@@ -116,10 +127,17 @@ fn classify(marker: &mut Marker<'_>, input: &Input) -> Wake {
         })
         .collect();
     ranges.sort_unstable();
-    let mut stacks: Vec<(u64, u64, u64)> =
-        input.stacks.iter().map(|s| (s.range.lo, s.range.hi, s.goid)).collect();
+    let mut stacks: Vec<(u64, u64, u64)> = input
+        .stacks
+        .iter()
+        .map(|s| (s.range.lo, s.range.hi, s.goid))
+        .collect();
     stacks.sort_unstable();
-    let places = Places { ranges, stacks, by_goid };
+    let places = Places {
+        ranges,
+        stacks,
+        by_goid,
+    };
     let mut wake = Wake {
         labels,
         woken: vec![false; n],
