@@ -171,6 +171,8 @@ fn read_span_tables<M: Memory + ?Sized>(
     let g = &layout.geometry;
     let pages = g.pages_per_arena();
     let mut table = vec![0u8; (pages * 8) as usize];
+    // At most one entry per page read: 16 bytes held per 8 read, so the
+    // byte budget bounds this too.
     let mut runs = Vec::new();
     for &idx in arenas {
         let l1 = (layout.mheap.wrapping_add(u64::from(layout.mheap_arenas)))

@@ -12,8 +12,8 @@ use super::meter::Meter;
 use super::roots::{AddrRange, Scan};
 use super::{Budget, Memory, WalkError};
 
-/// Index into the walk's root labels.
-pub(super) type RootId = u32;
+/// Index into the walk's root labels (input roots, then candidate stacks).
+pub(super) type RootId = usize;
 
 #[derive(Debug, Clone, Copy)]
 struct Pending {

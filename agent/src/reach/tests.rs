@@ -1,7 +1,7 @@
 //! Verdicts on synthetic heaps: who holds the channel decides.
 
 use super::testmem::{cand, global, stack_root, walk, with_chan, World, CLASSIC, HCHAN, RANDOM};
-use super::{Input, Root, RootKind, Scan};
+use super::{AddrRange, Input, Root, RootKind, Scan};
 
 /// Go ≤ 1.26 puts the heap here; 1.27 randomises it.
 #[test]
@@ -210,4 +210,48 @@ fn select_wakes_on_any_reachable_channel() {
     let out = walk(&mut w, &input);
     assert_eq!(out.unreachable, vec![9]);
     assert_eq!(out.held_by, vec![(8, RootKind::Stack { goid: 1 })]);
+}
+
+#[test]
+fn long_wake_chain_reaches_the_end() {
+    // Candidate i waits on channel i and its stack holds channel i+1: one
+    // global wakes all of them, one at a time, in reverse input order.
+    let n: u64 = 10_000;
+    let mut w = World::new(RANDOM);
+    let chans = w.span(n * HCHAN / 8192 + 1, HCHAN, false);
+    let stacks = w.stack(n * 8);
+    let g = w.global(8);
+    w.put(g.lo, chans);
+    let candidates = (0..n)
+        .rev()
+        .map(|i| {
+            let slot = AddrRange {
+                lo: stacks.lo + i * 8,
+                hi: stacks.lo + i * 8 + 8,
+            };
+            w.put(slot.lo, chans + (i + 1) * HCHAN);
+            cand(i, vec![chans + i * HCHAN], slot)
+        })
+        .collect();
+    let input = Input {
+        roots: vec![global("main.head", g)],
+        candidates,
+        ..Input::default()
+    };
+    let out = walk(&mut w, &input);
+    assert!(out.unreachable.is_empty());
+    assert_eq!(out.held_by.len(), n as usize);
+    assert_eq!(
+        out.held_by[0],
+        (
+            0,
+            RootKind::Global {
+                name: "main.head".into()
+            }
+        )
+    );
+    assert_eq!(
+        out.held_by[n as usize - 1],
+        (n - 1, RootKind::Stack { goid: n - 2 })
+    );
 }

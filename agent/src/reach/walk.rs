@@ -7,12 +7,12 @@
 //! a watched slot or waking a goroutine whose stack holds primitives queues
 //! exactly the candidates concerned. Total work is linear in the input.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
 
 use super::heapmap::HeapMap;
 use super::layout::HeapLayout;
-use super::mark::{Marker, RootId, Waiters};
+use super::mark::{Marker, Waiters};
 use super::meter::Meter;
 use super::roots::{Input, Outcome, RootKind, Scan};
 use super::{Budget, Memory, WalkError};
@@ -33,8 +33,8 @@ struct Wake {
     /// Labels: input roots first, then one `Stack` per candidate.
     labels: Vec<RootKind>,
     woken: Vec<bool>,
-    /// Candidates to wake, with what reached them.
-    queue: Vec<(usize, RootKind)>,
+    /// Candidates to wake, with what reached them, first come first.
+    queue: VecDeque<(usize, RootKind)>,
     /// Slot of a primitive's object → candidates waiting on it.
     heap_waiters: Waiters,
     /// Candidate index → candidates waiting on a primitive on its stack.
@@ -55,17 +55,17 @@ pub fn prove<M: Memory + ?Sized>(
     let mut wake = classify(&mut marker, input);
     let roots = input.roots.len();
     for (id, root) in input.roots.iter().enumerate() {
-        marker.scan_root(&mut meter, &root.scan, id as RootId)?;
+        marker.scan_root(&mut meter, &root.scan, id)?;
     }
     let mut held_by = Vec::new();
     loop {
         for (slot, root) in marker.fired.drain(..) {
-            let label = &wake.labels[root as usize];
+            let label = &wake.labels[root];
             for ci in wake.heap_waiters.remove(&slot).unwrap_or_default() {
-                wake.queue.push((ci, label.clone()));
+                wake.queue.push_back((ci, label.clone()));
             }
         }
-        let Some((ci, by)) = wake.queue.pop() else {
+        let Some((ci, by)) = wake.queue.pop_front() else {
             break;
         };
         if std::mem::replace(&mut wake.woken[ci], true) {
@@ -74,9 +74,9 @@ pub fn prove<M: Memory + ?Sized>(
         let c = &input.candidates[ci];
         held_by.push((c.goid, by));
         for w in wake.stack_waiters.remove(&ci).unwrap_or_default() {
-            wake.queue.push((w, RootKind::Stack { goid: c.goid }));
+            wake.queue.push_back((w, RootKind::Stack { goid: c.goid }));
         }
-        marker.scan_root(&mut meter, &c.stack, (roots + ci) as RootId)?;
+        marker.scan_root(&mut meter, &c.stack, roots + ci)?;
     }
     let unreachable = input
         .candidates
@@ -141,7 +141,7 @@ fn classify(marker: &mut Marker<'_>, input: &Input) -> Wake {
     let mut wake = Wake {
         labels,
         woken: vec![false; n],
-        queue: Vec::new(),
+        queue: VecDeque::new(),
         heap_waiters: Waiters::new(),
         stack_waiters: HashMap::new(),
     };
@@ -186,15 +186,15 @@ fn classify_one(
         return;
     }
     if let Some(root) = find(&places.ranges, p) {
-        wake.queue.push((ci, input.roots[root].kind.clone()));
+        wake.queue.push_back((ci, input.roots[root].kind.clone()));
         return;
     }
     if let Some(goid) = find(&places.stacks, p) {
         match places.by_goid.get(&goid) {
             Some(&owner) => wake.stack_waiters.entry(owner).or_default().push(ci),
-            None => wake.queue.push((ci, RootKind::Stack { goid })),
+            None => wake.queue.push_back((ci, RootKind::Stack { goid })),
         }
         return;
     }
-    wake.queue.push((ci, RootKind::Unresolved { addr: p }));
+    wake.queue.push_back((ci, RootKind::Unresolved { addr: p }));
 }
