@@ -1,0 +1,123 @@
+//! Where a primitive lives decides who can wake its waiter: heap object,
+//! static data, a stack (its owner's fate), nil, or nowhere known.
+
+use super::testmem::{cand, global, stack_root, walk, with_chan, World, CLASSIC, HCHAN, RANDOM};
+use super::{Budget, HeapMap, Input, Object, Root, RootKind, Scan, StackBounds};
+
+#[test]
+fn primitives_on_stacks_follow_their_owner() {
+    let mut w = World::new(RANDOM);
+    let (s1, s2, s3, s4) = (w.stack(4096), w.stack(4096), w.stack(4096), w.stack(4096));
+    let g = w.global(8);
+    let span = w.span(1, HCHAN, false);
+    w.put(g.lo, span); // wakes candidate 30, whose stack holds the mutex of 40
+    let stacks = [(10, s1), (20, s2), (30, s3), (40, s4)]
+        .map(|(goid, range)| StackBounds { goid, range })
+        .to_vec();
+    let input = Input {
+        roots: vec![global("main.x", g), stack_root(10, s1)],
+        candidates: vec![
+            cand(20, vec![s2.lo + 16], s2), // a mutex on its own stack: never
+            cand(40, vec![s3.lo + 8], s4),  // on 30's stack: once 30 runs
+            cand(30, vec![span], s3),
+            cand(50, vec![s1.lo + 8], s4), // on a runnable goroutine's stack
+        ],
+        stacks,
+        ..Input::default()
+    };
+    let out = walk(&mut w, &input);
+    assert_eq!(out.unreachable, vec![20]);
+    assert!(out.held_by.contains(&(40, RootKind::Stack { goid: 30 })));
+    assert!(out.held_by.contains(&(50, RootKind::Stack { goid: 10 })));
+}
+
+#[test]
+fn nil_and_unresolved_primitives() {
+    let mut w = World::new(CLASSIC);
+    let st = w.stack(4096);
+    let input = Input {
+        candidates: vec![
+            cand(1, vec![0], st),
+            cand(2, vec![0x1234_5678], st),
+            cand(3, vec![], st),
+        ],
+        ..Input::default()
+    };
+    let out = walk(&mut w, &input);
+    assert_eq!(out.unreachable, vec![1, 3]);
+    assert_eq!(
+        out.held_by,
+        vec![(2, RootKind::Unresolved { addr: 0x1234_5678 })]
+    );
+}
+
+#[test]
+fn primitive_in_static_data_is_reachable() {
+    let mut w = World::new(CLASSIC);
+    let mu = w.global(8); // var mu sync.Mutex
+    let st = w.stack(4096);
+    let input = Input {
+        roots: vec![global("main.mu", mu)],
+        candidates: vec![cand(1, vec![mu.lo], st)],
+        ..Input::default()
+    };
+    assert_eq!(
+        walk(&mut w, &input).held_by,
+        vec![(
+            1,
+            RootKind::Global {
+                name: "main.mu".into()
+            }
+        )]
+    );
+}
+
+#[test]
+fn precise_slots_read_only_live_words() {
+    for live in [true, false] {
+        let (mut w, ch) = with_chan(RANDOM);
+        let running = w.stack(4096);
+        w.put(running.lo + 24, ch); // a dead slot holds a stale pointer
+        let slots = if live {
+            vec![running.lo + 24]
+        } else {
+            vec![running.lo + 32]
+        };
+        let st = w.stack(4096);
+        let input = Input {
+            roots: vec![Root {
+                kind: RootKind::Stack { goid: 1 },
+                scan: Scan::Slots(slots),
+            }],
+            candidates: vec![cand(2, vec![ch], st)],
+            ..Input::default()
+        };
+        assert_eq!(
+            walk(&mut w, &input).unreachable.is_empty(),
+            live,
+            "live={live}"
+        );
+    }
+}
+
+#[test]
+fn object_of_resolves_interior_and_large_objects_across_arenas() {
+    let arena = 64 << 20;
+    let mut w = World::new(RANDOM);
+    w.add_arena(RANDOM + arena);
+    let small = w.span(2, 48, true);
+    // A large object crossing into the second arena.
+    w.cursor = RANDOM + arena - 8192;
+    let big = w.large(3 * 8192, false);
+    let heap = HeapMap::build(&mut w.mem, &w.layout, &Budget::default()).expect("build");
+    assert_eq!(heap.stats.spans, 2);
+    let obj = |base, size, noscan| Some(Object { base, size, noscan });
+    assert_eq!(heap.object_of(small), obj(small, 48, true));
+    assert_eq!(heap.object_of(small + 100), obj(small + 96, 48, true));
+    // 16384 / 48 = 341 slots: the tail past the last slot is no object.
+    assert_eq!(heap.object_of(small + 341 * 48), None);
+    assert_eq!(heap.object_of(big + 9000), obj(big, 3 * 8192, false));
+    assert_eq!(heap.object_of(big + 20_000), obj(big, 3 * 8192, false));
+    assert_eq!(heap.object_of(big + 3 * 8192), None);
+    assert_eq!(heap.object_of(small - 1), None);
+}
