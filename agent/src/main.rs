@@ -9,6 +9,7 @@ mod kernel;
 mod lock;
 mod metrics;
 mod proc;
+mod reach;
 mod server;
 mod state;
 mod tracker;

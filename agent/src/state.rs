@@ -43,6 +43,11 @@ pub struct Stats {
     /// Attached executables (device, inode) whose struct offsets are a
     /// guess from another Go release (no DWARF, no exact table entry).
     pub layout_guessed: BTreeSet<(u64, u64)>,
+    /// Heap walks by result (`done`, `over_budget`, `failed`), their time
+    /// and the bytes they read.
+    pub heap_walks: BTreeMap<&'static str, u64>,
+    pub heap_walk_seconds: f64,
+    pub heap_walk_bytes: u64,
 }
 
 /// Every `reason` label of `gostray_attach_failures_total`
@@ -56,6 +61,9 @@ pub const ATTACH_FAILURE_REASONS: [&str; 5] = [
     "attach_error",
 ];
 
+/// Results of a heap walk, each exported from the start.
+pub const HEAP_WALK_RESULTS: [&str; 3] = ["done", "over_budget", "failed"];
+
 impl Shared {
     pub fn new(max_goroutines: usize, max_series: usize) -> Self {
         Self {
@@ -66,6 +74,7 @@ impl Shared {
                 // Every reason exported from the start, at 0, so that the
                 // first failure is an increase and alerts can see it.
                 attach_failures: ATTACH_FAILURE_REASONS.iter().map(|&r| (r, 0)).collect(),
+                heap_walks: HEAP_WALK_RESULTS.iter().map(|&r| (r, 0)).collect(),
                 ..Stats::default()
             }),
             kube: Arc::new(Kube::default()),

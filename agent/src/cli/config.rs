@@ -153,6 +153,19 @@ pub struct RunArgs {
     /// confirm what the probes suggest and draw verdicts.
     #[arg(long, env = "GOSTRAY_SCAN_INTERVAL", default_value = "15s", value_parser = parse_rescan_interval)]
     pub scan_interval: Duration,
+
+    /// Bytes of a process's memory one heap walk may read. A walk proves a
+    /// goroutine leaked when nothing that can still run reaches what it
+    /// waits on; it runs only while some goroutine has been parked for
+    /// --leak-after. Past this bound the walk stops and its goroutines keep
+    /// the weaker verdicts. `0` turns heap walks off (`512MiB`, `2GiB`…).
+    #[arg(long, env = "GOSTRAY_WALK_MAX_BYTES", default_value = "1GiB", value_parser = parse_size)]
+    pub walk_max_bytes: u64,
+
+    /// Largest heap (address space of its arenas) a walk maps; a larger one
+    /// is not walked.
+    #[arg(long, env = "GOSTRAY_WALK_MAX_HEAP", default_value = "16GiB", value_parser = parse_size)]
+    pub walk_max_heap: u64,
     /// How long an executable keeps its probes after its last watched
     /// process exits, so a program restarted in a loop is not re-attached
     /// each time. Process state and series go at once regardless.
@@ -284,9 +297,34 @@ fn parse_ring_bytes(s: &str) -> Result<u32, String> {
     Ok(n)
 }
 
+/// Parses `4096`, `512KiB`, `64MiB`, `2GiB`.
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (digits, shift) = [("KiB", 10), ("MiB", 20), ("GiB", 30), ("TiB", 40)]
+        .iter()
+        .find_map(|(unit, shift)| t.strip_suffix(unit).map(|d| (d, *shift)))
+        .unwrap_or((t, 0));
+    let n: u64 = digits
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (bytes, or with KiB, MiB, GiB, TiB)"))?;
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_take_binary_units() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("512KiB"), Ok(512 << 10));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("0"), Ok(0));
+        assert!(parse_size("1GB").is_err());
+        assert!(parse_size("99999999999TiB").is_err());
+    }
 
     #[test]
     fn durations() {

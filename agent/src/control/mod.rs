@@ -80,6 +80,8 @@ pub struct Agent {
     /// goroutine tables are scanned to draw them.
     pub(crate) leak_after: Duration,
     pub(crate) scan_every: Duration,
+    /// Bounds of one heap walk; `None` when walks are off.
+    pub(crate) walk_budget: Option<crate::reach::Budget>,
     pub(crate) last_table_scan: Option<Instant>,
 }
 
@@ -122,6 +124,11 @@ impl Agent {
             detach_grace: args.detach_grace,
             leak_after: args.leak_after,
             scan_every: args.scan_interval,
+            walk_budget: (args.walk_max_bytes > 0).then(|| crate::reach::Budget {
+                max_bytes_read: args.walk_max_bytes,
+                max_heap_bytes: args.walk_max_heap,
+                ..crate::reach::Budget::default()
+            }),
             last_table_scan: None,
         };
         for &pid in &args.pids {

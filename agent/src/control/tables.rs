@@ -7,8 +7,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::lock::lock;
-use crate::{control::target::ProcSymbols, control::Agent, proc::scan};
+use super::{target::ProcSymbols, Agent, Watched};
+use crate::{
+    lock::lock,
+    proc::{heapwalk, scan},
+    reach::WalkError,
+};
 
 /// `CLOCK_MONOTONIC` in nanoseconds: the clock of `bpf_ktime_get_ns`.
 pub fn monotonic_ns() -> u64 {
@@ -50,6 +54,7 @@ impl Agent {
                 continue;
             }
             lock(&self.shared.tracker).end_scan(pid, started_ns);
+            self.walk_heap(pid, w, leak_after_ns);
             let globals = if chans.is_empty() {
                 HashSet::new()
             } else {
@@ -83,5 +88,50 @@ impl Agent {
         let mut stats = lock(&self.shared.stats);
         stats.table_scans += 1;
         stats.table_scan_seconds += total.as_secs_f64();
+    }
+}
+
+impl Agent {
+    /// Walks the heap of `pid` when one of its goroutines has been parked
+    /// for `--leak-after`: what it proves goes to the tracker before the
+    /// verdicts are drawn.
+    fn walk_heap(&self, pid: u32, w: &Watched, leak_after_ns: u64) {
+        let Some(budget) = self.walk_budget else {
+            return;
+        };
+        if !lock(&self.shared.tracker).has_ripe_parked(pid, monotonic_ns(), leak_after_ns) {
+            return;
+        }
+        let (bin, bias) = (&w.target.bin, w.bias);
+        let is_user = |startpc: u64| {
+            bin.symbolize(startpc.wrapping_sub(bias))
+                .is_none_or(|f| !f.function.starts_with("runtime."))
+        };
+        let result = heapwalk::walk(pid, bin, bias, &budget, &is_user);
+        let mut stats = lock(&self.shared.stats);
+        let outcome = match result {
+            Ok(walked) => {
+                stats.heap_walk_seconds += walked.seconds;
+                stats.heap_walk_bytes += walked.bytes_read;
+                drop(stats);
+                tracing::debug!(pid, candidates = walked.candidates,
+                    unreachable = walked.unreachable.len(), bytes = walked.bytes_read,
+                    ms = walked.seconds * 1e3, "heap walked");
+                // Two walks a scan apart prove a leak; allow the timer's jitter.
+                let gap = self.scan_every.as_nanos() as u64 * 9 / 10;
+                lock(&self.shared.tracker).observe_walk(pid, monotonic_ns(), walked, gap);
+                stats = lock(&self.shared.stats);
+                "done"
+            }
+            Err(WalkError::OverBudget { what }) => {
+                tracing::info!(pid, over = what, "heap walk over budget: weaker verdicts stand");
+                "over_budget"
+            }
+            Err(e) => {
+                tracing::debug!(pid, error = %e, "heap walk failed");
+                "failed"
+            }
+        };
+        *stats.heap_walks.entry(outcome).or_default() += 1;
     }
 }

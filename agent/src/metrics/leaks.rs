@@ -248,6 +248,30 @@ fn scan_costs(enc: &mut DescriptorEncoder, shared: &Shared) -> fmt::Result {
     )?;
     family(
         enc,
+        names::HEAP_WALKS,
+        "Heap walks that prove parked goroutines unreachable, by result (over_budget: stopped at --walk-max-bytes or --walk-max-heap)",
+        MetricType::Counter,
+        stats
+            .heap_walks
+            .iter()
+            .map(|(&result, &n)| (vec![("result", result.to_string())], ConstCounter::new(n))),
+    )?;
+    family(
+        enc,
+        names::HEAP_WALK_SECONDS,
+        "Time spent walking heaps",
+        MetricType::Counter,
+        [(Labels::new(), ConstCounter::new(stats.heap_walk_seconds))],
+    )?;
+    family(
+        enc,
+        names::HEAP_WALK_BYTES,
+        "Bytes of watched processes' memory read by heap walks",
+        MetricType::Counter,
+        [(Labels::new(), ConstCounter::new(stats.heap_walk_bytes))],
+    )?;
+    family(
+        enc,
         names::LAYOUT_GUESSED,
         "Attached executables whose runtime struct offsets are guessed from another Go release",
         MetricType::Gauge,

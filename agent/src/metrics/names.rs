@@ -41,3 +41,6 @@ pub const LIFETIME: &str = "gostray_goroutine_lifetime_seconds";
 pub const TABLE_SCANS: &str = "gostray_goroutine_scans";
 pub const TABLE_SCAN_SECONDS: &str = "gostray_goroutine_scan_seconds";
 pub const LAYOUT_GUESSED: &str = "gostray_binaries_layout_guessed";
+pub const HEAP_WALKS: &str = "gostray_heap_walks";
+pub const HEAP_WALK_SECONDS: &str = "gostray_heap_walk_seconds";
+pub const HEAP_WALK_BYTES: &str = "gostray_heap_walk_read_bytes";

@@ -140,7 +140,7 @@ pub fn scan_into(
 }
 
 /// The non-nil pointers of `runtime.allgs`.
-fn read_allgs(pid: u32, bin: &GoBinary, bias: u64) -> io::Result<Vec<u64>> {
+pub(super) fn read_allgs(pid: u32, bin: &GoBinary, bias: u64) -> io::Result<Vec<u64>> {
     let len = mem::read_u64(pid, bin.allglen.wrapping_add(bias))?;
     let array = mem::read_u64(pid, bin.allgs.wrapping_add(bias))?;
     if len > MAX_GOROUTINES {
@@ -171,7 +171,7 @@ fn read_allgs(pid: u32, bin: &GoBinary, bias: u64) -> io::Result<Vec<u64>> {
     Ok(pointers)
 }
 
-fn le64(b: &[u8]) -> u64 {
+pub(super) fn le64(b: &[u8]) -> u64 {
     u64::from_le_bytes(b[..8].try_into().expect("8 bytes"))
 }
 

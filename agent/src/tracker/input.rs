@@ -30,3 +30,20 @@ pub struct ScannedG {
     /// Return addresses from the parked PC outward (runtime addresses).
     pub stack: Vec<u64>,
 }
+
+/// What one heap walk found (see `proc/heapwalk.rs`): the parked
+/// goroutines no reachable reference can wake, and for the others what
+/// first reached their primitive.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Walked {
+    /// Goroutines judged (parked on a channel or a semaphore).
+    pub candidates: usize,
+    pub unreachable: Vec<u64>,
+    /// `(goid, holder)`, e.g. "a global in .bss", "goroutine 42".
+    pub held_by: Vec<(u64, String)>,
+    /// No read failed and no span was rejected: a cut chain cannot have
+    /// made a live goroutine look unreachable.
+    pub trustworthy: bool,
+    pub bytes_read: u64,
+    pub seconds: f64,
+}

@@ -9,6 +9,7 @@ pub mod group;
 pub mod histogram;
 pub mod input;
 mod process;
+mod proof;
 mod site;
 mod sitecache;
 mod verdict;
@@ -139,6 +140,31 @@ impl Tracker {
         if let Some(proc) = self.procs.get_mut(&pid) {
             proc.end_scan(started_ns);
         }
+    }
+
+    /// Whether `pid` has a goroutine parked on a blocking primitive for at
+    /// least `leak_after_ns` (a heap walk is worth its cost only then).
+    pub fn has_ripe_parked(&self, pid: u32, now_ns: u64, leak_after_ns: u64) -> bool {
+        self.procs.get(&pid).is_some_and(|p| {
+            p.live.values().any(|g| {
+                g.seen().is_some_and(|s| u32::from(s.status) == input::G_WAITING)
+                    && g
+                        .blocked_since()
+                        .is_some_and(|t| now_ns.saturating_sub(t) >= leak_after_ns)
+            })
+        })
+    }
+
+    /// Takes what a heap walk of `pid` found at `now_ns`; a goroutine is
+    /// proven leaked by two walks at least `min_gap_ns` apart.
+    pub fn observe_walk(&mut self, pid: u32, now_ns: u64, walked: input::Walked, min_gap_ns: u64) {
+        let Some(proc) = self.procs.get_mut(&pid) else {
+            return;
+        };
+        let live = &proc.live;
+        let since = |goid| live.get(&goid).and_then(|g| g.blocked_since()).unwrap_or(0);
+        proc.proofs
+            .observe(now_ns, walked, since, proc.lost_total, min_gap_ns);
     }
 
     /// Re-evaluates the verdicts of `pid`.

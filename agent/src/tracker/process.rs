@@ -6,6 +6,7 @@ use gostray_common::{ChanEvent, GoroutineEvent, EVENT_PCS};
 
 use super::goroutine::{GoidMap, GoidSet, Goroutine, Seen, NO_PARK, NO_STACK};
 use super::input::{ScannedG, G_WAITING};
+use super::proof::Proofs;
 use super::{
     group::{Group, Misuse, MisuseReport},
     histogram::Histogram,
@@ -85,6 +86,8 @@ pub struct ProcessState {
     /// goroutines parked at one site share one entry.
     pub(super) park_stacks: Vec<[u64; EVENT_PCS]>,
     park_stack_index: HashMap<[u64; EVENT_PCS], u32>,
+    /// What the heap walks proved about its parked goroutines.
+    pub(super) proofs: Proofs,
 }
 
 /// Distinct park stacks remembered per process.
@@ -139,6 +142,7 @@ impl ProcessState {
             pass: ScanPass::default(),
             park_stacks: Vec::new(),
             park_stack_index: HashMap::new(),
+            proofs: Proofs::default(),
         }
     }
 

@@ -20,6 +20,7 @@ use super::{
     group::{Creator, Group, Summary, Verdict, MAX_GROUPS},
     input::G_WAITING,
     process::{ProcessState, TREND_LEN},
+    proof::{Proof, Proofs},
     site::{blocking_pc, stack_of, start_function, Site, Start, Symbols},
     sitecache::SiteCache,
 };
@@ -75,6 +76,7 @@ pub fn evaluate(
             waits_on_work: ripe.iter().any(|(goid, _)| active_below.contains(goid)),
             creator: creator_of(proc, &ripe, &stuck),
             growth: Growth::of(&trend),
+            reach: reach_of(&proc.proofs, &ripe),
         };
         let mut evidence = vec![format!(
             "{} goroutine(s) parked in \"{reason_name}\" for up to {:.0}s",
@@ -133,6 +135,40 @@ struct Facts {
     waits_on_work: bool,
     creator: Creator,
     growth: Growth,
+    /// What the heap walks say of its members.
+    reach: Reach,
+}
+
+/// What the heap walks say of a group.
+#[derive(Debug, Clone, PartialEq)]
+enum Reach {
+    /// A member was found unreachable by `walks` walks `seconds` apart.
+    Proven { walks: u32, seconds: f64 },
+    /// Every member's primitive is reachable; the oldest's holder.
+    Held(String),
+    /// No walk, or no conclusion.
+    Unknown,
+}
+
+/// The strongest thing the walks say of `members`.
+fn reach_of(proofs: &Proofs, members: &[&(u64, &Goroutine)]) -> Reach {
+    let proven = members
+        .iter()
+        .filter(|(goid, _)| proofs.is_proven(*goid))
+        .find_map(|(goid, _)| match proofs.of(*goid) {
+            Proof::Unreachable { walks, seconds } => Some(Reach::Proven { walks, seconds }),
+            _ => None,
+        });
+    if let Some(p) = proven {
+        return p;
+    }
+    let mut holders = members.iter().map(|(goid, _)| proofs.of(*goid));
+    match holders.next() {
+        Some(Proof::Held(first)) if holders.all(|h| matches!(h, Proof::Held(_))) => {
+            Reach::Held(first.to_string())
+        }
+        _ => Reach::Unknown,
+    }
 }
 
 /// The verdict rules, in order; each adds the evidence it rests on.
@@ -140,6 +176,16 @@ fn rule(f: &Facts, trend: &[u64], evidence: &mut Vec<String>) -> Option<Verdict>
     if f.class.never_wakes() {
         evidence.push("nothing can ever wake this wait".into());
         Some(Verdict::Leak)
+    } else if let Reach::Proven { walks, seconds } = f.reach {
+        evidence.push(format!(
+            "nothing reachable holds what it waits on: no global, no goroutine that can run \
+             and no runtime reference ({walks} heap walks, {seconds:.0}s apart)"
+        ));
+        Some(Verdict::Leak)
+    } else if matches!(f.reach, Reach::Held(_)) {
+        // Something that can still run holds its primitive: proxies such
+        // as an exited creator do not outweigh that.
+        None
     } else if f.global {
         evidence
             .push("the channel is held by a package-level variable: code may still use it".into());
