@@ -11,8 +11,9 @@ use super::{
 };
 
 /// Structs read for the heap walker, besides the agent's own.
-/// `runtime.timers` and `runtime.timerWhen` exist from Go 1.23.
-pub const STRUCTS: [&str; 11] = [
+/// `runtime.timers` and `runtime.timerWhen` exist from Go 1.23, the
+/// `maybeTraceable` wrappers of sudog pointers from Go 1.26.
+pub const STRUCTS: [&str; 13] = [
     "runtime.mheap",
     "runtime.heapArena",
     "runtime.mspan",
@@ -24,6 +25,8 @@ pub const STRUCTS: [&str; 11] = [
     "runtime.timer",
     "runtime.timers",
     "runtime.timerWhen",
+    "runtime.maybeTraceablePtr",
+    "runtime.maybeTraceableChan",
 ];
 /// Globals whose addresses and types are read for the heap walker.
 pub const VARIABLES: [&str; 4] = [
@@ -82,8 +85,28 @@ impl Reader<'_, '_, '_, '_> {
         })
     }
 
-    /// `(length, element size)` of the array-typed `st.f`, or of the array
-    /// its pointer points to when `through_pointer`.
+    /// The word of `sudog.f` that holds the pointer. Go ≥ 1.26 wraps
+    /// `elem` and `c` in `maybeTraceablePtr{vp, vu}` (`maybeTraceableChan`
+    /// embeds one), clearing `vp` to hide the pointer from its leak
+    /// detector: `vu` is the source of truth.
+    fn pointer_word(&self, f: &str) -> Result<u32, String> {
+        let m = self.member("runtime.sudog", f)?;
+        let is_struct = m
+            .ty
+            .and_then(|t| self.types.underlying(t).ok().flatten())
+            .is_some_and(|t| t.tag == gimli::DW_TAG_structure_type);
+        if !is_struct {
+            return Ok(m.offset);
+        }
+        let ptr = "runtime.maybeTraceablePtr";
+        let embedded = match f {
+            "c" => self.offset("runtime.maybeTraceableChan", "maybeTraceablePtr")?,
+            _ => 0,
+        };
+        Ok(m.offset + embedded + self.offset(ptr, "vu")?)
+    }
+
+    /// `(length, element size)` of the array type `ty` (`what` names it).
     fn array(&self, ty: Option<gimli::DebugInfoOffset>, what: &str) -> Result<(u32, u32), String> {
         let dims = ty
             .map(|t| self.types.array(t))
@@ -125,13 +148,17 @@ pub fn offsets(structs: &Members, vars: &Variables, types: &Types) -> Result<Hea
     }
     let m = |f: &str| r.field("runtime.mspan", f);
     let s = |f: &str| r.offset("runtime.sudog", f);
+    let traceable = |f: &str| r.pointer_word(f);
     let md = |f: &str| r.offset("runtime.moduledata", f);
     Ok(HeapOffsets {
         mheap: MheapOffsets {
             arenas: arenas.offset,
             arenas_l1,
             arenas_l2,
-            all_arenas: r.offset("runtime.mheap", "allArenas")?,
+            // Renamed `heapArenas` in Go 1.25 (user arenas are listed apart).
+            all_arenas: r
+                .offset("runtime.mheap", "allArenas")
+                .or_else(|_| r.offset("runtime.mheap", "heapArenas"))?,
         },
         heap_arena: HeapArenaOffsets {
             spans: spans.offset,
@@ -152,8 +179,8 @@ pub fn offsets(structs: &Members, vars: &Variables, types: &Types) -> Result<Hea
         },
         sudog: SudogLinks {
             g: s("g")?,
-            elem: s("elem")?,
-            c: s("c")?,
+            elem: traceable("elem")?,
+            c: traceable("c")?,
             waitlink: s("waitlink")?,
             next: s("next")?,
             prev: s("prev")?,
