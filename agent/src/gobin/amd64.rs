@@ -225,6 +225,60 @@ pub fn wait_reason_table(address: u64, code: &[u8]) -> Option<(u64, u64)> {
     None
 }
 
+/// The RIP-relative address `lea`'d into argument register `arg` last
+/// before the first call to `callee`: a global passed by address, as
+/// `runtime.mallocinit` passes `&mheap_` to `(*mheap).init` (the receiver,
+/// in RAX) on every release from 1.19 to 1.27.
+pub fn lea_arg_at_call(address: u64, code: &[u8], callee: u64, arg: usize) -> Option<u64> {
+    let reg = *ARG_REGS.get(arg)?;
+    let mut held = None;
+    for i in decode(address, code) {
+        if i.is_call_near() && i.near_branch_target() == callee {
+            return held;
+        }
+        let writes_reg = i.op_count() > 0
+            && i.op0_kind() == OpKind::Register
+            && i.op0_register().full_register() == reg;
+        if writes_reg {
+            held = (i.mnemonic() == Mnemonic::Lea)
+                .then(|| rip_target(&i))
+                .flatten();
+        }
+    }
+    None
+}
+
+/// The targets of the function's RIP-relative `lea`s, in code order. A
+/// global array indexed at run time is reached this way: `runtime.semtable`
+/// is the first one in `runtime.semrelease1` (`semtable.rootFor(addr)`,
+/// inlined), on every release from 1.19 to 1.27.
+pub fn lea_targets(address: u64, code: &[u8]) -> Vec<u64> {
+    decode(address, code)
+        .filter(|i| i.mnemonic() == Mnemonic::Lea)
+        .filter_map(|i| rip_target(&i))
+        .collect()
+}
+
+/// A slice global read as pointer and length (`X`, `X+8`) by the function,
+/// not through `lea`: the pair whose first use comes earliest. In
+/// `runtime.retake` that is `runtime.allp` (`for i := 0; i < len(allp); i++
+/// { pp := allp[i]`), read right after `lock(&allpLock)`, on 1.19–1.27.
+pub fn slice_loaded(address: u64, code: &[u8]) -> Option<u64> {
+    let refs: Vec<u64> = decode(address, code)
+        .filter(|i| i.mnemonic() != Mnemonic::Lea)
+        .filter_map(|i| rip_target(&i))
+        .collect();
+    let first_use = |a: u64| refs.iter().position(|&r| r == a);
+    refs.iter()
+        .copied()
+        .filter_map(|a| {
+            let (ptr, len) = (first_use(a)?, first_use(a.checked_add(8)?)?);
+            Some((ptr.min(len), a))
+        })
+        .min()
+        .map(|(_, a)| a)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -267,6 +321,32 @@ mod tests {
         let site = call_site(0x1000, &code, 0x1016).unwrap();
         assert_eq!((site.address, site.kind), (0x1001, SiteKind::Call));
         assert!(call_site(0x1000, &code, 0x2000).is_err());
+    }
+
+    #[test]
+    fn finds_the_global_passed_by_address() {
+        // lea rax,[rip+0x100]; lea rbx,[rip+0x200]; call rel32 → 0x1020
+        let code = [
+            0x48, 0x8d, 0x05, 0x00, 0x01, 0x00, 0x00, 0x48, 0x8d, 0x1d, 0x00, 0x02, 0x00, 0x00,
+            0xe8, 0x0d, 0x00, 0x00, 0x00,
+        ];
+        assert_eq!(lea_arg_at_call(0x1000, &code, 0x1020, 0), Some(0x1107));
+        assert_eq!(lea_arg_at_call(0x1000, &code, 0x1020, 1), Some(0x120e));
+        assert_eq!(lea_arg_at_call(0x1000, &code, 0x1020, 2), None);
+        assert_eq!(lea_arg_at_call(0x1000, &code, 0x2000, 0), None);
+        assert_eq!(lea_targets(0x1000, &code), vec![0x1107, 0x120e]);
+    }
+
+    #[test]
+    fn finds_a_slice_read_as_pointer_and_length() {
+        // cmp rax,[rip+0x10f]; mov rbx,[rip+0x100]; mov rcx,[rip+0x300]:
+        // the length (0x1116) is compared before the pointer (0x110e) is read.
+        let code = [
+            0x48, 0x3b, 0x05, 0x0f, 0x01, 0x00, 0x00, 0x48, 0x8b, 0x1d, 0x00, 0x01, 0x00, 0x00,
+            0x48, 0x8b, 0x0d, 0x00, 0x03, 0x00, 0x00,
+        ];
+        assert_eq!(slice_loaded(0x1000, &code), Some(0x110e));
+        assert_eq!(slice_loaded(0x1000, &code[7..]), None);
     }
 }
 

@@ -7,11 +7,11 @@ use object::{Object, ObjectKind, ObjectSection, ObjectSymbol};
 
 use super::{
     arch::{self, Arch},
-    buildinfo, dwarf,
+    buildinfo, dwarf, heaproots,
     image::{self, Image},
+    moduledata,
     offsets,
     pclntab::{Func, Pclntab, PclntabError},
-    read,
     sites::{self, ChosenSite, Find},
     waitreason, AddressSource, GoBinError, GoBinary, GoVersion, LayoutSource, MIN_SUPPORTED,
 };
@@ -79,6 +79,7 @@ pub fn analyse(bytes: &super::image::Bytes) -> Result<GoBinary, GoBinError> {
         .flat_map(sites::SiteSpec::functions)
         .collect();
     wanted.extend([SYM_ALLGADD, SYM_WAITREASON_STRING]);
+    wanted.extend(heaproots::FUNCTIONS);
     wanted.sort_unstable();
     wanted.dedup();
     let found: HashMap<&str, Func> = wanted
@@ -97,6 +98,22 @@ pub fn analyse(bytes: &super::image::Bytes) -> Result<GoBinary, GoBinError> {
         found.get(SYM_WAITREASON_STRING),
         code,
     );
+
+    let heap = heaproots::heap_layout(
+        &file,
+        version,
+        &heaproots::Found {
+            arch,
+            symbols: &symbols,
+            dwarf: dwarf.as_ref(),
+            functions: &found,
+            code,
+            moduledata: moduledata::address(&file, &pclntab),
+        },
+    );
+    if let Err(why) = &heap {
+        tracing::debug!(%why, "no heap layout");
+    }
 
     let chosen = choose_all(arch, &image, &found, code)?;
     let site = |name: &'static str| {
@@ -133,70 +150,11 @@ pub fn analyse(bytes: &super::image::Bytes) -> Result<GoBinary, GoBinError> {
             .collect(),
         build,
         gofunc: gofunc(&file, &image, &symbols, &pclntab, version),
+        heap,
         pclntab,
         pclntab_at,
         image,
     })
-}
-
-/// Where `runtime.firstmoduledata` sits, found without symbols: it starts
-/// with a pointer to the pclntab header and the `funcnametab` slice
-/// (pointer, len, cap). Returns its section's bytes and its offset there.
-fn find_moduledata<'a>(file: &'a object::File, pclntab: &Pclntab) -> Option<(&'a [u8], usize)> {
-    let header = [".gopclntab", ".data.rel.ro.gopclntab"]
-        .iter()
-        .find_map(|n| file.section_by_name(n))?
-        .address();
-    let names = header.checked_add(pclntab.funcnames_offset())?;
-    // Go ≥ 1.26 gives moduledata a section of its own.
-    for name in [".go.module", ".noptrdata", ".data", ".data.rel.ro"] {
-        let Some(data) = file.section_by_name(name).and_then(|s| s.data().ok()) else {
-            continue;
-        };
-        let found = (0..data.len().saturating_sub(MODULEDATA_LEN))
-            .step_by(8)
-            .find(|&off| {
-                read::u64_at(data, off) == Some(header)
-                    && read::u64_at(data, off + 8) == Some(names)
-            });
-        if let Some(off) = found {
-            return Some((data, off));
-        }
-    }
-    None
-}
-
-/// Bytes of moduledata read: up to `gofunc` in the longest layout.
-const MODULEDATA_LEN: usize = 352;
-
-/// `runtime.firstmoduledata.text`: it follows six slices and three words
-/// (offset 176 on 64-bit, unchanged from Go 1.18 to 1.27). This is what
-/// anchors a stripped, externally linked Go ≥ 1.26 binary, whose .text
-/// starts with C code and whose pclntab no longer stores textStart.
-pub(super) fn moduledata_text(file: &object::File, pclntab: &Pclntab) -> Option<u64> {
-    const TEXT: usize = 8 + 6 * 24 + 3 * 8;
-    let (data, off) = find_moduledata(file, pclntab)?;
-    read::u64_at(data, off + TEXT).filter(|&t| t != 0)
-}
-
-/// `runtime.firstmoduledata.gofunc` (the `go:func.*` symbol), the base of
-/// every funcdata offset. After `text` come ten section bounds, then
-/// `covctrs, ecovctrs` (Go 1.20), `end, gcdata, gcbss`, `types, etypes`
-/// (Go 1.27 adds `typedesclen` between them and `itaboffset, itabsize`
-/// after), `rodata`, `gofunc`. Checked against the symbol table's
-/// `go:func.*` by the fixture tests.
-pub(super) fn moduledata_gofunc(
-    file: &object::File,
-    pclntab: &Pclntab,
-    version: GoVersion,
-) -> Option<u64> {
-    let at = match (version.major, version.minor) {
-        (1, ..=19) => 304,
-        (1, 20..=26) => 320,
-        _ => 344,
-    };
-    let (data, off) = find_moduledata(file, pclntab)?;
-    read::u64_at(data, off + at).filter(|&a| a != 0)
 }
 
 /// The funcdata base: `.symtab`'s `go:func.*` when present, else read from
@@ -212,7 +170,7 @@ fn gofunc(
         .get(SYM_GOFUNC)
         .or_else(|| symbols.get(SYM_GOFUNC_GO119))
         .map(|s| s.0)
-        .or_else(|| moduledata_gofunc(file, pclntab, version))
+        .or_else(|| moduledata::gofunc(file, pclntab, version))
         .filter(|&a| image.at(a, 1).is_some())
 }
 
@@ -238,7 +196,7 @@ fn read_pclntab(
         pclntab.text_start = symbols
             .get("runtime.text")
             .map(|s| s.0)
-            .or_else(|| moduledata_text(file, &pclntab))
+            .or_else(|| moduledata::text(file, &pclntab))
             .or_else(|| file.section_by_name(".text").map(|s| s.address()))
             .ok_or(PclntabError::Malformed("no textStart and no .text section"))?;
     }
@@ -332,7 +290,7 @@ fn data_symbols<'a>(file: &'a object::File<'a>) -> HashMap<&'a str, (u64, u64)> 
     let mut out = HashMap::new();
     for sym in file.symbols() {
         if let Ok(name) = sym.name() {
-            if DATA_SYMBOLS.contains(&name) {
+            if DATA_SYMBOLS.contains(&name) || heaproots::SYMBOLS.contains(&name) {
                 out.insert(name, (sym.address(), sym.size()));
             }
         }

@@ -30,6 +30,18 @@ pub trait Arch: Sync {
     /// ending `code` (which starts at `address`) passes: where the code
     /// last loaded the argument register from static data.
     fn panic_string(&self, address: u64, code: &[u8]) -> Option<u64>;
+
+    /// The global whose address is passed as argument `arg` (ABI order) to
+    /// the first call of `callee` (`runtime.mheap_` from `runtime.mallocinit`).
+    fn address_argument(&self, address: u64, code: &[u8], callee: u64, arg: usize)
+        -> Option<u64>;
+
+    /// Every global whose address the code takes, in code order.
+    fn addresses_taken(&self, address: u64, code: &[u8]) -> Vec<u64>;
+
+    /// The slice global whose pointer and length the code reads first
+    /// (`runtime.allp` from `runtime.retake`).
+    fn slice_read(&self, address: u64, code: &[u8]) -> Option<u64>;
 }
 
 /// x86-64, Go's `ABIInternal` (Go ≥ 1.17).
@@ -72,6 +84,24 @@ impl Arch for Amd64 {
 
     fn panic_string(&self, address: u64, code: &[u8]) -> Option<u64> {
         amd64::panic_string(address, code)
+    }
+
+    fn address_argument(
+        &self,
+        address: u64,
+        code: &[u8],
+        callee: u64,
+        arg: usize,
+    ) -> Option<u64> {
+        amd64::lea_arg_at_call(address, code, callee, arg)
+    }
+
+    fn addresses_taken(&self, address: u64, code: &[u8]) -> Vec<u64> {
+        amd64::lea_targets(address, code)
+    }
+
+    fn slice_read(&self, address: u64, code: &[u8]) -> Option<u64> {
+        amd64::slice_loaded(address, code)
     }
 }
 

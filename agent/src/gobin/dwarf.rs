@@ -9,11 +9,17 @@ use std::{borrow::Cow, collections::HashMap};
 use gimli::{AttributeValue, EndianSlice, RunTimeEndian};
 use object::{Object, ObjectSection};
 
-use super::layout::{GOffsets, HchanOffsets, Layout, SudogOffsets, WaitqOffsets};
+use super::{
+    dwarf_types::{self, Types},
+    heapdwarf,
+    heaplayout::HeapOffsets,
+    layout::{GOffsets, HchanOffsets, Layout, SudogOffsets, WaitqOffsets},
+};
 
 type Reader<'a> = EndianSlice<'a, RunTimeEndian>;
 
-/// Structs whose members are read.
+/// Structs whose members are read: the agent's, then the heap walker's
+/// ([`heapdwarf::STRUCTS`]).
 const STRUCTS: [&str; 7] = [
     "runtime.g",
     "runtime.m",
@@ -23,7 +29,7 @@ const STRUCTS: [&str; 7] = [
     "runtime.waitq",
     "runtime.sudog",
 ];
-/// Globals whose addresses are read.
+/// Globals whose addresses are read: the agent's, then the heap walker's.
 pub const VARIABLES: [&str; 3] = [
     "runtime.allgs",
     "runtime.allglen",
@@ -41,9 +47,36 @@ const DW_OP_ADDR: u8 = 0x03;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DwarfFacts {
     pub layout: Layout,
-    /// Addresses of [`VARIABLES`] that were found, by name.
+    /// Addresses of [`VARIABLES`] and [`heapdwarf::VARIABLES`] that were
+    /// found, by name.
     pub variables: HashMap<&'static str, u64>,
+    /// The heap walker's offsets, or why they are not all there.
+    pub heap: Result<HeapOffsets, String>,
 }
+
+/// One struct member: name, offset, and its type (for widths and lengths).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub name: String,
+    pub offset: u32,
+    pub ty: Option<gimli::DebugInfoOffset>,
+}
+
+/// A struct's size and members.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Struct {
+    pub size: Option<u64>,
+    pub members: Vec<Member>,
+}
+
+impl Struct {
+    pub fn member(&self, name: &str) -> Option<&Member> {
+        self.members.iter().find(|m| m.name == name)
+    }
+}
+
+/// A global's address and type.
+pub type Variable = (u64, Option<gimli::DebugInfoOffset>);
 
 /// Reads the layouts; `Ok(None)` when the binary has no DWARF (`-w`).
 pub fn read(file: &object::File) -> Result<Option<DwarfFacts>, String> {
@@ -81,13 +114,26 @@ pub fn read(file: &object::File) -> Result<Option<DwarfFacts>, String> {
     };
     let sections = gimli::DwarfSections::load(load)?;
     let dwarf = sections.borrow(|s| EndianSlice::new(s, endian));
-    let (structs, variables) = walk(&dwarf).map_err(|e| format!("DWARF: {e}"))?;
-    layout(&structs).map(|layout| Some(DwarfFacts { layout, variables }))
+    let (structs, vars) = walk(&dwarf).map_err(|e| format!("DWARF: {e}"))?;
+    let layout = layout(&structs)?;
+    let heap = Types::new(&dwarf)
+        .map_err(|e| format!("DWARF: {e}"))
+        .and_then(|types| heapdwarf::offsets(&structs, &vars, &types));
+    let variables = vars.into_iter().map(|(k, (a, _))| (k, a)).collect();
+    Ok(Some(DwarfFacts {
+        layout,
+        variables,
+        heap,
+    }))
 }
 
-type Members = HashMap<&'static str, Vec<(String, u32)>>;
+pub type Members = HashMap<&'static str, Struct>;
+pub type Variables = HashMap<&'static str, Variable>;
 
-fn walk(dwarf: &gimli::Dwarf<Reader>) -> gimli::Result<(Members, HashMap<&'static str, u64>)> {
+fn walk(dwarf: &gimli::Dwarf<Reader>) -> gimli::Result<(Members, Variables)> {
+    let all_structs = || STRUCTS.iter().chain(&heapdwarf::STRUCTS);
+    let all_vars = || VARIABLES.iter().chain(&heapdwarf::VARIABLES);
+    let wanted = all_structs().count() + all_vars().count();
     let mut structs: Members = HashMap::new();
     let mut vars = HashMap::new();
     let mut units = dwarf.units();
@@ -107,7 +153,7 @@ fn walk(dwarf: &gimli::Dwarf<Reader>) -> gimli::Result<(Members, HashMap<&'stati
             let name = dwarf.attr_string(&unit, name)?;
             let name = name.slice();
             if tag == gimli::DW_TAG_variable {
-                let Some(&wanted) = VARIABLES.iter().find(|v| v.as_bytes() == name) else {
+                let Some(&wanted) = all_vars().find(|v| v.as_bytes() == name) else {
                     continue;
                 };
                 if let Some(AttributeValue::Exprloc(expr)) =
@@ -117,19 +163,29 @@ fn walk(dwarf: &gimli::Dwarf<Reader>) -> gimli::Result<(Members, HashMap<&'stati
                     if b.len() == 9 && b[0] == DW_OP_ADDR {
                         let mut a = [0u8; 8];
                         a.copy_from_slice(&b[1..]);
-                        vars.insert(wanted, u64::from_le_bytes(a));
+                        let ty = match entry.attr_value(gimli::DW_AT_type)? {
+                            Some(v) => dwarf_types::reference(&unit, v),
+                            None => None,
+                        };
+                        vars.insert(wanted, (u64::from_le_bytes(a), ty));
                     }
                 }
-            } else if let Some(&wanted) = STRUCTS.iter().find(|s| s.as_bytes() == name) {
+            } else if let Some(&wanted) = all_structs().find(|s| s.as_bytes() == name) {
                 if structs.contains_key(wanted) {
                     continue;
                 }
+                let size = match entry.attr_value(gimli::DW_AT_byte_size)? {
+                    Some(v) => v.udata_value(),
+                    None => None,
+                };
                 let members = members(dwarf, &unit, child)?;
                 if !members.is_empty() {
-                    structs.insert(wanted, members);
+                    structs.insert(wanted, Struct { size, members });
                 }
             }
-            if structs.len() == STRUCTS.len() && vars.len() == VARIABLES.len() {
+            // Structs a release lacks (`runtime.timers` before 1.23) make
+            // the walk read every unit: the cost of one full pass.
+            if structs.len() + vars.len() == wanted {
                 return Ok((structs, vars));
             }
         }
@@ -141,7 +197,7 @@ fn members(
     dwarf: &gimli::Dwarf<Reader>,
     unit: &gimli::Unit<Reader>,
     node: gimli::EntriesTreeNode<Reader>,
-) -> gimli::Result<Vec<(String, u32)>> {
+) -> gimli::Result<Vec<Member>> {
     let mut out = Vec::new();
     let mut children = node.children();
     while let Some(child) = children.next()? {
@@ -166,8 +222,16 @@ fn members(
         let Ok(offset) = u32::try_from(offset) else {
             continue;
         };
+        let ty = match m.attr_value(gimli::DW_AT_type)? {
+            Some(v) => dwarf_types::reference(unit, v),
+            None => None,
+        };
         let name = dwarf.attr_string(unit, name)?;
-        out.push((String::from_utf8_lossy(name.slice()).into_owned(), offset));
+        out.push(Member {
+            name: String::from_utf8_lossy(name.slice()).into_owned(),
+            offset,
+            ty,
+        });
     }
     Ok(out)
 }
@@ -179,9 +243,8 @@ fn layout(s: &Members) -> Result<Layout, String> {
             .get(st)
             .ok_or_else(|| format!("no DWARF type {st} (built with -w?)"))?;
         members
-            .iter()
-            .find(|(n, _)| n == f)
-            .map(|&(_, o)| o)
+            .member(f)
+            .map(|m| m.offset)
             .ok_or_else(|| format!("{st} has no field {f}"))
     };
     let g = |f: &str| field("runtime.g", f);

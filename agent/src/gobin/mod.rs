@@ -12,14 +12,21 @@ mod analyse;
 mod arch;
 mod buildinfo;
 mod dwarf;
+mod dwarf_types;
 #[cfg(test)]
 mod fuzz;
+mod heapdwarf;
+mod heaplayout;
+mod heaproots;
+#[cfg(test)]
+mod heaplayout_tests;
 mod image;
 mod inline;
 #[cfg(test)]
 mod inline_tests;
 mod layout;
 pub mod leaklayout;
+mod moduledata;
 mod offsets;
 mod pclntab;
 mod read;
@@ -31,6 +38,11 @@ mod waitreason;
 use std::path::Path;
 
 pub use buildinfo::{BuildInfo, GoVersion, MIN_SUPPORTED};
+#[allow(unused_imports)] // the heap walker's interface, ahead of the walker
+pub use heaplayout::{
+    Field, GlobalSections, HeapArenaOffsets, HeapLayout, HeapOffsets, HeapRoots, MheapOffsets,
+    ModuledataOffsets, MspanOffsets, SemaOffsets, SudogLinks, TimerOffsets,
+};
 pub use layout::{GOffsets, HchanOffsets, LayoutSource, SudogOffsets, WaitqOffsets};
 pub use pclntab::PclntabError;
 use serde::Serialize;
@@ -161,6 +173,9 @@ pub struct GoBinary {
     /// where package-level variables live.
     pub data_ranges: Vec<(u64, u64)>,
     image: Image,
+    /// What a heap walk reads (arenas, spans, roots), or why it cannot be
+    /// known for this binary: see [`GoBinary::heap_layout`].
+    heap: Result<HeapLayout, String>,
     /// `moduledata.gofunc`: funcdata offsets are relative to it. Unknown
     /// only if moduledata could not be found (then no inlined frames).
     gofunc: Option<u64>,
@@ -317,6 +332,14 @@ impl GoBinary {
         self.wait_reasons
             .get(usize::from(n))
             .map_or(WaitReason::Other, |name| WaitReason::from_name(name))
+    }
+
+    // Interface for the heap walker rather than the agent so far.
+    #[allow(dead_code)]
+    /// The layouts and addresses a heap walk needs, or why this binary
+    /// does not have them all (the walker then falls back).
+    pub fn heap_layout(&self) -> Result<&HeapLayout, &str> {
+        self.heap.as_ref().map_err(String::as_str)
     }
 
     // Interface for the leak detector (and the tests) rather than the agent so far.

@@ -5,12 +5,23 @@
 
 use std::{collections::BTreeMap, sync::OnceLock};
 
+use serde::Deserialize;
+
 use super::{
+    heaplayout::HeapOffsets,
     layout::{Layout, LayoutSource},
     GoVersion,
 };
 
 static TABLE_JSON: &str = include_str!("offsets.json");
+
+/// The heap walker's part of a table entry (`"heap"`, next to the
+/// [`Layout`] fields): parsed on its own, so that the agent's layouts do
+/// not depend on it.
+#[derive(Debug, Clone, Copy, Deserialize)]
+struct HeapEntry {
+    heap: HeapOffsets,
+}
 
 /// The embedded table: exact Go version (`go1.24.11`) → layout.
 pub fn table() -> &'static BTreeMap<String, Layout> {
@@ -21,6 +32,18 @@ pub fn table() -> &'static BTreeMap<String, Layout> {
     TABLE.get_or_init(|| serde_json::from_str(TABLE_JSON).unwrap_or_default())
 }
 
+/// The embedded table's heap offsets, by Go version.
+fn heap_table() -> &'static BTreeMap<String, HeapOffsets> {
+    static TABLE: OnceLock<BTreeMap<String, HeapOffsets>> = OnceLock::new();
+    // As for `table`: a defect here leaves stripped binaries without a
+    // heap layout (reported as such), never panics.
+    TABLE.get_or_init(|| {
+        serde_json::from_str::<BTreeMap<String, HeapEntry>>(TABLE_JSON)
+            .map(|t| t.into_iter().map(|(k, e)| (k, e.heap)).collect())
+            .unwrap_or_default()
+    })
+}
+
 /// The layout for `version`: the exact release, else the newest patch of
 /// the same minor line, else, for a release newer than every entry, the
 /// newest entry. Older unknown releases get nothing: guessing backwards
@@ -29,15 +52,20 @@ pub fn lookup(version: GoVersion) -> Option<(Layout, LayoutSource)> {
     lookup_in(table(), version)
 }
 
-fn lookup_in(
-    table: &BTreeMap<String, Layout>,
+/// The heap walker's offsets for `version`, chosen as [`lookup`] chooses.
+pub fn lookup_heap(version: GoVersion) -> Option<(HeapOffsets, LayoutSource)> {
+    lookup_in(heap_table(), version)
+}
+
+fn lookup_in<T: Copy>(
+    table: &BTreeMap<String, T>,
     version: GoVersion,
-) -> Option<(Layout, LayoutSource)> {
+) -> Option<(T, LayoutSource)> {
     let parsed = table
         .iter()
         .filter_map(|(k, v)| Some((GoVersion::parse(k)?, k, v)));
     let mut same_line = None;
-    let mut newest: Option<(GoVersion, &String, &Layout)> = None;
+    let mut newest: Option<(GoVersion, &String, &T)> = None;
     for (v, key, layout) in parsed {
         if v == version {
             return Some((
@@ -56,7 +84,7 @@ fn lookup_in(
             newest = Some((v, key, layout));
         }
     }
-    let guess = |(_, key, layout): (GoVersion, &String, &Layout)| {
+    let guess = |(_, key, layout): (GoVersion, &String, &T)| {
         (
             *layout,
             LayoutSource::Guessed {
@@ -83,6 +111,12 @@ mod tests {
             assert!(
                 t.keys().any(|k| k.starts_with(&format!("go{line}."))),
                 "offsets.json lacks Go {line}: run `cargo xtask offsets`"
+            );
+            assert!(
+                heap_table()
+                    .keys()
+                    .any(|k| k.starts_with(&format!("go{line}."))),
+                "offsets.json lacks heap offsets for Go {line}: run `cargo xtask offsets`"
             );
         }
     }

@@ -184,13 +184,13 @@ fn decoded_data_addresses_match_the_symbol_table() {
                 .unwrap();
             let tab = super::pclntab::Pclntab::parse(&data[off..off + len]).unwrap();
             assert_eq!(
-                super::analyse::moduledata_text(&file, &tab),
+                super::moduledata::text(&file, &tab),
                 Some(syms["runtime.text"].0),
                 "Go {line}{variant}: moduledata.text"
             );
             let gofunc = syms.get("go:func.*").or_else(|| syms.get("go.func.*"));
             assert_eq!(
-                super::analyse::moduledata_gofunc(&file, &tab, bin.version),
+                super::moduledata::gofunc(&file, &tab, bin.version),
                 gofunc.map(|s| s.0),
                 "Go {line}{variant}: moduledata.gofunc"
             );

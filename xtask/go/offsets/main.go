@@ -1,12 +1,14 @@
 // offsets is the probe program `cargo xtask offsets` compiles with every
 // supported Go toolchain: its DWARF gives the runtime struct layouts that
 // stripped binaries of the same release share. It touches channels,
-// select and the sync primitives so that their runtime code is linked.
+// select, timers and the sync primitives so that their runtime code is
+// linked (the heap walker's layouts: sudogs in semtable, P timer heaps).
 package main
 
 import (
 	"fmt"
 	"sync"
+	"time"
 )
 
 func main() {
@@ -25,6 +27,7 @@ func main() {
 	case v := <-c:
 		fmt.Println("got", v)
 	case <-done:
+	case <-time.After(time.Minute):
 	}
 	wg.Wait()
 }
