@@ -114,9 +114,14 @@ impl Agent {
                 stats.heap_walk_seconds += walked.seconds;
                 stats.heap_walk_bytes += walked.bytes_read;
                 drop(stats);
-                tracing::debug!(pid, candidates = walked.candidates,
-                    unreachable = walked.unreachable.len(), bytes = walked.bytes_read,
-                    ms = walked.seconds * 1e3, "heap walked");
+                tracing::debug!(
+                    pid,
+                    candidates = walked.candidates,
+                    unreachable = walked.unreachable.len(),
+                    bytes = walked.bytes_read,
+                    ms = walked.seconds * 1e3,
+                    "heap walked"
+                );
                 // Two walks a scan apart prove a leak; allow the timer's jitter.
                 let gap = self.scan_every.as_nanos() as u64 * 9 / 10;
                 lock(&self.shared.tracker).observe_walk(pid, monotonic_ns(), walked, gap);
@@ -124,7 +129,11 @@ impl Agent {
                 "done"
             }
             Err(WalkError::OverBudget { what }) => {
-                tracing::info!(pid, over = what, "heap walk over budget: weaker verdicts stand");
+                tracing::info!(
+                    pid,
+                    over = what,
+                    "heap walk over budget: weaker verdicts stand"
+                );
                 "over_budget"
             }
             Err(e) => {

@@ -28,12 +28,7 @@ pub const FN_RETAKE: &str = "runtime.retake";
 /// The functions the decoders read, for the one pass over the table.
 pub const FUNCTIONS: [&str; 4] = [FN_MALLOCINIT, FN_MHEAP_INIT, FN_SEMRELEASE, FN_RETAKE];
 /// The data symbols read from `.symtab` when it is there.
-pub const SYMBOLS: [&str; 4] = [
-    SYM_MHEAP,
-    SYM_SEMTABLE,
-    SYM_FIRSTMODULEDATA,
-    SYM_ALLP,
-];
+pub const SYMBOLS: [&str; 4] = [SYM_MHEAP, SYM_SEMTABLE, SYM_FIRSTMODULEDATA, SYM_ALLP];
 const SYM_MHEAP: &str = "runtime.mheap_";
 const SYM_SEMTABLE: &str = "runtime.semtable";
 const SYM_FIRSTMODULEDATA: &str = "runtime.firstmoduledata";

@@ -82,7 +82,9 @@ pub fn walk(
     let layout = bin.heap_layout().map_err(|_| WalkError::BadLayout {
         what: "no heap layout for this binary",
     })?;
-    let unreadable = |_| WalkError::Unreadable { what: "runtime.allgs" };
+    let unreadable = |_| WalkError::Unreadable {
+        what: "runtime.allgs",
+    };
     let pointers = read_allgs(pid, bin, bias).map_err(unreadable)?;
     let gs = read_gs(pid, bin, &pointers);
     let sema = sema_waiters(pid, layout, bias);

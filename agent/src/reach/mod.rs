@@ -42,10 +42,14 @@ mod tests;
 use std::fmt;
 use std::time::Duration;
 
-pub use self::heapmap::{HeapMap, Object};
-pub use self::layout::{ArenaGeometry, HeapLayout, MSPAN_IN_USE};
-pub use self::roots::{AddrRange, Candidate, Input, Outcome, Root, RootKind, Scan, StackBounds};
-pub use self::walk::{prove, run};
+pub use self::layout::{ArenaGeometry, HeapLayout};
+pub use self::roots::{AddrRange, Candidate, Input, Root, RootKind, Scan, StackBounds};
+pub use self::walk::run;
+#[cfg(test)]
+pub use self::{
+    heapmap::{HeapMap, Object},
+    roots::Outcome,
+};
 
 /// The target's memory. In production `process_vm_readv`; in tests a sparse
 /// synthetic memory with holes.

@@ -147,9 +147,9 @@ impl Tracker {
     pub fn has_ripe_parked(&self, pid: u32, now_ns: u64, leak_after_ns: u64) -> bool {
         self.procs.get(&pid).is_some_and(|p| {
             p.live.values().any(|g| {
-                g.seen().is_some_and(|s| u32::from(s.status) == input::G_WAITING)
-                    && g
-                        .blocked_since()
+                g.seen()
+                    .is_some_and(|s| u32::from(s.status) == input::G_WAITING)
+                    && g.blocked_since()
                         .is_some_and(|t| now_ns.saturating_sub(t) >= leak_after_ns)
             })
         })
