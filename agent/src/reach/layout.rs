@@ -11,6 +11,8 @@ pub const MSPAN_IN_USE: u8 = 1;
 /// Largest field offset accepted: the structs read here are a few hundred
 /// bytes, so anything beyond means the offsets are wrong.
 const MAX_FIELD_OFFSET: u32 = 4096;
+/// Largest `mheap` field offset accepted.
+const MAX_MHEAP_OFFSET: u32 = 1 << 20;
 
 /// Architecture constants of the heap (malloc.go), not struct offsets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,9 +133,15 @@ impl HeapLayout {
         if g.l1_bits + g.l2_bits > 40 || g.l1_bits > 16 {
             return bad("arena index bits");
         }
+        // `mheap` is large (its `central` array alone is tens of KiB), so
+        // its own fields get a looser bound than the span's.
+        if [self.mheap_arenas, self.mheap_all_arenas]
+            .iter()
+            .any(|&o| o > MAX_MHEAP_OFFSET)
+        {
+            return bad("mheap field offset");
+        }
         let offsets = [
-            self.mheap_arenas,
-            self.mheap_all_arenas,
             self.span_start,
             self.span_npages,
             self.span_elemsize,
