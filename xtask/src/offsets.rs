@@ -33,7 +33,14 @@ pub fn offsets() -> anyhow::Result<()> {
     let t = util::step("reading the probes' DWARF with the agent's reader");
     util::run(
         build::host_cargo()
-            .args(["test", "--quiet", "--package", "gostray", "--bin", "gostray"])
+            .args([
+                "test",
+                "--quiet",
+                "--package",
+                "gostray",
+                "--bin",
+                "gostray",
+            ])
             .args([GENERATOR, "--", "--ignored", "--exact", "--nocapture"])
             .env("GOSTRAY_OFFSETS_PROBES", probes.join(","))
             .env("GOSTRAY_OFFSETS_OUT", &path),

@@ -28,8 +28,7 @@ pub trait Arch: Sync {
 
     /// The global whose address is passed as argument `arg` (ABI order) to
     /// the first call of `callee` (`runtime.mheap_` from `runtime.mallocinit`).
-    fn address_argument(&self, address: u64, code: &[u8], callee: u64, arg: usize)
-        -> Option<u64>;
+    fn address_argument(&self, address: u64, code: &[u8], callee: u64, arg: usize) -> Option<u64>;
 
     /// Every global whose address the code takes, in code order.
     fn addresses_taken(&self, address: u64, code: &[u8]) -> Vec<u64>;
@@ -77,13 +76,7 @@ impl Arch for Amd64 {
         amd64::wait_reason_table(address, code)
     }
 
-    fn address_argument(
-        &self,
-        address: u64,
-        code: &[u8],
-        callee: u64,
-        arg: usize,
-    ) -> Option<u64> {
+    fn address_argument(&self, address: u64, code: &[u8], callee: u64, arg: usize) -> Option<u64> {
         amd64::lea_arg_at_call(address, code, callee, arg)
     }
 

@@ -35,7 +35,10 @@ pub struct Types<'d, 'a> {
 }
 
 /// A reference attribute as a section offset, whatever its form.
-pub fn reference(unit: &gimli::Unit<Reader>, value: AttributeValue<Reader>) -> Option<DebugInfoOffset> {
+pub fn reference(
+    unit: &gimli::Unit<Reader>,
+    value: AttributeValue<Reader>,
+) -> Option<DebugInfoOffset> {
     match value {
         AttributeValue::UnitRef(off) => off.to_debug_info_offset(&unit.header),
         AttributeValue::DebugInfoRef(off) => Some(off),
@@ -118,7 +121,10 @@ impl<'d, 'a> Types<'d, 'a> {
     }
 
     /// `(length, element size, element type)` of the array type at `off`.
-    pub fn array(&self, off: DebugInfoOffset) -> gimli::Result<Option<(u64, u64, DebugInfoOffset)>> {
+    pub fn array(
+        &self,
+        off: DebugInfoOffset,
+    ) -> gimli::Result<Option<(u64, u64, DebugInfoOffset)>> {
         let Some(t) = self.underlying(off)? else {
             return Ok(None);
         };

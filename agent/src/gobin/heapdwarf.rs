@@ -71,14 +71,13 @@ impl Reader<'_, '_, '_, '_> {
     /// Offset and width of `st.f`.
     fn field(&self, st: &str, f: &str) -> Result<Field, String> {
         let m = self.member(st, f)?;
-        let size = m
-            .ty
-            .map(|t| self.types.size_of(t))
-            .transpose()
-            .map_err(|e| format!("DWARF: {e}"))?
-            .flatten()
-            .and_then(|s| u32::try_from(s).ok())
-            .ok_or_else(|| format!("{st}.{f} has a type of unknown size"))?;
+        let size =
+            m.ty.map(|t| self.types.size_of(t))
+                .transpose()
+                .map_err(|e| format!("DWARF: {e}"))?
+                .flatten()
+                .and_then(|s| u32::try_from(s).ok())
+                .ok_or_else(|| format!("{st}.{f} has a type of unknown size"))?;
         Ok(Field {
             offset: m.offset,
             size,
@@ -91,10 +90,9 @@ impl Reader<'_, '_, '_, '_> {
     /// detector: `vu` is the source of truth.
     fn pointer_word(&self, f: &str) -> Result<u32, String> {
         let m = self.member("runtime.sudog", f)?;
-        let is_struct = m
-            .ty
-            .and_then(|t| self.types.underlying(t).ok().flatten())
-            .is_some_and(|t| t.tag == gimli::DW_TAG_structure_type);
+        let is_struct =
+            m.ty.and_then(|t| self.types.underlying(t).ok().flatten())
+                .is_some_and(|t| t.tag == gimli::DW_TAG_structure_type);
         if !is_struct {
             return Ok(m.offset);
         }
@@ -135,7 +133,9 @@ pub fn offsets(structs: &Members, vars: &Variables, types: &Types) -> Result<Hea
         .ok_or("mheap.arenas does not hold pointers to arrays")?;
     let spans = r.member("runtime.heapArena", "spans")?;
     let (pages, _) = r.array(spans.ty, "heapArena.spans")?;
-    let semtable = vars.get("runtime.semtable").ok_or("no DWARF variable runtime.semtable")?;
+    let semtable = vars
+        .get("runtime.semtable")
+        .ok_or("no DWARF variable runtime.semtable")?;
     let (entries, entry_size) = r.array(semtable.1, "runtime.semtable")?;
     // Go 1.19 and 1.20 keep the state byte in `mSpanStateBox.s` too; a
     // release without the box would have the byte at `state` itself.

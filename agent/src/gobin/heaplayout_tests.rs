@@ -42,7 +42,9 @@ fn heap_layout_dwarf_equals_table_and_stripped_twins() {
     };
     for (line, _) in &tools {
         let (_, plain) = open(&dir, line, "");
-        let want = plain.heap_layout().unwrap_or_else(|e| panic!("Go {line}: {e}"));
+        let want = plain
+            .heap_layout()
+            .unwrap_or_else(|e| panic!("Go {line}: {e}"));
         for variant in ["", "-pie", "-stripped", "-extlink-stripped"] {
             let (path, bin) = open(&dir, line, variant);
             let what = format!("{}", path.display());
@@ -53,7 +55,10 @@ fn heap_layout_dwarf_equals_table_and_stripped_twins() {
             assert_eq!(heap.offsets, want.offsets, "{what}");
             let stripped = variant.ends_with("stripped");
             if stripped {
-                assert!(matches!(heap.offsets_source, LayoutSource::Table { .. }), "{what}");
+                assert!(
+                    matches!(heap.offsets_source, LayoutSource::Table { .. }),
+                    "{what}"
+                );
                 assert_eq!(heap.roots.source, AddressSource::Decoded, "{what}");
             } else {
                 assert_eq!(heap.offsets_source, LayoutSource::Dwarf, "{what}");
@@ -75,7 +80,11 @@ fn heap_layout_dwarf_equals_table_and_stripped_twins() {
             }
             let o = heap.offsets;
             // The facts the design notes state for amd64, as a sanity check.
-            assert_eq!((o.mheap.arenas_l1, o.mheap.arenas_l2), (1, 1 << 22), "{what}");
+            assert_eq!(
+                (o.mheap.arenas_l1, o.mheap.arenas_l2),
+                (1, 1 << 22),
+                "{what}"
+            );
             assert_eq!(o.heap_arena.pages, 8192, "{what}");
             assert_eq!((o.sema.entries, o.sema.entry_size), (251, 64), "{what}");
             assert_eq!(o.mspan.state.size, 1, "{what}");
@@ -109,11 +118,23 @@ fn decoded_heap_roots_match_the_symbol_table() {
             let what = format!("Go {line}{variant}");
             let (at, c) = code(heaproots::FN_MALLOCINIT);
             let init = bin.function(heaproots::FN_MHEAP_INIT).unwrap().entry;
-            assert_eq!(amd64.address_argument(at, &c, init, 0), Some(syms["runtime.mheap_"]), "{what}");
+            assert_eq!(
+                amd64.address_argument(at, &c, init, 0),
+                Some(syms["runtime.mheap_"]),
+                "{what}"
+            );
             let (at, c) = code(heaproots::FN_SEMRELEASE);
-            assert_eq!(amd64.addresses_taken(at, &c).first(), Some(&syms["runtime.semtable"]), "{what}");
+            assert_eq!(
+                amd64.addresses_taken(at, &c).first(),
+                Some(&syms["runtime.semtable"]),
+                "{what}"
+            );
             let (at, c) = code(heaproots::FN_RETAKE);
-            assert_eq!(amd64.slice_read(at, &c), Some(syms["runtime.allp"]), "{what}");
+            assert_eq!(
+                amd64.slice_read(at, &c),
+                Some(syms["runtime.allp"]),
+                "{what}"
+            );
             let (off, len) = super::image::section_range(&file, ".gopclntab")
                 .or_else(|| super::image::section_range(&file, ".data.rel.ro.gopclntab"))
                 .unwrap();
@@ -150,7 +171,10 @@ fn generate_offsets_table() {
             "sudog": bin.sudog,
             "heap": heap.offsets,
         });
-        eprintln!("    {version}: g.goid at {}, mspan {} bytes", bin.offsets.goid, heap.offsets.mspan.size);
+        eprintln!(
+            "    {version}: g.goid at {}, mspan {} bytes",
+            bin.offsets.goid, heap.offsets.mspan.size
+        );
         table.insert(version, entry);
     }
     let json = serde_json::to_string_pretty(&table).unwrap() + "\n";

@@ -28,12 +28,7 @@ pub const FN_RETAKE: &str = "runtime.retake";
 /// The functions the decoders read, for the one pass over the table.
 pub const FUNCTIONS: [&str; 4] = [FN_MALLOCINIT, FN_MHEAP_INIT, FN_SEMRELEASE, FN_RETAKE];
 /// The data symbols read from `.symtab` when it is there.
-pub const SYMBOLS: [&str; 4] = [
-    SYM_MHEAP,
-    SYM_SEMTABLE,
-    SYM_FIRSTMODULEDATA,
-    SYM_ALLP,
-];
+pub const SYMBOLS: [&str; 4] = [SYM_MHEAP, SYM_SEMTABLE, SYM_FIRSTMODULEDATA, SYM_ALLP];
 const SYM_MHEAP: &str = "runtime.mheap_";
 const SYM_SEMTABLE: &str = "runtime.semtable";
 const SYM_FIRSTMODULEDATA: &str = "runtime.firstmoduledata";
@@ -52,8 +47,23 @@ pub struct Found<'a, C> {
     pub moduledata: Option<u64>,
 }
 
-/// The heap layout, or why there is none.
-pub fn heap_layout<'a, C>(
+impl<'a, C: Fn(&Func) -> Option<&'a [u8]>> Found<'a, C> {
+    /// The heap layout, or why there is none (logged: the walker falls
+    /// back, the agent goes on).
+    pub fn heap_layout(
+        &self,
+        file: &object::File,
+        version: GoVersion,
+    ) -> Result<HeapLayout, String> {
+        let heap = heap_layout(file, version, self);
+        if let Err(why) = &heap {
+            tracing::debug!(%why, "no heap layout");
+        }
+        heap
+    }
+}
+
+fn heap_layout<'a, C>(
     file: &object::File,
     version: GoVersion,
     found: &Found<'a, C>,

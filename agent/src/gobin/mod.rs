@@ -17,9 +17,9 @@ mod dwarf_types;
 mod fuzz;
 mod heapdwarf;
 mod heaplayout;
-mod heaproots;
 #[cfg(test)]
 mod heaplayout_tests;
+mod heaproots;
 mod image;
 mod inline;
 #[cfg(test)]

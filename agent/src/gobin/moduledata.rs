@@ -59,11 +59,7 @@ pub fn text(file: &object::File, pclntab: &Pclntab) -> Option<u64> {
 /// (Go 1.27 adds `typedesclen` between them and `itaboffset, itabsize`
 /// after), `rodata`, `gofunc`. Checked against the symbol table's
 /// `go:func.*` by the fixture tests.
-pub fn gofunc(
-    file: &object::File,
-    pclntab: &Pclntab,
-    version: GoVersion,
-) -> Option<u64> {
+pub fn gofunc(file: &object::File, pclntab: &Pclntab, version: GoVersion) -> Option<u64> {
     let at = match (version.major, version.minor) {
         (1, ..=19) => 304,
         (1, 20..=26) => 320,
