@@ -54,7 +54,10 @@ impl Agent {
                 continue;
             }
             lock(&self.shared.tracker).end_scan(pid, started_ns);
-            self.walk_heap(pid, w, leak_after_ns);
+            // One instant for the walk's ripeness test and the verdicts, so
+            // no goroutine ripens between them unwalked.
+            let now_ns = monotonic_ns();
+            self.walk_heap(pid, w, now_ns, leak_after_ns);
             let globals = if chans.is_empty() {
                 HashSet::new()
             } else {
@@ -67,7 +70,7 @@ impl Agent {
             let read = begun.elapsed();
             let mut tracker = lock(&self.shared.tracker);
             let locked = Instant::now();
-            tracker.evaluate(pid, monotonic_ns(), leak_after_ns, &symbols, &globals);
+            tracker.evaluate(pid, now_ns, leak_after_ns, &symbols, &globals);
             drop(tracker);
             tracing::debug!(
                 pid,
@@ -95,11 +98,11 @@ impl Agent {
     /// Walks the heap of `pid` when one of its goroutines has been parked
     /// for `--leak-after`: what it proves goes to the tracker before the
     /// verdicts are drawn.
-    fn walk_heap(&self, pid: u32, w: &Watched, leak_after_ns: u64) {
+    fn walk_heap(&self, pid: u32, w: &Watched, now_ns: u64, leak_after_ns: u64) {
         let Some(budget) = self.walk_budget else {
             return;
         };
-        if !lock(&self.shared.tracker).has_ripe_parked(pid, monotonic_ns(), leak_after_ns) {
+        if !lock(&self.shared.tracker).has_ripe_parked(pid, now_ns, leak_after_ns) {
             return;
         }
         let (bin, bias) = (&w.target.bin, w.bias);
@@ -124,7 +127,7 @@ impl Agent {
                 );
                 // Two walks a scan apart prove a leak; allow the timer's jitter.
                 let gap = self.scan_every.as_nanos() as u64 * 9 / 10;
-                lock(&self.shared.tracker).observe_walk(pid, monotonic_ns(), walked, gap);
+                lock(&self.shared.tracker).observe_walk(pid, now_ns, walked, gap);
                 stats = lock(&self.shared.stats);
                 "done"
             }

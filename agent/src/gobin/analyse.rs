@@ -72,20 +72,7 @@ pub fn analyse(bytes: &super::image::Bytes) -> Result<GoBinary, GoBinError> {
         })?,
     };
 
-    // Every function any rule needs, found in one pass over the table.
-    let mut wanted: Vec<&str> = sites::SITES
-        .iter()
-        .flat_map(sites::SiteSpec::functions)
-        .collect();
-    wanted.extend([SYM_ALLGADD, SYM_WAITREASON_STRING]);
-    wanted.extend(heaproots::FUNCTIONS);
-    wanted.sort_unstable();
-    wanted.dedup();
-    let found: HashMap<&str, Func> = wanted
-        .iter()
-        .zip(pclntab.lookup(pcln, &wanted))
-        .filter_map(|(n, f)| Some((*n, f?)))
-        .collect();
+    let found = find_functions(&pclntab, pcln);
     let code = |f: &Func| image.at(f.entry, usize::try_from(f.end - f.entry).ok()?);
 
     let (allgs, allglen, allgs_source) =
@@ -98,21 +85,15 @@ pub fn analyse(bytes: &super::image::Bytes) -> Result<GoBinary, GoBinError> {
         code,
     );
 
-    let heap = heaproots::heap_layout(
-        &file,
-        version,
-        &heaproots::Found {
-            arch,
-            symbols: &symbols,
-            dwarf: dwarf.as_ref(),
-            functions: &found,
-            code,
-            moduledata: moduledata::address(&file, &pclntab),
-        },
-    );
-    if let Err(why) = &heap {
-        tracing::debug!(%why, "no heap layout");
+    let heap = heaproots::Found {
+        arch,
+        symbols: &symbols,
+        dwarf: dwarf.as_ref(),
+        functions: &found,
+        code,
+        moduledata: moduledata::address(&file, &pclntab),
     }
+    .heap_layout(&file, version);
 
     let chosen = choose_all(arch, &image, &found, code)?;
     let site = |name: &'static str| {
@@ -154,6 +135,23 @@ pub fn analyse(bytes: &super::image::Bytes) -> Result<GoBinary, GoBinError> {
         pclntab_at,
         image,
     })
+}
+
+/// Every function any rule needs, found in one pass over the table.
+fn find_functions(pclntab: &Pclntab, pcln: &[u8]) -> HashMap<&'static str, Func> {
+    let mut wanted: Vec<&'static str> = sites::SITES
+        .iter()
+        .flat_map(sites::SiteSpec::functions)
+        .collect();
+    wanted.extend([SYM_ALLGADD, SYM_WAITREASON_STRING]);
+    wanted.extend(heaproots::FUNCTIONS);
+    wanted.sort_unstable();
+    wanted.dedup();
+    wanted
+        .iter()
+        .zip(pclntab.lookup(pcln, &wanted))
+        .filter_map(|(n, f)| Some((*n, f?)))
+        .collect()
 }
 
 /// The funcdata base: `.symtab`'s `go:func.*` when present, else read from

@@ -122,14 +122,12 @@ pub fn offsets(structs: &Members, vars: &Variables, types: &Types) -> Result<Hea
     let r = Reader { structs, types };
     let arenas = r.member("runtime.mheap", "arenas")?;
     let (arenas_l1, _) = r.array(arenas.ty, "mheap.arenas")?;
-    let l1_elem = arenas
+    // Each L1 entry points to an L2 array: its length is the pointee's.
+    let arenas_l2 = arenas
         .ty
         .and_then(|t| types.array(t).ok().flatten())
-        .map(|(_, _, elem)| elem);
-    let (arenas_l2, _) = l1_elem
-        .and_then(|e| types.pointee_array(e).ok().flatten())
+        .and_then(|(_, _, elem)| types.pointee_array(elem).ok().flatten())
         .and_then(|(n, _)| u32::try_from(n).ok())
-        .map(|n| (n, 0))
         .ok_or("mheap.arenas does not hold pointers to arrays")?;
     let spans = r.member("runtime.heapArena", "spans")?;
     let (pages, _) = r.array(spans.ty, "heapArena.spans")?;
@@ -137,7 +135,7 @@ pub fn offsets(structs: &Members, vars: &Variables, types: &Types) -> Result<Hea
         .get("runtime.semtable")
         .ok_or("no DWARF variable runtime.semtable")?;
     let (entries, entry_size) = r.array(semtable.1, "runtime.semtable")?;
-    // Go 1.19 and 1.20 keep the state byte in `mSpanStateBox.s` too; a
+    // Every supported release boxes the state byte (`mSpanStateBox.s`); a
     // release without the box would have the byte at `state` itself.
     let mut state = r.field("runtime.mspan", "state")?;
     if let Ok(s) = r.field("runtime.mSpanStateBox", "s") {

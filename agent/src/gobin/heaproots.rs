@@ -47,8 +47,23 @@ pub struct Found<'a, C> {
     pub moduledata: Option<u64>,
 }
 
-/// The heap layout, or why there is none.
-pub fn heap_layout<'a, C>(
+impl<'a, C: Fn(&Func) -> Option<&'a [u8]>> Found<'a, C> {
+    /// The heap layout, or why there is none (logged: the walker falls
+    /// back, the agent goes on).
+    pub fn heap_layout(
+        &self,
+        file: &object::File,
+        version: GoVersion,
+    ) -> Result<HeapLayout, String> {
+        let heap = heap_layout(file, version, self);
+        if let Err(why) = &heap {
+            tracing::debug!(%why, "no heap layout");
+        }
+        heap
+    }
+}
+
+fn heap_layout<'a, C>(
     file: &object::File,
     version: GoVersion,
     found: &Found<'a, C>,

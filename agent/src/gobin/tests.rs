@@ -355,6 +355,13 @@ fn real_world_binaries_are_supported() {
         assert!(bin.stripped && !bin.has_dwarf);
         assert!(bin.functions > 10_000);
         assert!(bin.wait_reasons.iter().any(|w| w == "chan receive"));
+        let heap = bin
+            .heap_layout()
+            .unwrap_or_else(|e| panic!("{}: no heap layout: {e}", path.display()));
+        let r = heap.roots;
+        assert!([r.mheap, r.semtable, r.allp]
+            .iter()
+            .all(|&a| heap.globals.in_bss(a)));
         let f = bin.symbolize(bin.create_site.address).unwrap();
         assert_eq!(f.function, "runtime.newproc.func1");
         assert!(f.file.ends_with("runtime/proc.go"), "{}", f.file);
