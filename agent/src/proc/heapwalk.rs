@@ -52,6 +52,7 @@ struct G {
     waiting: u64,
     startpc: u64,
     sp: u64,
+    bp: u64,
     lo: u64,
     hi: u64,
 }
@@ -100,10 +101,14 @@ pub fn walk(
             goid: g.goid,
             range: AddrRange { lo: g.lo, hi: g.hi },
         });
-        let primitives = if candidate(bin, g) && is_user(g.startpc) {
-            primitives(pid, layout, g, &sema.by_g, &mut opaque)
-        } else {
-            Vec::new()
+        let judged = g.goid != 1 && matches!(g.status, G_WAITING | G_LEAKED) && is_user(g.startpc);
+        let (primitives, guessed) = match bin.wait_reason(g.reason) {
+            _ if !judged => (Vec::new(), false),
+            WaitReason::SyncCond => (cond_words(pid, bin, bias, g), true),
+            r if waits_on_named_primitive(r) => {
+                (primitives(pid, layout, g, &sema.by_g, &mut opaque), false)
+            }
+            _ => (Vec::new(), false),
         };
         if primitives.is_empty() {
             input.roots.push(Root {
@@ -114,6 +119,7 @@ pub fn walk(
             input.candidates.push(Candidate {
                 goid: g.goid,
                 primitives,
+                guessed,
                 stack: Scan::Range(stack),
             });
         }
@@ -138,23 +144,70 @@ pub fn walk(
     })
 }
 
-/// Whether `g` is parked on a primitive the walk can name: a channel
-/// (send, receive, select) or a semaphore (mutexes, wait groups). `main`
-/// (goroutine 1) is never judged: a daemon parks it for good on purpose.
-fn candidate(bin: &GoBinary, g: &G) -> bool {
-    let parked = matches!(g.status, G_WAITING | G_LEAKED);
-    parked
-        && g.goid != 1
-        && matches!(
-            bin.wait_reason(g.reason),
-            WaitReason::ChanSend
-                | WaitReason::ChanReceive
-                | WaitReason::Select
-                | WaitReason::SyncMutex
-                | WaitReason::SyncRwmutex
-                | WaitReason::SyncWaitgroup
-                | WaitReason::Semacquire
-        )
+/// Whether a wait names its primitive in runtime structures: a channel
+/// (send, receive, select: `g.waiting`) or a semaphore (mutexes, wait
+/// groups: the semaphore table). `main` (goroutine 1) is never judged: a
+/// daemon parks it for good on purpose.
+fn waits_on_named_primitive(r: WaitReason) -> bool {
+    matches!(
+        r,
+        WaitReason::ChanSend
+            | WaitReason::ChanReceive
+            | WaitReason::Select
+            | WaitReason::SyncMutex
+            | WaitReason::SyncRwmutex
+            | WaitReason::SyncWaitgroup
+            | WaitReason::Semacquire
+    )
+}
+
+/// Frames of a `sync.Cond` wait. The runtime keeps a Cond's waiters on the
+/// Cond's own list, which nothing in the waiting g points to; the Cond is
+/// only named in these frames' slots (receiver and spilled arguments).
+const COND_FRAMES: [&str; 3] = [
+    "sync.(*Cond).Wait",
+    "sync.runtime_notifyListWait",
+    "runtime.notifyListWait",
+];
+/// Frames followed from the park, and bytes taken past a frame (its
+/// callee's argument spill area lies in the caller's frame).
+const MAX_COND_FRAMES: usize = 16;
+const SPILL_BYTES: u64 = 64;
+const MAX_FRAME_BYTES: u64 = 64 << 10;
+
+/// Every word of the frames a `sync.Cond` waiter waits in, found along
+/// its frame-pointer chain: a guess at its primitive that includes it.
+fn cond_words(pid: u32, bin: &GoBinary, bias: u64, g: &G) -> Vec<u64> {
+    let mut out = Vec::new();
+    let mut bp = g.bp;
+    for _ in 0..MAX_COND_FRAMES {
+        let Some(frame) = read_words(pid, bp, 16, g) else {
+            break;
+        };
+        let (up, ret) = (frame[0], frame[1]);
+        if up <= bp || up - bp > MAX_FRAME_BYTES {
+            break;
+        }
+        let function = bin.symbolize(ret.wrapping_sub(1).wrapping_sub(bias));
+        if function.is_some_and(|f| COND_FRAMES.contains(&f.function.as_str())) {
+            // The caller's frame, `[bp + 16, up)`, plus the spill area above.
+            let len = up + 16 + SPILL_BYTES - (bp + 16);
+            out.extend(read_words(pid, bp + 16, len, g).unwrap_or_default());
+        }
+        bp = up;
+    }
+    out
+}
+
+/// `len` bytes at `at` as words, if they lie within `g`'s stack.
+fn read_words(pid: u32, at: u64, len: u64, g: &G) -> Option<Vec<u64>> {
+    let end = at.checked_add(len)?.min(g.hi);
+    if at < g.lo || end <= at {
+        return None;
+    }
+    let mut buf = vec![0u8; (end - at) as usize];
+    mem::read(pid, at, &mut buf).ok()?;
+    Some(buf.chunks_exact(8).map(le64).collect())
 }
 
 /// What `g` waits on: the channels of its sudog chain, or its semaphore.
@@ -202,6 +255,7 @@ fn read_gs(pid: u32, bin: &GoBinary, pointers: &[u64]) -> Vec<G> {
         o.waiting,
         o.startpc,
         o.sched_sp,
+        o.sched_bp,
         o.stack_lo,
         o.stack_hi,
     ];
@@ -222,6 +276,7 @@ fn read_gs(pid: u32, bin: &GoBinary, pointers: &[u64]) -> Vec<G> {
             waiting: at(o.waiting),
             startpc: at(o.startpc),
             sp: at(o.sched_sp),
+            bp: at(o.sched_bp),
             lo: at(o.stack_lo),
             hi: at(o.stack_hi),
         };

@@ -38,6 +38,7 @@ fn fuzz_mutated_heaps_stay_in_budget() {
             .map(|i| Candidate {
                 goid: i,
                 primitives: vec![chans + i * 96],
+                guessed: false,
                 stack: Scan::Range(st),
             })
             .collect(),

@@ -41,6 +41,7 @@ fn lying_spans_are_rejected_and_the_rest_still_works() {
         candidates: vec![Candidate {
             goid: 1,
             primitives: vec![good + 8],
+            guessed: false,
             stack: Scan::Slots(vec![]),
         }],
         ..Input::default()
@@ -106,6 +107,7 @@ fn unmapped_object_pages_count_as_failed_reads() {
         candidates: vec![Candidate {
             goid: 1,
             primitives: vec![ch],
+            guessed: false,
             stack: Scan::Slots(vec![7]),
         }],
         ..Input::default()

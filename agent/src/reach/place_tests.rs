@@ -2,7 +2,7 @@
 //! static data, a stack (its owner's fate), nil, or nowhere known.
 
 use super::testmem::{cand, global, stack_root, walk, with_chan, World, CLASSIC, HCHAN, RANDOM};
-use super::{Budget, HeapMap, Input, Object, Root, RootKind, Scan, StackBounds};
+use super::{Budget, Candidate, HeapMap, Input, Object, Root, RootKind, Scan, StackBounds};
 
 #[test]
 fn primitives_on_stacks_follow_their_owner() {
@@ -49,6 +49,36 @@ fn nil_and_unresolved_primitives() {
         out.held_by,
         vec![(2, RootKind::Unresolved { addr: 0x1234_5678 })]
     );
+}
+
+/// A `sync.Cond` waiter's primitives are every word of its frames: words
+/// that are no address are skipped, a heap word still decides, and with no
+/// address at all the waiter cannot be judged (reachable).
+#[test]
+fn guessed_primitives_skip_words_that_are_no_address() {
+    let (mut w, ch) = with_chan(RANDOM);
+    let st = w.stack(4096);
+    let guessed = |goid, primitives| Candidate {
+        guessed: true,
+        ..cand(goid, primitives, st)
+    };
+    let input = Input {
+        candidates: vec![
+            guessed(1, vec![42, 0x1234_5678, ch]),
+            guessed(2, vec![42, 0x1234_5678]),
+        ],
+        ..Input::default()
+    };
+    let out = walk(&mut w, &input);
+    assert_eq!(out.unreachable, vec![1], "the heap word decides");
+    assert_eq!(out.held_by, vec![(2, RootKind::Unresolved { addr: 42 })]);
+    let g = w.global(8);
+    w.put(g.lo, ch);
+    let held = Input {
+        roots: vec![global("g", g)],
+        ..input
+    };
+    assert_eq!(walk(&mut w, &held).unreachable, Vec::<u64>::new());
 }
 
 #[test]

@@ -77,6 +77,11 @@ pub struct Candidate {
     /// caller decides whether such a goroutine (`main` in a daemon) is a
     /// candidate at all.
     pub primitives: Vec<u64>,
+    /// The primitives are a guess (every word of the frames that wait, for
+    /// a `sync.Cond`): a word that is neither in the heap, nor in a root
+    /// range, nor on a stack is not an address and is skipped rather than
+    /// counted reachable. With none left, the candidate counts reachable.
+    pub guessed: bool,
     /// Its stack, scanned only once it has been woken.
     pub stack: Scan,
 }

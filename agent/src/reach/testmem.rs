@@ -254,6 +254,7 @@ pub fn cand(goid: u64, primitives: Vec<u64>, stack: AddrRange) -> Candidate {
     Candidate {
         goid,
         primitives,
+        guessed: false,
         stack: Scan::Range(stack),
     }
 }

@@ -146,8 +146,15 @@ fn classify(marker: &mut Marker<'_>, input: &Input) -> Wake {
         stack_waiters: HashMap::new(),
     };
     for (ci, c) in input.candidates.iter().enumerate() {
-        for &p in &c.primitives {
-            classify_one(marker, input, &places, &mut wake, ci, p);
+        let placed = c
+            .primitives
+            .iter()
+            .filter(|&&p| classify_one(marker, input, &places, &mut wake, ci, p, c.guessed))
+            .count();
+        if c.guessed && placed == 0 {
+            // Nothing in its frames names a primitive: it cannot be judged.
+            let addr = c.primitives.first().copied().unwrap_or(0);
+            wake.queue.push_back((ci, RootKind::Unresolved { addr }));
         }
     }
     wake
@@ -170,6 +177,8 @@ fn find<T: Copy>(sorted: &[(u64, u64, T)], p: u64) -> Option<T> {
     (p < r.1).then_some(r.2)
 }
 
+/// Files primitive `p` of candidate `ci` where it can be woken from;
+/// false when `p` was skipped (nil, or a guessed word that is no address).
 fn classify_one(
     marker: &mut Marker<'_>,
     input: &Input,
@@ -177,24 +186,24 @@ fn classify_one(
     wake: &mut Wake,
     ci: usize,
     p: u64,
-) {
+    guessed: bool,
+) -> bool {
     if p == 0 {
-        return; // a nil channel: nothing can ever make it ready
+        return false; // a nil channel: nothing can ever make it ready
     }
     if let Some(slot) = marker.watch(p) {
         wake.heap_waiters.entry(slot).or_default().push(ci);
-        return;
-    }
-    if let Some(root) = find(&places.ranges, p) {
+    } else if let Some(root) = find(&places.ranges, p) {
         wake.queue.push_back((ci, input.roots[root].kind.clone()));
-        return;
-    }
-    if let Some(goid) = find(&places.stacks, p) {
+    } else if let Some(goid) = find(&places.stacks, p) {
         match places.by_goid.get(&goid) {
             Some(&owner) => wake.stack_waiters.entry(owner).or_default().push(ci),
             None => wake.queue.push_back((ci, RootKind::Stack { goid })),
         }
-        return;
+    } else if guessed {
+        return false;
+    } else {
+        wake.queue.push_back((ci, RootKind::Unresolved { addr: p }));
     }
-    wake.queue.push_back((ci, RootKind::Unresolved { addr: p }));
+    true
 }
