@@ -125,6 +125,9 @@ impl Agent {
                     ms = walked.seconds * 1e3,
                     "heap walked"
                 );
+                for (goid, holder) in &walked.held_by {
+                    tracing::trace!(pid, goid, holder = holder.as_str(), "primitive held");
+                }
                 // Two walks a scan apart prove a leak; allow the timer's jitter.
                 let gap = self.scan_every.as_nanos() as u64 * 9 / 10;
                 lock(&self.shared.tracker).observe_walk(pid, now_ns, walked, gap);
