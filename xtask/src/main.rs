@@ -198,6 +198,10 @@ fn test(args: &[String]) -> anyhow::Result<()> {
     build::build_ebpf()?;
     let fixtures = build::build_fixtures(&tools::GO_RELEASES, &build::FIXTURES)?;
     let sqlc = tools::ensure_sqlc()?;
+    // The binary-reading tests also read Debian's prometheus (a real Go
+    // program nobody here built): install it before them, not only for
+    // the deploy checks that run last.
+    tools::ensure_prometheus()?;
     // `line=go` pairs, so the tests can ask each toolchain (`go tool
     // addr2line`) about the binaries it built.
     let go_tools = tools::GO_RELEASES
