@@ -40,6 +40,10 @@ struct SpanEntry {
 pub struct HeapMap {
     spans: Vec<SpanEntry>,
     total_slots: u64,
+    /// `[lo, hi)` covering every span: most scanned words are no pointer
+    /// (zeros, counts), rejected here without a search.
+    lo: u64,
+    hi: u64,
     /// What building the map cost; [`super::prove`] adds to it.
     pub stats: WalkStats,
 }
@@ -81,6 +85,8 @@ impl HeapMap {
             ..WalkStats::default()
         };
         Ok(Self {
+            lo: kept.first().map_or(0, |s| s.start),
+            hi: kept.last().map_or(0, |s| s.end),
             spans: kept,
             total_slots,
             stats,
@@ -106,6 +112,9 @@ impl HeapMap {
 
     /// Span index and slot index within it.
     fn locate(&self, addr: u64) -> Option<(usize, u64)> {
+        if addr < self.lo || addr >= self.hi {
+            return None;
+        }
         let i = self
             .spans
             .partition_point(|s| s.start <= addr)

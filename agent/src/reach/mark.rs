@@ -5,12 +5,40 @@
 //! so when a watched object (one holding a candidate's primitive) is marked
 //! we know which root reached it without storing anything per object.
 
-use std::collections::{HashMap, HashSet};
+use std::{
+    collections::{HashMap, HashSet},
+    hash::{BuildHasherDefault, Hasher},
+};
 
 use super::heapmap::HeapMap;
 use super::meter::Meter;
 use super::roots::{AddrRange, Scan};
 use super::{Budget, Memory, WalkError};
+
+/// Hashes slot numbers with one multiply: every newly marked object is
+/// looked up in the opaque and watched sets, and `SipHash` was a fifth of a
+/// walk. Slots are dense small integers the walk numbered itself, not
+/// values a target could choose.
+#[derive(Default)]
+pub(super) struct SlotHasher(u64);
+
+impl Hasher for SlotHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0 ^ v).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0 ^ (self.0 >> 29)
+    }
+}
+
+type SlotSet = HashSet<u64, BuildHasherDefault<SlotHasher>>;
 
 /// Index into the walk's root labels (input roots, then candidate stacks).
 pub(super) type RootId = usize;
@@ -26,9 +54,9 @@ pub(super) struct Marker<'h> {
     heap: &'h HeapMap,
     bits: Vec<u64>,
     work: Vec<Pending>,
-    opaque: HashSet<u64>,
+    opaque: SlotSet,
     /// Slots holding some candidate's primitive.
-    watched: HashSet<u64>,
+    watched: SlotSet,
     /// Watched slots newly marked, with the root that reached them.
     pub(super) fired: Vec<(u64, RootId)>,
     pub(super) objects_marked: u64,
@@ -50,7 +78,7 @@ impl<'h> Marker<'h> {
             bits: vec![0; heap.slots().div_ceil(64) as usize],
             work: Vec::new(),
             opaque,
-            watched: HashSet::new(),
+            watched: SlotSet::default(),
             fired: Vec::new(),
             objects_marked: 0,
             max_objects: budget.max_objects,
