@@ -61,8 +61,9 @@ pub const ATTACH_FAILURE_REASONS: [&str; 5] = [
     "attach_error",
 ];
 
-/// Results of a heap walk, each exported from the start.
-pub const HEAP_WALK_RESULTS: [&str; 3] = ["done", "over_budget", "failed"];
+/// Results of a heap walk, each exported from the start (`deferred`: not
+/// walked yet, spaced after a long walk).
+pub const HEAP_WALK_RESULTS: [&str; 4] = ["done", "deferred", "over_budget", "failed"];
 
 impl Shared {
     pub fn new(max_goroutines: usize, max_series: usize) -> Self {

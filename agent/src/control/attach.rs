@@ -194,6 +194,7 @@ impl Agent {
                 target: target.clone(),
                 placement,
                 labelled,
+                next_walk: std::cell::Cell::new(None),
             },
         );
     }

@@ -49,6 +49,9 @@ pub(crate) struct Watched {
     pub(crate) placement: Placement,
     /// Its series has pod labels (or never will: not in a container).
     pub(crate) labelled: bool,
+    /// No heap walk before this instant: walks of a large heap are spaced
+    /// by ten times their own length, so they cost at most a tenth of a core.
+    pub(crate) next_walk: std::cell::Cell<Option<Instant>>,
 }
 
 /// The control loop's state.

@@ -94,6 +94,9 @@ impl Agent {
     }
 }
 
+/// A process's next heap walk waits this many times the last one's length.
+const WALK_SPACING: f64 = 10.0;
+
 impl Agent {
     /// Walks the heap of `pid` when one of its goroutines has been parked
     /// for `--leak-after`: what it proves goes to the tracker before the
@@ -105,6 +108,13 @@ impl Agent {
         if !lock(&self.shared.tracker).has_ripe_parked(pid, now_ns, leak_after_ns) {
             return;
         }
+        if w.next_walk.get().is_some_and(|t| Instant::now() < t) {
+            *lock(&self.shared.stats)
+                .heap_walks
+                .entry("deferred")
+                .or_default() += 1;
+            return;
+        }
         let (bin, bias) = (&w.target.bin, w.bias);
         let is_user = |startpc: u64| {
             bin.symbolize(startpc.wrapping_sub(bias))
@@ -114,6 +124,8 @@ impl Agent {
         let mut stats = lock(&self.shared.stats);
         let outcome = match result {
             Ok(walked) => {
+                let spacing = Duration::from_secs_f64(walked.seconds * WALK_SPACING);
+                w.next_walk.set(Some(Instant::now() + spacing));
                 stats.heap_walk_seconds += walked.seconds;
                 stats.heap_walk_bytes += walked.bytes_read;
                 drop(stats);

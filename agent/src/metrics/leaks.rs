@@ -249,7 +249,7 @@ fn scan_costs(enc: &mut DescriptorEncoder, shared: &Shared) -> fmt::Result {
     family(
         enc,
         names::HEAP_WALKS,
-        "Heap walks that prove parked goroutines unreachable, by result (over_budget: stopped at --walk-max-bytes or --walk-max-heap)",
+        "Heap walks that prove parked goroutines unreachable, by result (deferred: spaced after a long walk; over_budget: stopped at --walk-max-bytes or --walk-max-heap)",
         MetricType::Counter,
         stats
             .heap_walks
