@@ -11,9 +11,10 @@ use std::collections::{HashMap, HashSet};
 use super::{
     mem,
     scan::{le64, read_allgs},
+    stackscan::{self, Parked},
 };
 use crate::{
-    gobin::{GoBinary, HeapLayout as BinLayout, WaitReason},
+    gobin::{GOffsets, GoBinary, HeapLayout as BinLayout, WaitReason},
     reach::{
         self, AddrRange, ArenaGeometry, Budget, Candidate, HeapLayout, Input, Memory, ReadError,
         Root, RootKind, Scan, StackBounds, WalkError,
@@ -51,9 +52,14 @@ struct G {
     reason: u8,
     waiting: u64,
     startpc: u64,
+    pc: u64,
     sp: u64,
     lo: u64,
     hi: u64,
+    /// `g._defer` or `g._panic` is set: records the stack maps do not
+    /// describe (`scanstack` scans them apart), so the stack is scanned
+    /// conservatively. Unknown counts as set.
+    defers: bool,
 }
 
 impl G {
@@ -67,6 +73,20 @@ impl G {
         };
         AddrRange { lo, hi: self.hi }
     }
+
+    /// Whether its saved registers and stack are those of a parked
+    /// goroutine that has not moved since they were read.
+    fn same_park(&self, again: &G) -> bool {
+        (self.status, self.pc, self.sp, self.lo, self.hi)
+            == (again.status, again.pc, again.sp, again.lo, again.hi)
+    }
+}
+
+/// `runtime.g` begins `stack, stackguard0, stackguard1, _panic, _defer,
+/// m` in every release read (1.19–1.27); the layouts give `stack` and `m`,
+/// so `_panic` and `_defer` are known when those sit where they always do.
+fn panic_defer(o: &GOffsets) -> Option<(u32, u32)> {
+    (o.stack_lo == 0 && o.stack_hi == 8 && o.m == 48).then_some((32, 40))
 }
 
 /// Walks the heap of process `pid` and returns the parked goroutines no
@@ -94,8 +114,19 @@ pub fn walk(
         roots: globals(layout, bias),
         ..Input::default()
     };
-    for g in &gs {
-        let stack = g.live_stack();
+    let mut stacks = stack_scans(pid, bin, bias, &gs);
+    let again: HashMap<u64, G> = read_gs(pid, bin, &pointers)
+        .into_iter()
+        .map(|g| (g.addr, g))
+        .collect();
+    for (g, scan) in gs.iter().zip(&mut stacks) {
+        // A goroutine that ran while its stack was read may have moved
+        // its frames: its maps were for another stack.
+        if matches!(scan, Scan::Slots(_)) && again.get(&g.addr).is_none_or(|a| !g.same_park(a)) {
+            *scan = Scan::Range(g.live_stack());
+        }
+    }
+    for (g, stack) in gs.iter().zip(stacks) {
         input.stacks.push(StackBounds {
             goid: g.goid,
             range: AddrRange { lo: g.lo, hi: g.hi },
@@ -108,13 +139,13 @@ pub fn walk(
         if primitives.is_empty() {
             input.roots.push(Root {
                 kind: RootKind::Stack { goid: g.goid },
-                scan: Scan::Range(stack),
+                scan: stack,
             });
         } else {
             input.candidates.push(Candidate {
                 goid: g.goid,
                 primitives,
-                stack: Scan::Range(stack),
+                stack,
             });
         }
     }
@@ -136,6 +167,40 @@ pub fn walk(
         bytes_read: out.stats.bytes_read,
         seconds: out.stats.elapsed.as_secs_f64(),
     })
+}
+
+/// How each goroutine's stack is scanned: the live slots of a parked one
+/// (its stack maps), else every word from its saved SP (or its whole
+/// stack, when it runs).
+fn stack_scans(pid: u32, bin: &GoBinary, bias: u64, gs: &[G]) -> Vec<Scan> {
+    let (mut precise, mut fallback) = (0usize, 0usize);
+    let out = gs
+        .iter()
+        .map(|g| {
+            if !matches!(g.status, G_WAITING | G_LEAKED) || g.defers {
+                return Scan::Range(g.live_stack());
+            }
+            let parked = Parked {
+                pc: g.pc,
+                sp: g.sp,
+                lo: g.lo,
+                hi: g.hi,
+            };
+            match stackscan::live_slots(pid, bin, bias, &parked) {
+                Ok(slots) => {
+                    precise += 1;
+                    Scan::Slots(slots)
+                }
+                Err(e) => {
+                    fallback += 1;
+                    tracing::debug!(pid, goid = g.goid, %e, "stack scanned conservatively");
+                    Scan::Range(g.live_stack())
+                }
+            }
+        })
+        .collect();
+    tracing::debug!(pid, precise, fallback, "parked stacks read through stack maps");
+    out
 }
 
 /// Whether `g` is parked on a primitive the walk can name: a channel
@@ -195,15 +260,18 @@ fn primitives(
 /// Reads the fields of every g the walk needs; dead and idle ones are left out.
 fn read_gs(pid: u32, bin: &GoBinary, pointers: &[u64]) -> Vec<G> {
     let o = bin.offsets;
+    let pd = panic_defer(&o);
     let fields = [
         o.goid,
         o.atomicstatus,
         o.waitreason,
         o.waiting,
         o.startpc,
+        o.sched_pc,
         o.sched_sp,
         o.stack_lo,
         o.stack_hi,
+        pd.map_or(0, |(_, d)| d),
     ];
     let record = fields.into_iter().max().unwrap_or(0) as usize + 8;
     let mut out = Vec::with_capacity(pointers.len());
@@ -221,9 +289,11 @@ fn read_gs(pid: u32, bin: &GoBinary, pointers: &[u64]) -> Vec<G> {
             reason: b[o.waitreason as usize],
             waiting: at(o.waiting),
             startpc: at(o.startpc),
+            pc: at(o.sched_pc),
             sp: at(o.sched_sp),
             lo: at(o.stack_lo),
             hi: at(o.stack_hi),
+            defers: pd.is_none_or(|(p, d)| at(p) != 0 || at(d) != 0),
         };
         // A torn record: bounds that cannot be a stack.
         if g.lo < g.hi && g.hi - g.lo <= 1 << 30 {

@@ -5,3 +5,4 @@ pub mod heapwalk;
 pub mod mem;
 pub mod procfs;
 pub mod scan;
+mod stackscan;
