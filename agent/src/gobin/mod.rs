@@ -367,7 +367,7 @@ impl GoBinary {
         let facts = stackmap::FuncFacts {
             spdelta: t.spdelta(data, &f, pc).ok_or(NoFrame("no SP delta"))?,
             flag: t.func_flag(data, &f).ok_or(NoFrame("no flag"))?,
-            args: t.args_size(data, &f).ok_or(NoFrame("no argument size"))?,
+            args: Pclntab::args_size(data, &f).ok_or(NoFrame("no argument size"))?,
             index,
             args_maps: funcdata(stackmap::FUNCDATA_ARGS_POINTER_MAPS),
             locals_maps: funcdata(stackmap::FUNCDATA_LOCALS_POINTER_MAPS),

@@ -214,8 +214,8 @@ impl Pclntab {
 
     /// `_func.args`: bytes of stack arguments and results, or
     /// `abi.ArgsSizeUnknown` (`i32::MIN`).
-    pub fn args_size(&self, data: &[u8], f: &Func) -> Option<i32> {
-        read::u32_at(data, f.record + FUNC_ARGS).map(|v| v as i32)
+    pub fn args_size(data: &[u8], f: &Func) -> Option<i32> {
+        read::u32_at(data, f.record + FUNC_ARGS).map(|v| i32::from_le_bytes(v.to_le_bytes()))
     }
 
     /// The SP delta at `pc` (`runtime.funcspdelta`): bytes the function has

@@ -155,6 +155,7 @@ pub fn walk(
     let candidates = input.candidates.len();
     let heap = heap_layout(layout, bias);
     let out = reach::run(&mut ProcMemory(pid), &heap, &input, budget)?;
+    tracing::debug!(pid, held_by = ?out.held_by, "heap walk proofs");
     Ok(Walked {
         candidates,
         unreachable: out.unreachable,

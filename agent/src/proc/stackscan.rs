@@ -35,7 +35,7 @@ pub struct Parked {
 /// The addresses of the words of `g`'s stack that can hold live pointers,
 /// sorted. `bias` is the executable's load bias.
 pub fn live_slots(pid: u32, bin: &GoBinary, bias: u64, g: &Parked) -> Result<Vec<u64>, NoFrame> {
-    if !(g.lo <= g.sp && g.sp < g.hi) || g.sp % PTR != 0 || g.hi - g.sp > MAX_STACK {
+    if !(g.lo <= g.sp && g.sp < g.hi && g.sp.is_multiple_of(PTR)) || g.hi - g.sp > MAX_STACK {
         return Err(NoFrame("saved SP outside the stack"));
     }
     let len = usize::try_from(g.hi - g.sp).map_err(|_| NoFrame("stack size"))?;
@@ -103,13 +103,13 @@ fn reach_objects(
     g: &Parked,
 ) {
     let into_stack = |v: u64| (g.sp..g.hi).contains(&v);
-    let mut work: Vec<u64> = slots
+    let mut pending: Vec<u64> = slots
         .iter()
         .filter_map(|&a| word(a))
         .filter(|&v| into_stack(v))
         .collect();
     let mut scanned = vec![false; objects.len()];
-    while let Some(p) = work.pop() {
+    while let Some(p) = pending.pop() {
         for (i, &(lo, hi)) in objects.iter().enumerate() {
             if scanned[i] || !(lo..hi).contains(&p) {
                 continue;
@@ -117,7 +117,7 @@ fn reach_objects(
             scanned[i] = true;
             for at in ((lo & !(PTR - 1))..hi).step_by(PTR as usize) {
                 slots.push(at);
-                work.extend(word(at).filter(|&v| into_stack(v)));
+                pending.extend(word(at).filter(|&v| into_stack(v)));
             }
         }
     }
