@@ -209,7 +209,8 @@ impl Pclntab {
     /// The function's `flag` byte (`abi.FuncFlag`: top frame, SP write, asm),
     /// right after `funcID`.
     pub fn func_flag(&self, data: &[u8], f: &Func) -> Option<u8> {
-        data.get(f.record.checked_add(self.func_id_off() + 1)?).copied()
+        data.get(f.record.checked_add(self.func_id_off() + 1)?)
+            .copied()
     }
 
     /// `_func.args`: bytes of stack arguments and results, or

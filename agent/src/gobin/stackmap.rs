@@ -112,7 +112,8 @@ pub fn layout<'a>(
         let base = varp
             .checked_sub(nbit * PTR)
             .ok_or(NoFrame("locals map larger than the frame"))?;
-        out.pointers.extend(words.into_iter().map(|w| base + w * PTR));
+        out.pointers
+            .extend(words.into_iter().map(|w| base + w * PTR));
     }
     if facts.args == ARGS_SIZE_UNKNOWN {
         return Err(NoFrame("arguments of unknown size"));
@@ -120,7 +121,8 @@ pub fn layout<'a>(
     if facts.args > 0 {
         let maps = facts.args_maps.ok_or(NoFrame("arguments without a map"))?;
         let words = live_words(&at, maps, index)?;
-        out.pointers.extend(words.into_iter().map(|w| size + w * PTR));
+        out.pointers
+            .extend(words.into_iter().map(|w| size + w * PTR));
     }
     if let Some(objects) = facts.objects {
         out.objects = stack_objects(&at, objects, varp, size)?;
@@ -171,7 +173,10 @@ fn live_words<'a>(
     let len = usize::try_from(bytes).map_err(|_| NoFrame("stack map size"))?;
     let bits = at(first, len).ok_or(NoFrame("unreadable stack map"))?;
     Ok((0..u64::from(nbit.unsigned_abs()))
-        .filter(|&i| bits.get((i / 8) as usize).is_some_and(|b| b >> (i % 8) & 1 != 0))
+        .filter(|&i| {
+            bits.get((i / 8) as usize)
+                .is_some_and(|b| b >> (i % 8) & 1 != 0)
+        })
         .collect())
 }
 

@@ -200,7 +200,12 @@ fn stack_scans(pid: u32, bin: &GoBinary, bias: u64, gs: &[G]) -> Vec<Scan> {
             }
         })
         .collect();
-    tracing::debug!(pid, precise, fallback, "parked stacks read through stack maps");
+    tracing::debug!(
+        pid,
+        precise,
+        fallback,
+        "parked stacks read through stack maps"
+    );
     out
 }
 

@@ -68,7 +68,9 @@ pub(super) fn slots(
         }
         for (off, size) in frame.objects {
             let lo = sp.checked_add(off);
-            let hi = lo.and_then(|lo| lo.checked_add(size)).filter(|&hi| hi <= g.hi);
+            let hi = lo
+                .and_then(|lo| lo.checked_add(size))
+                .filter(|&hi| hi <= g.hi);
             let (Some(lo), Some(hi)) = (lo, hi) else {
                 return Err(NoFrame("stack object outside the stack"));
             };

@@ -188,7 +188,10 @@ func main() {
 fn toolchains() -> Option<Vec<(String, PathBuf)>> {
     let Ok(tools) = std::env::var("GOSTRAY_GO_TOOLS") else {
         let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
-        assert!(!ci, "GOSTRAY_GO_TOOLS unset under CI: run `cargo xtask test`");
+        assert!(
+            !ci,
+            "GOSTRAY_GO_TOOLS unset under CI: run `cargo xtask test`"
+        );
         eprintln!("SKIPPED: no Go toolchains; run `cargo xtask test`");
         return None;
     };
@@ -213,7 +216,11 @@ fn build(line: &str, go: &PathBuf) -> PathBuf {
         .env("GOFLAGS", "-buildvcs=false")
         .output()
         .unwrap();
-    assert!(out.status.success(), "go {line}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "go {line}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     dir.join("stackscan")
 }
 
@@ -239,7 +246,11 @@ fn stack_values(pid: u32, bin: &GoBinary) -> (HashSet<u64>, HashSet<u64>) {
             panic!("goroutine at {f:?}: {e}")
         });
         precise.extend(slots.iter().map(|&a| mem::read_u64(pid, a).unwrap()));
-        conservative.extend((p.sp..p.hi).step_by(8).map(|a| mem::read_u64(pid, a).unwrap()));
+        conservative.extend(
+            (p.sp..p.hi)
+                .step_by(8)
+                .map(|a| mem::read_u64(pid, a).unwrap()),
+        );
         parked += 1;
     }
     assert!(parked >= 3, "{parked} parked goroutines");

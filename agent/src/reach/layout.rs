@@ -152,7 +152,9 @@ impl HeapLayout {
             self.span_spanclass,
             self.span_state,
         ];
-        if offsets.iter().any(|&o| o > MAX_FIELD_OFFSET) || self.arena_spans > MAX_ARENA_SPANS_OFFSET {
+        if offsets.iter().any(|&o| o > MAX_FIELD_OFFSET)
+            || self.arena_spans > MAX_ARENA_SPANS_OFFSET
+        {
             return bad("field offset");
         }
         Ok(())
