@@ -11,10 +11,10 @@ use std::collections::{HashMap, HashSet};
 use super::{
     mem,
     scan::{le64, read_allgs},
-    stackscan::{self, Parked},
+    stackscan::{self, panic_defer, Parked},
 };
 use crate::{
-    gobin::{GOffsets, GoBinary, HeapLayout as BinLayout, WaitReason},
+    gobin::{GoBinary, HeapLayout as BinLayout, WaitReason},
     reach::{
         self, AddrRange, ArenaGeometry, Budget, Candidate, HeapLayout, Input, Memory, ReadError,
         Root, RootKind, Scan, StackBounds, WalkError,
@@ -80,13 +80,6 @@ impl G {
         (self.status, self.pc, self.sp, self.lo, self.hi)
             == (again.status, again.pc, again.sp, again.lo, again.hi)
     }
-}
-
-/// `runtime.g` begins `stack, stackguard0, stackguard1, _panic, _defer,
-/// m` in every release read (1.19–1.27); the layouts give `stack` and `m`,
-/// so `_panic` and `_defer` are known when those sit where they always do.
-fn panic_defer(o: &GOffsets) -> Option<(u32, u32)> {
-    (o.stack_lo == 0 && o.stack_hi == 8 && o.m == 48).then_some((32, 40))
 }
 
 /// Walks the heap of process `pid` and returns the parked goroutines no

@@ -15,7 +15,7 @@
 //! whole stack conservatively, so a root is never lost.
 
 use super::{mem, scan::le64};
-use crate::gobin::{FrameLayout, GoBinary, NoFrame};
+use crate::gobin::{FrameLayout, GOffsets, GoBinary, NoFrame};
 
 /// Frames followed per stack; deeper stacks are scanned conservatively.
 const MAX_FRAMES: usize = 1024;
@@ -30,6 +30,16 @@ pub struct Parked {
     pub sp: u64,
     pub lo: u64,
     pub hi: u64,
+}
+
+/// Offsets of `g._panic` and `g._defer`: records the stack maps do not
+/// describe (`scanstack` scans them apart), so a goroutine with either is
+/// scanned conservatively. `runtime.g` begins `stack, stackguard0,
+/// stackguard1, _panic, _defer, m` in every release read (1.19–1.27); the
+/// layouts give `stack` and `m`, so the two are known when those sit where
+/// they always do.
+pub(super) fn panic_defer(o: &GOffsets) -> Option<(u32, u32)> {
+    (o.stack_lo == 0 && o.stack_hi == 8 && o.m == 48).then_some((32, 40))
 }
 
 /// The addresses of the words of `g`'s stack that can hold live pointers,
