@@ -31,6 +31,7 @@ mod offsets;
 mod pclntab;
 mod read;
 pub mod sites;
+mod stackmap;
 #[cfg(test)]
 mod tests;
 mod waitreason;
@@ -49,6 +50,7 @@ use serde::Serialize;
 #[allow(unused_imports)] // part of the interface the leak detector codes against
 pub use sites::SiteKind;
 pub use sites::{ChosenSite, ProbeSite};
+pub use stackmap::{FrameLayout, NoFrame};
 pub use waitreason::WaitReason;
 
 use self::{image::Image, pclntab::Pclntab};
@@ -340,6 +342,38 @@ impl GoBinary {
     /// does not have them all (the walker then falls back).
     pub fn heap_layout(&self) -> Result<&HeapLayout, &str> {
         self.heap.as_ref().map_err(String::as_str)
+    }
+
+    /// The live pointer words of the frame executing at link-time address
+    /// `pc` (a parked goroutine's `sched.pc`, or a return address), as the
+    /// garbage collector finds them: see [`stackmap`]. `innermost` is the
+    /// frame the goroutine stopped in.
+    pub fn frame_layout(&self, pc: u64, innermost: bool) -> Result<FrameLayout, NoFrame> {
+        let data = self.pcln();
+        let t = &self.pclntab;
+        let f = t.find(data, pc).ok_or(NoFrame("no function at the PC"))?;
+        let gofunc = self.gofunc.ok_or(NoFrame("no moduledata"))?;
+        let funcdata = |i| {
+            t.funcdata(data, &f, i)
+                .and_then(|off| gofunc.checked_add(u64::from(off)))
+        };
+        // `getStackMap` looks the index up at the instruction before a
+        // return address (the CALL), and uses map 0 at the entry.
+        let index = if pc == f.entry {
+            -1
+        } else {
+            t.pcdata(data, &f, stackmap::PCDATA_STACK_MAP_INDEX, pc - 1)
+        };
+        let facts = stackmap::FuncFacts {
+            spdelta: t.spdelta(data, &f, pc).ok_or(NoFrame("no SP delta"))?,
+            flag: t.func_flag(data, &f).ok_or(NoFrame("no flag"))?,
+            args: Pclntab::args_size(data, &f).ok_or(NoFrame("no argument size"))?,
+            index,
+            args_maps: funcdata(stackmap::FUNCDATA_ARGS_POINTER_MAPS),
+            locals_maps: funcdata(stackmap::FUNCDATA_LOCALS_POINTER_MAPS),
+            objects: funcdata(stackmap::FUNCDATA_STACK_OBJECTS),
+        };
+        stackmap::layout(&facts, innermost, |a, n| self.image.at(a, n))
     }
 
     // Interface for the leak detector (and the tests) rather than the agent so far.

@@ -20,6 +20,8 @@ const MAGIC_GO116: u32 = 0xffff_fffa;
 const MAX_NAME: usize = 64 * 1024;
 /// Offsets of `_func` fields used here (unchanged from 1.18 to 1.27).
 const FUNC_NAME_OFF: usize = 4;
+const FUNC_ARGS: usize = 8;
+const FUNC_PCSP: usize = 16;
 const FUNC_PCFILE: usize = 20;
 const FUNC_PCLN: usize = 24;
 const FUNC_NPCDATA: usize = 28;
@@ -202,6 +204,26 @@ impl Pclntab {
     /// compiler wrapper).
     pub fn func_id(&self, data: &[u8], f: &Func) -> Option<u8> {
         data.get(f.record.checked_add(self.func_id_off())?).copied()
+    }
+
+    /// The function's `flag` byte (`abi.FuncFlag`: top frame, SP write, asm),
+    /// right after `funcID`.
+    pub fn func_flag(&self, data: &[u8], f: &Func) -> Option<u8> {
+        data.get(f.record.checked_add(self.func_id_off() + 1)?)
+            .copied()
+    }
+
+    /// `_func.args`: bytes of stack arguments and results, or
+    /// `abi.ArgsSizeUnknown` (`i32::MIN`).
+    pub fn args_size(data: &[u8], f: &Func) -> Option<i32> {
+        read::u32_at(data, f.record + FUNC_ARGS).map(|v| i32::from_le_bytes(v.to_le_bytes()))
+    }
+
+    /// The SP delta at `pc` (`runtime.funcspdelta`): bytes the function has
+    /// pushed below its return address at that instruction.
+    pub fn spdelta(&self, data: &[u8], f: &Func, pc: u64) -> Option<i32> {
+        let pcsp = read::u32_at(data, f.record + FUNC_PCSP)?;
+        self.pcvalue(data, f, pcsp, pc)
     }
 
     fn func_id_off(&self) -> usize {

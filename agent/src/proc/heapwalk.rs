@@ -6,17 +6,20 @@
 //! so a goroutine whose wait cannot be resolved is treated as able to run
 //! (a root), which can only hide a leak, never invent one.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use super::{
+    blockmem::ProcMemory,
     mem,
     scan::{le64, read_allgs},
+    stackscan::{self, panic_defer, Parked},
+    waits::{cond_words, primitives, sema_waiters, waits_on_named_primitive},
 };
 use crate::{
     gobin::{GoBinary, HeapLayout as BinLayout, WaitReason},
     reach::{
-        self, AddrRange, ArenaGeometry, Budget, Candidate, HeapLayout, Input, Memory, ReadError,
-        Root, RootKind, Scan, StackBounds, WalkError,
+        self, AddrRange, ArenaGeometry, Budget, Candidate, HeapLayout, Input, Root, RootKind, Scan,
+        StackBounds, WalkError,
     },
     tracker::input::Walked,
 };
@@ -28,81 +31,25 @@ const G_SYSCALL: u32 = 3;
 const G_WAITING: u32 = 4;
 const G_LEAKED: u32 = 10;
 const G_SCAN: u32 = 0x1000;
-/// Sudogs followed per goroutine (a select has one per case).
-const MAX_SUDOGS: usize = 64;
-/// Semaphore-table nodes visited per walk.
-const MAX_SEMA_NODES: usize = 1 << 20;
-
-/// Bytes read at once around a small read, and blocks kept. The marker
-/// reads object by object (most are a few dozen bytes, packed in 8 KiB
-/// spans): one system call per object cost 12.7 s for a 256 MiB heap,
-/// reading the block around it costs one per 64 KiB.
-const BLOCK: u64 = 64 << 10;
-const BLOCKS_KEPT: usize = 256;
-
-/// The target's memory for the prover, read in blocks and kept for one
-/// walk (16 MiB at most). A block that cannot be read whole (it crosses
-/// into an unmapped page) is read exactly instead.
-pub struct ProcMemory {
-    pid: u32,
-    blocks: HashMap<u64, Box<[u8]>>,
-    order: std::collections::VecDeque<u64>,
-}
-
-impl ProcMemory {
-    pub fn new(pid: u32) -> Self {
-        Self {
-            pid,
-            blocks: HashMap::new(),
-            order: std::collections::VecDeque::new(),
-        }
-    }
-
-    fn block(&mut self, base: u64) -> Option<&[u8]> {
-        if !self.blocks.contains_key(&base) {
-            let mut b = vec![0u8; BLOCK as usize].into_boxed_slice();
-            mem::read(self.pid, base, &mut b).ok()?;
-            if self.order.len() >= BLOCKS_KEPT {
-                if let Some(old) = self.order.pop_front() {
-                    self.blocks.remove(&old);
-                }
-            }
-            self.order.push_back(base);
-            self.blocks.insert(base, b);
-        }
-        self.blocks.get(&base).map(|b| &b[..])
-    }
-}
-
-impl Memory for ProcMemory {
-    fn read(&mut self, addr: u64, buf: &mut [u8]) -> Result<(), ReadError> {
-        let len = buf.len() as u64;
-        let base = addr & !(BLOCK - 1);
-        let end = addr.checked_add(len).ok_or(ReadError)?;
-        if len <= BLOCK / 2 && end <= base + BLOCK {
-            if let Some(block) = self.block(base) {
-                let at = (addr - base) as usize;
-                buf.copy_from_slice(&block[at..at + buf.len()]);
-                return Ok(());
-            }
-        }
-        mem::read(self.pid, addr, buf).map_err(|_| ReadError)
-    }
-}
 
 /// One goroutine, as the walk needs it.
 #[derive(Debug, Clone, Copy)]
-struct G {
-    addr: u64,
-    goid: u64,
-    status: u32,
-    reason: u8,
-    waiting: u64,
-    startpc: u64,
-    sp: u64,
-    bp: u64,
-    lo: u64,
-    hi: u64,
+pub(super) struct G {
+    pub(super) addr: u64,
+    pub(super) goid: u64,
+    pub(super) status: u32,
+    pub(super) reason: u8,
+    pub(super) waiting: u64,
+    pub(super) startpc: u64,
+    pub(super) pc: u64,
+    pub(super) sp: u64,
+    pub(super) bp: u64,
+    pub(super) lo: u64,
+    pub(super) hi: u64,
+    /// `g._defer` or `g._panic` is set: records the stack maps do not
+    /// describe (`scanstack` scans them apart), so the stack is scanned
+    /// conservatively. Unknown counts as set.
+    pub(super) defers: bool,
 }
 
 impl G {
@@ -115,6 +62,13 @@ impl G {
             self.lo
         };
         AddrRange { lo, hi: self.hi }
+    }
+
+    /// Whether its saved registers and stack are those of a parked
+    /// goroutine that has not moved since they were read.
+    fn same_park(&self, again: &G) -> bool {
+        (self.status, self.pc, self.sp, self.lo, self.hi)
+            == (again.status, again.pc, again.sp, again.lo, again.hi)
     }
 }
 
@@ -143,8 +97,19 @@ pub fn walk(
         roots: globals(layout, bias),
         ..Input::default()
     };
-    for g in &gs {
-        let stack = g.live_stack();
+    let mut stacks = stack_scans(pid, bin, bias, &gs);
+    let again: HashMap<u64, G> = read_gs(pid, bin, &pointers)
+        .into_iter()
+        .map(|g| (g.addr, g))
+        .collect();
+    for (g, scan) in gs.iter().zip(&mut stacks) {
+        // A goroutine that ran while its stack was read may have moved
+        // its frames: its maps were for another stack.
+        if matches!(scan, Scan::Slots(_)) && again.get(&g.addr).is_none_or(|a| !g.same_park(a)) {
+            *scan = Scan::Range(g.live_stack());
+        }
+    }
+    for (g, stack) in gs.iter().zip(stacks) {
         input.stacks.push(StackBounds {
             goid: g.goid,
             range: AddrRange { lo: g.lo, hi: g.hi },
@@ -161,14 +126,14 @@ pub fn walk(
         if primitives.is_empty() {
             input.roots.push(Root {
                 kind: RootKind::Stack { goid: g.goid },
-                scan: Scan::Range(stack),
+                scan: stack,
             });
         } else {
             input.candidates.push(Candidate {
                 goid: g.goid,
                 primitives,
                 guessed,
-                stack: Scan::Range(stack),
+                stack,
             });
         }
     }
@@ -192,120 +157,61 @@ pub fn walk(
     })
 }
 
-/// Whether a wait names its primitive in runtime structures: a channel
-/// (send, receive, select: `g.waiting`) or a semaphore (mutexes, wait
-/// groups: the semaphore table). `main` (goroutine 1) is never judged: a
-/// daemon parks it for good on purpose.
-fn waits_on_named_primitive(r: WaitReason) -> bool {
-    matches!(
-        r,
-        WaitReason::ChanSend
-            | WaitReason::ChanReceive
-            | WaitReason::Select
-            | WaitReason::SyncMutex
-            | WaitReason::SyncRwmutex
-            | WaitReason::SyncWaitgroup
-            | WaitReason::Semacquire
-    )
-}
-
-/// Frames of a `sync.Cond` wait. The runtime keeps a Cond's waiters on the
-/// Cond's own list, which nothing in the waiting g points to; the Cond is
-/// only named in these frames' slots (receiver and spilled arguments).
-const COND_FRAMES: [&str; 3] = [
-    "sync.(*Cond).Wait",
-    "sync.runtime_notifyListWait",
-    "runtime.notifyListWait",
-];
-/// Frames followed from the park, and bytes taken past a frame (its
-/// callee's argument spill area lies in the caller's frame).
-const MAX_COND_FRAMES: usize = 16;
-const SPILL_BYTES: u64 = 64;
-const MAX_FRAME_BYTES: u64 = 64 << 10;
-
-/// Every word of the frames a `sync.Cond` waiter waits in, found along
-/// its frame-pointer chain: a guess at its primitive that includes it.
-fn cond_words(pid: u32, bin: &GoBinary, bias: u64, g: &G) -> Vec<u64> {
-    let mut out = Vec::new();
-    let mut bp = g.bp;
-    for _ in 0..MAX_COND_FRAMES {
-        let Some(frame) = read_words(pid, bp, 16, g) else {
-            break;
-        };
-        let (up, ret) = (frame[0], frame[1]);
-        if up <= bp || up - bp > MAX_FRAME_BYTES {
-            break;
-        }
-        let function = bin.symbolize(ret.wrapping_sub(1).wrapping_sub(bias));
-        if function.is_some_and(|f| COND_FRAMES.contains(&f.function.as_str())) {
-            // The caller's frame, `[bp + 16, up)`, plus the spill area above.
-            let len = up + 16 + SPILL_BYTES - (bp + 16);
-            out.extend(read_words(pid, bp + 16, len, g).unwrap_or_default());
-        }
-        bp = up;
-    }
-    out
-}
-
-/// `len` bytes at `at` as words, if they lie within `g`'s stack.
-fn read_words(pid: u32, at: u64, len: u64, g: &G) -> Option<Vec<u64>> {
-    let end = at.checked_add(len)?.min(g.hi);
-    if at < g.lo || end <= at {
-        return None;
-    }
-    let mut buf = vec![0u8; (end - at) as usize];
-    mem::read(pid, at, &mut buf).ok()?;
-    Some(buf.chunks_exact(8).map(le64).collect())
-}
-
-/// What `g` waits on: the channels of its sudog chain, or its semaphore.
-/// The sudogs it passes are runtime bookkeeping: opaque.
-fn primitives(
-    pid: u32,
-    layout: &BinLayout,
-    g: &G,
-    sema: &HashMap<u64, u64>,
-    opaque: &mut Vec<u64>,
-) -> Vec<u64> {
-    if let Some(&addr) = sema.get(&g.addr) {
-        return vec![addr];
-    }
-    let s = layout.offsets.sudog;
-    let mut out = Vec::new();
-    let mut seen = HashSet::new();
-    let mut at = g.waiting;
-    while at != 0 && out.len() < MAX_SUDOGS && seen.insert(at) {
-        let mut b = [0u8; 8];
-        let mut word = |off: u32| {
-            mem::read(pid, at.wrapping_add(u64::from(off)), &mut b)
-                .ok()
-                .map(|()| le64(&b))
-        };
-        let (Some(c), Some(next)) = (word(s.c), word(s.waitlink)) else {
-            break;
-        };
-        opaque.push(at);
-        if c != 0 {
-            out.push(c);
-        }
-        at = next;
-    }
+/// How each goroutine's stack is scanned: the live slots of a parked one
+/// (its stack maps), else every word from its saved SP (or its whole
+/// stack, when it runs).
+fn stack_scans(pid: u32, bin: &GoBinary, bias: u64, gs: &[G]) -> Vec<Scan> {
+    let (mut precise, mut fallback) = (0usize, 0usize);
+    let out = gs
+        .iter()
+        .map(|g| {
+            if !matches!(g.status, G_WAITING | G_LEAKED) || g.defers {
+                return Scan::Range(g.live_stack());
+            }
+            let parked = Parked {
+                pc: g.pc,
+                sp: g.sp,
+                lo: g.lo,
+                hi: g.hi,
+            };
+            match stackscan::live_slots(pid, bin, bias, &parked) {
+                Ok(slots) => {
+                    precise += 1;
+                    Scan::Slots(slots)
+                }
+                Err(e) => {
+                    fallback += 1;
+                    tracing::debug!(pid, goid = g.goid, %e, "stack scanned conservatively");
+                    Scan::Range(g.live_stack())
+                }
+            }
+        })
+        .collect();
+    tracing::debug!(
+        pid,
+        precise,
+        fallback,
+        "parked stacks read through stack maps"
+    );
     out
 }
 
 /// Reads the fields of every g the walk needs; dead and idle ones are left out.
 fn read_gs(pid: u32, bin: &GoBinary, pointers: &[u64]) -> Vec<G> {
     let o = bin.offsets;
+    let pd = panic_defer(&o);
     let fields = [
         o.goid,
         o.atomicstatus,
         o.waitreason,
         o.waiting,
         o.startpc,
+        o.sched_pc,
         o.sched_sp,
         o.sched_bp,
         o.stack_lo,
         o.stack_hi,
+        pd.map_or(0, |(_, d)| d),
     ];
     let record = fields.into_iter().max().unwrap_or(0) as usize + 8;
     let mut out = Vec::with_capacity(pointers.len());
@@ -323,66 +229,18 @@ fn read_gs(pid: u32, bin: &GoBinary, pointers: &[u64]) -> Vec<G> {
             reason: b[o.waitreason as usize],
             waiting: at(o.waiting),
             startpc: at(o.startpc),
+            pc: at(o.sched_pc),
             sp: at(o.sched_sp),
             bp: at(o.sched_bp),
             lo: at(o.stack_lo),
             hi: at(o.stack_hi),
+            defers: pd.is_none_or(|(p, d)| at(p) != 0 || at(d) != 0),
         };
         // A torn record: bounds that cannot be a stack.
         if g.lo < g.hi && g.hi - g.lo <= 1 << 30 {
             out.push(g);
         }
     });
-    out
-}
-
-/// Waiters of the semaphore table: g address → semaphore address.
-struct SemaWaiters {
-    by_g: HashMap<u64, u64>,
-    sudogs: Vec<u64>,
-}
-
-/// Walks every treap of `runtime.semtable` (sudogs keyed by semaphore
-/// address, `prev`/`next` children, `waitlink` for more waiters on the
-/// same address). Bounded, and cycle-proof through `seen`.
-fn sema_waiters(pid: u32, layout: &BinLayout, bias: u64) -> SemaWaiters {
-    let (s, t) = (layout.offsets.sudog, layout.offsets.sema);
-    let mut out = SemaWaiters {
-        by_g: HashMap::new(),
-        sudogs: Vec::new(),
-    };
-    let base = layout.roots.semtable.wrapping_add(bias);
-    let mut work: Vec<u64> = (0..u64::from(t.entries))
-        .filter_map(|i| {
-            let at = base.wrapping_add(i * u64::from(t.entry_size) + u64::from(t.root_treap));
-            mem::read_u64(pid, at).ok()
-        })
-        .filter(|&p| p != 0)
-        .collect();
-    let mut seen = HashSet::new();
-    let record = [s.g, s.elem, s.waitlink, s.next, s.prev]
-        .into_iter()
-        .max()
-        .unwrap_or(0) as usize
-        + 8;
-    let mut buf = vec![0u8; record];
-    while let Some(at) = work.pop() {
-        if seen.len() >= MAX_SEMA_NODES || !seen.insert(at) || mem::read(pid, at, &mut buf).is_err()
-        {
-            continue;
-        }
-        let word = |off: u32| le64(&buf[off as usize..]);
-        out.sudogs.push(at);
-        let (g, elem) = (word(s.g), word(s.elem));
-        if g != 0 && elem != 0 {
-            out.by_g.insert(g, elem);
-        }
-        work.extend(
-            [word(s.waitlink), word(s.next), word(s.prev)]
-                .into_iter()
-                .filter(|&p| p != 0),
-        );
-    }
     out
 }
 

@@ -1,7 +1,11 @@
-//! Reading a live process from outside: `/proc` entries, its memory, and
-//! the Go runtime's goroutine table in that memory.
+//! Reading a live process from outside: `/proc` entries, its memory, the
+//! Go runtime's goroutine table in that memory, and the heap walk that
+//! proves parked goroutines unreachable.
 
+mod blockmem;
 pub mod heapwalk;
 pub mod mem;
 pub mod procfs;
 pub mod scan;
+mod stackscan;
+mod waits;

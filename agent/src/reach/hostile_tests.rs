@@ -213,6 +213,14 @@ fn bad_layout_is_refused() {
         }
     );
     l = w.layout;
+    l.arena_spans = 1 << 23;
+    assert_eq!(
+        HeapMap::build(&mut w.mem, &l, &Budget::default()).expect_err("spans"),
+        WalkError::BadLayout {
+            what: "field offset"
+        }
+    );
+    l = w.layout;
     l.geometry.page_bytes = 3000;
     assert!(matches!(
         HeapMap::build(&mut w.mem, &l, &Budget::default()),

@@ -13,6 +13,9 @@ pub const MSPAN_IN_USE: u8 = 1;
 const MAX_FIELD_OFFSET: u32 = 4096;
 /// Largest `mheap` field offset accepted.
 const MAX_MHEAP_OFFSET: u32 = 1 << 20;
+/// Largest offset of `heapArena.spans` accepted: Go ≤ 1.21 puts the
+/// arena's heap bitmap first (2 MiB in 1.19, 1 MiB + 16 KiB in 1.20–1.21).
+const MAX_ARENA_SPANS_OFFSET: u32 = 1 << 22;
 
 /// Architecture constants of the heap (malloc.go), not struct offsets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -149,7 +152,9 @@ impl HeapLayout {
             self.span_spanclass,
             self.span_state,
         ];
-        if offsets.iter().any(|&o| o > MAX_FIELD_OFFSET) || self.arena_spans > 1 << 20 {
+        if offsets.iter().any(|&o| o > MAX_FIELD_OFFSET)
+            || self.arena_spans > MAX_ARENA_SPANS_OFFSET
+        {
             return bad("field offset");
         }
         Ok(())
