@@ -93,6 +93,12 @@ func worker(wg *sync.WaitGroup, forget bool) {
 	runtime.Gosched()
 }
 
+// waitBatch reports a batch once its workers are done.
+func waitBatch(wg *sync.WaitGroup) {
+	wg.Wait()
+	fmt.Println("batch done")
+}
+
 // wgMissing: a live loop starts two workers and a waiter for them; one worker
 // never calls Done, so the waiter waits for good. The loop goes on.
 func wgMissing() {
@@ -104,10 +110,7 @@ func wgMissing() {
 				wg.Add(2)
 				go worker(wg, false)
 				go worker(wg, true)
-				go func() {
-					wg.Wait()
-					fmt.Println("batch done")
-				}()
+				go waitBatch(wg)
 				close(begun)
 			}
 			time.Sleep(200 * time.Millisecond)
