@@ -364,10 +364,10 @@ func contextShape() {
 		keep = append(keep, cancel)
 		grandchild, cancel2 := context.WithTimeout(child, 24*time.Hour)
 		keep = append(keep, cancel2)
-		for _, ctx := range []context.Context{rootCtx, child, grandchild} {
-			for i := 0; i < 2; i++ {
-				go func(ctx context.Context) { <-ctx.Done() }(ctx)
-			}
+		// Two workers on each of root and child share a Done channel; a
+		// lone request-scoped watcher has the grandchild's to itself.
+		for _, ctx := range []context.Context{rootCtx, rootCtx, child, child, grandchild} {
+			go func(ctx context.Context) { <-ctx.Done() }(ctx)
 		}
 	})
 }
