@@ -244,24 +244,24 @@ macro_rules! live {
 }
 
 healthy! {
-    healthy_http_keepalive => "http", "Idle keep-alive connections: net/http's readLoop/writeLoop, started by a dialing goroutine that returned.";
-    healthy_sql_pool => "sql", "database/sql's connectionOpener, started by sql.Open in a request goroutine that returned.";
+    healthy_http_keepalive => "http", "Idle keep-alive connections: `net/http`'s `readLoop`/`writeLoop`, started by a dialing goroutine that returned.";
+    healthy_sql_pool => "sql", "`database/sql`'s `connectionOpener`, started by `sql.Open` in a request goroutine that returned.";
     healthy_grpc_transport => "grpc", "A transport's writer, keepalive and reader, reachable from a global registry map.";
-    healthy_waitgroup_pool => "pool", "Workers waiting for jobs every 20 s, under a supervisor parked in WaitGroup.Wait.";
+    healthy_waitgroup_pool => "pool", "Workers waiting for jobs every 20 s, under a supervisor parked in `WaitGroup.Wait`.";
     healthy_errgroup => "errgroup", "A handler waiting in an errgroup for slow calls that will finish.";
-    healthy_signal_loop => "signal", "A signal.Notify loop started by a setup goroutine that returned.";
-    healthy_select_forever => "selectforever", "main parked in select {} after starting a ticker loop and a signal goroutine.";
-    healthy_long_timers => "timers", "time.After(1h) in a select, a lone 1 h back-off, an hourly ticker.";
-    healthy_cond_queue => "cond", "A sync.Cond consumer waiting for rare items, its producer on a 1 min ticker.";
-    healthy_context_tree => "context", "Workers on ctx.Done() of a tree whose root's cancel is a global.";
+    healthy_signal_loop => "signal", "A `signal.Notify` loop started by a setup goroutine that returned.";
+    healthy_select_forever => "selectforever", "`main` parked in `select {}` after starting a ticker loop and a signal goroutine.";
+    healthy_long_timers => "timers", "`time.After(1h)` in a select, a lone 1 h back-off, an hourly ticker.";
+    healthy_cond_queue => "cond", "A `sync.Cond` consumer waiting for rare items, its producer on a 1 min ticker.";
+    healthy_context_tree => "context", "Workers on `ctx.Done()` of a tree whose root's cancel is a global.";
     healthy_lazy_cache => "cache", "A cache janitor on a 10 min ticker, started by the first request.";
 }
 
 live! {
-    live_abba_deadlock => "abba", "main.lockBoth", 2, "Two goroutines started by a live main, deadlocked AB-BA on local mutexes.";
+    live_abba_deadlock => "abba", "main.lockBoth", 2, "Two goroutines started by a live `main`, deadlocked AB-BA on local mutexes.";
     live_three_way_cycle => "cycle3", "main.lockBoth", 3, "Three goroutines in a mutex cycle.";
     live_stranded_once => "strandonce", "main.fetch", 1, "A sender stranded once by a poll loop that stays alive (no growth).";
-    live_waitgroup_missing_done => "wgmissing", "main.waitBatch", 1, "A WaitGroup waiter whose worker forgot Done, started by a live loop.";
-    live_afterfunc_mutex => "afterfunc", "main.afterFunc.func1", 1, "A time.AfterFunc goroutine on a mutex only a dead local held.";
+    live_waitgroup_missing_done => "wgmissing", "main.waitBatch", 1, "A `WaitGroup` waiter whose worker forgot `Done`, started by a live loop.";
+    live_afterfunc_mutex => "afterfunc", "main.afterFunc.func1", 1, "A `time.AfterFunc` goroutine on a mutex only a dead local held.";
     live_poller_strands => "poller", "main.fetch", 1, "A live poller stranding one sender every 3 s (slow growth).";
 }

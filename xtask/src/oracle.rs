@@ -597,25 +597,8 @@ pub fn oracle(args: &OracleArgs, agent: &Path) -> anyhow::Result<(f64, usize)> {
         "building the leak cases with Go {} ({:?} runner)",
         args.go, args.runner
     ));
-    let mut exes = HashMap::new();
-    exes.insert(
-        "main",
-        build_program(&go, &testdata, &out, Program::Main, false, args.runner)?,
-    );
-    exes.insert(
-        "main-anchor",
-        build_program(&go, &testdata, &out, Program::Main, true, args.runner)?,
-    );
-    if cases.iter().any(|c| c.program == Program::Goker) {
-        exes.insert(
-            "goker",
-            build_program(&go, &testdata, &out, Program::Goker, false, args.runner)?,
-        );
-        exes.insert(
-            "goker-anchor",
-            build_program(&go, &testdata, &out, Program::Goker, true, args.runner)?,
-        );
-    }
+    let goker = cases.iter().any(|c| c.program == Program::Goker);
+    let exes = build_programs(&go, &testdata, &out, goker, args.runner)?;
     util::done(t);
 
     let port = 9990;
@@ -672,25 +655,61 @@ pub fn oracle(args: &OracleArgs, agent: &Path) -> anyhow::Result<(f64, usize)> {
     let report = table(&outcomes, &version);
     println!("{report}");
     if args.write {
-        let date = util::output(Command::new("date").args(["-u", "+%Y-%m-%d"])).unwrap_or_default();
-        let doc = format!(
-            "# Oracle: gostray against the Go runtime's goroutine leak cases\n\nRun on {} with `cargo xtask oracle --go {} --runner {} --write` (--leak-after 2s). {} In the agent's build the cases ask for the plain goroutine profile, so the runtime never marks a goroutine leaked for the agent to read, and `os.Exit(0)` becomes a sleep, so the process stays to be watched. The runtime column is the runtime's own GC-based detector on the unmodified cases (Go ≥ 1.26 only). Before Go 1.20 the runtime names every sync wait `semacquire`: such a leak matches an expectation of a sync wait at the same function.\n\n{report}",
-            date.trim(),
-            args.go,
-            format!("{:?}", args.runner).to_lowercase(),
-            args.runner.describe(),
-        );
-        std::fs::write(
-            util::root().join(format!(
-                "docs/ORACLE-go{}{}.md",
-                args.go,
-                args.runner.suffix()
-            )),
-            doc,
-        )?;
+        write_doc(args, &report)?;
     }
     let (e, f, x) = totals(&outcomes, |o| &o.agent);
     Ok((pct(f, e), x))
+}
+
+/// Builds the agent's and the anchor's program for the runtime's cases,
+/// and for the `GoKer` kernels when `goker`, keyed as `run_batch` reads them.
+fn build_programs(
+    go: &Path,
+    testdata: &Path,
+    out: &Path,
+    goker: bool,
+    runner: Runner,
+) -> anyhow::Result<HashMap<&'static str, PathBuf>> {
+    let mut programs = vec![
+        ("main", Program::Main, false),
+        ("main-anchor", Program::Main, true),
+    ];
+    if goker {
+        programs.extend([
+            ("goker", Program::Goker, false),
+            ("goker-anchor", Program::Goker, true),
+        ]);
+    }
+    programs
+        .into_iter()
+        .map(|(key, program, anchor)| {
+            Ok((
+                key,
+                build_program(go, testdata, out, program, anchor, runner)?,
+            ))
+        })
+        .collect()
+}
+
+/// Writes the table to docs/ORACLE-go<go>[-upstream].md.
+fn write_doc(args: &OracleArgs, report: &str) -> anyhow::Result<()> {
+    let date = util::output(Command::new("date").args(["-u", "+%Y-%m-%d"])).unwrap_or_default();
+    let doc = format!(
+        "# Oracle: gostray against the Go runtime's goroutine leak cases\n\nRun on {} with `cargo xtask oracle --go {} --runner {} --write` (--leak-after 2s). {} In the agent's build the cases ask for the plain goroutine profile, so the runtime never marks a goroutine leaked for the agent to read, and `os.Exit(0)` becomes a sleep, so the process stays to be watched. The runtime column is the runtime's own GC-based detector on the unmodified cases (Go ≥ 1.26 only). Before Go 1.20 the runtime names every sync wait `semacquire`: such a leak matches an expectation of a sync wait at the same function.\n\n{report}",
+        date.trim(),
+        args.go,
+        format!("{:?}", args.runner).to_lowercase(),
+        args.runner.describe(),
+    );
+    std::fs::write(
+        util::root().join(format!(
+            "docs/ORACLE-go{}{}.md",
+            args.go,
+            args.runner.suffix()
+        )),
+        doc,
+    )?;
+    Ok(())
 }
 
 #[cfg(test)]
