@@ -1,13 +1,9 @@
 // healthy holds long-lived goroutine shapes of real services that are not
-// leaks: each will run again when its peer, timer, signal or request comes.
-// A leak detector must never call any of them `leak`.
-//
-// Usage: healthy <shape>. It prints "ready", waits for a "start" line on
-// stdin, sets the shape up, prints "started <goroutines>" and then stays
-// alive until stdin closes. Shapes: http sql grpc pool errgroup signal
-// selectforever timers cond context cache.
-//
-// Standard library only, Go 1.19 syntax.
+// leaks: each runs again when its peer, timer, signal or request comes, so a
+// leak detector must never call any of them `leak`. Standard library only,
+// Go 1.19 syntax. Usage: healthy <shape> (see shapes); it prints "ready",
+// waits for "start" on stdin, sets the shape up, prints "started
+// <goroutines>" and stays alive until stdin closes.
 package main
 
 import (
@@ -27,19 +23,13 @@ import (
 	"time"
 )
 
-// --- net/http keep-alive --------------------------------------------------
-
-// httpShape leaves two idle keep-alive connections: the client's readLoop and
-// writeLoop (started by a dialing goroutine that has returned) and the
-// server's per-connection goroutines wait for the next request, which the
-// pooled connection makes possible at any time.
+// httpShape leaves idle keep-alive connections: the client's readLoop and
+// writeLoop (started by a dialing goroutine that returned) and the server's
+// per-connection goroutines wait for a next request the pool allows any time.
 func httpShape() {
 	ln := listen()
-	go http.Serve(ln, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		io.WriteString(w, "ok")
-	}))
-	// No IdleConnTimeout: idle connections stay pooled for good, as with
-	// many hand-built transports.
+	go http.Serve(ln, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }))
+	// No IdleConnTimeout: idle connections stay pooled for good, as often.
 	client := &http.Client{Transport: &http.Transport{}}
 	keep = append(keep, client)
 	var wg sync.WaitGroup
@@ -58,8 +48,7 @@ func httpShape() {
 	wg.Wait()
 }
 
-// --- database/sql with an in-process driver -------------------------------
-
+// memDriver is an in-process database/sql driver: every statement succeeds.
 type memDriver struct{}
 type memConn struct{}
 type memStmt struct{}
@@ -73,31 +62,22 @@ func (memStmt) NumInput() int                              { return -1 }
 func (memStmt) Exec([]driver.Value) (driver.Result, error) { return driver.RowsAffected(1), nil }
 func (memStmt) Query([]driver.Value) (driver.Rows, error)  { return nil, fmt.Errorf("no rows") }
 
-var (
-	dbOnce sync.Once
-	db     *sql.DB
-)
+var dbOnce sync.Once
+var db *sql.DB
 
-// sqlShape opens the pool lazily from a request goroutine that returns:
-// sql.Open starts connectionOpener, which waits for the pool's requests
-// for as long as the *sql.DB (a global here) lives.
+// sqlShape opens the pool lazily from a request goroutine that returns: its
+// connectionOpener waits for requests as long as the *sql.DB (a global) lives.
 func sqlShape() {
 	sql.Register("mem", memDriver{})
-	request := func() {
-		dbOnce.Do(func() {
-			var err error
-			db, err = sql.Open("mem", "")
+	for i := 0; i < 3; i++ {
+		runReturning(func() {
+			// sql.Open fails only for an unregistered driver.
+			dbOnce.Do(func() { db, _ = sql.Open("mem", "") })
+			_, err := db.Exec("UPDATE t SET n = n + 1")
 			must(err)
 		})
-		_, err := db.Exec("UPDATE t SET n = n + 1")
-		must(err)
-	}
-	for i := 0; i < 3; i++ {
-		runReturning(request)
 	}
 }
-
-// --- a gRPC-shaped transport ----------------------------------------------
 
 type transport struct {
 	conn    net.Conn
@@ -105,13 +85,10 @@ type transport struct {
 	done    chan struct{}
 }
 
-var (
-	registryMu sync.Mutex
-	registry   = map[string]*transport{}
-)
+var registryMu sync.Mutex
+var registry = map[string]*transport{}
 
-// serveConn is the accept handler: it starts the transport's writer,
-// keepalive and reader, registers the transport and returns.
+// serveConn, the accept handler, starts a transport, registers it, returns.
 func serveConn(c net.Conn) {
 	t := &transport{conn: c, control: make(chan []byte), done: make(chan struct{})}
 	go t.writer()
@@ -122,6 +99,7 @@ func serveConn(c net.Conn) {
 	registryMu.Unlock()
 }
 
+func registered() int { registryMu.Lock(); defer registryMu.Unlock(); return len(registry) }
 func (t *transport) writer() {
 	for {
 		select {
@@ -132,38 +110,22 @@ func (t *transport) writer() {
 		}
 	}
 }
-
 func (t *transport) keepalive() {
-	timer := time.NewTimer(2 * time.Hour)
 	for {
 		select {
-		case <-timer.C:
+		case <-time.After(2 * time.Hour):
 			t.control <- []byte("ping")
-			timer.Reset(2 * time.Hour)
 		case <-t.done:
 			return
 		}
 	}
 }
-
-func (t *transport) reader() {
-	buf := make([]byte, 64)
-	for {
-		if _, err := t.conn.Read(buf); err != nil {
-			close(t.done)
-			return
-		}
-	}
-}
+func (t *transport) reader() { io.Copy(io.Discard, t.conn); close(t.done) }
 
 func grpcShape() {
 	ln := listen()
 	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
+		for c, err := ln.Accept(); err == nil; c, err = ln.Accept() {
 			go serveConn(c)
 		}
 	}()
@@ -173,13 +135,12 @@ func grpcShape() {
 		c.Write([]byte("hello"))
 		keep = append(keep, c)
 	}
-	waitFor(func() bool { registryMu.Lock(); defer registryMu.Unlock(); return len(registry) == 2 })
+	for registered() < 2 {
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
-// --- worker pools ---------------------------------------------------------
-
-// poolShape: a supervisor waits on its workers' WaitGroup while the workers
-// wait for jobs that arrive every 20 s.
+// poolShape: a supervisor waits for workers waiting for jobs every 20 s.
 func poolShape() {
 	jobs := make(chan int)
 	runReturning(func() {
@@ -189,25 +150,21 @@ func poolShape() {
 				wg.Add(1)
 				go func() {
 					defer wg.Done()
-					for j := range jobs {
-						_ = j * j
+					for range jobs {
 					}
 				}()
 			}
 			wg.Wait()
 		}()
 		go func() { // producer
-			t := time.NewTicker(20 * time.Second)
-			for n := 0; ; n++ {
-				<-t.C
-				jobs <- n
+			for range time.NewTicker(20 * time.Second).C {
+				jobs <- 1
 			}
 		}()
 	})
 }
 
-// group is a minimal errgroup: Go runs f, Wait waits for all, the first
-// error wins and cancels the group's context.
+// group is a minimal errgroup: the first error wins and cancels the context.
 type group struct {
 	wg      sync.WaitGroup
 	errOnce sync.Once
@@ -219,7 +176,6 @@ func withContext(ctx context.Context) (*group, context.Context) {
 	ctx, cancel := context.WithCancel(ctx)
 	return &group{cancel: cancel}, ctx
 }
-
 func (g *group) Go(f func() error) {
 	g.wg.Add(1)
 	go func() {
@@ -229,12 +185,7 @@ func (g *group) Go(f func() error) {
 		}
 	}()
 }
-
-func (g *group) Wait() error {
-	g.wg.Wait()
-	g.cancel()
-	return g.err
-}
+func (g *group) Wait() error { g.wg.Wait(); g.cancel(); return g.err }
 
 // errgroupShape: a request fans out slow calls (an hour each) and waits for
 // them, as a batch job would; the calls will finish, so will the wait.
@@ -262,35 +213,29 @@ func errgroupShape() {
 	requests <- 1
 }
 
-// --- signals, select {}, timers -------------------------------------------
+// signalLoop handles sig for as long as the process runs.
+func signalLoop(sig os.Signal) {
+	c := make(chan os.Signal, 1)
+	signal.Notify(c, sig)
+	for range c {
+		fmt.Println("got", sig)
+	}
+}
 
 func signalShape() {
 	runReturning(func() { // a library's Start(), called from a setup goroutine
-		c := make(chan os.Signal, 1)
-		signal.Notify(c, syscall.SIGHUP)
-		go func() {
-			for range c {
-				fmt.Println("reloading")
-			}
-		}()
+		go signalLoop(syscall.SIGHUP)
 	})
 }
 
 // selectForever is the daemon's main: start the loops, then park for good.
 func selectForever() {
 	go func() {
-		t := time.NewTicker(30 * time.Second)
-		for range t.C {
+		for range time.NewTicker(30 * time.Second).C {
 			runtime.GC()
 		}
 	}()
-	go func() {
-		c := make(chan os.Signal, 1)
-		signal.Notify(c, syscall.SIGUSR1)
-		for range c {
-			fmt.Println("dumping state")
-		}
-	}()
+	go signalLoop(syscall.SIGUSR1)
 	time.Sleep(100 * time.Millisecond)
 	started()
 	select {}
@@ -309,23 +254,25 @@ func timersShape() {
 				}
 			}
 		}()
-		go func() { // a single long back-off: only the timer can wake it
-			<-time.After(time.Hour)
-		}()
-		go func() { // an hourly report
-			t := time.NewTicker(time.Hour)
-			for range t.C {
+		go func() { <-time.After(time.Hour) }() // a lone back-off: only its timer can wake it
+		go func() {                             // an hourly report
+			for range time.NewTicker(time.Hour).C {
 			}
 		}()
 	})
 }
 
-// --- sync.Cond queue, context trees, lazy cache ---------------------------
-
 type queue struct {
 	mu    sync.Mutex
 	cond  *sync.Cond
 	items []int
+}
+
+func (q *queue) push(n int) {
+	q.mu.Lock()
+	q.items = append(q.items, n)
+	q.mu.Unlock()
+	q.cond.Signal()
 }
 
 var services = map[string]interface{}{}
@@ -347,10 +294,7 @@ func condShape() {
 		}()
 		go func() { // producer: one item a minute
 			for range time.NewTicker(time.Minute).C {
-				q.mu.Lock()
-				q.items = append(q.items, 1)
-				q.mu.Unlock()
-				q.cond.Signal()
+				q.push(1)
 			}
 		}()
 	})
@@ -361,9 +305,8 @@ var rootCtx, rootCancel = context.WithCancel(context.Background())
 func contextShape() {
 	runReturning(func() {
 		child, cancel := context.WithCancel(rootCtx)
-		keep = append(keep, cancel)
 		grandchild, cancel2 := context.WithTimeout(child, 24*time.Hour)
-		keep = append(keep, cancel2)
+		keep = append(keep, cancel, cancel2)
 		// Two workers on each of root and child share a Done channel; a
 		// lone request-scoped watcher has the grandchild's to itself.
 		for _, ctx := range []context.Context{rootCtx, rootCtx, child, child, grandchild} {
@@ -378,10 +321,8 @@ type cache struct {
 	stop chan struct{}
 }
 
-var (
-	cacheOnce sync.Once
-	theCache  *cache
-)
+var cacheOnce sync.Once
+var theCache *cache
 
 func getCache() *cache {
 	cacheOnce.Do(func() {
@@ -390,15 +331,14 @@ func getCache() *cache {
 	})
 	return theCache
 }
-
+func (c *cache) set(k, v string) { c.mu.Lock(); c.m[k] = v; c.mu.Unlock() }
+func (c *cache) reset()          { c.mu.Lock(); c.m = map[string]string{}; c.mu.Unlock() }
 func (c *cache) janitor() {
 	t := time.NewTicker(10 * time.Minute)
 	for {
 		select {
 		case <-t.C:
-			c.mu.Lock()
-			c.m = map[string]string{}
-			c.mu.Unlock()
+			c.reset()
 		case <-c.stop:
 			return
 		}
@@ -407,16 +347,9 @@ func (c *cache) janitor() {
 
 func cacheShape() {
 	for i := 0; i < 3; i++ {
-		runReturning(func() { // requests; the first builds the cache
-			c := getCache()
-			c.mu.Lock()
-			c.m["k"] = "v"
-			c.mu.Unlock()
-		})
+		runReturning(func() { getCache().set("k", "v") }) // a request
 	}
 }
-
-// --- plumbing -------------------------------------------------------------
 
 // keep holds what a service would hold in its own structures.
 var keep []interface{}
@@ -426,34 +359,23 @@ func listen() net.Listener {
 	must(err)
 	return ln
 }
-
 func must(err error) {
 	if err != nil {
 		panic(err)
 	}
 }
 
-// runReturning runs f in a goroutine that returns, as a request handler or
-// a setup step would, and waits for it.
+// runReturning runs f in a goroutine that returns, as a request handler would.
 func runReturning(f func()) {
 	done := make(chan struct{})
 	go func() { f(); close(done) }()
 	<-done
 }
-
-func waitFor(ok func() bool) {
-	for !ok() {
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 func started() { fmt.Println("started", runtime.NumGoroutine()) }
 
-var shapes = map[string]func(){
-	"http": httpShape, "sql": sqlShape, "grpc": grpcShape, "pool": poolShape,
-	"errgroup": errgroupShape, "signal": signalShape, "selectforever": selectForever,
-	"timers": timersShape, "cond": condShape, "context": contextShape, "cache": cacheShape,
-}
+var shapes = map[string]func(){"http": httpShape, "sql": sqlShape, "grpc": grpcShape,
+	"pool": poolShape, "errgroup": errgroupShape, "signal": signalShape, "selectforever": selectForever,
+	"timers": timersShape, "cond": condShape, "context": contextShape, "cache": cacheShape}
 
 func main() {
 	if len(os.Args) != 2 || shapes[os.Args[1]] == nil {
@@ -466,11 +388,7 @@ func main() {
 		os.Exit(2)
 	}
 	// The process ends with its stdin, whatever main is doing.
-	go func() {
-		for in.Scan() {
-		}
-		os.Exit(0)
-	}()
+	go func() { io.Copy(io.Discard, os.Stdin); os.Exit(0) }()
 	shapes[os.Args[1]]()
 	// Let the shape's goroutines reach their waits before counting them.
 	time.Sleep(100 * time.Millisecond)
