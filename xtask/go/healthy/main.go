@@ -213,18 +213,19 @@ func errgroupShape() {
 	requests <- 1
 }
 
-// signalLoop handles sig for as long as the process runs.
-func signalLoop(sig os.Signal) {
-	c := make(chan os.Signal, 1)
-	signal.Notify(c, sig)
-	for range c {
+// signalLoop registers for sig itself, then handles it for good.
+func signalLoop(sig os.Signal) { c := make(chan os.Signal, 1); signal.Notify(c, sig); onSignal(c) }
+func onSignal(c chan os.Signal) {
+	for sig := range c {
 		fmt.Println("got", sig)
 	}
 }
 
 func signalShape() {
-	runReturning(func() { // a library's Start(), called from a setup goroutine
-		go signalLoop(syscall.SIGHUP)
+	runReturning(func() { // a Start() in a setup goroutine registers; the loop only receives
+		c := make(chan os.Signal, 1)
+		signal.Notify(c, syscall.SIGHUP)
+		go onSignal(c)
 	})
 }
 
