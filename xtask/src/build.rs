@@ -81,8 +81,16 @@ pub fn host_cargo() -> Command {
 }
 
 /// Go programs under `xtask/go/`, each one `main.go`.
-pub const FIXTURES: [&str; 7] = [
-    "spawner", "churn", "demo", "patterns", "inline", "torture", "hostile",
+pub const FIXTURES: [&str; 9] = [
+    "spawner",
+    "churn",
+    "demo",
+    "patterns",
+    "inline",
+    "torture",
+    "hostile",
+    "healthy",
+    "liveleaks",
 ];
 
 /// How a fixture is built besides the default: the binary-reading tests

@@ -5,8 +5,10 @@
 //! programs (micro cases, common patterns, and the `GoKer` kernels of real
 //! bugs) and `runtime/goroutineleakprofile_test.go` lists, as regular
 //! expressions, the leaks each must show. Each case is built with a main of
-//! our own that runs it in a goroutine and then stays alive, the agent
-//! watches it, and its `leak` groups are matched against the list. The same
+//! our own (`--runner`: `upstream` calls the case from `main`, as the
+//! runtime's own test does; `wrapped` runs it in a goroutine that returns)
+//! that then stays alive, the agent watches it, and its `leak` groups are
+//! matched against the list. The same
 //! cases also print the runtime's own GC-based leak profile, scored the same
 //! way, as the anchor.
 
@@ -43,9 +45,48 @@ pub struct OracleArgs {
     /// Cases run at once.
     #[arg(long, default_value_t = 12)]
     pub parallel: usize,
-    /// Write the table to docs/ORACLE.md.
+    /// How each case is called: `upstream` from `main`, which lives on (the
+    /// runtime's own runner); `wrapped` from a goroutine that returns, which
+    /// gives every leak an exited creator.
+    #[arg(long, value_enum, default_value_t = Runner::Upstream)]
+    pub runner: Runner,
+    /// Write the table to docs/ORACLE-go<go>.md (`-upstream` appended for that runner).
     #[arg(long)]
     pub write: bool,
+}
+
+/// The main a case is built with (a template under xtask/go/oracle/).
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Runner {
+    /// `main` calls the case, then lives on, as upstream's runner does.
+    Upstream,
+    /// The case runs in a goroutine that returns (the original harness).
+    Wrapped,
+}
+
+impl Runner {
+    fn template(self) -> &'static str {
+        match self {
+            Self::Upstream => "xtask/go/oracle/upstream.go.txt",
+            Self::Wrapped => "xtask/go/oracle/main.go.txt",
+        }
+    }
+
+    /// Appended to build directories and document names; empty for the
+    /// original runner, so its paths stay as they were.
+    fn suffix(self) -> &'static str {
+        match self {
+            Self::Upstream => "-upstream",
+            Self::Wrapped => "",
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Self::Upstream => "Each case is called from `main`, as upstream's runner does, and `main` then lives on (blocked reading stdin), so the goroutines a case starts directly have a live creator.",
+            Self::Wrapped => "Each case runs in a goroutine of its own that returns, then the process stays alive.",
+        }
+    }
 }
 
 /// Which test program a case belongs to.
@@ -244,6 +285,7 @@ fn build_program(
     out: &Path,
     program: Program,
     anchor: bool,
+    runner: Runner,
 ) -> anyhow::Result<PathBuf> {
     let (sub, exe) = match (program, anchor) {
         (Program::Main, false) => ("", "leakcases"),
@@ -273,10 +315,7 @@ fn build_program(
             std::fs::write(work.join(path.file_name().expect("file name")), text)?;
         }
     }
-    std::fs::copy(
-        util::root().join("xtask/go/oracle/main.go.txt"),
-        work.join("main.go"),
-    )?;
+    std::fs::copy(util::root().join(runner.template()), work.join("main.go"))?;
     std::fs::write(work.join("go.mod"), "module leakcases\n\ngo 1.21\n")?;
     let binary = out.join(exe);
     util::run_quiet(
@@ -548,28 +587,18 @@ pub fn oracle(args: &OracleArgs, agent: &Path) -> anyhow::Result<(f64, usize)> {
         let re = Regex::new(only)?;
         cases.retain(|c| re.is_match(&c.name));
     }
-    let out = util::root().join(format!("target/oracle/go-{}", args.go));
+    let out = util::root().join(format!(
+        "target/oracle/go-{}{}",
+        args.go,
+        args.runner.suffix()
+    ));
     std::fs::create_dir_all(&out)?;
-    let t = util::step(&format!("building the leak cases with Go {}", args.go));
-    let mut exes = HashMap::new();
-    exes.insert(
-        "main",
-        build_program(&go, &testdata, &out, Program::Main, false)?,
-    );
-    exes.insert(
-        "main-anchor",
-        build_program(&go, &testdata, &out, Program::Main, true)?,
-    );
-    if cases.iter().any(|c| c.program == Program::Goker) {
-        exes.insert(
-            "goker",
-            build_program(&go, &testdata, &out, Program::Goker, false)?,
-        );
-        exes.insert(
-            "goker-anchor",
-            build_program(&go, &testdata, &out, Program::Goker, true)?,
-        );
-    }
+    let t = util::step(&format!(
+        "building the leak cases with Go {} ({:?} runner)",
+        args.go, args.runner
+    ));
+    let goker = cases.iter().any(|c| c.program == Program::Goker);
+    let exes = build_programs(&go, &testdata, &out, goker, args.runner)?;
     util::done(t);
 
     let port = 9990;
@@ -626,19 +655,61 @@ pub fn oracle(args: &OracleArgs, agent: &Path) -> anyhow::Result<(f64, usize)> {
     let report = table(&outcomes, &version);
     println!("{report}");
     if args.write {
-        let date = util::output(Command::new("date").args(["-u", "+%Y-%m-%d"])).unwrap_or_default();
-        let doc = format!(
-            "# Oracle: gostray against the Go runtime's goroutine leak cases\n\nRun on {} with `cargo xtask oracle --go {} --write` (--leak-after 2s). Each case runs in a goroutine of its own, then the process stays alive. In the agent's build the cases ask for the plain goroutine profile, so the runtime never marks a goroutine leaked for the agent to read, and `os.Exit(0)` becomes a sleep, so the process stays to be watched. The runtime column is the runtime's own GC-based detector on the unmodified cases (Go ≥ 1.26 only). Before Go 1.20 the runtime names every sync wait `semacquire`: such a leak matches an expectation of a sync wait at the same function.\n\n{report}",
-            date.trim(),
-            args.go
-        );
-        std::fs::write(
-            util::root().join(format!("docs/ORACLE-go{}.md", args.go)),
-            doc,
-        )?;
+        write_doc(args, &report)?;
     }
     let (e, f, x) = totals(&outcomes, |o| &o.agent);
     Ok((pct(f, e), x))
+}
+
+/// Builds the agent's and the anchor's program for the runtime's cases,
+/// and for the `GoKer` kernels when `goker`, keyed as `run_batch` reads them.
+fn build_programs(
+    go: &Path,
+    testdata: &Path,
+    out: &Path,
+    goker: bool,
+    runner: Runner,
+) -> anyhow::Result<HashMap<&'static str, PathBuf>> {
+    let mut programs = vec![
+        ("main", Program::Main, false),
+        ("main-anchor", Program::Main, true),
+    ];
+    if goker {
+        programs.extend([
+            ("goker", Program::Goker, false),
+            ("goker-anchor", Program::Goker, true),
+        ]);
+    }
+    programs
+        .into_iter()
+        .map(|(key, program, anchor)| {
+            Ok((
+                key,
+                build_program(go, testdata, out, program, anchor, runner)?,
+            ))
+        })
+        .collect()
+}
+
+/// Writes the table to docs/ORACLE-go<go>[-upstream].md.
+fn write_doc(args: &OracleArgs, report: &str) -> anyhow::Result<()> {
+    let date = util::output(Command::new("date").args(["-u", "+%Y-%m-%d"])).unwrap_or_default();
+    let doc = format!(
+        "# Oracle: gostray against the Go runtime's goroutine leak cases\n\nRun on {} with `cargo xtask oracle --go {} --runner {} --write` (--leak-after 2s). {} In the agent's build the cases ask for the plain goroutine profile, so the runtime never marks a goroutine leaked for the agent to read, and `os.Exit(0)` becomes a sleep, so the process stays to be watched. The runtime column is the runtime's own GC-based detector on the unmodified cases (Go ≥ 1.26 only). Before Go 1.20 the runtime names every sync wait `semacquire`: such a leak matches an expectation of a sync wait at the same function.\n\n{report}",
+        date.trim(),
+        args.go,
+        format!("{:?}", args.runner).to_lowercase(),
+        args.runner.describe(),
+    );
+    std::fs::write(
+        util::root().join(format!(
+            "docs/ORACLE-go{}{}.md",
+            args.go,
+            args.runner.suffix()
+        )),
+        doc,
+    )?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -678,6 +749,27 @@ mod tests {
     fn reads_the_runtime_profile_like_its_test() {
         let out = "header\n\ngoroutine 7 [chan send (leaked)]:\nmain.leaked()\n\t./foo.go:37 +0x100\nmain.ChanSend.func1()\n\t./x.go:1\ncreated by main.ChanSend in goroutine 1\n\t./x.go:2 +0x20\n";
         assert_eq!(go_detector_leaks(out), vec!["ChanSend.func1() [chan send]"]);
+    }
+
+    /// Both mains must define what the runtime's case files use, and only
+    /// the upstream one may call the case from `main` itself.
+    #[test]
+    fn runner_templates_provide_the_case_helpers() {
+        for runner in [Runner::Upstream, Runner::Wrapped] {
+            let text = std::fs::read_to_string(util::root().join(runner.template()))
+                .expect("runner template");
+            for helper in [
+                "const yieldCount",
+                "func register(",
+                "func registerInit(",
+                "func stayAlive(",
+            ] {
+                assert!(text.contains(helper), "{runner:?}: no {helper}");
+            }
+            // One tab deep: a statement of main itself, not of a closure.
+            let calls_in_main = text.lines().any(|l| l == "\tf()");
+            assert_eq!(calls_in_main, runner == Runner::Upstream, "{runner:?}");
+        }
     }
 
     #[test]
