@@ -62,15 +62,7 @@ pub fn analyse(bytes: &super::image::Bytes) -> Result<GoBinary, GoBinError> {
     } else {
         None
     };
-    let (layout, layout_source) = match &dwarf {
-        Some(d) => (d.layout, LayoutSource::Dwarf),
-        None => offsets::lookup(version).ok_or_else(|| {
-            GoBinError::Layout(format!(
-                "no DWARF (built with -w) and no offsets table entry for {}",
-                build.raw_version
-            ))
-        })?,
-    };
+    let (layout, layout_source) = struct_layout(dwarf.as_ref(), &build)?;
 
     let found = find_functions(&pclntab, pcln);
     let code = |f: &Func| image.at(f.entry, usize::try_from(f.end - f.entry).ok()?);
@@ -230,6 +222,23 @@ fn allg_addresses<'a>(
             "runtime.allgs (not found by decoding runtime.allgadd)",
         ))?;
     Ok((a, l, AddressSource::Decoded))
+}
+
+/// The runtime's struct offsets: the binary's own DWARF, else the table's
+/// entry for its Go release.
+fn struct_layout(
+    dwarf: Option<&dwarf::DwarfFacts>,
+    build: &super::BuildInfo,
+) -> Result<(super::layout::Layout, LayoutSource), GoBinError> {
+    match dwarf {
+        Some(d) => Ok((d.layout, LayoutSource::Dwarf)),
+        None => offsets::lookup(build.version).ok_or_else(|| {
+            GoBinError::Layout(format!(
+                "no DWARF (built with -w) and no offsets table entry for {}",
+                build.raw_version
+            ))
+        }),
+    }
 }
 
 /// Every site of the list; a missing required one is an error.
