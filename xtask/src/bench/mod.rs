@@ -3,6 +3,7 @@
 //! uprobe-based agent would pay. Writes `docs/BENCHMARKS.md`.
 
 mod agentcost;
+mod heapwalk;
 mod http;
 mod micro;
 mod proc;
@@ -71,6 +72,8 @@ pub struct Sizes {
     n: u64,
     wrk_seconds: u64,
     parked: Vec<u64>,
+    /// Heap sizes walked, MiB.
+    heaps: Vec<u64>,
 }
 
 /// The slice of the bench the test command runs: every workload, setup and
@@ -110,12 +113,14 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
             n: 20_000,
             wrk_seconds: 1,
             parked: vec![10_000],
+            heaps: vec![16],
         }
     } else {
         Sizes {
             n: 1_000_000,
             wrk_seconds: 3,
             parked: vec![10_000, 100_000, 1_000_000],
+            heaps: vec![256, 1024],
         }
     };
     let reps = if args.smoke { 1 } else { args.reps.max(1) };
@@ -176,8 +181,14 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
             )?);
         }
     }
+    let walk_bin = out.join("walkheap");
+    build::go_build(&tools::GO_NEWEST.ensure()?, "walkheap", &walk_bin, &[])?;
+    let mut walks = Vec::new();
+    for &mib in &sizes.heaps {
+        walks.push(heapwalk::measure(&agent, &walk_bin, mib, 3)?);
+    }
     util::done(t);
-    let text = report::render(&lines, &memory, &attach, reps);
+    let text = report::render(&lines, &memory, &attach, &walks, reps);
     println!("{text}");
     let path: PathBuf = if args.smoke {
         out.join("bench-smoke.md")

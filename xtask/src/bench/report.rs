@@ -3,7 +3,9 @@
 
 use std::{fmt::Write, process::Command};
 
-use super::{agentcost::Memory, http::Load, stats::Series, LineResult, MicroResult, GROUPS};
+use super::{
+    agentcost::Memory, heapwalk::Walk, http::Load, stats::Series, LineResult, MicroResult, GROUPS,
+};
 use crate::util::output;
 
 /// Per probe hit, ns: `(x − bare) / hits`, paired run by run.
@@ -71,6 +73,7 @@ pub fn render(
     lines: &[LineResult],
     memory: &[Memory],
     attach: &[Series; 4],
+    walks: &[Walk],
     reps: usize,
 ) -> String {
     let mut s = String::new();
@@ -126,6 +129,9 @@ pub fn render(
     }
     groups_section(&mut s, &mut goals, lines);
     agent_section(&mut s, &mut goals, lines, memory, attach);
+    let (walk_text, walk_goals) = super::heapwalk::section(walks);
+    s.push_str(&walk_text);
+    goals.0.extend(walk_goals);
     let _ = writeln!(s, "\n## Goals\n\n{}", goals.0.join("\n"));
     let _ = write!(s, "\n{}", include_str!("notes.md"));
     s
