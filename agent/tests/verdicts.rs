@@ -4,9 +4,8 @@
 //! started by goroutines that returned or parked in `select {}` (never a
 //! `leak`), and leaks whose creator lives on and which do not grow (always
 //! a `leak`, and quickly). Each shape runs on Go 1.19, 1.24 and 1.27 under
-//! one agent. The proxies fail several of these today, so every test waits
-//! for the reachability prover; docs/VERDICTS-baseline.md records which pass
-//! now (`cargo test -p gostray --test verdicts -- --ignored`).
+//! one agent. The proxies alone failed 15 of these 17 (docs/VERDICTS-baseline.md);
+//! the heap walk's proof of (un)reachability passes them.
 
 mod support;
 
@@ -225,7 +224,6 @@ macro_rules! healthy {
     ($($name:ident => $shape:literal, $why:literal;)*) => {$(
         #[doc = $why]
         #[test]
-        #[ignore = "reachability prover not wired yet (issue 13)"]
         fn $name() {
             never_leak($shape);
         }
@@ -236,7 +234,6 @@ macro_rules! live {
     ($($name:ident => $shape:literal, $function:literal, $count:literal, $why:literal;)*) => {$(
         #[doc = $why]
         #[test]
-        #[ignore = "reachability prover not wired yet (issue 13)"]
         fn $name() {
             called_leak($shape, $function, $count);
         }

@@ -99,13 +99,19 @@ const WALK_SPACING: f64 = 10.0;
 
 impl Agent {
     /// Walks the heap of `pid` when one of its goroutines has been parked
-    /// for `--leak-after`: what it proves goes to the tracker before the
-    /// verdicts are drawn.
+    /// on a blocking primitive for nearly `--leak-after`: what it proves
+    /// goes to the tracker before the verdicts are drawn.
     fn walk_heap(&self, pid: u32, w: &Watched, now_ns: u64, leak_after_ns: u64) {
         let Some(budget) = self.walk_budget else {
             return;
         };
-        if !lock(&self.shared.tracker).has_ripe_parked(pid, now_ns, leak_after_ns) {
+        // Walks start before --leak-after, so that the two a proof needs
+        // are done by the time a goroutine is ripe for a verdict.
+        let scan_ns = self.scan_every.as_nanos() as u64;
+        let early = leak_after_ns
+            .saturating_sub(2 * scan_ns)
+            .max(leak_after_ns / 2);
+        if !lock(&self.shared.tracker).has_parked(pid, now_ns, early) {
             return;
         }
         if w.next_walk.get().is_some_and(|t| Instant::now() < t) {

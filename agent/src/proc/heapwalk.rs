@@ -10,6 +10,7 @@ use std::collections::HashMap;
 
 use super::{
     blockmem::ProcMemory,
+    globals::globals,
     mem,
     scan::{le64, read_allgs},
     stackscan::{self, panic_defer, Parked},
@@ -94,7 +95,7 @@ pub fn walk(
     let mut opaque: Vec<u64> = pointers.clone();
     opaque.extend(sema.sudogs.iter().copied());
     let mut input = Input {
-        roots: globals(layout, bias),
+        roots: globals(pid, layout, bias),
         ..Input::default()
     };
     let mut stacks = stack_scans(pid, bin, bias, &gs);
@@ -242,21 +243,6 @@ fn read_gs(pid: u32, bin: &GoBinary, pointers: &[u64]) -> Vec<G> {
         }
     });
     out
-}
-
-/// The globals that can hold pointers (`.data`, `.bss`), as roots.
-fn globals(layout: &BinLayout, bias: u64) -> Vec<Root> {
-    [(".data", layout.globals.data), (".bss", layout.globals.bss)]
-        .into_iter()
-        .filter(|(_, (lo, hi))| lo < hi)
-        .map(|(name, (lo, hi))| Root {
-            kind: RootKind::Global { name: name.into() },
-            scan: Scan::Range(AddrRange {
-                lo: lo.wrapping_add(bias),
-                hi: hi.wrapping_add(bias),
-            }),
-        })
-        .collect()
 }
 
 /// The prover's layout from the binary's, at this process's addresses.

@@ -3,6 +3,7 @@
 //! proves parked goroutines unreachable.
 
 mod blockmem;
+mod globals;
 pub mod heapwalk;
 pub mod mem;
 pub mod procfs;

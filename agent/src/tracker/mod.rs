@@ -142,15 +142,20 @@ impl Tracker {
         }
     }
 
-    /// Whether `pid` has a goroutine parked on a blocking primitive for at
-    /// least `leak_after_ns` (a heap walk is worth its cost only then).
-    pub fn has_ripe_parked(&self, pid: u32, now_ns: u64, leak_after_ns: u64) -> bool {
+    /// Whether `pid` has a goroutine parked on a blocking primitive (one a
+    /// heap walk can judge) for at least `parked_ns`.
+    pub fn has_parked(&self, pid: u32, now_ns: u64, parked_ns: u64) -> bool {
         self.procs.get(&pid).is_some_and(|p| {
             p.live.values().any(|g| {
                 g.seen()
-                    .is_some_and(|s| u32::from(s.status) == input::G_WAITING)
+                    .filter(|s| u32::from(s.status) == input::G_WAITING)
+                    .is_some_and(|s| {
+                        let class =
+                            crate::gobin::WaitReason::from_name(p.reason_name(s.waitreason));
+                        class.is_blocking() && !class.never_wakes()
+                    })
                     && g.blocked_since()
-                        .is_some_and(|t| now_ns.saturating_sub(t) >= leak_after_ns)
+                        .is_some_and(|t| now_ns.saturating_sub(t) >= parked_ns)
             })
         })
     }

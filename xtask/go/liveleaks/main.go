@@ -20,6 +20,17 @@ import (
 	"time"
 )
 
+// account is what real code guards with a mutex: state with a pointer in
+// it. (A bare `new(sync.Mutex)` is a tiny allocation the runtime may pack
+// into one 16-byte block with unrelated small values, such as a string's
+// bytes: then anything holding those keeps the mutex's block alive, for the
+// runtime's own detector as for any heap walk.)
+type account struct {
+	mu      sync.Mutex
+	balance int
+	owner   *string
+}
+
 // lockBoth takes first, waits until every party holds its first lock, then
 // takes second: with the order crossed between parties, none gets through.
 // The barrier makes the deadlock certain rather than a race.
@@ -33,11 +44,11 @@ func lockBoth(first, second *sync.Mutex, barrier *sync.WaitGroup) {
 // abba: two goroutines started by main take two mutexes in opposite orders.
 // The mutexes are locals of this function, which returns.
 func abba() {
-	var a, b sync.Mutex
+	var a, b account
 	var barrier sync.WaitGroup
 	barrier.Add(2)
-	go lockBoth(&a, &b, &barrier)
-	go lockBoth(&b, &a, &barrier)
+	go lockBoth(&a.mu, &b.mu, &barrier)
+	go lockBoth(&b.mu, &a.mu, &barrier)
 	settle()
 }
 
@@ -123,12 +134,12 @@ func wgMissing() {
 // afterFunc: a timer's function blocks on a mutex that was locked and
 // forgotten; only that goroutine (and this returned frame) ever held it.
 func afterFunc() {
-	mu := new(sync.Mutex)
-	mu.Lock()
+	acct := new(account)
+	acct.mu.Lock()
 	fired := make(chan struct{})
 	time.AfterFunc(10*time.Millisecond, func() {
 		close(fired)
-		mu.Lock()
+		acct.mu.Lock()
 	})
 	<-fired
 	settle()
