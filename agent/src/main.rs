@@ -12,6 +12,8 @@ mod proc;
 mod reach;
 mod server;
 mod state;
+#[cfg(test)]
+mod testrng;
 mod tracker;
 
 use lock::lock;

@@ -22,16 +22,8 @@ use crate::{
         self, AddrRange, ArenaGeometry, Budget, Candidate, HeapLayout, Input, Root, RootKind, Scan,
         StackBounds, WalkError,
     },
-    tracker::input::Walked,
+    tracker::input::{Walked, G_LEAKED, G_RUNNING, G_SCAN, G_SYSCALL, G_WAITING},
 };
-
-/// `_Grunning`, `_Gsyscall`: their saved SP is stale, so their whole stack
-/// is scanned. `_Gwaiting` and `_Gleaked` are parked (runtime2.go).
-const G_RUNNING: u32 = 2;
-const G_SYSCALL: u32 = 3;
-const G_WAITING: u32 = 4;
-const G_LEAKED: u32 = 10;
-const G_SCAN: u32 = 0x1000;
 
 /// One goroutine, as the walk needs it.
 #[derive(Debug, Clone, Copy)]

@@ -11,20 +11,9 @@ use crate::tracker::input::{ChanState, ScannedG};
 use crate::{
     gobin::{leaklayout::LeakLayout, GoBinary},
     proc::mem,
-    tracker::input::G_WAITING,
+    tracker::input::{G_DEAD, G_DEAD_EXTRA, G_IDLE, G_LEAKED, G_MAX_STATUS, G_SCAN, G_WAITING},
 };
 
-/// `runtime._Gidle`, `_Gwaiting`, `_Gdead` and the `_Gscan` bit (runtime2.go; stable since Go 1.0).
-const G_IDLE: u32 = 0;
-const G_DEAD: u32 = 6;
-/// Go ≥ 1.26: `_Gleaked`, a parked goroutine the runtime's own leak profile
-/// caught (still parked, wait reason kept), and `_Gdeadextra`, a dead g
-/// kept for an extra M. Older releases never use these values.
-const G_LEAKED: u32 = 10;
-const G_DEAD_EXTRA: u32 = 11;
-const G_SCAN: u32 = 0x1000;
-/// Highest plain status value we accept (`_Gpreempted` = 9; later releases add a few).
-const G_MAX_STATUS: u32 = 16;
 /// Refuse to believe in more goroutines than this (a torn or lying length).
 pub const MAX_GOROUTINES: u64 = 10_000_000;
 /// Frames kept per walked stack.

@@ -14,25 +14,12 @@ use super::{scan, ScannedG, MAX_FRAMES, MAX_GOROUTINES};
 use crate::{
     gobin::leaklayout::LeakLayout,
     gobin::GoBinary,
+    testrng::Rng,
     tracker::{ProcessInfo, Site, Symbols, Tracker},
 };
 
 /// Room for any g record the scan reads (its fields sit below 512 bytes).
 const G_BYTES: usize = 1024;
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
 
 struct NoSymbols;
 

@@ -1,22 +1,12 @@
 //! A deterministic fuzz loop: mutate a synthetic heap's words a few
 //! thousand times and walk each version with a small budget.
 
+use crate::testrng::Rng;
+
 use super::testmem::{global, small_budget, World, MHEAP};
 use super::{run, Candidate, Input, Scan};
 
 const RANDOM: u64 = 0x7f3a_4000_0000;
-
-/// xorshift64: deterministic, no crates.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
 
 #[test]
 fn fuzz_mutated_heaps_stay_in_budget() {

@@ -1,8 +1,22 @@
 //! What the tracker is fed by the memory scans: plain records of goroutines
 //! and channels, defined here so the tracker depends on no reader.
 
-/// `runtime._Gwaiting` (runtime2.go; stable since Go 1.0).
+/// Goroutine statuses (runtime2.go; stable since Go 1.0): `_Gidle`,
+/// `_Grunning` and `_Gsyscall` (their saved SP is stale), `_Gwaiting`,
+/// `_Gdead`, and the `_Gscan` bit.
+pub const G_IDLE: u32 = 0;
+pub const G_RUNNING: u32 = 2;
+pub const G_SYSCALL: u32 = 3;
 pub const G_WAITING: u32 = 4;
+pub const G_DEAD: u32 = 6;
+/// Go ≥ 1.26: `_Gleaked`, a parked goroutine the runtime's own leak profile
+/// caught (still parked, wait reason kept), and `_Gdeadextra`, a dead g
+/// kept for an extra M. Older releases never use these values.
+pub const G_LEAKED: u32 = 10;
+pub const G_DEAD_EXTRA: u32 = 11;
+pub const G_SCAN: u32 = 0x1000;
+/// Highest plain status value believed (`_Gpreempted` = 9; later releases add a few).
+pub const G_MAX_STATUS: u32 = 16;
 
 /// A channel a goroutine is parked on, as read from memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
