@@ -122,10 +122,12 @@ pub fn walk(
                 scan: stack,
             });
         } else {
+            let packable = packable(bin.wait_reason(g.reason), &primitives);
             input.candidates.push(Candidate {
                 goid: g.goid,
                 primitives,
                 guessed,
+                packable,
                 stack,
             });
         }
@@ -139,9 +141,12 @@ pub fn walk(
     Ok(Walked {
         candidates,
         unreachable: out.unreachable,
+        // A primitive reached only through a packed block proves nothing
+        // either way: neither held nor unreachable.
         held_by: out
             .held_by
             .into_iter()
+            .filter(|(_, kind)| !matches!(kind, RootKind::Packed { .. }))
             .map(|(goid, kind)| (goid, holder(&kind)))
             .collect(),
         trustworthy: out.stats.reads_failed == 0 && out.stats.spans_rejected == 0,
@@ -255,6 +260,16 @@ fn heap_layout(l: &BinLayout, bias: u64) -> HeapLayout {
     }
 }
 
+/// Whether the waited-on semaphore is a lone `sync.Mutex`'s: 8 bytes
+/// without pointers (`state int32; sema uint32`, so the semaphore sits 4
+/// bytes into an 8-byte slot), which the tiny allocator packs with other
+/// small values. Go 1.19 names mutex waits `semacquire`; a `WaitGroup`'s
+/// semaphore sits at an 8-byte boundary, a `RWMutex`'s in a 24-byte object.
+fn packable(reason: WaitReason, primitives: &[u64]) -> bool {
+    matches!(reason, WaitReason::SyncMutex | WaitReason::Semacquire)
+        && primitives.iter().all(|p| p % 8 == 4)
+}
+
 /// Who holds a primitive, as the evidence says it.
 fn holder(kind: &RootKind) -> String {
     match kind {
@@ -262,5 +277,6 @@ fn holder(kind: &RootKind) -> String {
         RootKind::Stack { goid } => format!("goroutine {goid}"),
         RootKind::Runtime { what } => format!("the runtime ({what})"),
         RootKind::Unresolved { addr } => format!("memory outside the heap ({addr:#x})"),
+        RootKind::Packed { addr } => format!("a 16-byte block shared with its mutex ({addr:#x})"),
     }
 }

@@ -29,6 +29,7 @@ fn fuzz_mutated_heaps_stay_in_budget() {
                 goid: i,
                 primitives: vec![chans + i * 96],
                 guessed: false,
+                packable: false,
                 stack: Scan::Range(st),
             })
             .collect(),

@@ -42,6 +42,7 @@ fn lying_spans_are_rejected_and_the_rest_still_works() {
             goid: 1,
             primitives: vec![good + 8],
             guessed: false,
+            packable: false,
             stack: Scan::Slots(vec![]),
         }],
         ..Input::default()
@@ -108,6 +109,7 @@ fn unmapped_object_pages_count_as_failed_reads() {
             goid: 1,
             primitives: vec![ch],
             guessed: false,
+            packable: false,
             stack: Scan::Slots(vec![7]),
         }],
         ..Input::default()

@@ -40,6 +40,10 @@ impl Hasher for SlotHasher {
 
 type SlotSet = HashSet<u64, BuildHasherDefault<SlotHasher>>;
 
+/// `maxTinySize` (malloc.go): pointer-free values under 16 bytes share
+/// 16-byte blocks.
+const TINY_BLOCK: u64 = 16;
+
 /// Index into the walk's root labels (input roots, then candidate stacks).
 pub(super) type RootId = usize;
 
@@ -86,11 +90,13 @@ impl<'h> Marker<'h> {
         }
     }
 
-    /// Watches the object holding `addr`; returns its slot if in the heap.
-    pub(super) fn watch(&mut self, addr: u64) -> Option<u64> {
-        let (slot, _) = self.heap.slot_of(addr)?;
+    /// Watches the object holding `addr`; returns its slot if in the heap,
+    /// and whether that object is a 16-byte block without pointers (where
+    /// the runtime's tiny allocator packs values under 16 bytes together).
+    pub(super) fn watch(&mut self, addr: u64) -> Option<(u64, bool)> {
+        let (slot, obj) = self.heap.slot_of(addr)?;
         self.watched.insert(slot);
-        Some(slot)
+        Some((slot, obj.noscan && obj.size == TINY_BLOCK))
     }
 
     /// Marks the object `value` points into, if any, and queues it for

@@ -151,3 +151,44 @@ fn object_of_resolves_interior_and_large_objects_across_arenas() {
     assert_eq!(heap.object_of(big + 3 * 8192), None);
     assert_eq!(heap.object_of(small - 1), None);
 }
+
+/// A lone mutex may share a 16-byte pointer-free block with unrelated
+/// small values: a packable primitive reached only through such a block is
+/// woken as `Packed` (neither held nor leaked), a primitive in a larger
+/// object as what reached it, and an unmarked block still proves nothing
+/// reaches the mutex.
+#[test]
+fn packed_blocks_neither_hold_nor_free_a_lone_mutex() {
+    let mut w = World::new(CLASSIC);
+    let tiny = w.span(1, 16, true);
+    let big = w.span(1, 32, true);
+    let st = w.stack(4096);
+    let g = w.global(16);
+    w.put(g.lo, tiny);
+    w.put(g.lo + 8, big);
+    let packable = |goid, p| Candidate {
+        packable: true,
+        ..cand(goid, vec![p], st)
+    };
+    let input = Input {
+        roots: vec![global("g", g)],
+        candidates: vec![
+            packable(1, tiny + 12),
+            packable(2, big + 12),
+            cand(3, vec![tiny + 12], st),
+            packable(4, tiny + 16 + 12),
+        ],
+        ..Input::default()
+    };
+    let out = walk(&mut w, &input);
+    assert_eq!(out.unreachable, vec![4]);
+    assert!(out
+        .held_by
+        .contains(&(1, RootKind::Packed { addr: tiny + 12 })));
+    assert!(out
+        .held_by
+        .contains(&(2, RootKind::Global { name: "g".into() })));
+    assert!(out
+        .held_by
+        .contains(&(3, RootKind::Global { name: "g".into() })));
+}

@@ -30,6 +30,11 @@ pub enum RootKind {
     /// A primitive address found neither in the heap, nor in a root range,
     /// nor on a known stack. Counted as reachable: we cannot prove otherwise.
     Unresolved { addr: u64 },
+    /// A [`Candidate::packable`] primitive in a marked 16-byte pointer-free
+    /// block: the block may be shared with unrelated small values (the tiny
+    /// allocator), so whether the primitive itself is held is unknown. The
+    /// candidate counts as reachable (its stack is scanned).
+    Packed { addr: u64 },
 }
 
 /// Where to look for pointers.
@@ -82,6 +87,10 @@ pub struct Candidate {
     /// range, nor on a stack is not an address and is skipped rather than
     /// counted reachable. With none left, the candidate counts reachable.
     pub guessed: bool,
+    /// Its primitive is small enough (a lone `sync.Mutex`, 8 bytes) for the
+    /// tiny allocator to pack it with unrelated values: reached through
+    /// such a block, it is woken with [`RootKind::Packed`].
+    pub packable: bool,
     /// Its stack, scanned only once it has been woken.
     pub stack: Scan,
 }

@@ -255,6 +255,7 @@ pub fn cand(goid: u64, primitives: Vec<u64>, stack: AddrRange) -> Candidate {
         goid,
         primitives,
         guessed: false,
+        packable: false,
         stack: Scan::Range(stack),
     }
 }

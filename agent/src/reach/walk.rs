@@ -37,6 +37,8 @@ struct Wake {
     queue: VecDeque<(usize, RootKind)>,
     /// Slot of a primitive's object → candidates waiting on it.
     heap_waiters: Waiters,
+    /// Watched slots that are 16-byte pointer-free blocks.
+    packed: HashMap<u64, u64>,
     /// Candidate index → candidates waiting on a primitive on its stack.
     stack_waiters: HashMap<usize, Vec<usize>>,
 }
@@ -62,7 +64,11 @@ pub fn prove<M: Memory + ?Sized>(
         for (slot, root) in marker.fired.drain(..) {
             let label = &wake.labels[root];
             for ci in wake.heap_waiters.remove(&slot).unwrap_or_default() {
-                wake.queue.push_back((ci, label.clone()));
+                let by = match wake.packed.get(&slot) {
+                    Some(&addr) if input.candidates[ci].packable => RootKind::Packed { addr },
+                    _ => label.clone(),
+                };
+                wake.queue.push_back((ci, by));
             }
         }
         let Some((ci, by)) = wake.queue.pop_front() else {
@@ -143,6 +149,7 @@ fn classify(marker: &mut Marker<'_>, input: &Input) -> Wake {
         woken: vec![false; n],
         queue: VecDeque::new(),
         heap_waiters: Waiters::new(),
+        packed: HashMap::new(),
         stack_waiters: HashMap::new(),
     };
     for (ci, c) in input.candidates.iter().enumerate() {
@@ -191,8 +198,11 @@ fn classify_one(
     if p == 0 {
         return false; // a nil channel: nothing can ever make it ready
     }
-    if let Some(slot) = marker.watch(p) {
+    if let Some((slot, packed)) = marker.watch(p) {
         wake.heap_waiters.entry(slot).or_default().push(ci);
+        if packed {
+            wake.packed.insert(slot, p);
+        }
     } else if let Some(root) = find(&places.ranges, p) {
         wake.queue.push_back((ci, input.roots[root].kind.clone()));
     } else if let Some(goid) = find(&places.stacks, p) {
