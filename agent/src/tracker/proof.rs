@@ -24,7 +24,8 @@ pub enum Proof<'a> {
     /// Unreachable at `walks` consecutive walks, the first and the last
     /// `seconds` apart; proven when [`Proofs::is_proven`] says so.
     Unreachable { walks: u32, seconds: f64 },
-    /// The last walk reached its primitive from this holder.
+    /// The last two walks or more reached its primitive; from this holder
+    /// at the last.
     Held(&'a str),
     /// No walk judged it.
     Unknown,
@@ -35,7 +36,10 @@ pub enum Proof<'a> {
 #[derive(Debug, Default)]
 pub struct Proofs {
     sightings: GoidMap<Sighting>,
-    held: GoidMap<String>,
+    /// What held each goroutine's primitive, and at how many walks in a
+    /// row: a single walk may catch a stale value in a running
+    /// goroutine's registers or a value being moved.
+    held: GoidMap<(String, u32)>,
     lost_at_walk: u64,
     min_gap_ns: u64,
 }
@@ -82,7 +86,15 @@ impl Proofs {
             }
         }
         self.sightings = next;
-        self.held = walked.held_by.into_iter().collect();
+        let before = std::mem::take(&mut self.held);
+        self.held = walked
+            .held_by
+            .into_iter()
+            .map(|(goid, h)| {
+                let walks = before.get(&goid).map_or(0, |(_, n)| *n);
+                (goid, (h, walks.saturating_add(1)))
+            })
+            .collect();
     }
 
     pub fn of(&self, goid: u64) -> Proof<'_> {
@@ -92,9 +104,10 @@ impl Proofs {
                 seconds: s.last_ns.saturating_sub(s.first_ns) as f64 / 1e9,
             };
         }
-        self.held
-            .get(&goid)
-            .map_or(Proof::Unknown, |h| Proof::Held(h))
+        match self.held.get(&goid) {
+            Some((h, walks)) if *walks >= 2 => Proof::Held(h),
+            _ => Proof::Unknown,
+        }
     }
 
     /// Unreachable at two walks or more, far enough apart.
@@ -159,6 +172,8 @@ mod tests {
     fn reachable_and_gone_goroutines_are_forgotten() {
         let mut p = Proofs::default();
         p.observe(0, walked(&[7, 8], &[], true), |_| 5, 0, 0);
+        p.observe(SEC, walked(&[8], &[(7, "goroutine 3")], true), |_| 5, 0, 0);
+        assert_eq!(p.of(7), Proof::Unknown, "held at one walk only");
         p.observe(SEC, walked(&[8], &[(7, "goroutine 3")], true), |_| 5, 0, 0);
         assert_eq!(p.of(7), Proof::Held("goroutine 3"));
         assert!(!p.is_proven(7));

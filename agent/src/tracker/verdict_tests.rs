@@ -466,6 +466,7 @@ fn a_reachable_channel_silences_an_exited_creator() {
     w.scan(&[(20, RECV, Some(0xc000))], &[]);
     w.advance(11);
     w.walked(&[], &[(20, "a global in .bss")]);
+    w.walked(&[], &[(20, "a global in .bss")]);
     w.scan(&[(20, RECV, Some(0xc000))], &[]);
     assert!(w.verdicts().is_empty(), "{:?}", w.verdicts());
     // Without the walk the proxies would have called it a leak.
