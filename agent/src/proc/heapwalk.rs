@@ -48,7 +48,8 @@ pub(super) struct G {
 impl G {
     /// The part of its stack that can hold live values.
     fn live_stack(&self) -> AddrRange {
-        let parked = !matches!(self.status, G_RUNNING | G_SYSCALL);
+        // A goroutine in a system call saved its sp on the way in.
+        let parked = self.status != G_RUNNING;
         let lo = if parked && (self.lo..self.hi).contains(&self.sp) {
             self.sp
         } else {
@@ -163,7 +164,14 @@ fn stack_scans(pid: u32, bin: &GoBinary, bias: u64, gs: &[G]) -> Vec<Scan> {
     let out = gs
         .iter()
         .map(|g| {
-            if !matches!(g.status, G_WAITING | G_LEAKED) || g.defers {
+            // A goroutine in a system call saved its pc and sp on the way
+            // in (`reentersyscall`) and its user stack stays still until
+            // it returns: its frames are read like a parked one's (the
+            // re-read below catches one that returned meanwhile). A
+            // conservative scan of its whole stack would keep the dead
+            // locals of everything it ran before, as `main` blocked reading
+            // stdin shows.
+            if !matches!(g.status, G_WAITING | G_LEAKED | G_SYSCALL) || g.defers {
                 return Scan::Range(g.live_stack());
             }
             let parked = Parked {
