@@ -24,9 +24,10 @@ pub enum Proof<'a> {
     /// Unreachable at `walks` consecutive walks, the first and the last
     /// `seconds` apart; proven when [`Proofs::is_proven`] says so.
     Unreachable { walks: u32, seconds: f64 },
-    /// The last two walks or more reached its primitive; from this holder
-    /// at the last.
-    Held(&'a str),
+    /// The last `walks` walks in a row reached its primitive; from this
+    /// holder at the last. One walk may have caught a stale or moving
+    /// value: a hold counts from two walks on.
+    Held(&'a str, u32),
     /// No walk judged it.
     Unknown,
 }
@@ -104,10 +105,9 @@ impl Proofs {
                 seconds: s.last_ns.saturating_sub(s.first_ns) as f64 / 1e9,
             };
         }
-        match self.held.get(&goid) {
-            Some((h, walks)) if *walks >= 2 => Proof::Held(h),
-            _ => Proof::Unknown,
-        }
+        self.held
+            .get(&goid)
+            .map_or(Proof::Unknown, |(h, walks)| Proof::Held(h, *walks))
     }
 
     /// Unreachable at two walks or more, far enough apart.
@@ -173,9 +173,9 @@ mod tests {
         let mut p = Proofs::default();
         p.observe(0, walked(&[7, 8], &[], true), |_| 5, 0, 0);
         p.observe(SEC, walked(&[8], &[(7, "goroutine 3")], true), |_| 5, 0, 0);
-        assert_eq!(p.of(7), Proof::Unknown, "held at one walk only");
+        assert_eq!(p.of(7), Proof::Held("goroutine 3", 1));
         p.observe(SEC, walked(&[8], &[(7, "goroutine 3")], true), |_| 5, 0, 0);
-        assert_eq!(p.of(7), Proof::Held("goroutine 3"));
+        assert_eq!(p.of(7), Proof::Held("goroutine 3", 2));
         assert!(!p.is_proven(7));
         p.observe(2 * SEC, walked(&[], &[], true), |_| 5, 0, 0);
         assert_eq!(p.of(8), Proof::Unknown, "no longer judged");

@@ -144,8 +144,12 @@ struct Facts {
 enum Reach {
     /// A member was found unreachable by `walks` walks `seconds` apart.
     Proven { walks: u32, seconds: f64 },
-    /// Every member's primitive is reachable; the oldest's holder.
+    /// Every member's primitive is reachable, at two walks in a row; the
+    /// first member's holder.
     Held(String),
+    /// Every member's primitive was reachable at the last walk, not yet at
+    /// two: no verdict until the next walk settles it.
+    Pending,
     /// No walk, or no conclusion.
     Unknown,
 }
@@ -162,11 +166,18 @@ fn reach_of(proofs: &Proofs, members: &[&(u64, &Goroutine)]) -> Reach {
     if let Some(p) = proven {
         return p;
     }
-    let mut holders = members.iter().map(|(goid, _)| proofs.of(*goid));
-    match holders.next() {
-        Some(Proof::Held(first)) if holders.all(|h| matches!(h, Proof::Held(_))) => {
-            Reach::Held(first.to_string())
+    let holds: Option<Vec<(&str, u32)>> = members
+        .iter()
+        .map(|(goid, _)| match proofs.of(*goid) {
+            Proof::Held(h, walks) => Some((h, walks)),
+            _ => None,
+        })
+        .collect();
+    match holds.as_deref() {
+        Some([(first, _), ..]) if holds.iter().flatten().all(|&(_, w)| w >= 2) => {
+            Reach::Held((*first).to_string())
         }
+        Some([_, ..]) => Reach::Pending,
         _ => Reach::Unknown,
     }
 }
@@ -182,7 +193,7 @@ fn rule(f: &Facts, trend: &[u64], evidence: &mut Vec<String>) -> Option<Verdict>
              and no runtime reference ({walks} heap walks, {seconds:.0}s apart)"
         ));
         Some(Verdict::Leak)
-    } else if matches!(f.reach, Reach::Held(_)) {
+    } else if matches!(f.reach, Reach::Held(_) | Reach::Pending) {
         // Something that can still run holds its primitive: proxies such
         // as an exited creator do not outweigh that.
         None
