@@ -123,6 +123,7 @@ pub fn analyse(bytes: &super::image::Bytes) -> Result<GoBinary, GoBinError> {
         build,
         gofunc: gofunc(&file, &image, &symbols, &pclntab, version),
         heap,
+        ms: dwarf.as_ref().and_then(|d| d.ms),
         pclntab,
         pclntab_at,
         image,

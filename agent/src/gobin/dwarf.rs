@@ -30,10 +30,11 @@ const STRUCTS: [&str; 7] = [
     "runtime.sudog",
 ];
 /// Globals whose addresses are read: the agent's, then the heap walker's.
-pub const VARIABLES: [&str; 3] = [
+pub const VARIABLES: [&str; 4] = [
     "runtime.allgs",
     "runtime.allglen",
     "runtime.waitReasonStrings",
+    "runtime.allm",
 ];
 /// Members per struct we keep (runtime.g has about 60).
 const MAX_MEMBERS: usize = 512;
@@ -52,6 +53,9 @@ pub struct DwarfFacts {
     pub variables: HashMap<&'static str, u64>,
     /// The heap walker's offsets, or why they are not all there.
     pub heap: Result<HeapOffsets, String>,
+    /// `runtime.allm` and `m.alllink`: the list of every M, runtime
+    /// bookkeeping the heap walk must not scan into.
+    pub ms: Option<(u64, u32)>,
 }
 
 /// One struct member: name, offset, and its type (for widths and lengths).
@@ -116,14 +120,21 @@ pub fn read(file: &object::File) -> Result<Option<DwarfFacts>, String> {
     let dwarf = sections.borrow(|s| EndianSlice::new(s, endian));
     let (structs, vars) = walk(&dwarf).map_err(|e| format!("DWARF: {e}"))?;
     let layout = layout(&structs)?;
+    let alllink = structs
+        .get("runtime.m")
+        .and_then(|m| m.member("alllink"))
+        .map(|m| m.offset);
     let heap = Types::new(&dwarf)
         .map_err(|e| format!("DWARF: {e}"))
         .and_then(|types| heapdwarf::offsets(&structs, &vars, &types));
-    let variables = vars.into_iter().map(|(k, (a, _))| (k, a)).collect();
+    let variables: HashMap<&'static str, u64> =
+        vars.into_iter().map(|(k, (a, _))| (k, a)).collect();
+    let ms = variables.get("runtime.allm").copied().zip(alllink);
     Ok(Some(DwarfFacts {
         layout,
         variables,
         heap,
+        ms,
     }))
 }
 

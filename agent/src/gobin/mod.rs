@@ -178,6 +178,8 @@ pub struct GoBinary {
     /// What a heap walk reads (arenas, spans, roots), or why it cannot be
     /// known for this binary: see [`GoBinary::heap_layout`].
     heap: Result<HeapLayout, String>,
+    /// `runtime.allm` and the offset of `m.alllink`, from DWARF.
+    pub ms: Option<(u64, u32)>,
     /// `moduledata.gofunc`: funcdata offsets are relative to it. Unknown
     /// only if moduledata could not be found (then no inlined frames).
     gofunc: Option<u64>,

@@ -26,16 +26,27 @@ pub(super) fn globals(pid: u32, layout: &BinLayout, bias: u64) -> Vec<Root> {
     ]
     .into_iter()
     .filter(|(_, _, _, (lo, hi))| lo < hi)
-    .map(|(name, start, mask, (lo, hi))| {
+    .flat_map(|(name, start, mask, (lo, hi))| {
         let range = AddrRange {
             lo: lo.wrapping_add(bias),
             hi: hi.wrapping_add(bias),
         };
-        let scan = pointer_slots(pid, layout, bias, start, mask, range)
-            .map_or(Scan::Range(range), Scan::Slots);
-        Root {
-            kind: RootKind::Global { name: name.into() },
-            scan,
+        match pointer_slots(pid, layout, bias, start, mask, range) {
+            // One root per pointer variable, so that what holds a primitive
+            // can be named by its address (`go tool nm` names it).
+            Some(slots) => slots
+                .into_iter()
+                .map(|at| Root {
+                    kind: RootKind::Global {
+                        name: format!("{name} at {:#x}", at.wrapping_sub(bias)),
+                    },
+                    scan: Scan::Slots(vec![at]),
+                })
+                .collect(),
+            None => vec![Root {
+                kind: RootKind::Global { name: name.into() },
+                scan: Scan::Range(range),
+            }],
         }
     })
     .collect()

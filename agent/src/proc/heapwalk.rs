@@ -87,6 +87,7 @@ pub fn walk(
     let sema = sema_waiters(pid, layout, bias);
     let mut opaque: Vec<u64> = pointers.clone();
     opaque.extend(sema.sudogs.iter().copied());
+    opaque.extend(all_ms(pid, bin, bias));
     let mut input = Input {
         roots: globals(pid, layout, bias),
         ..Input::default()
@@ -266,6 +267,24 @@ fn heap_layout(l: &BinLayout, bias: u64) -> HeapLayout {
         span_state: s.state.offset,
         geometry: ArenaGeometry::LINUX_AMD64,
     }
+}
+
+/// Ms (`runtime.allm`, linked by `m.alllink`): runtime bookkeeping whose
+/// fields keep stale copies of what their goroutines last waited on (a
+/// conservative scan of them kept leaked goroutines' channels alive).
+/// Known through DWARF; without it the Ms are scanned like any object.
+fn all_ms(pid: u32, bin: &GoBinary, bias: u64) -> Vec<u64> {
+    const MAX_MS: usize = 10_000;
+    let Some((allm, alllink)) = bin.ms else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    let mut at = mem::read_u64(pid, allm.wrapping_add(bias)).unwrap_or(0);
+    while at != 0 && out.len() < MAX_MS && !out.contains(&at) {
+        out.push(at);
+        at = mem::read_u64(pid, at.wrapping_add(u64::from(alllink))).unwrap_or(0);
+    }
+    out
 }
 
 /// Whether the waited-on semaphore is a lone `sync.Mutex`'s: 8 bytes
