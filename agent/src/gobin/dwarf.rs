@@ -10,7 +10,7 @@ use gimli::{AttributeValue, EndianSlice, RunTimeEndian};
 use object::{Object, ObjectSection};
 
 use super::{
-    dwarf_types::{self, Types},
+    dwarf_types::{self, Member, Members, Struct, Types, Variables},
     heapdwarf,
     heaplayout::HeapOffsets,
     layout::{GOffsets, HchanOffsets, Layout, SudogOffsets, WaitqOffsets},
@@ -57,30 +57,6 @@ pub struct DwarfFacts {
     /// bookkeeping the heap walk must not scan into.
     pub ms: Option<(u64, u32)>,
 }
-
-/// One struct member: name, offset, and its type (for widths and lengths).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Member {
-    pub name: String,
-    pub offset: u32,
-    pub ty: Option<gimli::DebugInfoOffset>,
-}
-
-/// A struct's size and members.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Struct {
-    pub size: Option<u64>,
-    pub members: Vec<Member>,
-}
-
-impl Struct {
-    pub fn member(&self, name: &str) -> Option<&Member> {
-        self.members.iter().find(|m| m.name == name)
-    }
-}
-
-/// A global's address and type.
-pub type Variable = (u64, Option<gimli::DebugInfoOffset>);
 
 /// Reads the layouts; `Ok(None)` when the binary has no DWARF (`-w`).
 pub fn read(file: &object::File) -> Result<Option<DwarfFacts>, String> {
@@ -137,9 +113,6 @@ pub fn read(file: &object::File) -> Result<Option<DwarfFacts>, String> {
         ms,
     }))
 }
-
-pub type Members = HashMap<&'static str, Struct>;
-pub type Variables = HashMap<&'static str, Variable>;
 
 fn walk(dwarf: &gimli::Dwarf<Reader>) -> gimli::Result<(Members, Variables)> {
     let all_structs = || STRUCTS.iter().chain(&heapdwarf::STRUCTS);

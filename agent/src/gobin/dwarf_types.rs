@@ -7,9 +7,39 @@
 //! the others by section offset, so a reference is resolved by finding the
 //! unit that holds it.
 
+use std::collections::HashMap;
+
 use gimli::{AttributeValue, DebugInfoOffset, EndianSlice, RunTimeEndian, UnitHeader};
 
 type Reader<'a> = EndianSlice<'a, RunTimeEndian>;
+
+/// One struct member: name, offset, and its type (for widths and lengths).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub name: String,
+    pub offset: u32,
+    pub ty: Option<gimli::DebugInfoOffset>,
+}
+
+/// A struct's size and members.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Struct {
+    pub size: Option<u64>,
+    pub members: Vec<Member>,
+}
+
+impl Struct {
+    pub fn member(&self, name: &str) -> Option<&Member> {
+        self.members.iter().find(|m| m.name == name)
+    }
+}
+
+/// A global's address and type.
+pub type Variable = (u64, Option<gimli::DebugInfoOffset>);
+
+/// The structs and globals the DWARF walk collected, by name.
+pub type Members = HashMap<&'static str, Struct>;
+pub type Variables = HashMap<&'static str, Variable>;
 
 /// Typedef chains followed before giving up (Go writes one level).
 const MAX_TYPEDEFS: usize = 8;

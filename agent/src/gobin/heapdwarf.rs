@@ -2,8 +2,7 @@
 //! globals the DWARF walk of [`super::dwarf`] collected.
 
 use super::{
-    dwarf::{Members, Struct, Variables},
-    dwarf_types::Types,
+    dwarf_types::{Members, Struct, Types, Variables},
     heaplayout::{
         Field, HeapArenaOffsets, HeapOffsets, MheapOffsets, ModuledataOffsets, MspanOffsets,
         SemaOffsets, SudogLinks, TimerOffsets,
@@ -55,7 +54,7 @@ impl Reader<'_, '_, '_, '_> {
         Ok(self.member(st, f)?.offset)
     }
 
-    fn member(&self, st: &str, f: &str) -> Result<&super::dwarf::Member, String> {
+    fn member(&self, st: &str, f: &str) -> Result<&super::dwarf_types::Member, String> {
         self.get(st)?
             .member(f)
             .ok_or_else(|| format!("{st} has no field {f}"))

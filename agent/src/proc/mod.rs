@@ -4,6 +4,7 @@
 
 mod blockmem;
 mod globals;
+mod gread;
 pub mod heapwalk;
 pub mod mem;
 pub mod procfs;

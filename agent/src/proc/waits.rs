@@ -4,7 +4,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use super::{heapwalk::G, mem, scan::le64};
+use super::{gread::G, mem, scan::le64};
 use crate::gobin::{GoBinary, HeapLayout as BinLayout, WaitReason};
 
 /// Sudogs followed per goroutine (a select has one per case).

@@ -181,12 +181,7 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
             )?);
         }
     }
-    let walk_bin = out.join("walkheap");
-    build::go_build(&tools::GO_NEWEST.ensure()?, "walkheap", &walk_bin, &[])?;
-    let mut walks = Vec::new();
-    for &mib in &sizes.heaps {
-        walks.push(heapwalk::measure(&agent, &walk_bin, mib, 3)?);
-    }
+    let walks = measure_walks(&agent, &out, &sizes)?;
     util::done(t);
     let text = report::render(&lines, &memory, &attach, &walks, reps);
     println!("{text}");
@@ -199,6 +194,21 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     std::fs::write(&path, text)?;
     eprintln!("==> wrote {}", path.display());
     Ok(())
+}
+
+/// Heap walks of each size in `sizes`, three per size.
+fn measure_walks(
+    agent: &std::path::Path,
+    out: &std::path::Path,
+    sizes: &Sizes,
+) -> anyhow::Result<Vec<heapwalk::Walk>> {
+    let walk_bin = out.join("walkheap");
+    build::go_build(&tools::GO_NEWEST.ensure()?, "walkheap", &walk_bin, &[])?;
+    sizes
+        .heaps
+        .iter()
+        .map(|&mib| heapwalk::measure(agent, &walk_bin, mib, 3))
+        .collect()
 }
 
 fn measure_micro(
