@@ -43,6 +43,9 @@ pub fn walk(
         what: "runtime.allgs",
     };
     let pointers = read_allgs(pid, bin, bias).map_err(unreadable)?;
+    if pointers.len() as u64 > budget.max_goroutines {
+        return Err(WalkError::OverBudget { what: "goroutines" });
+    }
     let gs = read_gs(pid, bin, &pointers);
     let sema = sema_waiters(pid, layout, bias);
     let mut opaque: Vec<u64> = pointers.clone();

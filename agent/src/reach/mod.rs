@@ -106,6 +106,10 @@ pub struct Budget {
     pub max_spans: u64,
     /// Objects marked.
     pub max_objects: u64,
+    /// Goroutines gathered into one walk's input (the caller checks it: each
+    /// costs its stack's live slots and a few records, so a million parked
+    /// goroutines would cost the agent hundreds of MiB).
+    pub max_goroutines: u64,
 }
 
 impl Default for Budget {
@@ -117,6 +121,7 @@ impl Default for Budget {
             max_heap_bytes: 16 << 30,
             max_spans: 1 << 20,
             max_objects: 1 << 24,
+            max_goroutines: 100_000,
         }
     }
 }

@@ -274,5 +274,6 @@ pub fn small_budget() -> Budget {
         max_heap_bytes: 1 << 30,
         max_spans: 64,
         max_objects: 1000,
+        max_goroutines: 100,
     }
 }
