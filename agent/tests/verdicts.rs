@@ -21,7 +21,13 @@ use serde_json::Value;
 use support::{http_get, Agent, KernelEnv, Proc};
 
 const LEAK_AFTER: Duration = Duration::from_secs(2);
-const SCAN: Duration = Duration::from_secs(1);
+/// How long a live-creator leak may take to be called one: `--leak-after`
+/// plus four scans. A proof takes two walks a scan apart, which the walks
+/// started before `--leak-after` usually finish by two scans past it; with
+/// one agent walking three processes on a loaded 2-core machine (CI) the
+/// second walk of a goroutine that parked last has been seen to need two
+/// scans more.
+const PROOF_WITHIN: Duration = Duration::from_secs(6); // 2 s + 4 × 1 s
 const AGENT_ARGS: [&str; 4] = ["--leak-after", "2s", "--scan-interval", "1s"];
 /// The oldest supported line (no parent goroutine recorded), a middle one
 /// and the newest.
@@ -174,12 +180,12 @@ fn never_leak(shape: &str) {
 
 /// Starts a live-creator leak and requires, on every Go line, `leak`
 /// groups started in `function` covering at least `count` goroutines within
-/// --leak-after plus two scans of the leak being in place.
+/// [`PROOF_WITHIN`] of the leak being in place.
 fn called_leak(shape: &str, function: &str, count: u64) {
     let Some(w) = Watched::start("liveleaks", shape) else {
         return;
     };
-    let until = Instant::now() + LEAK_AFTER + SCAN * 2;
+    let until = Instant::now() + PROOF_WITHIN;
     let leaked = |process: &Value| -> u64 {
         leaks(process)
             .iter()
@@ -206,7 +212,7 @@ fn called_leak(shape: &str, function: &str, count: u64) {
         let verdict = if n >= count { "flagged" } else { "MISSED" };
         eprintln!(
             "liveleak {shape} on Go {line}: {verdict} ({n}/{count} in {function} within {:?}); groups:\n{}",
-            LEAK_AFTER + SCAN * 2,
+            PROOF_WITHIN,
             describe(&groups)
         );
         if n < count {
