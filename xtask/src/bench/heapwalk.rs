@@ -47,8 +47,11 @@ pub fn measure(agent: &Path, binary: &Path, mib: u64, walks: u64) -> anyhow::Res
         ],
     )?;
     let done = |a: &Agent| {
-        let m = a.metrics();
-        proc::sample(&m, "gostray_heap_walks_total{result=\"done\"")
+        a.metrics()
+            .lines()
+            .find_map(|l| l.strip_prefix("gostray_heap_walks_total{result=\"done\"} "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
     };
     // The first walk waits for --leak-after; time a window of `walks`.
     let first = wait_walks(&a, 1.0, &done)?;
