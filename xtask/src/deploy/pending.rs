@@ -7,7 +7,10 @@
 //! strict from then on. The tests say so when a pending metric shows data.
 
 /// (metric name or prefix, what it waits for)
-pub const PENDING_METRICS: &[(&str, &str)] = &[];
+pub const PENDING_METRICS: &[(&str, &str)] = &[(
+    "gostray_suspect_goroutines",
+    "exported, but the e2e workloads have no suspect since the heap walk (issue 13) found the demo's idle pool held; a workload with one is to come",
+)];
 
 /// Alert end-to-end cases that cannot run yet, by alert name.
 pub const PENDING_ALERT_CASES: &[(&str, &str)] = &[];
