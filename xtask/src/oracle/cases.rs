@@ -235,6 +235,8 @@ mod tests {
                 "func register(",
                 "func registerInit(",
                 "func stayAlive(",
+                // The same-process comparison's request, served by main.
+                "pprof.Lookup(\"goroutineleak\")",
             ] {
                 assert!(text.contains(helper), "{runner:?}: no {helper}");
             }

@@ -10,7 +10,10 @@
 //! that then stays alive, the agent watches it, and its `leak` groups are
 //! matched against the list. The same
 //! cases also print the runtime's own GC-based leak profile, scored the same
-//! way, as the anchor.
+//! way, as the anchor. Once the agent's verdicts are read, each of the
+//! agent's processes is asked for the runtime's leak profile too
+//! (`same.rs`): the goroutines the agent calls leaked must be among those
+//! the runtime marks leaked in the same process.
 
 use std::{
     collections::HashMap,
@@ -22,11 +25,17 @@ use std::{
 use anyhow::{bail, Context};
 use regex::Regex;
 
-use self::{cases::*, report::*, run::*};
+use self::{
+    cases::{parse_cases, Case, Program},
+    report::{pct, same_totals, table, totals},
+    run::{build_program, http_get, run_batch, wait_for},
+};
 
 mod cases;
 mod report;
 mod run;
+mod same;
+pub use self::report::SameTotals;
 use crate::{tools::GoRelease, util};
 
 #[derive(clap::Args, Clone)]
@@ -88,8 +97,19 @@ impl Runner {
     }
 }
 
-/// Runs the oracle; returns (recall %, false leak groups).
-pub fn oracle(args: &OracleArgs, agent: &Path) -> anyhow::Result<(f64, usize)> {
+/// What a run of the oracle found.
+#[derive(Debug, Clone, Copy)]
+pub struct Summary {
+    /// The expected leaks the agent found, in percent.
+    pub recall: f64,
+    /// The agent's leak groups that match no expected leak.
+    pub false_leaks: usize,
+    /// The agent's leak set against the runtime's, process by process.
+    pub same: SameTotals,
+}
+
+/// Runs the oracle.
+pub fn oracle(args: &OracleArgs, agent: &Path) -> anyhow::Result<Summary> {
     let release = crate::tools::GO_RELEASES
         .iter()
         .find(|r| r.line == args.go)
@@ -160,7 +180,11 @@ pub fn oracle(args: &OracleArgs, agent: &Path) -> anyhow::Result<(f64, usize)> {
         write_doc(args, &report)?;
     }
     let (e, f, x) = totals(&outcomes, |o| &o.agent);
-    Ok((pct(f, e), x))
+    Ok(Summary {
+        recall: pct(f, e),
+        false_leaks: x,
+        same: same_totals(&outcomes),
+    })
 }
 
 /// The cases `args` asks for, with their expectations.
@@ -244,11 +268,12 @@ fn build_programs(
 fn write_doc(args: &OracleArgs, report: &str) -> anyhow::Result<()> {
     let date = util::output(Command::new("date").args(["-u", "+%Y-%m-%d"])).unwrap_or_default();
     let doc = format!(
-        "# Oracle: gostray against the Go runtime's goroutine leak cases\n\nRun on {} with `cargo xtask oracle --go {} --runner {} --write` (--leak-after 2s). {} In the agent's build the cases ask for the plain goroutine profile, so the runtime never marks a goroutine leaked for the agent to read, and `os.Exit(0)` becomes a sleep, so the process stays to be watched. The runtime column is the runtime's own GC-based detector on the unmodified cases (Go ≥ 1.26 only). Before Go 1.20 the runtime names every sync wait `semacquire`: such a leak matches an expectation of a sync wait at the same function.\n\n{report}",
+        "# Oracle: gostray against the Go runtime's goroutine leak cases\n\nRun on {} with `cargo xtask oracle --go {} --runner {} --write` (--leak-after 2s). {} In the agent's build the cases ask for the plain goroutine profile, so the runtime marks no goroutine leaked before the agent's verdicts are read, and `os.Exit(0)` becomes a sleep, so the process stays to be watched. The runtime column is the runtime's own GC-based detector on the unmodified cases, in a separate run (Go ≥ 1.26 only). Before Go 1.20 the runtime names every sync wait `semacquire`: such a leak matches an expectation of a sync wait at the same function.\n\nThe same-process columns compare, in the agent's own process, the goroutines the agent calls leaked (A: the members of its leak groups, that is the goroutines of the profile with the group's wait reason, `go` statement line and blocking line) with those the runtime's `goroutineleak` profile marks leaked (R). Once the agent's verdicts are read, the runner's `main` is asked for that profile (debug=2: every goroutine, the leaked ones marked), and again while a request marks more goroutines, at most {} times: each request runs one leak-detection GC, a goroutine once marked stays marked, and R is read from the last (the first GC can leave leaked goroutines unmarked: the column shows both counts when they differ). Goals: A ⊆ R (|A∖R| = 0) and |A∩R|/|R| ≥ 95%. n/a: the toolchain has no such profile (before Go 1.26, and 1.26 without GOEXPERIMENT=goroutineleakprofile), or the case never came back to read the request (`SelectNoCasesMain` parks `main` for good under `upstream`).\n\n{report}",
         date.trim(),
         args.go,
         format!("{:?}", args.runner).to_lowercase(),
         args.runner.describe(),
+        same::MAX_LEAK_GCS,
     );
     std::fs::write(
         util::root().join(format!(

@@ -17,6 +17,7 @@ use serde_json::Value;
 
 use super::{
     cases::{agent_leaks, go_detector_leaks, score, Case, Program, Score},
+    same::{self, SameProcess},
     Runner,
 };
 use crate::util;
@@ -26,6 +27,8 @@ pub(super) struct Outcome {
     pub(super) case: Case,
     pub(super) agent: Score,
     pub(super) go: Score,
+    /// The agent's leak set against the runtime's, in the agent's process.
+    pub(super) same: SameProcess,
 }
 
 /// Copies a test program's sources, swaps in our main, and builds it. The
@@ -131,12 +134,21 @@ impl Running {
     }
 
     fn saw(&self, line: &str) -> bool {
-        self.lines.lock().expect("lines").iter().any(|l| l == line)
+        self.count(line) > 0
     }
 
-    fn send(&mut self) {
+    fn count(&self, line: &str) -> usize {
+        self.lines
+            .lock()
+            .expect("lines")
+            .iter()
+            .filter(|l| *l == line)
+            .count()
+    }
+
+    fn send(&mut self, line: &str) {
         if let Some(stdin) = self.child.stdin.as_mut() {
-            let _ = stdin.write_all(b"go\n");
+            let _ = writeln!(stdin, "{line}");
         }
     }
 
@@ -195,7 +207,7 @@ pub(super) fn run_batch(
         anchors.iter().all(|r| r.saw("ready"))
     });
     for r in &mut anchors {
-        r.send();
+        r.send("go");
     }
     wait_for(Duration::from_secs(10), || {
         anchors.iter().all(|r| r.saw("case-done"))
@@ -230,7 +242,7 @@ pub(super) fn run_batch(
             .all(|r| report.contains(&format!("\"pid\": {}", r.child.id())))
     });
     for r in &mut running {
-        r.send();
+        r.send("go");
     }
     wait_for(Duration::from_secs(10), || {
         running.iter().all(|r| r.saw("case-done"))
@@ -240,6 +252,9 @@ pub(super) fn run_batch(
     let report: Value = http_get(port, "/api/v1/leaks")
         .and_then(|b| serde_json::from_str(&b).ok())
         .unwrap_or(Value::Null);
+    // Only now, with the agent's verdicts read: the profile's GC marks the
+    // leaked goroutines _Gleaked, which the agent would then merely read.
+    ask_leak_profiles(&mut running);
     running
         .iter()
         .map(|r| {
@@ -253,7 +268,46 @@ pub(super) fn run_batch(
                 case: r.case.clone(),
                 agent: score(&r.case, &agent_leaks(&process)),
                 go: go_scores.get(&r.case.name).cloned().unwrap_or_default(),
+                same: same_process(r, &process),
             }
         })
         .collect()
+}
+
+/// Asks every case whose `main` came back to read stdin for the runtime's
+/// leak profile, again while a request marks more goroutines leaked (at
+/// most `same::MAX_LEAK_GCS` times), and waits for the answers. A case that
+/// parks `main` for good (`SelectNoCasesMain` under `upstream`) never reads
+/// the request.
+fn ask_leak_profiles(running: &mut [Running]) {
+    let mut asking: Vec<usize> = (0..running.len())
+        .filter(|&i| running[i].saw("case-done"))
+        .collect();
+    for round in 1..=same::MAX_LEAK_GCS {
+        for &i in &asking {
+            running[i].send("leak-profile");
+        }
+        wait_for(Duration::from_secs(10), || {
+            asking
+                .iter()
+                .all(|&i| running[i].count(same::END) >= round || running[i].saw(same::ABSENT))
+        });
+        asking.retain(|&i| {
+            let lines = running[i].lines.lock().expect("lines");
+            let profiles = same::parse_profiles(&lines);
+            profiles.len() == round && same::still_marking(&profiles)
+        });
+    }
+}
+
+/// The agent's leak set against the runtime's profile of the same process.
+fn same_process(r: &Running, process: &Value) -> SameProcess {
+    if r.saw(same::ABSENT) {
+        return SameProcess::NoProfile;
+    }
+    if !r.saw(same::END) {
+        return SameProcess::NoAnswer;
+    }
+    let lines = r.lines.lock().expect("lines");
+    SameProcess::Compared(same::compare(process, &same::parse_profiles(&lines)))
 }
