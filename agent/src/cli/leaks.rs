@@ -117,6 +117,27 @@ pub fn render(report: &Report) -> String {
         }
     }
     for p in &report.processes {
+        for h in &p.held {
+            let _ = writeln!(
+                out,
+                "{:<8} {:<16} {:<8} {:>6} {:>7.0}s  {:<24} {}  held by {}{}",
+                p.pid,
+                clean(&p.exe),
+                "held",
+                h["count"].as_u64().unwrap_or(0),
+                h["oldest_blocked_seconds"].as_f64().unwrap_or(0.0),
+                clean(h["wait_reason"].as_str().unwrap_or("?")),
+                clean(h["start_function"].as_str().unwrap_or("?")),
+                clean(h["held_by"].as_str().unwrap_or("?")),
+                if h["settled"] == true {
+                    ""
+                } else {
+                    " (one walk so far)"
+                },
+            );
+        }
+    }
+    for p in &report.processes {
         for (what, list) in [
             ("double close", &p.double_closes),
             ("send on closed channel", &p.sends_on_closed),

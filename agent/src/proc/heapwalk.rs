@@ -10,9 +10,9 @@ use std::collections::HashMap;
 
 use super::{
     blockmem::ProcMemory,
+    bookkeeping::{all_ms, all_ps},
     globals::globals,
     gread::{read_gs, G},
-    mem,
     scan::read_allgs,
     stackscan::{self, Parked},
     waits::{cond_words, primitives, sema_waiters, waits_on_named_primitive},
@@ -51,10 +51,13 @@ pub fn walk(
     let mut opaque: Vec<u64> = pointers.clone();
     opaque.extend(sema.sudogs.iter().copied());
     opaque.extend(all_ms(pid, bin, bias));
+    let (ps, timers) = all_ps(pid, layout, bias);
+    opaque.extend(ps);
     let mut input = Input {
         roots: globals(pid, layout, bias),
         ..Input::default()
     };
+    input.roots.extend(timers);
     let mut stacks = stack_scans(pid, bin, bias, &gs);
     let again: HashMap<u64, G> = read_gs(pid, bin, &pointers)
         .into_iter()
@@ -182,24 +185,6 @@ fn heap_layout(l: &BinLayout, bias: u64) -> HeapLayout {
         span_state: s.state.offset,
         geometry: ArenaGeometry::LINUX_AMD64,
     }
-}
-
-/// Ms (`runtime.allm`, linked by `m.alllink`): runtime bookkeeping whose
-/// fields keep stale copies of what their goroutines last waited on (a
-/// conservative scan of them kept leaked goroutines' channels alive).
-/// Known through DWARF; without it the Ms are scanned like any object.
-fn all_ms(pid: u32, bin: &GoBinary, bias: u64) -> Vec<u64> {
-    const MAX_MS: usize = 10_000;
-    let Some((allm, alllink)) = bin.ms else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    let mut at = mem::read_u64(pid, allm.wrapping_add(bias)).unwrap_or(0);
-    while at != 0 && out.len() < MAX_MS && !out.contains(&at) {
-        out.push(at);
-        at = mem::read_u64(pid, at.wrapping_add(u64::from(alllink))).unwrap_or(0);
-    }
-    out
 }
 
 /// Whether the waited-on semaphore is a lone `sync.Mutex`'s: 8 bytes

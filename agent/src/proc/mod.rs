@@ -3,6 +3,7 @@
 //! proves parked goroutines unreachable.
 
 mod blockmem;
+mod bookkeeping;
 mod globals;
 mod gread;
 pub mod heapwalk;

@@ -17,6 +17,10 @@ pub struct ProcessReport {
     pub go_version: String,
     pub goroutines: u64,
     pub groups: Vec<serde_json::Value>,
+    /// Goroutines parked past `--leak-after` that are not leaked: a heap
+    /// walk found what can still wake them (`held_by`).
+    #[serde(default)]
+    pub held: Vec<serde_json::Value>,
     pub double_closes: Vec<MisuseReport>,
     pub sends_on_closed: Vec<MisuseReport>,
     pub closes_of_nil: Vec<MisuseReport>,
@@ -49,6 +53,11 @@ fn process(pid: u32, p: &ProcessState) -> ProcessReport {
             .groups
             .iter()
             .filter_map(|g| serde_json::to_value(g).ok())
+            .collect(),
+        held: p
+            .held
+            .iter()
+            .filter_map(|h| serde_json::to_value(h).ok())
             .collect(),
         double_closes: misuse(gostray_common::EventKind::DoubleClose),
         sends_on_closed: misuse(gostray_common::EventKind::SendClosed),

@@ -63,6 +63,24 @@ pub struct Group {
     pub stack: Vec<Site>,
 }
 
+/// Goroutines parked past `--leak-after` whose primitive the heap walks
+/// found reachable: not a leak, and what keeps them wakeable, which is the
+/// first thing an operator asks of a long wait.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Held {
+    pub start_function: String,
+    pub wait_reason: String,
+    pub count: u64,
+    pub oldest_blocked_seconds: f64,
+    /// The holder the last walk found for the first member, e.g. "goroutine
+    /// 42" or "a global in .bss at 0x4f1e20" (`go tool nm` names it).
+    #[serde(rename = "held_by")]
+    pub holder: String,
+    /// False while only the last walk saw the hold (one walk can catch a
+    /// stale value); the group then has no verdict until the next walk.
+    pub settled: bool,
+}
+
 /// A misuse site pair (double close: second and first closer).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Misuse {

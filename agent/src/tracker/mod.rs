@@ -17,7 +17,7 @@ mod verdict;
 use std::collections::{HashMap, HashSet};
 
 use gostray_common::{ChanEvent, EventKind, GoroutineEvent, CHAN_EVENT_SIZE, EVENT_SIZE};
-pub use group::{MisuseReport, Summary, Verdict};
+pub use group::{Held, MisuseReport, Summary, Verdict};
 pub use process::{ProcessInfo, ProcessState};
 pub use site::{Site, Symbols};
 
@@ -184,9 +184,14 @@ impl Tracker {
         let Some(proc) = self.procs.get_mut(&pid) else {
             return;
         };
-        let (groups, summary, sizes) =
-            verdict::evaluate(proc, now_ns, leak_after_ns, symbols, globals);
+        let verdict::Evaluation {
+            groups,
+            held,
+            summary,
+            sizes,
+        } = verdict::evaluate(proc, now_ns, leak_after_ns, symbols, globals);
         proc.groups = groups;
+        proc.held = held;
         let site = |pc: u64| {
             symbols
                 .site(pc.saturating_sub(1))

@@ -69,6 +69,8 @@ pub struct ProcessState {
     pub misuse_total: HashMap<gostray_common::EventKind, u64>,
     /// Verdicts of the last evaluation, and its counts.
     pub groups: Vec<Group>,
+    /// Long-parked groups a walk found reachable, and what holds them.
+    pub held: Vec<super::Held>,
     pub summary: super::Summary,
     /// Misuse sites named at the last evaluation.
     pub misuse_report: Vec<(gostray_common::EventKind, MisuseReport)>,
@@ -133,6 +135,7 @@ impl ProcessState {
             misuse: HashMap::new(),
             misuse_total: HashMap::new(),
             groups: Vec::new(),
+            held: Vec::new(),
             summary: super::Summary::default(),
             misuse_report: Vec::new(),
             exit_links: HashMap::new(),

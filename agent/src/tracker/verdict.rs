@@ -17,7 +17,7 @@ use super::{
         waiting_on_active_descendants, Growth,
     },
     goroutine::{GoidMap, GoidSet, Goroutine},
-    group::{Creator, Group, Summary, Verdict, MAX_GROUPS},
+    group::{Creator, Group, Held, Summary, Verdict, MAX_GROUPS},
     input::G_WAITING,
     process::{ProcessState, TREND_LEN},
     proof::{Proof, Proofs},
@@ -26,22 +26,33 @@ use super::{
 };
 use crate::gobin::WaitReason;
 
-/// Evaluates every parked goroutine of `proc` at `now_ns`: the groups with
-/// a verdict (worst first), the counts the metrics need, and every group's
-/// size by fingerprint (for the trends).
+/// What one evaluation of a process found.
+pub struct Evaluation {
+    /// The groups with a verdict, worst first.
+    pub groups: Vec<Group>,
+    /// The long-parked groups whose primitive a walk found reachable.
+    pub held: Vec<Held>,
+    /// The counts the metrics need.
+    pub summary: Summary,
+    /// Every group's size by fingerprint (for the trends).
+    pub sizes: HashMap<u64, u64>,
+}
+
+/// Evaluates every parked goroutine of `proc` at `now_ns`.
 pub fn evaluate(
     proc: &ProcessState,
     now_ns: u64,
     leak_after_ns: u64,
     symbols: &dyn Symbols,
     globals: &HashSet<u64>,
-) -> (Vec<Group>, Summary, HashMap<u64, u64>) {
+) -> Evaluation {
     let cache = SiteCache::new(symbols);
     let cx = Context::new(proc, now_ns, leak_after_ns, &cache);
     let (stuck, summary) = cx.stuck();
     let active_below = waiting_on_active_descendants(proc, &stuck, &|g| cx.system(g));
     let mut sizes = HashMap::new();
     let mut out = Vec::new();
+    let mut held = Vec::new();
     for ((gopc, site_pc, _), parked) in cx.parked_groups() {
         let created_at = cx.site(gopc);
         let blocked_at = cx.site(site_pc);
@@ -84,6 +95,16 @@ pub fn evaluate(
             cx.blocked_for(oldest) as f64 / 1e9
         )];
         let Some(verdict) = rule(&facts, &trend, &mut evidence) else {
+            if let Reach::Held(_) | Reach::Pending = facts.reach {
+                held.push(Held {
+                    start_function: start_function(oldest, &cache),
+                    wait_reason: reason_name,
+                    count: ripe.len() as u64,
+                    oldest_blocked_seconds: cx.blocked_for(oldest) as f64 / 1e9,
+                    holder: holder_of(&proc.proofs, &ripe),
+                    settled: matches!(facts.reach, Reach::Held(_)),
+                });
+            }
             continue;
         };
         if let Some(c) = chan {
@@ -114,7 +135,29 @@ pub fn evaluate(
             .then(a.fingerprint.cmp(&b.fingerprint))
     });
     out.truncate(MAX_GROUPS);
-    (out, summary, sizes)
+    held.sort_by(|a, b| {
+        b.count
+            .cmp(&a.count)
+            .then(a.start_function.cmp(&b.start_function))
+    });
+    held.truncate(MAX_GROUPS);
+    Evaluation {
+        groups: out,
+        held,
+        summary,
+        sizes,
+    }
+}
+
+/// What the last walk found holding the first held member's primitive.
+fn holder_of(proofs: &Proofs, members: &[&(u64, &Goroutine)]) -> String {
+    members
+        .iter()
+        .find_map(|(goid, _)| match proofs.of(*goid) {
+            Proof::Held(h, _) => Some(h.to_string()),
+            _ => None,
+        })
+        .unwrap_or_default()
 }
 
 /// Goroutines parked the same way (creation site, blocking site, reason).

@@ -469,6 +469,12 @@ fn a_reachable_channel_silences_an_exited_creator() {
     w.walked(&[], &[(20, "a global in .bss")]);
     w.scan(&[(20, RECV, Some(0xc000))], &[]);
     assert!(w.verdicts().is_empty(), "{:?}", w.verdicts());
+    // The report says what holds it, settled after two walks.
+    let p = w.t.processes().find(|(pid, _)| *pid == PID).unwrap().1;
+    assert_eq!(p.held.len(), 1, "{:?}", p.held);
+    assert_eq!(p.held[0].holder, "a global in .bss");
+    assert!(p.held[0].settled);
+    assert_eq!(p.held[0].start_function, "main.worker");
     // Without the walk the proxies would have called it a leak.
     w.walked(&[], &[]);
     w.advance(1);
