@@ -140,6 +140,7 @@ impl Agent {
                     candidates = walked.candidates,
                     unreachable = walked.unreachable.len(),
                     bytes = walked.bytes_read,
+                    trustworthy = walked.trustworthy,
                     ms = walked.seconds * 1e3,
                     "heap walked"
                 );

@@ -15,7 +15,7 @@ use super::{
     gread::{read_gs, G},
     scan::read_allgs,
     stackscan::{self, Parked},
-    waits::{cond_words, primitives, sema_waiters, waits_on_named_primitive},
+    waits::{cond_list, cond_words, primitives, sema_waiters, waits_on_named_primitive},
 };
 use crate::{
     gobin::{GoBinary, HeapLayout as BinLayout, WaitReason},
@@ -78,7 +78,10 @@ pub fn walk(
         let judged = g.goid != 1 && matches!(g.status, G_WAITING | G_LEAKED) && is_user(g.startpc);
         let (primitives, guessed) = match bin.wait_reason(g.reason) {
             _ if !judged => (Vec::new(), false),
-            WaitReason::SyncCond => (cond_words(pid, bin, bias, g), true),
+            WaitReason::SyncCond => match cond_list(pid, layout, g, &mut opaque) {
+                Some(list) => (vec![list], false),
+                None => (cond_words(pid, bin, bias, g), true),
+            },
             r if waits_on_named_primitive(r) => {
                 (primitives(pid, layout, g, &sema.by_g, &mut opaque), false)
             }
@@ -106,6 +109,14 @@ pub fn walk(
     let candidates = input.candidates.len();
     let heap = heap_layout(layout, bias);
     let out = reach::run(&mut ProcMemory::new(pid), &heap, &input, budget)?;
+    if out.stats.reads_failed != 0 || out.stats.spans_rejected != 0 {
+        tracing::debug!(
+            pid,
+            reads_failed = out.stats.reads_failed,
+            spans_rejected = out.stats.spans_rejected,
+            "heap walk not trustworthy: its verdicts wait for a clean walk"
+        );
+    }
     Ok(Walked {
         candidates,
         unreachable: out.unreachable,

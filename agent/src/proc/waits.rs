@@ -67,6 +67,27 @@ pub(super) fn cond_words(pid: u32, bin: &GoBinary, bias: u64, g: &G) -> Vec<u64>
     out
 }
 
+/// The `notifyList` a `sync.Cond` waiter waits on, where the runtime
+/// records it: since Go 1.26 `notifyListWait` hangs its sudog on
+/// `g.waiting` with the list in `elem` (a `maybeTraceablePtr`, whose second
+/// word is the address; a plain pointer before). `None` before Go 1.26
+/// (no sudog on `g.waiting`): the caller then guesses from the frames.
+pub(super) fn cond_list(pid: u32, layout: &BinLayout, g: &G, opaque: &mut Vec<u64>) -> Option<u64> {
+    let s = layout.offsets.sudog;
+    if g.waiting == 0 {
+        return None;
+    }
+    // `elem` is two words when `c` follows it 16 bytes on.
+    let at = if s.c.checked_sub(s.elem) == Some(16) {
+        s.elem + 8
+    } else {
+        s.elem
+    };
+    let list = mem::read_u64(pid, g.waiting.wrapping_add(u64::from(at))).ok()?;
+    opaque.push(g.waiting);
+    (list != 0).then_some(list)
+}
+
 /// `len` bytes at `at` as words, if they lie within `g`'s stack.
 fn read_words(pid: u32, at: u64, len: u64, g: &G) -> Option<Vec<u64>> {
     let end = at.checked_add(len)?.min(g.hi);

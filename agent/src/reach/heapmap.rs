@@ -177,13 +177,13 @@ fn read_span_tables<M: Memory + ?Sized>(
     meter: &mut Meter<'_, M>,
     layout: &HeapLayout,
     arenas: &[u64],
-) -> Result<Vec<(u64, u64)>, WalkError> {
+) -> Result<Vec<Run>, WalkError> {
     let g = &layout.geometry;
     let pages = g.pages_per_arena();
     let mut table = vec![0u8; (pages * 8) as usize];
-    // At most one entry per page read: 16 bytes held per 8 read, so the
+    // At most one entry per page read: 24 bytes held per 8 read, so the
     // byte budget bounds this too.
-    let mut runs = Vec::new();
+    let mut runs: Vec<Run> = Vec::new();
     for &idx in arenas {
         let l1 = (layout.mheap.wrapping_add(u64::from(layout.mheap_arenas)))
             .wrapping_add((idx >> g.l2_bits) * 8);
@@ -204,8 +204,15 @@ fn read_span_tables<M: Memory + ?Sized>(
         let mut prev = 0u64;
         for (page, w) in table.chunks_exact(8).enumerate() {
             let ptr = w.try_into().map_or(0, u64::from_le_bytes);
-            if ptr != 0 && ptr != prev {
-                runs.push((ptr, base.wrapping_add(page as u64 * g.page_bytes)));
+            let at = base.wrapping_add(page as u64 * g.page_bytes);
+            match runs.last_mut() {
+                Some(run) if ptr != 0 && ptr == prev => run.hi = at.wrapping_add(g.page_bytes),
+                _ if ptr != 0 => runs.push(Run {
+                    ptr,
+                    lo: at,
+                    hi: at.wrapping_add(g.page_bytes),
+                }),
+                _ => {}
             }
             prev = ptr;
         }
@@ -213,30 +220,41 @@ fn read_span_tables<M: Memory + ?Sized>(
     Ok(runs)
 }
 
+/// Pages `[lo, hi)` whose span table entries all name the mspan at `ptr`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Run {
+    ptr: u64,
+    lo: u64,
+    hi: u64,
+}
+
 /// Reads each distinct mspan once and keeps the consistent in-use ones.
 /// Returns the spans (unsorted) and how many were rejected.
+///
+/// One mspan may be named by several runs: the runtime leaves the entries
+/// of freed pages as they were, and recycles mspan structs, so free pages
+/// can still name an mspan that now describes a span elsewhere. Such a
+/// span is real if one of its runs covers its start address.
 fn read_spans<M: Memory + ?Sized>(
     meter: &mut Meter<'_, M>,
     layout: &HeapLayout,
     budget: &Budget,
     arenas: &[u64],
-    mut runs: Vec<(u64, u64)>,
+    mut runs: Vec<Run>,
 ) -> Result<(Vec<SpanEntry>, u64), WalkError> {
-    // Sorting by (pointer, page) puts each span's lowest page first: the page
-    // its startAddr must name.
     runs.sort_unstable();
-    runs.dedup_by_key(|r| r.0);
-    if runs.len() as u64 > budget.max_spans {
+    let distinct = runs.windows(2).filter(|w| w[0].ptr != w[1].ptr).count() + 1;
+    if distinct as u64 > budget.max_spans {
         return Err(WalkError::OverBudget { what: "spans" });
     }
     let mut buf = vec![0u8; layout.span_read_len()];
     let (mut spans, mut rejected) = (Vec::new(), 0u64);
     let mut heap_bytes = 0u64;
-    for (ptr, first_page) in runs {
-        if !meter.read(ptr, &mut buf)? {
+    for named in runs.chunk_by(|a, b| a.ptr == b.ptr) {
+        if !meter.read(named[0].ptr, &mut buf)? {
             continue;
         }
-        match parse_span(&buf, layout, arenas, first_page) {
+        match parse_span(&buf, layout, arenas, named) {
             SpanCheck::Ok(s) => {
                 heap_bytes += s.end - s.start;
                 spans.push(s);
@@ -269,7 +287,7 @@ fn field_u8(buf: &[u8], off: u32) -> u8 {
 }
 
 /// Validates one mspan against the arena table that named it.
-fn parse_span(buf: &[u8], layout: &HeapLayout, arenas: &[u64], first_page: u64) -> SpanCheck {
+fn parse_span(buf: &[u8], layout: &HeapLayout, arenas: &[u64], named: &[Run]) -> SpanCheck {
     let g = &layout.geometry;
     if field_u8(buf, layout.span_state) != MSPAN_IN_USE {
         return SpanCheck::NotInUse;
@@ -288,7 +306,8 @@ fn parse_span(buf: &[u8], layout: &HeapLayout, arenas: &[u64], first_page: u64) 
     else {
         return SpanCheck::Lie;
     };
-    if start != first_page || npages == 0 || npages > max_pages {
+    let named_at_start = named.iter().any(|r| r.lo <= start && start < r.hi);
+    if !named_at_start || npages == 0 || npages > max_pages {
         return SpanCheck::Lie;
     }
     // Large spans may cross arenas; every arena they cover must be in use.

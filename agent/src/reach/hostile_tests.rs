@@ -53,6 +53,26 @@ fn lying_spans_are_rejected_and_the_rest_still_works() {
         .is_empty());
 }
 
+/// The runtime leaves a freed page's span table entry as it was and
+/// recycles mspan structs: a free page lower in the arena can still name an
+/// mspan that now describes a span further on. That is no lie.
+#[test]
+fn a_stale_entry_naming_a_recycled_mspan_is_no_lie() {
+    let mut w = World::new(BASE);
+    let free_page = w.cursor;
+    w.cursor += 3 * 8192;
+    let start = w.span(1, 64, false);
+    let ms = w.raw_span(start, 1, 64, start + 8192, 2, 1);
+    w.set_page(free_page, ms);
+    // And one page before the span itself, adjacent to it.
+    w.set_page(start - 8192, ms);
+    let heap = HeapMap::build(&mut w.mem, &w.layout, &Budget::default()).expect("build");
+    assert_eq!(heap.stats.spans_rejected, 0);
+    assert_eq!(heap.stats.spans, 1);
+    assert_eq!(heap.object_of(start + 70).map(|o| o.base), Some(start + 64));
+    assert!(heap.object_of(free_page + 8).is_none());
+}
+
 #[test]
 fn span_table_full_of_one_pointer() {
     let mut w = World::new(RANDOM);
