@@ -29,6 +29,10 @@ pub struct BenchArgs {
     /// command runs); writes to target/bench-smoke.md instead of docs/.
     #[arg(long)]
     smoke: bool,
+    /// Only the heap-walk rows (256 MiB and 1 GiB heaps), replacing that
+    /// section of docs/BENCHMARKS.md and leaving the rest as it was.
+    #[arg(long, conflicts_with = "smoke")]
+    walks_only: bool,
 }
 
 /// One micro workload under every setup.
@@ -85,6 +89,7 @@ pub fn smoke() -> (u64, u64) {
         reps: 1,
         go: vec![tools::GO_NEWEST.line.to_string()],
         smoke: true,
+        walks_only: false,
     };
     let t = util::step("bench smoke run (harness only, no figure is checked)");
     let result = bench(&args);
@@ -123,6 +128,9 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
             heaps: vec![256, 1024],
         }
     };
+    if args.walks_only {
+        return walks_only(&sizes);
+    }
     let reps = if args.smoke { 1 } else { args.reps.max(1) };
     // The smoke run takes the debug agent the test command has just built;
     // figures are only ever taken from the release build.
@@ -192,6 +200,32 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     };
     std::fs::create_dir_all(path.parent().expect("parent"))?;
     std::fs::write(&path, text)?;
+    eprintln!("==> wrote {}", path.display());
+    Ok(())
+}
+
+/// `--walks-only`: measures the heap walks with the release agent and puts
+/// their section, goals included, in place of the one in docs/BENCHMARKS.md.
+fn walks_only(sizes: &Sizes) -> anyhow::Result<()> {
+    let agent = build::build_agent(true)?;
+    let out = util::root().join("target/bench");
+    std::fs::create_dir_all(&out)?;
+    let t = util::step("measuring heap walks");
+    let walks = measure_walks(&agent, &out, sizes)?;
+    util::done(t);
+    let (mut section, goals) = heapwalk::section(&walks);
+    section.push_str("
+Goals (measured alone with `cargo xtask bench --walks-only`):
+
+");
+    for g in goals {
+        section.push_str(&g);
+        section.push('\n');
+    }
+    println!("{section}");
+    let path = util::root().join("docs/BENCHMARKS.md");
+    let doc = std::fs::read_to_string(&path)?;
+    std::fs::write(&path, heapwalk::splice(&doc, &section))?;
     eprintln!("==> wrote {}", path.display());
     Ok(())
 }
