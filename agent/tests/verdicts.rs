@@ -26,12 +26,9 @@ use support::{http_get, Agent, KernelEnv, Proc};
 
 const LEAK_AFTER: Duration = Duration::from_secs(2);
 /// How long a live-creator leak may take to be called one: `--leak-after`
-/// plus four scans. A proof takes two walks a scan apart, which the walks
-/// started before `--leak-after` usually finish by two scans past it; with
-/// one agent walking three processes on a loaded 2-core machine (CI) the
-/// second walk of a goroutine that parked last has been seen to need two
-/// scans more.
-const PROOF_WITHIN: Duration = Duration::from_secs(6); // 2 s + 4 × 1 s
+/// plus two scans (the bound). Walks start before `--leak-after`,
+/// so the two a proof needs are usually done by the time it is ripe.
+const PROOF_WITHIN: Duration = Duration::from_secs(4); // 2 s + 2 × 1 s
 const AGENT_ARGS: [&str; 4] = ["--leak-after", "2s", "--scan-interval", "1s"];
 /// The oldest supported line (no parent goroutine recorded), a middle one
 /// and the newest.
