@@ -124,6 +124,7 @@ pub fn analyse(bytes: &super::image::Bytes) -> Result<GoBinary, GoBinError> {
         gofunc: gofunc(&file, &image, &symbols, &pclntab, version),
         heap,
         ms: dwarf.as_ref().and_then(|d| d.ms),
+        tiny: dwarf.as_ref().and_then(|d| d.tiny),
         pclntab,
         pclntab_at,
         image,

@@ -20,9 +20,10 @@ type Reader<'a> = EndianSlice<'a, RunTimeEndian>;
 
 /// Structs whose members are read: the agent's, then the heap walker's
 /// ([`heapdwarf::STRUCTS`]).
-const STRUCTS: [&str; 7] = [
+const STRUCTS: [&str; 8] = [
     "runtime.g",
     "runtime.m",
+    "runtime.mcache",
     "runtime.gobuf",
     "runtime.stack",
     "runtime.hchan",
@@ -56,6 +57,9 @@ pub struct DwarfFacts {
     /// `runtime.allm` and `m.alllink`: the list of every M, runtime
     /// bookkeeping the heap walk must not scan into.
     pub ms: Option<(u64, u32)>,
+    /// `p.mcache` and `mcache.tiny`: each P's current tiny-allocator block,
+    /// which the runtime's GC keeps alive (`gcMarkTinyAllocs`).
+    pub tiny: Option<(u32, u32)>,
 }
 
 /// Reads the layouts; `Ok(None)` when the binary has no DWARF (`-w`).
@@ -106,11 +110,19 @@ pub fn read(file: &object::File) -> Result<Option<DwarfFacts>, String> {
     let variables: HashMap<&'static str, u64> =
         vars.into_iter().map(|(k, (a, _))| (k, a)).collect();
     let ms = variables.get("runtime.allm").copied().zip(alllink);
+    let offset = |s: &str, m: &str| {
+        structs
+            .get(s)
+            .and_then(|st| st.member(m))
+            .and_then(|m| u32::try_from(m.offset).ok())
+    };
+    let tiny = offset("runtime.p", "mcache").zip(offset("runtime.mcache", "tiny"));
     Ok(Some(DwarfFacts {
         layout,
         variables,
         heap,
         ms,
+        tiny,
     }))
 }
 

@@ -180,6 +180,8 @@ pub struct GoBinary {
     heap: Result<HeapLayout, String>,
     /// `runtime.allm` and the offset of `m.alllink`, from DWARF.
     pub ms: Option<(u64, u32)>,
+    /// `p.mcache` and `mcache.tiny`, from DWARF.
+    pub tiny: Option<(u32, u32)>,
     /// `moduledata.gofunc`: funcdata offsets are relative to it. Unknown
     /// only if moduledata could not be found (then no inlined frames).
     gofunc: Option<u64>,

@@ -36,15 +36,35 @@ pub(super) fn all_ms(pid: u32, bin: &GoBinary, bias: u64) -> Vec<u64> {
     out
 }
 
-/// The Ps (`runtime.allp`), opaque, and one root per pending timer: the
-/// data word of its `arg`.
-pub(super) fn all_ps(pid: u32, layout: &BinLayout, bias: u64) -> (Vec<u64>, Vec<Root>) {
+/// The Ps (`runtime.allp`), opaque, and their roots: one per pending
+/// timer (the data word of its `arg`) and, where DWARF gives the offsets,
+/// each P's current tiny-allocator block, which the runtime's GC marks live
+/// whatever points to it (so a lone mutex packed there is never leaked for
+/// the runtime either).
+pub(super) fn all_ps(
+    pid: u32,
+    layout: &BinLayout,
+    tiny: Option<(u32, u32)>,
+    bias: u64,
+) -> (Vec<u64>, Vec<Root>) {
     let t = layout.offsets.timers;
     let Some(ps) = slice(pid, layout.roots.allp.wrapping_add(bias), 8, MAX_PS) else {
         return (Vec::new(), Vec::new());
     };
     let mut roots = Vec::new();
     for &p in &ps {
+        if let Some((p_mcache, mcache_tiny)) = tiny {
+            // The root is the mcache's `tiny` field itself, so that the
+            // block it names is marked (mcaches live outside the heap).
+            if let Ok(c @ 1..) = mem::read_u64(pid, p.wrapping_add(u64::from(p_mcache))) {
+                roots.push(Root {
+                    kind: RootKind::Runtime {
+                        what: "the tiny allocator's current block".into(),
+                    },
+                    scan: Scan::Slots(vec![c.wrapping_add(u64::from(mcache_tiny))]),
+                });
+            }
+        }
         let at = p.wrapping_add(u64::from(t.p_timers));
         let Some(timers) = slice(pid, at, u64::from(t.entry_size), MAX_TIMERS) else {
             continue;

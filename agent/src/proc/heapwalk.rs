@@ -51,7 +51,7 @@ pub fn walk(
     let mut opaque: Vec<u64> = pointers.clone();
     opaque.extend(sema.sudogs.iter().copied());
     opaque.extend(all_ms(pid, bin, bias));
-    let (ps, timers) = all_ps(pid, layout, bias);
+    let (ps, timers) = all_ps(pid, layout, bin.tiny, bias);
     opaque.extend(ps);
     let mut input = Input {
         roots: globals(pid, layout, bias),
