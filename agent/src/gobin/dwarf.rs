@@ -114,7 +114,7 @@ pub fn read(file: &object::File) -> Result<Option<DwarfFacts>, String> {
         structs
             .get(s)
             .and_then(|st| st.member(m))
-            .and_then(|m| u32::try_from(m.offset).ok())
+            .map(|m| m.offset)
     };
     let tiny = offset("runtime.p", "mcache").zip(offset("runtime.mcache", "tiny"));
     Ok(Some(DwarfFacts {
