@@ -163,7 +163,10 @@ mod tests {
     fn splice_replaces_the_section_or_inserts_it_before_the_goals() {
         let doc = "# B\n\n## A\n\na\n\n## Goals\n\ng\n";
         let once = splice(doc, "\n## Heap walks (x)\n\nrows 1\n");
-        assert_eq!(once, "# B\n\n## A\n\na\n\n## Heap walks (x)\n\nrows 1\n\n## Goals\n\ng\n");
+        assert_eq!(
+            once,
+            "# B\n\n## A\n\na\n\n## Heap walks (x)\n\nrows 1\n\n## Goals\n\ng\n"
+        );
         let twice = splice(&once, "\n## Heap walks (x)\n\nrows 2\n");
         assert_eq!(twice, once.replace("rows 1", "rows 2"));
         let last = splice("# B\n\n## Heap walks\n\nold\n", "\n## Heap walks\n\nnew\n");

@@ -214,10 +214,7 @@ fn walks_only(sizes: &Sizes) -> anyhow::Result<()> {
     let walks = measure_walks(&agent, &out, sizes)?;
     util::done(t);
     let (mut section, goals) = heapwalk::section(&walks);
-    section.push_str("
-Goals (measured alone with `cargo xtask bench --walks-only`):
-
-");
+    section.push_str("\nGoals (measured alone with `cargo xtask bench --walks-only`):\n\n");
     for g in goals {
         section.push_str(&g);
         section.push('\n');
