@@ -110,12 +110,7 @@ pub fn read(file: &object::File) -> Result<Option<DwarfFacts>, String> {
     let variables: HashMap<&'static str, u64> =
         vars.into_iter().map(|(k, (a, _))| (k, a)).collect();
     let ms = variables.get("runtime.allm").copied().zip(alllink);
-    let offset = |s: &str, m: &str| {
-        structs
-            .get(s)
-            .and_then(|st| st.member(m))
-            .map(|m| m.offset)
-    };
+    let offset = |s: &str, m: &str| structs.get(s).and_then(|st| st.member(m)).map(|m| m.offset);
     let tiny = offset("runtime.p", "mcache").zip(offset("runtime.mcache", "tiny"));
     Ok(Some(DwarfFacts {
         layout,
