@@ -268,6 +268,7 @@ healthy! {
     healthy_cond_queue => "cond", "A `sync.Cond` consumer waiting for rare items, its producer on a 1 min ticker.";
     healthy_context_tree => "context", "Workers on `ctx.Done()` of a tree whose root's cancel is a global.";
     healthy_lazy_cache => "cache", "A cache janitor on a 10 min ticker, started by the first request.";
+    healthy_finalizer => "finalizer", "Readers of channels that only a dropped object's finalizer can still close (the finalizer's reach is a root).";
 }
 
 live! {

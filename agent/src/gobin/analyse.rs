@@ -125,6 +125,7 @@ pub fn analyse(bytes: &super::image::Bytes) -> Result<GoBinary, GoBinError> {
         heap,
         ms: dwarf.as_ref().and_then(|d| d.ms),
         tiny: dwarf.as_ref().and_then(|d| d.tiny),
+        span_specials: dwarf.as_ref().and_then(|d| d.span_specials),
         pclntab,
         pclntab_at,
         image,

@@ -60,6 +60,8 @@ pub struct DwarfFacts {
     /// `p.mcache` and `mcache.tiny`: each P's current tiny-allocator block,
     /// which the runtime's GC keeps alive (`gcMarkTinyAllocs`).
     pub tiny: Option<(u32, u32)>,
+    /// `mspan.specials`: where finalizers and cleanups hang.
+    pub span_specials: Option<u32>,
 }
 
 /// Reads the layouts; `Ok(None)` when the binary has no DWARF (`-w`).
@@ -118,6 +120,7 @@ pub fn read(file: &object::File) -> Result<Option<DwarfFacts>, String> {
         heap,
         ms,
         tiny,
+        span_specials: offset("runtime.mspan", "specials"),
     }))
 }
 

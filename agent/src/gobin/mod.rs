@@ -182,6 +182,8 @@ pub struct GoBinary {
     pub ms: Option<(u64, u32)>,
     /// `p.mcache` and `mcache.tiny`, from DWARF.
     pub tiny: Option<(u32, u32)>,
+    /// `mspan.specials`, from DWARF: finalizers and cleanups are roots.
+    pub span_specials: Option<u32>,
     /// `moduledata.gofunc`: funcdata offsets are relative to it. Unknown
     /// only if moduledata could not be found (then no inlined frames).
     gofunc: Option<u64>,

@@ -14,14 +14,15 @@ use super::{
     globals::globals,
     gread::{read_gs, G},
     scan::read_allgs,
+    specials::special_roots,
     stackscan::{self, Parked},
     waits::{cond_list, cond_words, primitives, sema_waiters, waits_on_named_primitive},
 };
 use crate::{
     gobin::{GoBinary, HeapLayout as BinLayout, WaitReason},
     reach::{
-        self, AddrRange, ArenaGeometry, Budget, Candidate, HeapLayout, Input, Root, RootKind, Scan,
-        StackBounds, WalkError,
+        self, AddrRange, ArenaGeometry, Budget, Candidate, HeapLayout, HeapMap, Input, Root,
+        RootKind, Scan, StackBounds, WalkError,
     },
     tracker::input::{Walked, G_LEAKED, G_SYSCALL, G_WAITING},
 };
@@ -107,8 +108,11 @@ pub fn walk(
     opaque.dedup();
     input.opaque = opaque;
     let candidates = input.candidates.len();
-    let heap = heap_layout(layout, bias);
-    let out = reach::run(&mut ProcMemory::new(pid), &heap, &input, budget)?;
+    let heap = heap_layout(layout, bin.span_specials, bias);
+    let mut memory = ProcMemory::new(pid);
+    let map = HeapMap::build(&mut memory, &heap, budget)?;
+    input.roots.extend(special_roots(pid, &map, bin.version));
+    let out = reach::prove(&mut memory, &map, &input, budget)?;
     if out.stats.reads_failed != 0 || out.stats.spans_rejected != 0 {
         tracing::debug!(
             pid,
@@ -181,7 +185,7 @@ fn stack_scans(pid: u32, bin: &GoBinary, bias: u64, gs: &[G]) -> Vec<Scan> {
 }
 
 /// The prover's layout from the binary's, at this process's addresses.
-fn heap_layout(l: &BinLayout, bias: u64) -> HeapLayout {
+fn heap_layout(l: &BinLayout, span_specials: Option<u32>, bias: u64) -> HeapLayout {
     let (h, a, s) = (l.offsets.mheap, l.offsets.heap_arena, l.offsets.mspan);
     HeapLayout {
         mheap: l.roots.mheap.wrapping_add(bias),
@@ -194,6 +198,7 @@ fn heap_layout(l: &BinLayout, bias: u64) -> HeapLayout {
         span_limit: s.limit.offset,
         span_spanclass: s.spanclass.offset,
         span_state: s.state.offset,
+        span_specials,
         geometry: ArenaGeometry::LINUX_AMD64,
     }
 }

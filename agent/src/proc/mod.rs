@@ -10,5 +10,6 @@ pub mod heapwalk;
 pub mod mem;
 pub mod procfs;
 pub mod scan;
+mod specials;
 mod stackscan;
 mod waits;

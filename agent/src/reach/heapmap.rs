@@ -33,6 +33,8 @@ struct SpanEntry {
     elemsize: u64,
     noscan: bool,
     slot_base: u64,
+    /// `mspan.specials`: 0 when none or unknown.
+    specials: u64,
 }
 
 /// Sorted, non-overlapping in-use spans of one target.
@@ -51,6 +53,15 @@ pub struct HeapMap {
 impl HeapMap {
     /// Reads the span tables of every arena in use and keeps the in-use
     /// spans that are consistent with the table that named them.
+    /// Spans whose objects have specials (finalizers, cleanups…): their
+    /// start, slot size and the head of their `special` list.
+    pub fn with_specials(&self) -> impl Iterator<Item = (u64, u64, u64)> + '_ {
+        self.spans
+            .iter()
+            .filter(|s| s.specials != 0)
+            .map(|s| (s.start, s.elemsize, s.specials))
+    }
+
     pub fn build<M: Memory + ?Sized>(
         mem: &mut M,
         layout: &HeapLayout,
@@ -334,5 +345,6 @@ fn parse_span(buf: &[u8], layout: &HeapLayout, arenas: &[u64], named: &[Run]) ->
         elemsize,
         noscan,
         slot_base: 0,
+        specials: layout.span_specials.map_or(0, |o| field_u64(buf, o)),
     })
 }

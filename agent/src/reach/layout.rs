@@ -100,6 +100,9 @@ pub struct HeapLayout {
     pub span_spanclass: u32,
     /// Offset of `mspan.state` (u8 inside `mSpanStateBox`).
     pub span_state: u32,
+    /// Offset of `mspan.specials` (`*special`, the finalizers and cleanups
+    /// of its objects), when known (DWARF).
+    pub span_specials: Option<u32>,
     /// The architecture's heap constants.
     pub geometry: ArenaGeometry,
 }
@@ -112,6 +115,7 @@ impl HeapLayout {
             self.span_npages,
             self.span_elemsize,
             self.span_limit,
+            self.span_specials.unwrap_or(0),
         ];
         let bytes = [self.span_spanclass, self.span_state];
         let end_w = words.iter().map(|o| o + 8).max().unwrap_or(0);

@@ -42,14 +42,14 @@ mod tests;
 use std::fmt;
 use std::time::Duration;
 
+pub use self::heapmap::HeapMap;
 pub use self::layout::{ArenaGeometry, HeapLayout};
 pub use self::roots::{AddrRange, Candidate, Input, Root, RootKind, Scan, StackBounds};
+pub use self::walk::prove;
+#[cfg(test)]
 pub use self::walk::run;
 #[cfg(test)]
-pub use self::{
-    heapmap::{HeapMap, Object},
-    roots::Outcome,
-};
+pub use self::{heapmap::Object, roots::Outcome};
 
 /// The target's memory. In production `process_vm_readv`; in tests a sparse
 /// synthetic memory with holes.

@@ -81,6 +81,7 @@ pub fn test_layout() -> HeapLayout {
         span_limit: 0x60,
         span_spanclass: 0x52,
         span_state: 0x70,
+        span_specials: None,
         geometry: ArenaGeometry::LINUX_AMD64,
     }
 }

@@ -11,16 +11,16 @@ use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
 
 use super::heapmap::HeapMap;
-use super::layout::HeapLayout;
 use super::mark::{Marker, Waiters};
 use super::meter::Meter;
 use super::roots::{Input, Outcome, RootKind, Scan};
 use super::{Budget, Memory, WalkError};
 
 /// Builds the heap map and proves in one call, within one budget.
+#[cfg(test)]
 pub fn run<M: Memory + ?Sized>(
     mem: &mut M,
-    layout: &HeapLayout,
+    layout: &super::HeapLayout,
     input: &Input,
     budget: &Budget,
 ) -> Result<Outcome, WalkError> {

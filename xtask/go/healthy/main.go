@@ -352,6 +352,26 @@ func cacheShape() {
 	}
 }
 
+// pipe is a resource with a finalizer, as os.File and net.Conn have: a
+// goroutine waits on its channel, and the finalizer closes that channel
+// once the pipe is dropped. Nothing else holds the channel, yet the
+// finalizer can still wake the goroutine: not a leak (for the runtime's own
+// detector neither: what a finalizer can touch is a root). The shape
+// allocates little, so no GC runs its finalizer while it is watched.
+type pipe struct{ data chan []byte }
+
+func finalizerShape() {
+	for i := 0; i < 2; i++ {
+		p := &pipe{data: make(chan []byte)}
+		go drain(p.data)
+		runtime.SetFinalizer(p, func(p *pipe) { close(p.data) })
+	}
+}
+func drain(c chan []byte) {
+	for range c {
+	}
+}
+
 // keep holds what a service would hold in its own structures.
 var keep []interface{}
 
@@ -376,7 +396,8 @@ func started() { fmt.Println("started", runtime.NumGoroutine()) }
 
 var shapes = map[string]func(){"http": httpShape, "sql": sqlShape, "grpc": grpcShape,
 	"pool": poolShape, "errgroup": errgroupShape, "signal": signalShape, "selectforever": selectForever,
-	"timers": timersShape, "cond": condShape, "context": contextShape, "cache": cacheShape}
+	"timers": timersShape, "cond": condShape, "context": contextShape, "cache": cacheShape,
+	"finalizer": finalizerShape}
 
 func main() {
 	if len(os.Args) != 2 || shapes[os.Args[1]] == nil {
