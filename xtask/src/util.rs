@@ -160,7 +160,32 @@ pub fn free_port() -> anyhow::Result<u16> {
         .port())
 }
 
+/// Percent-encodes a query parameter value.
+pub fn encode(value: &str) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(value.len() * 3);
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
+
 /// Whether `CI` asks for tests that fail rather than skip.
 pub fn is_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn encodes_promql() {
+        assert_eq!(
+            super::encode(r#"sum(up{job=~".*"})"#),
+            "sum%28up%7Bjob%3D~%22.%2A%22%7D%29"
+        );
+    }
 }

@@ -1,7 +1,6 @@
 //! The smallest HTTP client the deploy tests need: GET on loopback.
 
 use std::{
-    fmt::Write as _,
     io::{Read, Write},
     net::TcpStream,
     time::Duration,
@@ -27,28 +26,4 @@ pub fn get(port: u16, path: &str) -> anyhow::Result<(u16, String)> {
         .and_then(|s| s.parse().ok())
         .with_context(|| format!("no status in {head:?}"))?;
     Ok((status, body.to_string()))
-}
-
-/// Percent-encodes a query parameter value.
-pub fn encode(value: &str) -> String {
-    let mut out = String::with_capacity(value.len() * 3);
-    for b in value.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-            out.push(b as char);
-        } else {
-            let _ = write!(out, "%{b:02X}");
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn encodes_promql() {
-        assert_eq!(
-            super::encode(r#"sum(up{job=~".*"})"#),
-            "sum%28up%7Bjob%3D~%22.%2A%22%7D%29"
-        );
-    }
 }

@@ -81,7 +81,7 @@ impl Prometheus {
 
     /// Runs an instant query; the result vector (or scalar as a one-element list).
     pub fn query(&self, promql: &str) -> anyhow::Result<Vec<Value>> {
-        let data = self.api(&format!("/api/v1/query?query={}", http::encode(promql)))?;
+        let data = self.api(&format!("/api/v1/query?query={}", util::encode(promql)))?;
         Ok(match &data["result"] {
             Value::Array(series) => series.clone(),
             Value::Null => Vec::new(),
