@@ -7,6 +7,7 @@ mod deny;
 mod deploy;
 mod offsets;
 mod oracle;
+mod servers;
 mod tools;
 mod util;
 
@@ -46,6 +47,10 @@ enum Task {
     Demo(demo::DemoArgs),
     /// Score the agent against the Go runtime's own goroutine leak cases.
     Oracle(oracle::OracleArgs),
+    /// Debian's Go servers (bookworm's Go 1.19 and trixie's Go 1.24
+    /// builds) under a load of our own, each watched by the agent; fails
+    /// on a leak verdict, lists suspects; writes docs/SERVERS.md.
+    Servers(servers::ServersArgs),
     /// Regenerate the struct offsets table (agent/src/gobin/offsets.json)
     /// from the DWARF of a probe program built with every Go toolchain.
     Offsets,
@@ -121,6 +126,7 @@ fn dispatch(task: Task) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Task::Servers(args) => servers::servers(&args),
         Task::Offsets => offsets::offsets(),
         Task::Deny { advisories } => deny::deny(advisories),
         Task::Soak { minutes } => soak(minutes),
