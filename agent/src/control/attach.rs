@@ -71,7 +71,16 @@ impl Agent {
     /// PID, then read its goroutine table so goroutines that predate us count.
     pub(crate) fn attach(&mut self, pid: u32) -> anyhow::Result<()> {
         let start_time = procfs::start_time(pid).map_err(|_| Gone)?;
-        let fp = discovery::fingerprint(pid).map_err(|_| Gone)?;
+        let fp = match discovery::fingerprint(pid) {
+            Ok(fp) => fp,
+            // Still there: the executable cannot be read (another user's
+            // process, a restricted /proc), which is no race.
+            Err(e) if procfs::start_time(pid).ok() == Some(start_time) => {
+                return Err(anyhow::Error::new(e)
+                    .context("cannot open its executable through /proc/PID/exe"));
+            }
+            Err(_) => return Err(Gone.into()),
+        };
         let result = self.attach_as(pid, start_time, fp);
         if result.is_err() {
             // Probes attached for a process that then failed must not stay.
