@@ -253,6 +253,8 @@ fn test(args: &[String]) -> anyhow::Result<()> {
     let (passed, failed) = (passed + oracle_passed, failed + oracle_failed);
     let (bench_passed, bench_failed) = bench::smoke();
     let (passed, failed) = (passed + bench_passed, failed + bench_failed);
+    let (servers_passed, servers_failed) = servers::slice();
+    let (passed, failed) = (passed + servers_passed, failed + servers_failed);
     let (deny_passed, deny_failed) = match deny::deny(false) {
         Ok(()) => (1, 0),
         Err(e) => {

@@ -80,6 +80,31 @@ impl Watched {
 /// How often the agents' reports are read.
 const POLL: Duration = Duration::from_secs(10);
 
+/// The slice of this suite the test command runs: every server of both
+/// suites for two minutes, agents at `--leak-after 20s` so that each walks
+/// its heap a few times. Returns (passed, failed) as one check.
+pub fn slice() -> (u64, u64) {
+    let args = ServersArgs {
+        minutes: 2,
+        suite: vec![Suite::Bookworm, Suite::Trixie],
+        only: Vec::new(),
+        leak_after: "20s".into(),
+        write: false,
+    };
+    let t = crate::util::step(
+        "Debian's Go servers under load, two minutes (slice of `cargo xtask servers`)",
+    );
+    let result = servers(&args);
+    crate::util::done(t);
+    match result {
+        Ok(()) => (1, 0),
+        Err(e) => {
+            eprintln!("servers slice: FAILED: {e:#}");
+            (0, 1)
+        }
+    }
+}
+
 pub fn servers(args: &ServersArgs) -> anyhow::Result<()> {
     let began = Instant::now();
     let kinds: Vec<Kind> = catalog::ALL
