@@ -16,7 +16,9 @@ use super::{
     scan::read_allgs,
     specials::special_roots,
     stackscan::{self, Parked},
-    waits::{cond_list, cond_words, primitives, sema_waiters, waits_on_named_primitive},
+    waits::{
+        cond_frames, cond_list, cond_words, primitives, sema_waiters, waits_on_named_primitive,
+    },
 };
 use crate::{
     gobin::{GoBinary, HeapLayout as BinLayout, WaitReason},
@@ -81,7 +83,10 @@ pub fn walk(
             _ if !judged => (Vec::new(), false),
             WaitReason::SyncCond => match cond_list(pid, layout, g, &mut opaque) {
                 Some(list) => (vec![list], false),
-                None => (cond_words(pid, bin, bias, g), true),
+                None => match cond_frames(pid, bin, bias, g) {
+                    Some(live) => (live, false),
+                    None => (cond_words(pid, bin, bias, g), true),
+                },
             },
             r if waits_on_named_primitive(r) => {
                 (primitives(pid, layout, g, &sema.by_g, &mut opaque), false)

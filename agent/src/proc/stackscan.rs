@@ -56,12 +56,58 @@ pub fn live_slots(pid: u32, bin: &GoBinary, bias: u64, g: &Parked) -> Result<Vec
     })
 }
 
+/// The values of the live pointer slots of `g`'s frames whose (run-time)
+/// PC `want` picks: what those frames still use after their call.
+pub fn frame_values(
+    pid: u32,
+    bin: &GoBinary,
+    bias: u64,
+    g: &Parked,
+    want: impl Fn(u64) -> bool,
+) -> Result<Vec<u64>, NoFrame> {
+    if !(g.lo <= g.sp && g.sp < g.hi && g.sp.is_multiple_of(PTR)) || g.hi - g.sp > MAX_STACK {
+        return Err(NoFrame("saved SP outside the stack"));
+    }
+    let len = usize::try_from(g.hi - g.sp).map_err(|_| NoFrame("stack size"))?;
+    let mut stack = vec![0u8; len];
+    mem::read(pid, g.sp, &mut stack).map_err(|_| NoFrame("unreadable stack"))?;
+    let mut picked = Vec::new();
+    slots_with(
+        &stack,
+        g,
+        |pc, innermost| bin.frame_layout(pc.wrapping_sub(bias), innermost),
+        &mut |pc, frame| {
+            if want(pc) {
+                picked.extend_from_slice(frame);
+            }
+        },
+    )?;
+    Ok(picked
+        .into_iter()
+        .filter_map(|a| {
+            let at = usize::try_from(a - g.sp).ok()?;
+            stack.get(at..at + 8).map(le64)
+        })
+        .filter(|&v| v != 0)
+        .collect())
+}
+
 /// [`live_slots`] over `stack`, the bytes from `g.sp` to `g.hi`, with
 /// `layout` giving a frame's maps at a (run-time) PC.
 pub(super) fn slots(
     stack: &[u8],
     g: &Parked,
     layout: impl Fn(u64, bool) -> Result<FrameLayout, NoFrame>,
+) -> Result<Vec<u64>, NoFrame> {
+    slots_with(stack, g, layout, &mut |_, _| {})
+}
+
+/// [`slots`], telling `on_frame` each frame's PC and its own live slots.
+fn slots_with(
+    stack: &[u8],
+    g: &Parked,
+    layout: impl Fn(u64, bool) -> Result<FrameLayout, NoFrame>,
+    on_frame: &mut dyn FnMut(u64, &[u64]),
 ) -> Result<Vec<u64>, NoFrame> {
     let word = |addr: u64| -> Option<u64> {
         let at = usize::try_from(addr.checked_sub(g.sp)?).ok()?;
@@ -72,10 +118,12 @@ pub(super) fn slots(
     let (mut pc, mut sp) = (g.pc, g.sp);
     for depth in 0..MAX_FRAMES {
         let frame = layout(pc, depth == 0)?;
+        let first = slots.len();
         for off in frame.pointers {
             let at = sp.checked_add(off).filter(|&a| word(a).is_some());
             slots.push(at.ok_or(NoFrame("live slot outside the stack"))?);
         }
+        on_frame(pc, &slots[first..]);
         for (off, size) in frame.objects {
             let lo = sp.checked_add(off);
             let hi = lo
