@@ -69,6 +69,16 @@ fn process(enc: &mut DescriptorEncoder) -> fmt::Result {
         MetricType::Gauge,
         ConstGauge::new(rss_pages * page),
     )?;
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1);
+    let cpu = crate::proc::procfs::cpu_ticks("self").unwrap_or(0);
+    one(
+        enc,
+        "process_cpu_seconds",
+        "CPU time the agent has used, user and system",
+        MetricType::Counter,
+        ConstCounter::new(cpu as f64 / ticks as f64),
+    )?;
     let fds = std::fs::read_dir("/proc/self/fd").map_or(0, Iterator::count);
     one(
         enc,

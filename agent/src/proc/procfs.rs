@@ -79,10 +79,22 @@ pub fn alive(pid: u32, start_time: u64) -> bool {
 }
 
 fn parse_start_time(stat: &str) -> Option<u64> {
+    stat_field(stat, 22)
+}
+
+/// CPU time `pid` has used, user and system, in clock ticks (fields 14 and
+/// 15 of `/proc/PID/stat`).
+pub fn cpu_ticks(pid: &str) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    Some(stat_field(&stat, 14)? + stat_field(&stat, 15)?)
+}
+
+/// Field `n` (numbered from 1, as proc(5) does) of a stat line, for `n` ≥ 3.
+fn stat_field(stat: &str, n: usize) -> Option<u64> {
     // The command name (field 2) may contain spaces and parentheses: split
-    // after its last ')'. Field 3 is then the first, so field 22 is index 19.
+    // after its last ')'. Field 3 is then the first.
     let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(19)?.parse().ok()
+    rest.split_whitespace().nth(n.checked_sub(3)?)?.parse().ok()
 }
 
 /// The address where the executable with inode `ino` is mapped at file
@@ -139,6 +151,9 @@ mod tests {
         assert_eq!(parse_start_time(stat), Some(987_654));
         assert_eq!(parse_start_time("4242 (x) S 1"), None);
         assert_eq!(parse_start_time("garbage"), None);
+        assert_eq!(stat_field(stat, 14), Some(0));
+        assert_eq!(stat_field(stat, 4), Some(1));
+        assert_eq!(stat_field(stat, 2), None);
     }
 
     #[test]
