@@ -149,6 +149,7 @@ def run(check, rendered, static, render, notes):
             urls = runbook_urls(one(rendered[variant], "PrometheusRule"))
             assert urls and all(u.startswith(base) for u in urls), urls
         assert "prometheusRule.runbookUrl is not set" in notes({})
+        assert "runbookUrl" not in notes({}, NONE), "no PrometheusRule without the operator"
         assert "https://wiki.example/gostray#<alert>" in notes(VARIANTS["tuned"][0])
         assert "is not set" not in notes(VARIANTS["tuned"][0])
 
