@@ -7,8 +7,12 @@ kubernetes-validate to check next, and asserts:
 
 - the chart's default output is the plain manifests of deploy/kubernetes, pod
   spec for pod spec, in both security profiles;
-- values switch what they claim to (ServiceMonitor, PrometheusRule, labels,
-  selection flags, --leak-after), and values.schema.json refuses bad values;
+- the Prometheus Operator's objects are made only when the cluster serves
+  monitoring.coreos.com/v1 (`helm template --api-versions`);
+- every value of values.yaml is set by some variant, documented in
+  deploy/README.md, and reaches the objects; values.schema.json is strict
+  (a misspelt key is refused) and refuses bad values;
+- no monitor lets the agent pod's namespace/pod/container reach a series;
 - ServiceMonitor and PrometheusRule objects match minimal schemas written
   here (no offline copy of the Prometheus Operator CRDs is available): the
   fields gostray uses, with their types, and nothing unknown;
@@ -22,16 +26,24 @@ import copy
 import pathlib
 import re
 import sys
+import traceback
+
+import json
 
 import helm_python as helm
 import jsonschema
 import yaml
+from helm_python import _native
+
+from variants import NONE, OPERATOR, REFUSED, RUNBOOK_PLACEHOLDER, VARIANTS, value_paths
 
 DEPLOY = pathlib.Path(__file__).resolve().parent.parent
 CHART = DEPLOY / "helm" / "gostray"
 KUBE = DEPLOY / "kubernetes"
 RULES = DEPLOY / "prometheus" / "rules.yaml"
 RUNBOOK = DEPLOY / "RUNBOOK.md"
+README = DEPLOY / "README.md"
+GRAFANA = DEPLOY / "grafana"
 
 DURATION = r"^([0-9]+(ms|s|m|h|d|w|y))+$"
 STRING_MAP = {"type": "object", "additionalProperties": {"type": "string"}}
@@ -41,6 +53,24 @@ METADATA = {
     "properties": {"name": {"type": "string"}, "namespace": {"type": "string"},
                    "labels": STRING_MAP, "annotations": STRING_MAP},
     "additionalProperties": False,
+}
+
+RELABELINGS = {
+    "type": "array",
+    "items": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "sourceLabels": {"type": "array", "items": {"type": "string"}},
+            "separator": {"type": "string"},
+            "targetLabel": {"type": "string"},
+            "action": {"enum": ["replace", "keep", "drop", "hashmod", "labelmap", "labeldrop", "labelkeep",
+                                "lowercase", "uppercase", "keepequal", "dropequal"]},
+            "regex": {"type": "string"},
+            "modulus": {"type": "integer"},
+            "replacement": {"type": "string"},
+        },
+    },
 }
 
 # Minimal schema of monitoring.coreos.com/v1 ServiceMonitor: what we use.
@@ -83,20 +113,8 @@ SERVICE_MONITOR = {
                             "interval": {"type": "string", "pattern": DURATION},
                             "scrapeTimeout": {"type": "string", "pattern": DURATION},
                             "honorLabels": {"type": "boolean"},
-                            "relabelings": {
-                                "type": "array",
-                                "items": {
-                                    "type": "object",
-                                    "additionalProperties": False,
-                                    "properties": {
-                                        "sourceLabels": {"type": "array", "items": {"type": "string"}},
-                                        "targetLabel": {"type": "string"},
-                                        "action": {"type": "string"},
-                                        "regex": {"type": "string"},
-                                        "replacement": {"type": "string"},
-                                    },
-                                },
-                            },
+                            "relabelings": RELABELINGS,
+                            "metricRelabelings": RELABELINGS,
                         },
                     },
                 },
@@ -104,6 +122,14 @@ SERVICE_MONITOR = {
         },
     },
 }
+
+# Minimal schema of monitoring.coreos.com/v1 PodMonitor: the ServiceMonitor's
+# with podMetricsEndpoints for endpoints.
+POD_MONITOR = copy.deepcopy(SERVICE_MONITOR)
+POD_MONITOR["properties"]["kind"] = {"const": "PodMonitor"}
+_spec = POD_MONITOR["properties"]["spec"]
+_spec["properties"]["podMetricsEndpoints"] = _spec["properties"].pop("endpoints")
+_spec["required"] = ["selector", "podMetricsEndpoints"]
 
 RULE = {
     "type": "object",
@@ -153,23 +179,7 @@ PROMETHEUS_RULE = {
     },
 }
 
-CRD_SCHEMAS = {"ServiceMonitor": SERVICE_MONITOR, "PrometheusRule": PROMETHEUS_RULE}
-
-# Value sets the chart is rendered with; each output is validated.
-VARIANTS = {
-    "default": {},
-    "privileged": {"securityProfile": "privileged"},
-    "bare": {"serviceMonitor": {"enabled": False}, "prometheusRule": {"enabled": False}},
-    "tuned": {
-        "selection": ["--binary", "/usr/local/bin/api"],
-        "leakAfter": "10m",
-        "extraLabels": {"team": "sre"},
-        "image": {"repository": "registry.example/gostray", "tag": "9.9.9"},
-        "capabilities": ["BPF", "PERFMON", "SYS_PTRACE", "DAC_READ_SEARCH"],
-        "prometheusRule": {"runbookUrl": "https://wiki.example/gostray"},
-        "serviceMonitor": {"labels": {"release": "prom"}},
-    },
-}
+CRD_SCHEMAS = {"ServiceMonitor": SERVICE_MONITOR, "PodMonitor": POD_MONITOR, "PrometheusRule": PROMETHEUS_RULE}
 
 results = []
 
@@ -182,7 +192,9 @@ def check(name):
             print(f"check {name} ... ok")
         except Exception as e:  # noqa: BLE001 - every failure is reported
             results.append(False)
-            print(f"check {name} ... FAILED: {e}")
+            # A bare assert says nothing: name its line.
+            line = traceback.extract_tb(e.__traceback__)[-1]
+            print(f"check {name} ... FAILED: {e} ({pathlib.Path(line.filename).name}:{line.lineno}: {line.line})")
         return fn
     return wrap
 
@@ -191,14 +203,25 @@ def load_all(path):
     return [d for d in yaml.safe_load_all(pathlib.Path(path).read_text()) if d]
 
 
-def render(values):
+def render_files(values, api_versions=OPERATOR):
+    """The chart rendered as `helm template --api-versions …` would: template
+    path → text. helm-python-sdk's Chart.render does not expose the API
+    versions, its native call does (the same Helm engine)."""
+    opts = {"name": "gostray", "namespace": "gostray", "api_versions": api_versions}
     with helm.Chart.load(str(CHART)) as chart:
-        out = chart.render(values, name="gostray", namespace="gostray")
+        return json.loads(_native.call_string("helm_render", chart._raw(), json.dumps(values), json.dumps(opts)))
+
+
+def render(values, api_versions=OPERATOR):
     docs = []
-    for name, text in sorted(out.items()):
+    for name, text in sorted(render_files(values, api_versions).items()):
         if name.endswith(".yaml"):
             docs.extend(d for d in yaml.safe_load_all(text) if d)
     return docs
+
+
+def notes(values, api_versions=OPERATOR):
+    return render_files(values, api_versions)["gostray/templates/NOTES.txt"]
 
 
 def by_kind(docs, kind):
@@ -235,10 +258,10 @@ def main():
         bad = [m for m in report["messages"] if m["severity"] > 1]
         assert not bad, bad
 
-    for variant, values in VARIANTS.items():
-        @check(f"chart renders ({variant})")
+    for variant, (values, api_versions) in VARIANTS.items():
+        @check(f"chart renders ({variant}, API versions {api_versions or 'built-in only'})")
         def _():
-            docs = render(values)
+            docs = render(values, api_versions)
             rendered[variant] = docs
             (out_dir / f"chart-{variant}.yaml").write_text(yaml.safe_dump_all(docs, sort_keys=False))
 
@@ -257,7 +280,7 @@ def main():
 
     @check("chart and manifests make the same kinds")
     def _():
-        plain = [d for name, docs in static.items() if name not in ("namespace.yaml", "daemonset-privileged.yaml") for d in docs]
+        plain = [d for name, docs in static.items() if name not in ("namespace.yaml", "daemonset-privileged.yaml", "podmonitor.yaml") for d in docs]
         assert kinds(default) == kinds(plain), (kinds(default), kinds(plain))
 
     @check("RBAC is read-only pods, nothing else")
@@ -301,25 +324,29 @@ def main():
     @check("values reach the objects (selection, --leak-after, labels, image, capabilities, runbook)")
     def _():
         docs = rendered["tuned"]
+        values = VARIANTS["tuned"][0]
         for d in docs:
             assert d["metadata"]["labels"].get("team") == "sre", d["kind"]
         c = by_kind(docs, "DaemonSet")["spec"]["template"]["spec"]["containers"][0]
         assert c["args"] == ["run", "--binary", "/usr/local/bin/api", "--leak-after=10m"], c["args"]
         assert c["image"] == "registry.example/gostray:9.9.9"
-        assert c["securityContext"]["capabilities"]["add"] == VARIANTS["tuned"]["capabilities"]
+        assert c["securityContext"]["capabilities"]["add"] == values["capabilities"]
         assert by_kind(docs, "ServiceMonitor")["metadata"]["labels"]["release"] == "prom"
         urls = {r["annotations"]["runbook_url"] for g in by_kind(docs, "PrometheusRule")["spec"]["groups"]
                 for r in g["rules"] if "alert" in r}
         assert urls and all(u.startswith("https://wiki.example/gostray#") for u in urls), urls
 
-    @check("values.schema.json refuses a bad profile and a bad --leak-after")
+    @check("values.schema.json is strict: refuses misspelt keys at every depth and bad values")
     def _():
-        for bad in ({"securityProfile": "root"}, {"leakAfter": "ten minutes"}):
+        for bad in REFUSED:
             try:
                 render(bad)
             except helm.HelmError:
                 continue
             raise AssertionError(f"accepted {bad}")
+
+    import chart_checks
+    chart_checks.run(check, rendered, static, render, notes)
 
     crd_objects = [(f"chart-{v}", d) for v, docs in rendered.items() for d in docs] + \
                   [(name, d) for name, docs in static.items() for d in docs]
@@ -334,7 +361,7 @@ def main():
                 except jsonschema.ValidationError as e:
                     raise AssertionError(f"{where} {d['kind']}: {e.message} at {list(e.absolute_path)}") from None
                 seen += 1
-        assert seen >= 6, f"only {seen} CRD objects checked"
+        assert seen >= 10, f"only {seen} CRD objects checked"
 
     @check("the minimal schemas do refuse unknown fields")
     def _():
@@ -352,7 +379,7 @@ def main():
     @check("PrometheusRule objects carry rules.yaml unchanged")
     def _():
         want = rules_spec()
-        assert by_kind(default, "PrometheusRule")["spec"] == want
+        assert by_kind(default, "PrometheusRule")["spec"] == want, "the default chart changed rules.yaml"
         assert static["prometheusrule.yaml"][0]["spec"] == want, \
             "deploy/kubernetes/prometheusrule.yaml is out of date: its spec must equal deploy/prometheus/rules.yaml"
 

@@ -1,9 +1,11 @@
 //! End to end: Go workloads under the real agent (least-privilege
 //! capabilities, whole-host mode narrowed to the workloads' executables),
-//! a real Prometheus scraping it and evaluating
-//! `deploy/prometheus/rules.yaml`. Every dashboard and rule expression must
-//! parse and return data (pending ones aside); then the alert cases
-//! (alerts.rs) run against the same Prometheus.
+//! two on the host and one in a stand-in pod (pod.rs), a real Prometheus
+//! scraping it with the target labels of a cluster (targets.rs) and
+//! evaluating `deploy/prometheus/rules.yaml`. No series may carry the agent
+//! pod's labels, the pod's process carries its own; every dashboard and rule
+//! expression must parse and return data (pending ones aside); then the
+//! alert cases (alerts.rs) run against the same Prometheus.
 
 use std::{
     path::Path,
@@ -14,18 +16,31 @@ use std::{
 use anyhow::{bail, Context};
 
 use super::{
-    alerts, caps, expressions,
+    alerts, caps, expressions, labels,
     pending::{self, announce},
+    pod::{self, FakePod},
     prometheus::{fast_rules, poll, Prometheus},
-    unattachable,
-    workload::{copy_as_exe, exe, Spawner, DEMO, SPAWNER},
+    targets, unattachable,
+    workload::{copy_as_exe, copy_fixture_as, exe, Spawner, CART, DEMO, SPAWNER},
     Tally,
 };
 use crate::util::{free_port, root, Guard};
 
 /// `for:` of every rule in the test copy, so alerts fire within seconds.
 const FAST_FOR: &str = "2s";
-pub fn run(tally: &mut Tally, agent: &Path, fixtures: &Path, work: &Path) -> anyhow::Result<()> {
+/// A process in a pod: the process goes before its cgroup (field order).
+struct InPod {
+    _process: Spawner,
+    pod: FakePod,
+}
+
+pub fn run(
+    tally: &mut Tally,
+    agent: &Path,
+    fixtures: &Path,
+    work: &Path,
+    python: &Path,
+) -> anyhow::Result<()> {
     announce();
     let _demo = Guard(
         Command::new(copy_as_exe(fixtures, DEMO, work)?)
@@ -34,12 +49,17 @@ pub fn run(tally: &mut Tally, agent: &Path, fixtures: &Path, work: &Path) -> any
             .context("starting the demo")?,
     );
     let mut spawner = Spawner::start(&copy_as_exe(fixtures, SPAWNER, work)?)?;
+    let cart = Spawner::start(&copy_fixture_as(fixtures, SPAWNER, CART, work)?)?;
+    let in_pod = InPod {
+        pod: FakePod::start(cart.pid())?,
+        _process: cart,
+    };
     // Made now, started only by its alert case: until then nothing fails.
     let too_old = work.join(exe(unattachable::NAME));
     unattachable::make(&fixtures.join(SPAWNER), &too_old)?;
     let port = free_port()?;
-    let exes = [DEMO, SPAWNER, unattachable::NAME].map(exe);
-    let mut agent = start_agent(agent, port, &exes, work)?;
+    let exes = [DEMO, SPAWNER, CART, unattachable::NAME].map(exe);
+    let mut agent = start_agent(agent, port, &exes, &in_pod.pod.url(), work)?;
 
     let rules = work.join("rules-fast.yaml");
     fast_rules(
@@ -47,15 +67,19 @@ pub fn run(tally: &mut Tally, agent: &Path, fixtures: &Path, work: &Path) -> any
         &rules,
         FAST_FOR,
     )?;
-    let prom = Prometheus::start(&work.join("prometheus"), port, &rules)?;
+    let prom = Prometheus::start(
+        &work.join("prometheus"),
+        &targets::scrape_configs(port, python)?,
+        &rules,
+    )?;
 
     let mut scraping = false;
     tally.check(
-        "Prometheus scrapes the agent: both workloads' series arrive",
+        "Prometheus scrapes the agent: the three workloads' series arrive, the pod's labelled",
         || {
             poll(
                 Duration::from_secs(40),
-                "5 scrapes with both processes",
+                "5 scrapes with the three processes, the pod's labelled",
                 || {
                     let samples = prom.query(r#"count_over_time(up{job="gostray"}[30s])"#)?;
                     let scrapes = samples
@@ -63,10 +87,16 @@ pub fn run(tally: &mut Tally, agent: &Path, fixtures: &Path, work: &Path) -> any
                         .and_then(|s| s["value"][1].as_str()?.parse::<u32>().ok())
                         .unwrap_or(0);
                     let procs = prom.query(r#"gostray_goroutines{job="gostray"}"#)?.len();
+                    let labelled = prom
+                        .query(&format!(
+                            r#"gostray_goroutines{{job="gostray", pod="{}"}}"#,
+                            pod::POD
+                        ))?
+                        .len();
                     if let Ok(Some(status)) = agent.0.try_wait() {
                         bail!("the agent exited ({status})");
                     }
-                    Ok(scrapes >= 5 && procs == 2)
+                    Ok(scrapes >= 5 && procs == 3 && labelled == 1)
                 },
             )
             .with_context(|| format!("agent log: {}", work.join("agent.log").display()))?;
@@ -77,6 +107,7 @@ pub fn run(tally: &mut Tally, agent: &Path, fixtures: &Path, work: &Path) -> any
     if !scraping {
         return Ok(());
     }
+    labels::check(tally, &prom);
     check_expressions(tally, &prom)?;
     alerts::check(tally, &prom, &mut spawner, &too_old, &mut agent);
     Ok(())
@@ -84,10 +115,18 @@ pub fn run(tally: &mut Tally, agent: &Path, fixtures: &Path, work: &Path) -> any
 
 /// The agent under the least-privilege capabilities, in whole-host mode as
 /// the `DaemonSet` runs it, narrowed to the executables `exes` (Prometheus
-/// is a Go program too), with the flags of every alert case that runs.
-fn start_agent(agent: &Path, port: u16, exes: &[String], work: &Path) -> anyhow::Result<Guard> {
+/// is a Go program too), naming pods through the stand-in API server
+/// `kube_api`, with the flags of every alert case that runs.
+fn start_agent(
+    agent: &Path,
+    port: u16,
+    exes: &[String],
+    kube_api: &str,
+    work: &Path,
+) -> anyhow::Result<Guard> {
     let mut cmd = caps::with_only(&caps::daemonset_capabilities()?, agent);
-    cmd.arg("run");
+    cmd.arg("run").args(["--kube-api", kube_api]);
+    cmd.env("NODE_NAME", pod::NODE);
     for exe in exes {
         cmd.args(["--include", &format!("exe={exe}")]);
     }
@@ -106,7 +145,18 @@ fn check_expressions(tally: &mut Tally, prom: &Prometheus) -> anyhow::Result<()>
     for e in &expressions::dashboards(&root().join("deploy/grafana"))? {
         tally.check(&format!("query parses and has data: {}", e.origin), || {
             let series = prom.query(&e.promql).with_context(|| e.promql.clone())?;
-            expect_data(&e.promql, !series.is_empty())
+            match e.promql.strip_suffix(expressions::ZERO_DEFAULT) {
+                // The zero default always answers: what it guards must still
+                // have data, or be pending.
+                Some(guarded) => {
+                    if series.is_empty() {
+                        bail!("no data even with the zero default: {}", e.promql);
+                    }
+                    let inner = prom.query(guarded).with_context(|| guarded.to_string())?;
+                    expect_data(guarded, !inner.is_empty())
+                }
+                None => expect_data(&e.promql, !series.is_empty()),
+            }
         });
     }
     let loaded = prom.rules()?;

@@ -15,17 +15,28 @@ pub struct Expr {
 /// Grafana variables and what the tests put in their place: "All" for the
 /// selection variables (allValue `.*`, which also matches an absent label),
 /// and windows that hold several samples at a one-second scrape interval.
-const SUBSTITUTIONS: [(&str, &str); 6] = [
+const SUBSTITUTIONS: [(&str, &str); 8] = [
     ("$__rate_interval", "30s"),
     ("$__range", "1m"),
+    ("$cluster", ".*"),
+    ("$node", ".*"),
     ("$namespace", ".*"),
     ("$pod", ".*"),
     ("$exe", ".*"),
     ("$instance", ".*"),
 ];
 
+/// Variables every dashboard has: where a series comes from.
+const SCOPE_VARIABLES: [&str; 2] = ["cluster", "node"];
+
+/// What a stat panel's query ends with, so that it shows 0 rather than "No
+/// data" on a healthy cluster (no leak series at all).
+pub const ZERO_DEFAULT: &str = " or vector(0)";
+
 /// Every dashboard expression, variables substituted. Fails on a dashboard
-/// without a Prometheus datasource variable or with an unknown variable.
+/// without a Prometheus datasource variable or the `cluster` and `node`
+/// variables, with an unknown variable, or with a stat panel that would show
+/// "No data" for no series.
 pub fn dashboards(dir: &Path) -> anyhow::Result<Vec<Expr>> {
     let mut out = Vec::new();
     let mut files: Vec<_> = fs::read_dir(dir)?
@@ -50,6 +61,14 @@ pub fn dashboards(dir: &Path) -> anyhow::Result<Vec<Expr>> {
             .any(|v| v["type"] == "datasource" && v["query"] == "prometheus")
         {
             bail!("{name}: no Prometheus datasource variable");
+        }
+        for scope in SCOPE_VARIABLES {
+            if !vars
+                .iter()
+                .any(|v| v["name"] == scope && v["type"] == "query")
+            {
+                bail!("{name}: no {scope} variable");
+            }
         }
         for v in &vars {
             if v["type"] != "query" {
@@ -79,6 +98,13 @@ pub fn dashboards(dir: &Path) -> anyhow::Result<Vec<Expr>> {
                 let Some(expr) = target["expr"].as_str() else {
                     continue;
                 };
+                if panel["type"] == "stat" && !expr.ends_with(ZERO_DEFAULT) {
+                    bail!(
+                        "{name}: stat panel {} shows \"No data\" when nothing is wrong: end its query with `{}`",
+                        panel["title"],
+                        ZERO_DEFAULT.trim()
+                    );
+                }
                 out.push(Expr {
                     origin: format!("{name} panel {:?}", panel["title"].as_str().unwrap_or("?")),
                     promql: substitute(expr)?,
@@ -162,5 +188,9 @@ mod tests {
             r#"rate(x{pod=~".*"}[30s])"#
         );
         assert!(substitute("x{a=\"$nope\"}").is_err());
+        assert_eq!(
+            substitute(r#"x{cluster=~"$cluster", node=~"$node"}"#).unwrap(),
+            r#"x{cluster=~".*", node=~".*"}"#
+        );
     }
 }

@@ -16,16 +16,17 @@ use serde_json::Value;
 use super::http;
 use crate::{tools, util};
 
-/// A Prometheus server scraping one target every second, evaluating the
-/// given rule file every second. Stopped when dropped.
+/// A Prometheus server scraping every second, evaluating the given rule
+/// file every second. Stopped when dropped.
 pub struct Prometheus {
     pub port: u16,
     _server: util::Guard,
 }
 
 impl Prometheus {
-    /// Starts Prometheus in `dir` (config, TSDB, log) and waits until ready.
-    pub fn start(dir: &Path, target_port: u16, rules: &Path) -> anyhow::Result<Self> {
+    /// Starts Prometheus in `dir` (config, TSDB, log) with the jobs
+    /// `scrape_configs` (YAML list entries) and waits until ready.
+    pub fn start(dir: &Path, scrape_configs: &str, rules: &Path) -> anyhow::Result<Self> {
         let port = util::free_port()?;
         fs::create_dir_all(dir)?;
         let config = dir.join("prometheus.yml");
@@ -34,8 +35,7 @@ impl Prometheus {
             format!(
                 "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
                  rule_files:\n  - {rules}\n\
-                 scrape_configs:\n  - job_name: gostray\n    honor_labels: true\n    \
-                 static_configs:\n      - targets: ['127.0.0.1:{target_port}']\n",
+                 scrape_configs:\n{scrape_configs}",
                 rules = rules.display()
             ),
         )?;

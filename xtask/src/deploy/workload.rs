@@ -13,6 +13,8 @@ use crate::util::Guard;
 
 pub(super) const DEMO: &str = "demo-1.27";
 pub(super) const SPAWNER: &str = "spawner-1.27";
+/// The spawner again, run as the container of a pod (pod.rs).
+pub(super) const CART: &str = "cart-1.27";
 
 /// The executable name a workload runs under here: its fixture name made
 /// unique to this run. Whole-host mode sees every process on the machine,
@@ -24,14 +26,24 @@ pub(super) fn exe(fixture: &str) -> String {
 
 /// A copy of `fixtures/<name>` in `work`, under its run's name.
 pub(super) fn copy_as_exe(fixtures: &Path, name: &str, work: &Path) -> anyhow::Result<PathBuf> {
+    copy_fixture_as(fixtures, name, name, work)
+}
+
+/// A copy of `fixtures/<fixture>` in `work`, under the run's name for `name`.
+pub(super) fn copy_fixture_as(
+    fixtures: &Path,
+    fixture: &str,
+    name: &str,
+    work: &Path,
+) -> anyhow::Result<PathBuf> {
     let to = work.join(exe(name));
-    std::fs::copy(fixtures.join(name), &to).with_context(|| format!("copying {name}"))?;
+    std::fs::copy(fixtures.join(fixture), &to).with_context(|| format!("copying {fixture}"))?;
     Ok(to)
 }
 
 /// The spawner fixture, driven over stdin.
 pub(super) struct Spawner {
-    _guard: Guard,
+    guard: Guard,
     stdin: ChildStdin,
     stdout: BufReader<ChildStdout>,
 }
@@ -46,7 +58,7 @@ impl Spawner {
         let stdin = child.stdin.take().expect("piped");
         let stdout = BufReader::new(child.stdout.take().expect("piped"));
         let mut s = Self {
-            _guard: Guard(child),
+            guard: Guard(child),
             stdin,
             stdout,
         };
@@ -65,6 +77,10 @@ impl Spawner {
                 return Ok(());
             }
         }
+    }
+
+    pub(super) fn pid(&self) -> u32 {
+        self.guard.0.id()
     }
 
     pub(super) fn spawn(&mut self, exiting: u32, blocking: u32) -> anyhow::Result<()> {
