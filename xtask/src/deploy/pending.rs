@@ -12,10 +12,6 @@ pub const PENDING_METRICS: &[(&str, &str)] = &[
         "gostray_suspect_goroutines",
         "exported, but the e2e workloads have no suspect since the heap walk (issue 13) found the demo's idle pool held; a workload with one is to come",
     ),
-    (
-        "process_cpu_seconds_total",
-        "the agent CPU panel's metric: not exported by the agent yet (agent/src/metrics/agent.rs, issue 15)",
-    ),
 ];
 
 /// Alert end-to-end cases that cannot run yet, by alert name.
