@@ -126,14 +126,7 @@ fn hostile_names_are_bounded_and_escaped() {
 
     // The terminal: `gostray leaks` prints no control character but line
     // ends (no escape sequence a name could smuggle in), lines bounded.
-    let out = Command::new(env!("CARGO_BIN_EXE_gostray"))
-        .args([
-            "leaks",
-            "--url",
-            &format!("http://127.0.0.1:{}", agent.port),
-        ])
-        .output()
-        .unwrap();
+    let out = agent.leaks_command(&[]);
     let text = String::from_utf8(out.stdout).expect("utf-8");
     assert!(
         out.status.success(),

@@ -226,3 +226,113 @@ fn leak_per_request_grows() {
         "gostray_leaked_goroutines {metric} < report's {n2}"
     );
 }
+
+/// Where a goroutine blocks is named after the innermost function there,
+/// as the runtime's traceback does: a sender blocked in `main.slowLookup`,
+/// which the compiler inlined into the wrapper of its `go` statement (Go ≥
+/// 1.22: `main.fetchWithTimeout.gowrap1`), is blocked at `main.slowLookup`
+/// in the report, in the metric's `function` label and in `gostray leaks`;
+/// the wrapper appears only in its stack. A sender in a function that is not
+/// inlined (`main.stuckSend`) is named the same way.
+fn blocking_sites_are_named_as_tracebacks_do(go_line: &str) {
+    let Some(env) = KernelEnv::get() else { return };
+    let mut fixture = Proc::spawn(Command::new(env.fixture("inline", go_line)).arg("park"));
+    assert_eq!(fixture.line(), "ready");
+    let pid = fixture.pid();
+    let agent = Agent::start(&[&["--pid", &pid.to_string()][..], &FAST].concat());
+    fixture.send("park");
+    assert_eq!(fixture.line(), "parked");
+    let leaks = |p: &Value| -> Vec<Value> {
+        p["groups"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|g| g["verdict"] == "leak")
+            .cloned()
+            .collect()
+    };
+    let p = report_until(&agent, pid, |p| leaks(p).len() >= 2);
+    let groups = leaks(&p);
+    let source = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../xtask/go/inline/main.go"),
+    )
+    .unwrap();
+    let line_of = |text: &str| {
+        source
+            .lines()
+            .position(|l| l.trim() == text)
+            .map(|i| i as u64 + 1)
+    };
+    for (function, send, creator) in [
+        ("main.slowLookup", "results <- key", "main.fetchWithTimeout"),
+        (
+            "main.stuckSend",
+            "results <- \"never read\"",
+            "main.abandon",
+        ),
+    ] {
+        let g = groups
+            .iter()
+            .find(|g| g["blocked_at"]["function"] == function)
+            .unwrap_or_else(|| panic!("Go {go_line}: no leak blocked at {function}: {groups:#?}"));
+        assert_eq!(g["blocked_at"]["line"].as_u64(), line_of(send), "{g:#}");
+        assert!(
+            g["blocked_at"]["file"]
+                .as_str()
+                .is_some_and(|f| f.ends_with("inline/main.go")),
+            "{g:#}"
+        );
+        assert_eq!(g["created_at"]["function"], creator, "{g:#}");
+        assert_eq!(g["start_function"], function, "{g:#}");
+    }
+    // The inlined case really is one on Go ≥ 1.22: the wrapper is in the
+    // stack, and nowhere else.
+    let wrapped = groups.iter().any(|g| {
+        g["stack"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|s| s["function"] == "main.fetchWithTimeout.gowrap1")
+    });
+    assert_eq!(wrapped, go_line != "1.19", "Go {go_line}: {groups:#?}");
+    let m = agent.metrics();
+    let leaked: Vec<&str> = m
+        .series("gostray_leaked_goroutines")
+        .into_iter()
+        .filter(|l| l.contains(&format!("pid=\"{pid}\"")))
+        .collect();
+    for function in ["main.slowLookup", "main.stuckSend"] {
+        assert!(
+            leaked
+                .iter()
+                .any(|l| l.contains(&format!("function=\"{function}\""))),
+            "Go {go_line}: {leaked:#?}"
+        );
+    }
+    let out = agent.leaks_command(&[]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{table}");
+    assert!(
+        table.contains("main.slowLookup (") && table.contains("main.stuckSend ("),
+        "{table}"
+    );
+    assert!(
+        !leaked.iter().any(|l| l.contains("gowrap")) && !table.contains("gowrap"),
+        "Go {go_line}: a wrapper named:\n{leaked:#?}\n{table}"
+    );
+}
+
+#[test]
+fn blocking_sites_are_named_as_tracebacks_do_go_1_19() {
+    blocking_sites_are_named_as_tracebacks_do("1.19");
+}
+
+#[test]
+fn blocking_sites_are_named_as_tracebacks_do_go_1_24() {
+    blocking_sites_are_named_as_tracebacks_do("1.24");
+}
+
+#[test]
+fn blocking_sites_are_named_as_tracebacks_do_go_1_27() {
+    blocking_sites_are_named_as_tracebacks_do("1.27");
+}

@@ -8,6 +8,7 @@ use std::{process::Command, time::Duration};
 
 use support::{
     host::FakeContainerCgroup,
+    http_get,
     kubeapi::{pod, KubeApi},
     Agent, KernelEnv, Proc,
 };
@@ -81,6 +82,7 @@ fn pod_labels_from_the_api_server() {
         m.0
     );
     assert_eq!(m.scalar("gostray_kube_pods_cached"), 2);
+    report_names_the_pod(&agent);
     let series = m.series("gostray_goroutines");
     assert_eq!(series.len(), 1, "one series, the labelled one: {series:?}");
     assert!(
@@ -128,6 +130,18 @@ fn pod_labels_from_the_api_server() {
     );
     drop(cgroup);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The leak report names the pod too, once relabelled.
+fn report_names_the_pod(agent: &Agent) {
+    let report = http_get(agent.port, "/api/v1/leaks").unwrap_or_default();
+    for field in [
+        "\"namespace\": \"shop\"",
+        "\"pod\": \"cart-7d9f8b6c5d-x2x9q\"",
+        "\"container\": \"cart\"",
+    ] {
+        assert!(report.contains(field), "{field} missing:\n{report}");
+    }
 }
 
 /// The server forgets history (410 Gone) and the pod went meanwhile: the

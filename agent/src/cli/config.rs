@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use super::probes::parse_probes;
 pub use super::probes::ProbeGroups;
 use crate::control::selection::Rule;
+use crate::server::report::{Filter, VERDICTS};
 
 /// Finds stray goroutines in running, unmodified Go programs.
 ///
@@ -63,6 +64,8 @@ pub enum Command {
     ///
     /// Examples:
     ///   gostray leaks
+    ///   gostray leaks --namespace shop --pod cart-7d9f8b6c5d-x2x9q
+    ///   gostray leaks --exe api-server --verdict leak
     ///   gostray leaks --url <http://10.0.0.7:9981> --json
     Leaks(LeaksArgs),
     /// Show what gostray reads from a Go binary and whether it can watch it.
@@ -84,9 +87,34 @@ pub struct LeaksArgs {
     /// Where the agent listens.
     #[arg(long, env = "GOSTRAY_URL", default_value = "http://127.0.0.1:9981")]
     pub url: String,
-    /// Print the raw JSON report instead of a table.
+    /// Print the JSON report (as /api/v1/leaks serves it) instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Only processes of pods in this namespace.
+    #[arg(long)]
+    pub namespace: Option<String>,
+    /// Only processes of this pod.
+    #[arg(long)]
+    pub pod: Option<String>,
+    /// Only processes of this executable (its base name, as in the `exe` label).
+    #[arg(long)]
+    pub exe: Option<String>,
+    /// Only groups of this verdict; `held`: parked long, but something that
+    /// can run still reaches what they wait on.
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(VERDICTS))]
+    pub verdict: Option<String>,
+}
+
+impl LeaksArgs {
+    /// The report filter these flags ask for.
+    pub fn filter(&self) -> Filter {
+        Filter {
+            namespace: self.namespace.clone(),
+            pod: self.pod.clone(),
+            exe: self.exe.clone(),
+            verdict: self.verdict.clone(),
+        }
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -353,6 +381,31 @@ mod tests {
         };
         assert_eq!(run.pids, vec![1, 2]);
         assert!(Cli::try_parse_from(["gostray", "run", "--pid", "abc"]).is_err());
+    }
+
+    #[test]
+    fn leaks_filters() {
+        let cli = Cli::try_parse_from([
+            "gostray",
+            "leaks",
+            "--namespace",
+            "shop",
+            "--pod",
+            "cart-0",
+            "--exe",
+            "api",
+            "--verdict",
+            "leak",
+        ])
+        .unwrap();
+        let Command::Leaks(leaks) = cli.command else {
+            panic!("not leaks")
+        };
+        assert_eq!(
+            leaks.filter().to_query(),
+            "?namespace=shop&pod=cart-0&exe=api&verdict=leak"
+        );
+        assert!(Cli::try_parse_from(["gostray", "leaks", "--verdict", "leaks"]).is_err());
     }
 
     #[test]

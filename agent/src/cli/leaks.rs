@@ -10,25 +10,35 @@ use std::{
 use anyhow::{bail, Context};
 use serde_json::Value;
 
-use crate::{cli::config::LeaksArgs, server::report::Report};
+use crate::{
+    cli::config::LeaksArgs,
+    server::report::{Filter, ProcessReport, Report},
+};
 
 /// Largest response accepted from the agent.
 const MAX_RESPONSE: u64 = 64 << 20;
 
 pub fn run(args: &LeaksArgs) -> anyhow::Result<()> {
-    let body = fetch(&args.url)?;
-    if args.json {
+    let filter = args.filter();
+    let body = fetch(&args.url, &filter.to_query())?;
+    if args.json && filter == Filter::default() {
         println!("{body}");
         return Ok(());
     }
-    let report: Report =
+    let mut report: Report =
         serde_json::from_str(&body).context("the agent's answer is not a leak report")?;
-    print!("{}", render(&report));
+    // The agent filtered already; an older one ignores the query.
+    filter.apply(&mut report);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", render(&report));
+    }
     Ok(())
 }
 
-/// GETs `<url>/api/v1/leaks` (plain HTTP: the agent serves nothing else).
-fn fetch(url: &str) -> anyhow::Result<String> {
+/// GETs `<url>/api/v1/leaks<query>` (plain HTTP: the agent serves nothing else).
+fn fetch(url: &str, query: &str) -> anyhow::Result<String> {
     let hostport = url
         .strip_prefix("http://")
         .unwrap_or(url)
@@ -47,7 +57,7 @@ fn fetch(url: &str) -> anyhow::Result<String> {
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
     write!(
         s,
-        "GET /api/v1/leaks HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\n\r\n"
+        "GET /api/v1/leaks{query} HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\n\r\n"
     )?;
     let mut raw = String::new();
     s.take(MAX_RESPONSE).read_to_string(&mut raw)?;
@@ -55,7 +65,11 @@ fn fetch(url: &str) -> anyhow::Result<String> {
         .split_once("\r\n\r\n")
         .context("malformed HTTP answer")?;
     if !head.starts_with("HTTP/1.1 200") {
-        bail!("agent answered {}", head.lines().next().unwrap_or_default());
+        bail!(
+            "agent answered {}: {}",
+            head.lines().next().unwrap_or_default(),
+            clean(body.trim())
+        );
     }
     Ok(body.to_string())
 }
@@ -77,13 +91,61 @@ fn site(v: &Value) -> String {
     }
 }
 
+/// The columns naming a process: PID, executable and, when any process of
+/// the report runs in a pod, `namespace/pod`.
+struct Who {
+    pods: usize,
+}
+
+impl Who {
+    fn new(report: &Report) -> Self {
+        let pods = report
+            .processes
+            .iter()
+            .filter(|p| !p.pod.is_empty())
+            .map(|p| pod_of(p).chars().count() + 1)
+            .max()
+            .unwrap_or(0);
+        Self { pods }
+    }
+
+    fn header(&self) -> String {
+        format!(
+            "{:<8} {:<16} {:<w$}",
+            "PID",
+            "EXE",
+            if self.pods > 0 { "POD" } else { "" },
+            w = self.pods
+        )
+    }
+
+    fn of(&self, p: &ProcessReport) -> String {
+        format!(
+            "{:<8} {:<16} {:<w$}",
+            p.pid,
+            clean(&p.exe),
+            pod_of(p),
+            w = self.pods
+        )
+    }
+}
+
+fn pod_of(p: &ProcessReport) -> String {
+    if p.pod.is_empty() {
+        String::new()
+    } else {
+        clean(&format!("{}/{}", p.namespace, p.pod))
+    }
+}
+
 /// The report as a table, worst first: leaks, then suspects, by count.
 pub fn render(report: &Report) -> String {
-    let mut rows: Vec<(u32, &str, &Value)> = Vec::new();
+    let who = Who::new(report);
+    let mut rows: Vec<(&ProcessReport, &Value)> = Vec::new();
     for p in &report.processes {
-        rows.extend(p.groups.iter().map(|g| (p.pid, p.exe.as_str(), g)));
+        rows.extend(p.groups.iter().map(|g| (p, g)));
     }
-    rows.sort_by_key(|(_, _, g)| {
+    rows.sort_by_key(|(_, g)| {
         (
             g["verdict"].as_str() != Some("leak"),
             std::cmp::Reverse(g["count"].as_u64().unwrap_or(0)),
@@ -95,15 +157,18 @@ pub fn render(report: &Report) -> String {
     } else {
         let _ = writeln!(
             out,
-            "{:<8} {:<16} {:<8} {:>6} {:>8}  {:<24} {}",
-            "PID", "EXE", "VERDICT", "COUNT", "OLDEST", "WAIT", "BLOCKED AT  <-  CREATED AT"
+            "{}{:<8} {:>6} {:>8}  {:<24} BLOCKED AT  <-  CREATED AT",
+            who.header(),
+            "VERDICT",
+            "COUNT",
+            "OLDEST",
+            "WAIT",
         );
-        for (pid, exe, g) in rows {
+        for (p, g) in rows {
             let _ = writeln!(
                 out,
-                "{:<8} {:<16} {:<8} {:>6} {:>7.0}s  {:<24} {}  <-  {}",
-                pid,
-                clean(exe),
+                "{}{:<8} {:>6} {:>7.0}s  {:<24} {}  <-  {}",
+                who.of(p),
                 g["verdict"].as_str().unwrap_or("?"),
                 g["count"].as_u64().unwrap_or(0),
                 g["oldest_blocked_seconds"].as_f64().unwrap_or(0.0),
@@ -120,9 +185,8 @@ pub fn render(report: &Report) -> String {
         for h in &p.held {
             let _ = writeln!(
                 out,
-                "{:<8} {:<16} {:<8} {:>6} {:>7.0}s  {:<24} {}  held by {}{}",
-                p.pid,
-                clean(&p.exe),
+                "{}{:<8} {:>6} {:>7.0}s  {:<24} {}  held by {}{}",
+                who.of(p),
                 "held",
                 h["count"].as_u64().unwrap_or(0),
                 h["oldest_blocked_seconds"].as_f64().unwrap_or(0.0),
@@ -151,9 +215,8 @@ pub fn render(report: &Report) -> String {
                     .unwrap_or_default();
                 let _ = writeln!(
                     out,
-                    "{:<8} {:<16} {what} x{} in {}{first}",
-                    p.pid,
-                    clean(&p.exe),
+                    "{}{what} x{} in {}{first}",
+                    who.of(p),
                     m.count,
                     clean(&m.site.function)
                 );
@@ -161,4 +224,52 @@ pub fn render(report: &Report) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(pod: &str) -> Report {
+        let group = serde_json::json!({
+            "verdict": "leak", "count": 3, "oldest_blocked_seconds": 9.0,
+            "wait_reason": "chan send",
+            "blocked_at": {"function": "main.slowLookup", "file": "/src/main.go", "line": 7},
+            "created_at": {"function": "main.fetch", "file": "/src/main.go", "line": 12},
+        });
+        serde_json::from_value(serde_json::json!({"processes": [{
+            "pid": 42, "exe": "api", "namespace": "shop", "pod": pod,
+            "go_version": "go1.27.3", "goroutines": 9, "groups": [group],
+            "double_closes": [], "sends_on_closed": [], "closes_of_nil": [],
+        }]}))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_pod_column_only_when_some_process_is_in_one() {
+        let table = render(&report("cart-0"));
+        let mut lines = table.lines();
+        let (head, row) = (lines.next().unwrap(), lines.next().unwrap());
+        assert!(
+            head.starts_with("PID      EXE              POD         VERDICT"),
+            "{table}"
+        );
+        assert!(
+            row.starts_with("42       api              shop/cart-0 leak"),
+            "{table}"
+        );
+        assert!(
+            row.ends_with("main.slowLookup (/src/main.go:7)  <-  main.fetch (/src/main.go:12)"),
+            "{table}"
+        );
+        let table = render(&report(""));
+        assert!(
+            table.starts_with("PID      EXE              VERDICT"),
+            "{table}"
+        );
+        assert!(
+            table.contains("\n42       api              leak "),
+            "{table}"
+        );
+    }
 }

@@ -191,6 +191,7 @@ impl Agent {
             if let Some(p) = tracker.process_mut(pid) {
                 p.bias = bias;
                 p.wait_reasons.clone_from(&bin.wait_reasons);
+                p.pod = super::labels::pod_place(&key);
             }
         }
         lock(&self.shared.series).assign(pid, key);

@@ -7,7 +7,18 @@ use crate::{
     control::Agent,
     k8s::cgroup::{self, Placement},
     metrics::series::SeriesKey,
+    tracker::PodPlace,
 };
+
+/// The pod part of a series' labels, for the leak report (which names the
+/// pod even when the series itself was folded past `--max-series`).
+pub(crate) fn pod_place(key: &SeriesKey) -> PodPlace {
+    PodPlace {
+        namespace: key.namespace.clone(),
+        pod: key.pod.clone(),
+        container: key.container.clone(),
+    }
+}
 
 impl Agent {
     /// The series a process reports under, and whether its pod labels are
@@ -54,6 +65,9 @@ impl Agent {
             let (key, labelled) = self.series_key(pid, &old.exe, &placement);
             if key.pod.is_empty() || key == old {
                 continue;
+            }
+            if let Some(p) = lock(&self.shared.tracker).process_mut(pid) {
+                p.pod = pod_place(&key);
             }
             lock(&self.shared.series).assign(pid, key);
             if let Some(w) = self.watched.get_mut(&pid) {

@@ -120,9 +120,14 @@ fn route(head: &str, shared: &Shared, registry: &Registry, limiter: &RateLimiter
             }
         }
         "/api/v1/leaks" => {
+            let query = target.split_once('?').map_or("", |(_, q)| q);
+            let filter = match report::Filter::from_query(query) {
+                Ok(f) => f,
+                Err(e) => return reply(400, "text/plain", &format!("{e}\n")),
+            };
             let report = {
                 let tracker = lock(&shared.tracker);
-                crate::server::report::build(&tracker)
+                report::build(&tracker, &filter)
             };
             match serde_json::to_string_pretty(&report) {
                 Ok(json) => reply(200, "application/json", &json),

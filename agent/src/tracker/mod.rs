@@ -18,7 +18,7 @@ use std::collections::{HashMap, HashSet};
 
 use gostray_common::{ChanEvent, EventKind, GoroutineEvent, CHAN_EVENT_SIZE, EVENT_SIZE};
 pub use group::{Held, MisuseReport, Summary, Verdict};
-pub use process::{ProcessInfo, ProcessState};
+pub use process::{PodPlace, ProcessInfo, ProcessState};
 pub use site::{Site, Symbols};
 
 use input::ScannedG;

@@ -20,6 +20,15 @@ pub struct ProcessInfo {
     pub go_version: String,
 }
 
+/// The pod and container a process runs in, as the API server reported
+/// them: empty outside a pod, and until its metadata is known.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PodPlace {
+    pub namespace: String,
+    pub pod: String,
+    pub container: String,
+}
+
 /// How far the attach has come.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -42,6 +51,8 @@ const MAX_MISUSE_SITES: usize = 256;
 #[derive(Debug)]
 pub struct ProcessState {
     pub info: ProcessInfo,
+    /// Where it runs in Kubernetes, for the leak report.
+    pub pod: PodPlace,
     pub(super) live: GoidMap<Goroutine>,
     max_goroutines: usize,
     phase: Phase,
@@ -119,6 +130,7 @@ impl ProcessState {
     pub fn new(info: ProcessInfo, max_goroutines: usize) -> Self {
         Self {
             info,
+            pod: PodPlace::default(),
             live: GoidMap::default(),
             max_goroutines,
             phase: Phase::AwaitingScan,

@@ -43,7 +43,7 @@ pub fn user_site(pcs: &[u64], symbols: &dyn Symbols) -> Site {
         .collect();
     sites
         .iter()
-        .find(|s| !MECHANISM.iter().any(|m| s.function.starts_with(m)))
+        .find(|s| !is_mechanism(&s.function))
         .or(sites.first())
         .cloned()
         .unwrap_or_default()
@@ -58,6 +58,36 @@ pub(super) const MECHANISM: [&str; 5] = [
     "internal/",
 ];
 
+fn is_mechanism(function: &str) -> bool {
+    MECHANISM.iter().any(|m| function.starts_with(m))
+}
+
+/// Names the blocking site at return address `pc` (from [`blocking_pc`])
+/// as the runtime's traceback does: by the innermost function there, which
+/// may have been inlined. A function inlined into a `go` statement's
+/// wrapper is named, not the wrapper (the wrapper exists only in the
+/// stack); machinery inlined into user code (`sync.(*Mutex).Lock`) is
+/// passed over for the user function that called it, as in [`blocking_pc`].
+pub(super) fn blocking_site(pc: u64, symbols: &dyn Symbols) -> Site {
+    let pc = pc.saturating_sub(1);
+    let frames = symbols.frames(pc);
+    let wrapper = |i: usize, s: &Site| {
+        is_go_wrapper_name(&s.function)
+            || (i + 1 == frames.len() && symbols.is_wrapper(pc).unwrap_or(false))
+    };
+    frames
+        .iter()
+        .enumerate()
+        .find(|&(i, s)| !is_mechanism(&s.function) && !wrapper(i, s))
+        .map(|(_, s)| s)
+        // Nothing but machinery and wrappers (`go mu.Lock()`): the
+        // innermost frame, as the traceback's top line.
+        .or(frames.first())
+        .cloned()
+        .or_else(|| symbols.site(pc))
+        .unwrap_or_default()
+}
+
 /// The first frame that is not the waiting machinery: where user code waits.
 pub(super) fn blocking_pc(
     g: &Goroutine,
@@ -67,7 +97,7 @@ pub(super) fn blocking_pc(
     let is_user = |pc: u64| {
         symbols
             .site(pc.saturating_sub(1))
-            .is_some_and(|s| !MECHANISM.iter().any(|m| s.function.starts_with(m)))
+            .is_some_and(|s| !is_mechanism(&s.function))
     };
     // Walked by a scan (the parked PC first, then return addresses), else
     // the return addresses the park probe saw.

@@ -21,7 +21,7 @@ use super::{
     input::G_WAITING,
     process::{ProcessState, TREND_LEN},
     proof::{Proof, Proofs},
-    site::{blocking_pc, stack_of, start_function, Site, Start, Symbols},
+    site::{blocking_pc, blocking_site, stack_of, start_function, Site, Start, Symbols},
     sitecache::SiteCache,
 };
 use crate::gobin::WaitReason;
@@ -55,7 +55,7 @@ pub fn evaluate(
     let mut held = Vec::new();
     for ((gopc, site_pc, _), parked) in cx.parked_groups() {
         let created_at = cx.site(gopc);
-        let blocked_at = cx.site(site_pc);
+        let blocked_at = blocking_site(site_pc, &cache);
         let reason_name = proc.reason_name(parked.reason).to_string();
         let fp = fingerprint(&created_at, &blocked_at, &reason_name);
         sizes.insert(fp, parked.members.len() as u64);

@@ -357,6 +357,8 @@ impl Symbols for Inlined {
             8 => &["main.(*Tx).awaitDone", "main.(*Tx).start.gowrap1"],
             9 => &["runtime.goexit"],
             0xa => &["main.launch.func1"],
+            0xb => &["sync.(*Mutex).Lock", "main.locker"],
+            0xc => &["sync.(*Mutex).Lock", "main.launch.gowrap2"],
             _ => &[],
         };
         names
@@ -370,7 +372,7 @@ impl Symbols for Inlined {
     }
 
     fn is_wrapper(&self, pc: u64) -> Option<bool> {
-        Some(matches!(pc >> 12, 8 | 0xa))
+        Some(matches!(pc >> 12, 8 | 0xa | 0xc))
     }
 }
 
@@ -423,6 +425,71 @@ fn a_goroutine_is_named_by_its_inlined_function_past_hidden_wrappers() {
     // A stack that does not reach goexit falls back to the start PC.
     let g = parked_on(vec![0x7000, 0x8011]);
     assert_eq!(start_function(&g, &Inlined), "main.launch.func1");
+}
+
+/// The blocking site is named by the innermost function at its PC, as the
+/// runtime's traceback names it: never by the `go` statement's wrapper
+/// its function was inlined into.
+#[test]
+fn the_blocking_site_is_the_inlined_function_not_the_go_wrapper() {
+    use super::site::blocking_site;
+    for symbols in [&Inlined as &dyn Symbols, &ByName] {
+        let name = |pc| blocking_site(pc, symbols).function;
+        // `go t.awaitDone()`, awaitDone inlined into the wrapper.
+        assert_eq!(name(0x8011), "main.(*Tx).awaitDone");
+        // Nothing inlined: the physical function.
+        assert_eq!(name(0x3011), "main.worker");
+        // The mutex's fast path inlined into user code: the user code.
+        assert_eq!(name(0xb011), "main.locker");
+        // `go mu.Lock()`: machinery and the wrapper only; the traceback's
+        // top line.
+        assert_eq!(name(0xc011), "sync.(*Mutex).Lock");
+    }
+    assert_eq!(blocking_site(0xf011, &Inlined), Site::default());
+
+    // Through an evaluation: the group, its metric label and the report
+    // all take `blocked_at`; the stack keeps the wrapper.
+    let mut w = World::new();
+    let parked = |goid, stack| ScannedG {
+        goid,
+        status: G_WAITING,
+        gopc: 0xa000,
+        startpc: 0xa000,
+        parent_goid: 0,
+        waitreason: NIL_RECV,
+        chan: None,
+        stack,
+    };
+    for _ in 0..2 {
+        let scanned = vec![
+            parked(20, vec![0x7000, 0x8011, 0x9001]),
+            parked(21, vec![0x7000, 0x3011, 0xa011, 0x9001]),
+        ];
+        w.t.observe_scan(PID, w.now, scanned);
+        w.t.evaluate(PID, w.now, LEAK_AFTER, &Inlined, &HashSet::new());
+        w.advance(11);
+    }
+    let p = w.t.processes().find(|(pid, _)| *pid == PID).unwrap().1;
+    let mut sites: Vec<(&str, &str, bool)> = p
+        .groups
+        .iter()
+        .map(|g| {
+            let wrapped = g.stack.iter().any(|s| s.function.ends_with(".gowrap1"));
+            (
+                g.blocked_at.function.as_str(),
+                g.start_function.as_str(),
+                wrapped,
+            )
+        })
+        .collect();
+    sites.sort_unstable();
+    assert_eq!(
+        sites,
+        [
+            ("main.(*Tx).awaitDone", "main.(*Tx).awaitDone", true),
+            ("main.worker", "main.worker", false)
+        ]
+    );
 }
 
 /// The heap walks outrank the proxies: a goroutine whose creator lives on

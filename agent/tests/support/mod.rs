@@ -288,6 +288,15 @@ impl Agent {
         m
     }
 
+    /// `gostray leaks ARGS` against this agent.
+    pub fn leaks_command(&self, args: &[&str]) -> std::process::Output {
+        Command::new(env!("CARGO_BIN_EXE_gostray"))
+            .args(["leaks", "--url", &format!("http://127.0.0.1:{}", self.port)])
+            .args(args)
+            .output()
+            .expect("running gostray leaks")
+    }
+
     pub fn metrics(&self) -> Metrics {
         Metrics(http_get(self.port, "/metrics").expect("scrape /metrics"))
     }

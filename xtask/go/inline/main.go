@@ -10,14 +10,24 @@
 //	pc 0xHEX                     (one per PC, innermost first)
 //	frame FUNCTION\tFILE\tLINE   (one per frame)
 //	end
+//
+// With the argument "park" it prints none of that. It prints "ready", and
+// at the first line on stdin leaves goroutines blocked for good, one in a
+// function inlined into the wrapper of its `go` statement and one in a
+// function that is not inlined, prints "parked" and waits for stdin to
+// close. The agent must name each blocking site after its own function,
+// as the runtime's traceback does.
 package main
 
 import (
+	"bufio"
 	"fmt"
+	"io"
 	"os"
 	"runtime"
 	"strings"
 	"sync"
+	"time"
 )
 
 // callers is small enough to be inlined wherever it is called.
@@ -84,7 +94,65 @@ func notInlined(wg *sync.WaitGroup) {
 	wg.Done()
 }
 
+// slowLookup is inlined into the wrapper of `go slowLookup(...)` (Go ≥
+// 1.22: main.fetchWithTimeout.gowrap1); its send blocks for good once
+// fetchWithTimeout has stopped waiting.
+func slowLookup(results chan<- string, key string) {
+	time.Sleep(20 * time.Millisecond)
+	results <- key
+}
+
+// fetchWithTimeout gives up on the lookup before it answers, leaving its
+// sender blocked.
+//
+//go:noinline
+func fetchWithTimeout(key string) {
+	results := make(chan string)
+	go slowLookup(results, key)
+	select {
+	case v := <-results:
+		fmt.Println("answered in time:", v)
+	case <-time.After(time.Millisecond):
+	}
+}
+
+// stuckSend is not inlined: its goroutine's blocking frame is its own.
+//
+//go:noinline
+func stuckSend(results chan<- string) {
+	results <- "never read"
+}
+
+// abandon starts stuckSend and returns without reading.
+//
+//go:noinline
+func abandon() {
+	go stuckSend(make(chan string))
+}
+
+// park leaves both senders blocked, each from a goroutine that returns (as
+// a request handler would), so their creators are gone.
+func park() {
+	fmt.Println("ready")
+	in := bufio.NewReader(os.Stdin)
+	in.ReadString('\n')
+	for _, f := range []func(){func() { fetchWithTimeout("k") }, abandon} {
+		done := make(chan struct{})
+		go func() {
+			f()
+			close(done)
+		}()
+		<-done
+	}
+	fmt.Println("parked")
+	io.Copy(io.Discard, in)
+}
+
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "park" {
+		park()
+		return
+	}
 	keep("deep", deep())
 	one, two := twice()
 	keep("twice-1", one)
