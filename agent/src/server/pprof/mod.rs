@@ -205,11 +205,18 @@ fn build<'a>(
 }
 
 /// The oldest member's stack; where no scan walked it, the blocking site.
+/// Without `runtime.goexit`, which the runtime leaves out of its profiles.
 fn stack(g: &Group) -> Vec<Site> {
-    if g.stack.is_empty() {
+    let stack: Vec<Site> = g
+        .stack
+        .iter()
+        .filter(|s| s.function != "runtime.goexit")
+        .cloned()
+        .collect();
+    if stack.is_empty() {
         vec![g.blocked_at.clone()]
     } else {
-        g.stack.clone()
+        stack
     }
 }
 
