@@ -2,6 +2,7 @@
 //! request per connection. Nothing here writes state or reads a file named
 //! by the client.
 
+mod pprof;
 mod ratelimit;
 pub mod report;
 
@@ -107,7 +108,11 @@ fn route(head: &str, shared: &Shared, registry: &Registry, limiter: &RateLimiter
         return reply(405, "text/plain", "only GET\n");
     }
     let path = target.split('?').next().unwrap_or_default();
-    if matches!(path, "/metrics" | "/api/v1/leaks") && !limiter.allow() {
+    if matches!(
+        path,
+        "/metrics" | "/api/v1/leaks" | "/debug/pprof/goroutineleak"
+    ) && !limiter.allow()
+    {
         return reply(429, "text/plain", "too many requests\n");
     }
     match path {
@@ -134,19 +139,24 @@ fn route(head: &str, shared: &Shared, registry: &Registry, limiter: &RateLimiter
                 Err(_) => reply(500, "text/plain", "report failed\n"),
             }
         }
+        "/debug/pprof/goroutineleak" => pprof::respond(target, shared),
         "/healthz" => reply(200, "text/plain", "ok\n"),
         "/readyz" if shared.ready.load(Ordering::Relaxed) => reply(200, "text/plain", "ready\n"),
         "/readyz" => reply(503, "text/plain", "not ready\n"),
         "/" => reply(
             200,
             "text/plain",
-            "gostray: see /metrics, /api/v1/leaks, /healthz, /readyz\n",
+            "gostray: see /metrics, /api/v1/leaks, /debug/pprof/goroutineleak, /healthz, /readyz\n",
         ),
         _ => reply(404, "text/plain", "not found\n"),
     }
 }
 
 fn reply(status: u16, content_type: &str, body: &str) -> Vec<u8> {
+    reply_bytes(status, content_type, body.as_bytes())
+}
+
+fn reply_bytes(status: u16, content_type: &str, body: &[u8]) -> Vec<u8> {
     let reason = match status {
         200 => "OK",
         400 => "Bad Request",
@@ -161,11 +171,13 @@ fn reply(status: u16, content_type: &str, body: &str) -> Vec<u8> {
     } else {
         String::new()
     };
-    format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n{retry}Connection: close\r\n\r\n{body}",
+    let mut out = format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n{retry}Connection: close\r\n\r\n",
         body.len()
     )
-    .into_bytes()
+    .into_bytes();
+    out.extend_from_slice(body);
+    out
 }
 
 #[cfg(test)]
