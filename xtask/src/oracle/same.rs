@@ -196,7 +196,19 @@ fn member_of(g: &Value, s: &Stanza) -> bool {
     let blocked = at(&g["blocked_at"]);
     g["wait_reason"].as_str() == Some(s.reason.as_str())
         && at(&g["created_at"]) == s.created
-        && blocked.is_some_and(|b| s.frames.contains(&b))
+        && blocked.is_some_and(|b| blocking_frame(s) == Some(&b))
+}
+
+/// The frame a goroutine blocks in, as the agent names it: the innermost
+/// one outside the runtime's and `sync`'s machinery. (A looser "anywhere on
+/// the stack" let a group blocked in a caller claim the members of a group
+/// blocked in its callee, e.g. `initPlain` and `initPlain.func1` under
+/// `sync.Once`.)
+fn blocking_frame(s: &Stanza) -> Option<&String> {
+    const MACHINERY: [&str; 3] = ["/src/runtime/", "/src/sync/", "/src/internal/"];
+    s.frames
+        .iter()
+        .find(|f| !MACHINERY.iter().any(|m| f.contains(m)))
 }
 
 #[cfg(test)]
