@@ -167,6 +167,12 @@ pub fn ensure_engine() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The ID of the image tagged [`tag`], if there is one.
+fn image_id() -> Option<String> {
+    output(Command::new("podman").args(["image", "inspect", "--format", "{{.Id}}", &tag()]))
+        .map(|s| s.trim().to_string())
+}
+
 /// `buildah from scratch`, the root filesystem, the configuration the
 /// Dockerfile's runtime stage sets; returns the image's size in bytes.
 fn build_image() -> anyhow::Result<u64> {
@@ -182,6 +188,7 @@ fn build_image() -> anyhow::Result<u64> {
             .args(["rev-parse", "HEAD"]),
     )
     .map_or_else(|| "unknown".into(), |s| s.trim().to_string());
+    let previous = image_id();
     let container = output(Command::new("buildah").args(["from", "scratch"]))
         .context("buildah from scratch failed")?
         .trim()
@@ -207,6 +214,12 @@ fn build_image() -> anyhow::Result<u64> {
         let _ = run_quiet(Command::new("buildah").args(["rm", &container]));
     }
     result?;
+    // The image this build replaced under the same tag is left untagged:
+    // remove it, so repeated test runs do not pile up images (refused, and
+    // ignored, if a container still uses it).
+    if let Some(old) = previous.filter(|id| Some(id) != image_id().as_ref()) {
+        let _ = run_quiet(Command::new("podman").args(["rmi", &old]));
+    }
     done(t);
     let size =
         output(Command::new("podman").args(["image", "inspect", "--format", "{{.Size}}", &tag()]))
