@@ -5,6 +5,7 @@ mod build;
 mod demo;
 mod deny;
 mod deploy;
+mod image;
 mod offsets;
 mod oracle;
 mod servers;
@@ -33,6 +34,14 @@ enum Task {
         /// Build the agent with optimisations.
         #[arg(long)]
         release: bool,
+    },
+    /// Build the container image offline: the agent static (musl) with its
+    /// eBPF object, `FROM scratch`, with Debian's buildah; prints its size.
+    Image {
+        /// Only the root filesystem (target/image/rootfs), no engine: what
+        /// deploy/Dockerfile's build stage runs.
+        #[arg(long)]
+        rootfs_only: bool,
     },
     /// Build and run the agent (as root) with the given arguments:
     /// `cargo xtask run -- run --pid 4242`.
@@ -108,6 +117,7 @@ fn dispatch(task: Task) -> anyhow::Result<()> {
             Ok(())
         }
         Task::Build { release } => build::build_agent(release).map(|_| ()),
+        Task::Image { rootfs_only } => image::image(rootfs_only),
         Task::Run { args } => {
             let agent = build::build_agent(true)?;
             util::run(Command::new(agent).args(args))

@@ -10,6 +10,8 @@
 //!   target labels of a cluster and a process in a stand-in pod;
 //! - labels: no series carries the agent pod's labels (issue 15, bug 1);
 //! - alerts: on that Prometheus, each alert provoked and seen firing.
+//! - image: the container image built offline (static agent, buildah,
+//!   `FROM scratch`) and run as the `DaemonSet` runs it (root).
 //! - unattachable: a Go program the agent must refuse, for the
 //!   attach-failure alert.
 //! - pending: the metrics not exported yet, in one list.
@@ -21,6 +23,7 @@ mod caps;
 mod e2e;
 mod expressions;
 mod http;
+mod image;
 mod labels;
 mod objects;
 mod pending;
@@ -89,6 +92,9 @@ pub fn test(fixtures: &Path) -> anyhow::Result<(u64, u64)> {
     done(t);
     let t = step("deploy: end to end (agent, Go workloads, Prometheus, alerts)");
     e2e::run(&mut tally, &agent, fixtures, &work, &python)?;
+    done(t);
+    let t = step("deploy: the image, built offline and run as the DaemonSet runs it");
+    image::check(&mut tally, fixtures);
     done(t);
     Ok((tally.passed, tally.failed))
 }
