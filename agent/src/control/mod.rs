@@ -130,6 +130,11 @@ impl Agent {
             walk_budget: (args.walk_max_bytes > 0).then(|| crate::reach::Budget {
                 max_bytes_read: args.walk_max_bytes,
                 max_heap_bytes: args.walk_max_heap,
+                // One mark bit per object slot: a heap the byte bound allows
+                // to be read has at most a slot per 16 bytes read (the
+                // smallest scanned size class), so 8 MiB of bits per GiB.
+                max_objects: (args.walk_max_bytes / 16).max(1 << 24),
+                max_spans: (args.walk_max_bytes / 1024).max(1 << 20),
                 ..crate::reach::Budget::default()
             }),
             last_table_scan: None,
