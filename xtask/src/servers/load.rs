@@ -5,8 +5,8 @@
 use std::{
     path::Path,
     sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
-        Arc, Mutex,
+        atomic::{AtomicBool, Ordering::Relaxed},
+        Arc,
     },
     thread::{self, JoinHandle},
     time::{Duration, Instant},
@@ -14,39 +14,10 @@ use std::{
 
 use super::{
     catalog::Kind,
-    http::{Body, Conn},
+    http::{Conn, Counts},
     requests::{alertmanager, caddy, etcd, etcd_watch, prometheus, pushgateway},
 };
 use crate::util::Guard;
-
-/// Requests answered 2xx and the others, with the last failure.
-#[derive(Default)]
-pub struct Counts {
-    pub ok: AtomicU64,
-    pub failed: AtomicU64,
-    pub last_failure: Mutex<String>,
-}
-
-impl Counts {
-    /// Sends one request on `conn` and counts it; the body of a 2xx answer.
-    pub fn send(&self, conn: &mut Conn, method: &str, path: &str, body: &Body) -> Option<String> {
-        let failure = match conn.request(method, path, body) {
-            Ok((status, text)) if (200..300).contains(&status) => {
-                self.ok.fetch_add(1, Relaxed);
-                return Some(text);
-            }
-            Ok((status, text)) => format!("{method} {path}: {status} {}", text.trim()),
-            Err(e) => format!("{e:#}"),
-        };
-        self.failed.fetch_add(1, Relaxed);
-        *self.last_failure.lock().expect("counts") = failure.chars().take(200).collect();
-        None
-    }
-
-    pub fn get(&self, conn: &mut Conn, path: &str) -> Option<String> {
-        self.send(conn, "GET", path, &Body::None)
-    }
-}
 
 /// The load threads and the helper processes they hold open; stopped and
 /// joined when dropped.

@@ -26,7 +26,8 @@ use anyhow::bail;
 
 use catalog::Kind;
 use debian::Suite;
-use load::{Counts, Load};
+use http::Counts;
+use load::Load;
 use start::{start_suite, Ports};
 use watch::{Agent, Seen};
 

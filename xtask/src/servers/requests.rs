@@ -10,8 +10,7 @@ use anyhow::Context;
 
 use super::{
     encode::{base64, rfc3339},
-    http::{Body, Conn},
-    load::Counts,
+    http::{Body, Conn, Counts},
 };
 use crate::util::{encode, Guard};
 

@@ -15,8 +15,8 @@ use anyhow::{bail, Context};
 use super::{
     catalog::{self, Kind, Place},
     debian::{Suite, Unpacked},
-    http,
-    load::{Counts, Load},
+    http::{self, Counts},
+    load::Load,
     watch::Seen,
     Watched,
 };
