@@ -1,7 +1,11 @@
 //! The goroutines as the heap walk needs them: status, wait, saved
 //! registers and stack bounds, read from every g of `runtime.allgs`.
 
-use super::{mem, scan::le64, stackscan::panic_defer};
+use super::{
+    mem,
+    scan::le64,
+    stackscan::{panic_defer, Parked},
+};
 use crate::{
     gobin::GoBinary,
     reach::AddrRange,
@@ -29,6 +33,16 @@ pub(super) struct G {
 }
 
 impl G {
+    /// Where it resumes and its stack bounds, for a walk of its frames.
+    pub(super) fn parked(&self) -> Parked {
+        Parked {
+            pc: self.pc,
+            sp: self.sp,
+            lo: self.lo,
+            hi: self.hi,
+        }
+    }
+
     /// The part of its stack that can hold live values.
     pub(super) fn live_stack(&self) -> AddrRange {
         // A goroutine in a system call saved its sp on the way in.

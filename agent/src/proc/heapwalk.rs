@@ -15,7 +15,7 @@ use super::{
     gread::{read_gs, G},
     scan::read_allgs,
     specials::special_roots,
-    stackscan::{self, Parked},
+    stackscan,
     waits::{
         cond_frames, cond_list, cond_words, primitives, sema_waiters, waits_on_named_primitive,
     },
@@ -161,13 +161,7 @@ fn stack_scans(pid: u32, bin: &GoBinary, bias: u64, gs: &[G]) -> Vec<Scan> {
             if !matches!(g.status, G_WAITING | G_LEAKED | G_SYSCALL) || g.defers {
                 return Scan::Range(g.live_stack());
             }
-            let parked = Parked {
-                pc: g.pc,
-                sp: g.sp,
-                lo: g.lo,
-                hi: g.hi,
-            };
-            match stackscan::live_slots(pid, bin, bias, &parked) {
+            match stackscan::live_slots(pid, bin, bias, &g.parked()) {
                 Ok(slots) => {
                     precise += 1;
                     Scan::Slots(slots)

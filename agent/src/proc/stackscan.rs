@@ -45,15 +45,21 @@ pub(super) fn panic_defer(o: &GOffsets) -> Option<(u32, u32)> {
 /// The addresses of the words of `g`'s stack that can hold live pointers,
 /// sorted. `bias` is the executable's load bias.
 pub fn live_slots(pid: u32, bin: &GoBinary, bias: u64, g: &Parked) -> Result<Vec<u64>, NoFrame> {
+    let stack = read_stack(pid, g)?;
+    slots(&stack, g, |pc, innermost| {
+        bin.frame_layout(pc.wrapping_sub(bias), innermost)
+    })
+}
+
+/// `g`'s stack from its saved SP up: the bytes every walk of its frames reads.
+fn read_stack(pid: u32, g: &Parked) -> Result<Vec<u8>, NoFrame> {
     if !(g.lo <= g.sp && g.sp < g.hi && g.sp.is_multiple_of(PTR)) || g.hi - g.sp > MAX_STACK {
         return Err(NoFrame("saved SP outside the stack"));
     }
     let len = usize::try_from(g.hi - g.sp).map_err(|_| NoFrame("stack size"))?;
     let mut stack = vec![0u8; len];
     mem::read(pid, g.sp, &mut stack).map_err(|_| NoFrame("unreadable stack"))?;
-    slots(&stack, g, |pc, innermost| {
-        bin.frame_layout(pc.wrapping_sub(bias), innermost)
-    })
+    Ok(stack)
 }
 
 /// The values of the live pointer slots of `g`'s frames whose (run-time)
@@ -65,12 +71,7 @@ pub fn frame_values(
     g: &Parked,
     want: impl Fn(u64) -> bool,
 ) -> Result<Vec<u64>, NoFrame> {
-    if !(g.lo <= g.sp && g.sp < g.hi && g.sp.is_multiple_of(PTR)) || g.hi - g.sp > MAX_STACK {
-        return Err(NoFrame("saved SP outside the stack"));
-    }
-    let len = usize::try_from(g.hi - g.sp).map_err(|_| NoFrame("stack size"))?;
-    let mut stack = vec![0u8; len];
-    mem::read(pid, g.sp, &mut stack).map_err(|_| NoFrame("unreadable stack"))?;
+    let stack = read_stack(pid, g)?;
     let mut picked = Vec::new();
     slots_with(
         &stack,

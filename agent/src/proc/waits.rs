@@ -4,12 +4,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use super::{
-    gread::G,
-    mem,
-    scan::le64,
-    stackscan::{self, Parked},
-};
+use super::{gread::G, mem, scan::le64, stackscan};
 use crate::gobin::{GoBinary, HeapLayout as BinLayout, WaitReason};
 
 /// Sudogs followed per goroutine (a select has one per case).
@@ -53,17 +48,11 @@ const MAX_FRAME_BYTES: u64 = 64 << 10;
 /// used after the wait to lock `c.L`), read through the stack maps. `None`
 /// when the frames cannot be resolved.
 pub(super) fn cond_frames(pid: u32, bin: &GoBinary, bias: u64, g: &G) -> Option<Vec<u64>> {
-    let parked = Parked {
-        pc: g.pc,
-        sp: g.sp,
-        lo: g.lo,
-        hi: g.hi,
-    };
     let in_cond = |pc: u64| {
         bin.symbolize(pc.wrapping_sub(1).wrapping_sub(bias))
             .is_some_and(|f| f.function == COND_FRAMES[0])
     };
-    stackscan::frame_values(pid, bin, bias, &parked, in_cond)
+    stackscan::frame_values(pid, bin, bias, &g.parked(), in_cond)
         .ok()
         .filter(|v| !v.is_empty())
 }

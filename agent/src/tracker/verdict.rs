@@ -95,14 +95,14 @@ pub fn evaluate(
             cx.blocked_for(oldest) as f64 / 1e9
         )];
         let Some(verdict) = rule(&facts, &trend, &mut evidence) else {
-            if let Reach::Held(_) | Reach::Pending = facts.reach {
+            if let Reach::Held { holder, settled } = facts.reach {
                 held.push(Held {
                     start_function: start_function(oldest, &cache),
                     wait_reason: reason_name,
                     count: ripe.len() as u64,
                     oldest_blocked_seconds: cx.blocked_for(oldest) as f64 / 1e9,
-                    holder: holder_of(&proc.proofs, &ripe),
-                    settled: matches!(facts.reach, Reach::Held(_)),
+                    holder,
+                    settled,
                 });
             }
             continue;
@@ -149,17 +149,6 @@ pub fn evaluate(
     }
 }
 
-/// What the last walk found holding the first held member's primitive.
-fn holder_of(proofs: &Proofs, members: &[&(u64, &Goroutine)]) -> String {
-    members
-        .iter()
-        .find_map(|(goid, _)| match proofs.of(*goid) {
-            Proof::Held(h, _) => Some(h.to_string()),
-            _ => None,
-        })
-        .unwrap_or_default()
-}
-
 /// Goroutines parked the same way (creation site, blocking site, reason).
 struct Parked<'a> {
     members: Vec<(u64, &'a Goroutine)>,
@@ -187,12 +176,10 @@ struct Facts {
 enum Reach {
     /// A member was found unreachable by `walks` walks `seconds` apart.
     Proven { walks: u32, seconds: f64 },
-    /// Every member's primitive is reachable, at two walks in a row; the
-    /// first member's holder.
-    Held(String),
-    /// Every member's primitive was reachable at the last walk, not yet at
-    /// two: no verdict until the next walk settles it.
-    Pending,
+    /// Every member's primitive was reachable at the last walk; what held
+    /// the first member's. Settled when every hold was seen at two walks in
+    /// a row; until then no verdict, the next walk settles it.
+    Held { holder: String, settled: bool },
     /// No walk, or no conclusion.
     Unknown,
 }
@@ -217,10 +204,10 @@ fn reach_of(proofs: &Proofs, members: &[&(u64, &Goroutine)]) -> Reach {
         })
         .collect();
     match holds.as_deref() {
-        Some([(first, _), ..]) if holds.iter().flatten().all(|&(_, w)| w >= 2) => {
-            Reach::Held((*first).to_string())
-        }
-        Some([_, ..]) => Reach::Pending,
+        Some([(first, _), ..]) => Reach::Held {
+            holder: (*first).to_string(),
+            settled: holds.iter().flatten().all(|&(_, w)| w >= 2),
+        },
         _ => Reach::Unknown,
     }
 }
@@ -236,7 +223,7 @@ fn rule(f: &Facts, trend: &[u64], evidence: &mut Vec<String>) -> Option<Verdict>
              and no runtime reference ({walks} heap walks, {seconds:.0}s apart)"
         ));
         Some(Verdict::Leak)
-    } else if matches!(f.reach, Reach::Held(_) | Reach::Pending) {
+    } else if matches!(f.reach, Reach::Held { .. }) {
         // Something that can still run holds its primitive: proxies such
         // as an exited creator do not outweigh that.
         None
