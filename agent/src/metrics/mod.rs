@@ -2,6 +2,7 @@
 //! so a process that goes away takes its series with it.
 
 mod agent;
+mod deaths;
 mod family;
 mod leaks;
 pub mod names;
@@ -176,6 +177,7 @@ impl Collector for AgentCollector {
         let stray = tracker.stray_events;
         let watched = procs.len();
         drop(tracker);
+        crate::metrics::deaths::encode(&mut enc, shared)?;
         crate::metrics::agent::encode(&mut enc, shared, watched)?;
 
         family(
