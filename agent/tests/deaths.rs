@@ -69,9 +69,10 @@ const DEATHS: [(&str, &str, &str, &str); 10] = [
         "main.outOfMemory",
     ),
     // The scheduler finds the deadlock on its own stack, with no user
-    // goroutine on the M. Up to Go 1.24 the frame chain of the system
-    // stack leads on through `mcall` into the goroutine that parked last;
-    // Go 1.27's ends at the scheduler (see `ALL_ASLEEP_TOP_1_27`).
+    // goroutine on the M. When that M is the one the last goroutine parked
+    // on, the frame chain of its system stack leads on through `mcall` into
+    // that goroutine; when another M finds it, the chain ends in the
+    // scheduler (see `ALL_ASLEEP_TOP_SCHEDULER`).
     (
         "all_asleep",
         "all_asleep",
@@ -80,9 +81,9 @@ const DEATHS: [(&str, &str, &str, &str); 10] = [
     ),
 ];
 
-/// The top frame of a deadlock on Go ≥ 1.27, whose system stack's frame
+/// The top frame of a deadlock found by an M whose system stack's frame
 /// chain stops in the scheduler: the function that found it.
-const ALL_ASLEEP_TOP_1_27: &str = "runtime.checkdead";
+const ALL_ASLEEP_TOP_SCHEDULER: &str = "runtime.checkdead";
 
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -148,8 +149,7 @@ fn each_death_is_named(line: &str, variant: &str) {
                 .is_some_and(|s| s.starts_with(message))
             && (found[0]["top"]["function"] == top
                 || (death == "all_asleep"
-                    && line == "1.27"
-                    && found[0]["top"]["function"] == ALL_ASLEEP_TOP_1_27))
+                    && found[0]["top"]["function"] == ALL_ASLEEP_TOP_SCHEDULER))
             && counted == Some(1.0)
             && all == Some(1.0);
         if !ok {
