@@ -28,6 +28,8 @@ pub struct Shared {
 pub struct Stats {
     pub attached_binaries: usize,
     pub probe_errors: [u64; 2],
+    /// Fatal-path probe hits in any process (see `ebpf/src/maps.rs`).
+    pub fatal_hits: u64,
     pub attach_failures: BTreeMap<&'static str, u64>,
     /// Processes attached since start.
     pub attaches: u64,

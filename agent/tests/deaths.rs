@@ -203,14 +203,18 @@ fn each_death_is_named_other_go_lines() {
 }
 
 /// Panics recovered, in every way the fixture dies of a panic, two hundred
-/// times each, then a clean exit: no death.
+/// times each, then a clean exit: no death, and the fatal-path probes never
+/// even ran (the kernel's count, before any filter).
 #[test]
 fn recovered_panics_are_never_counted() {
     let Some(env) = KernelEnv::get() else { return };
     for line in ["1.19", "1.27"] {
-        // By PID: another test may run the same executable meanwhile.
-        let mut fixture =
-            Proc::spawn(Command::new(env.fixture("deaths", line)).stderr(Stdio::null()));
+        // A private copy, by PID: other tests run the same executable
+        // meanwhile, and its probes count hits in every process running it.
+        let dir = private_dir("recover");
+        let binary = dir.join(format!("recover-{line}"));
+        std::fs::copy(env.fixture("deaths", line), &binary).expect("copying the fixture");
+        let mut fixture = Proc::spawn(Command::new(&binary).stderr(Stdio::null()));
         assert_eq!(fixture.line(), "ready");
         let pid = fixture.pid().to_string();
         let agent = Agent::start(&["--pid", &pid]);
@@ -225,8 +229,18 @@ fn recovered_panics_are_never_counted() {
         let m = agent.metrics();
         assert_eq!(m.total("gostray_process_deaths_total"), 0, "{}", m.0);
         assert_eq!(m.scalar("gostray_process_deaths_unrecorded_total"), 0);
+        assert_eq!(m.scalar("gostray_fatal_probe_hits_total"), 0, "{}", m.0);
         assert!(deaths(&agent).is_empty(), "{:#}", report(&agent));
+        drop(agent);
+        let _ = std::fs::remove_dir_all(&dir);
     }
+}
+
+/// A fresh directory of this test process for copies of a fixture.
+fn private_dir(what: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("gostray-{what}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
 }
 
 /// Resident memory of `pid` in KiB.
@@ -247,8 +261,7 @@ fn crash_loop(seconds: u64) {
     let Some(env) = KernelEnv::get() else { return };
     // A private copy: the agent watches every process of the executable,
     // and other tests run the fixture meanwhile.
-    let dir = std::env::temp_dir().join(format!("gostray-crashloop-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
+    let dir = private_dir("crashloop");
     let binary = dir.join("crashloop-1.27");
     std::fs::copy(env.fixture("deaths", "1.27"), &binary).expect("copying the fixture");
     let path = binary.to_str().expect("UTF-8 path");

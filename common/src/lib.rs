@@ -10,6 +10,8 @@ pub const MAP_EVENTS: &str = "EVENTS";
 pub const MAP_TARGETS: &str = "TARGETS";
 /// Name of the map of processes whose death was reported (PID → 1).
 pub const MAP_DIED: &str = "DIED";
+/// Name of the per-CPU counter of fatal-path probe hits in any process.
+pub const MAP_FATAL_HITS: &str = "FATAL_HITS";
 /// Name of the per-CPU array of [`ProbeErrorKind`] counters.
 pub const MAP_ERRORS: &str = "ERRORS";
 /// Name of aya-log-ebpf's global that gates kernel-side log output; the

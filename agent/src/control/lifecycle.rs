@@ -159,6 +159,7 @@ impl Agent {
         let mut stats = lock(&self.shared.stats);
         stats.attached_binaries = self.kernel.attached_binaries();
         stats.probe_errors = self.kernel.probe_errors();
+        stats.fatal_hits = self.kernel.fatal_hits();
         stats.proc_events_lost = self.procs.as_ref().map_or(0, ProcWatch::lost);
         stats.tables.insert("watched", self.watched.len());
         stats.tables.insert("binaries", self.binaries.len());

@@ -17,8 +17,8 @@ use aya::{
 };
 use aya_log::EbpfLogger;
 use gostray_common::{
-    ProbeErrorKind, ProcConfig, GLOBAL_LOG_LEVEL, MAP_DIED, MAP_ERRORS, MAP_EVENTS, MAP_TARGETS,
-    OFFSET_ABSENT,
+    ProbeErrorKind, ProcConfig, GLOBAL_LOG_LEVEL, MAP_DIED, MAP_ERRORS, MAP_EVENTS, MAP_FATAL_HITS,
+    MAP_TARGETS, OFFSET_ABSENT,
 };
 
 use crate::{
@@ -52,6 +52,7 @@ pub struct Kernel {
     /// PIDs whose death the kernel reported (see `ebpf/src/maps.rs`).
     died: BpfHashMap<MapData, u32, u64>,
     errors: PerCpuArray<MapData, u64>,
+    fatal_hits: PerCpuArray<MapData, u64>,
     /// Attachments per executable file: one set shared by all its processes.
     links: HashMap<FileId, Vec<(&'static str, UProbeLinkId)>>,
     logger: Option<EbpfLogger<&'static dyn log::Log>>,
@@ -134,12 +135,14 @@ impl Kernel {
         let targets = BpfHashMap::try_from(take(&mut ebpf, MAP_TARGETS)?)?;
         let errors = PerCpuArray::try_from(take(&mut ebpf, MAP_ERRORS)?)?;
         let died = BpfHashMap::try_from(take(&mut ebpf, MAP_DIED)?)?;
+        let fatal_hits = PerCpuArray::try_from(take(&mut ebpf, MAP_FATAL_HITS)?)?;
         Ok((
             Self {
                 ebpf,
                 targets,
                 died,
                 errors,
+                fatal_hits,
                 links: HashMap::new(),
                 detacher: spawn_detacher()?,
                 logger,
@@ -273,6 +276,13 @@ impl Kernel {
     /// Events `pid` lost to a full ring buffer, as counted by the probes.
     pub fn lost(&self, pid: u32) -> u64 {
         self.targets.get(&pid, 0).map_or(0, |c| c.lost)
+    }
+
+    /// Fatal-path probe hits in any process, summed over CPUs.
+    pub fn fatal_hits(&self) -> u64 {
+        self.fatal_hits
+            .get(&0, 0)
+            .map_or(0, |per_cpu| per_cpu.iter().sum::<u64>())
     }
 
     /// Probe failures summed over CPUs, indexed by [`ProbeErrorKind`].

@@ -208,6 +208,13 @@ impl Collector for AgentCollector {
             MetricType::Counter,
             errors,
         )?;
+        family(
+            &mut enc,
+            names::FATAL_HITS,
+            "Runs of the fatal-path probe (runtime.throw, fatal, fatalpanic) in any process running a watched executable; a healthy program never reaches them",
+            MetricType::Counter,
+            [(Labels::new(), ConstCounter::new(stats.fatal_hits))],
+        )?;
         let failures = stats.attach_failures.iter().map(|(reason, n)| {
             (
                 vec![("reason", (*reason).to_string())],

@@ -45,4 +45,5 @@ pub const HEAP_WALKS: &str = "gostray_heap_walks";
 pub const HEAP_WALK_SECONDS: &str = "gostray_heap_walk_seconds";
 pub const DEATHS: &str = "gostray_process_deaths";
 pub const DEATHS_UNRECORDED: &str = "gostray_process_deaths_unrecorded";
+pub const FATAL_HITS: &str = "gostray_fatal_probe_hits";
 pub const HEAP_WALK_BYTES: &str = "gostray_heap_walk_read_bytes";

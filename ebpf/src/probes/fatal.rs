@@ -13,7 +13,7 @@ use gostray_common::{
 use super::{current_target, finish, read_pair, read_u64, ProbeError};
 use crate::{
     goabi,
-    maps::{DIED, EVENTS},
+    maps::{DIED, EVENTS, FATAL_HITS},
 };
 
 /// `abi.Kind` of a string (`Kind_ & KindMask`), the same from Go 1.19 to 1.27.
@@ -41,6 +41,10 @@ pub fn fatal_error(ctx: ProbeContext) -> u32 {
 }
 
 fn try_fatal_error(ctx: &ProbeContext) -> Result<(), ProbeError> {
+    if let Some(hits) = FATAL_HITS.get_ptr_mut(0) {
+        // SAFETY: a per-CPU slot is only touched by this CPU.
+        unsafe { *hits += 1 };
+    }
     let Some((pid, cfg_ptr)) = current_target() else {
         return Ok(());
     };
