@@ -69,10 +69,9 @@ const DEATHS: [(&str, &str, &str, &str); 10] = [
         "main.outOfMemory",
     ),
     // The scheduler finds the deadlock on its own stack, with no user
-    // goroutine on the M. When that M is the one the last goroutine parked
-    // on, the frame chain of its system stack leads on through `mcall` into
-    // that goroutine; when another M finds it, the chain ends in the
-    // scheduler (see `ALL_ASLEEP_TOP_SCHEDULER`).
+    // goroutine on the M: the probe then reports goroutine 1 (`allgs[0]`)
+    // from its saved PC and frame pointer, as the runtime's dump starts
+    // with it: where `main` is stuck.
     (
         "all_asleep",
         "all_asleep",
@@ -80,10 +79,6 @@ const DEATHS: [(&str, &str, &str, &str); 10] = [
         "main.waitForever",
     ),
 ];
-
-/// The top frame of a deadlock found by an M whose system stack's frame
-/// chain stops in the scheduler: the function that found it.
-const ALL_ASLEEP_TOP_SCHEDULER: &str = "runtime.checkdead";
 
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -147,9 +142,8 @@ fn each_death_is_named(line: &str, variant: &str) {
             && found[0]["message"]
                 .as_str()
                 .is_some_and(|s| s.starts_with(message))
-            && (found[0]["top"]["function"] == top
-                || (death == "all_asleep"
-                    && found[0]["top"]["function"] == ALL_ASLEEP_TOP_SCHEDULER))
+            && found[0]["top"]["function"] == top
+            && (death != "all_asleep" || found[0]["goroutine"] == 1)
             && counted == Some(1.0)
             && all == Some(1.0);
         if !ok {

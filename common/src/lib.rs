@@ -286,6 +286,11 @@ pub struct ProcConfig {
     /// Offset of `arg` in `runtime._panic` (8 before Go 1.26, then 0).
     pub panic_arg: u32,
     pub _pad: u32,
+    /// Runtime address of `runtime.allgs` (a `[]*g` whose first entry is
+    /// goroutine 1), or 0: the goroutine a fatal error on the system stack
+    /// with no user goroutine on the M (a deadlock found by the scheduler)
+    /// is reported about.
+    pub allgs: u64,
     /// Events this process could not submit because the ring buffer was full.
     /// Incremented atomically by the probes; read by the agent.
     pub lost: u64,
@@ -352,7 +357,7 @@ mod pod {
 }
 
 const _: () = assert!(core::mem::size_of::<GoroutineEvent>() == 48);
-const _: () = assert!(core::mem::size_of::<ProcConfig>() == 64);
+const _: () = assert!(core::mem::size_of::<ProcConfig>() == 72);
 const _: () = assert!(core::mem::size_of::<DeathEvent>() == 48 + 8 * DEATH_PCS + 8 + DEATH_MSG);
 const _: () = assert!(core::mem::size_of::<ChanEvent>() == 104);
 const _: () = assert!(core::mem::size_of::<ProcEvent>() == 8);

@@ -236,7 +236,7 @@ impl Kernel {
     }
 
     /// Starts reporting events from `pid`.
-    pub fn watch(&mut self, pid: u32, target: &Target) -> anyhow::Result<()> {
+    pub fn watch(&mut self, pid: u32, target: &Target, bias: u64) -> anyhow::Result<()> {
         // A PID reused after a death: this process's own death must be sent.
         let _ = self.died.remove(&pid);
         let o = target.bin.offsets;
@@ -257,6 +257,7 @@ impl Kernel {
             g_sched_bp: g.map_or(OFFSET_ABSENT, |g| g.sched_bp),
             panic_arg: panic_arg_offset(target.bin.version),
             _pad: 0,
+            allgs: target.bin.allgs.wrapping_add(bias),
             lost: 0,
         };
         self.targets.insert(pid, cfg, 0).with_context(|| {

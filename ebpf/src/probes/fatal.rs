@@ -110,8 +110,11 @@ fn try_fatal_error(ctx: &ProbeContext) -> Result<(), ProbeError> {
 }
 
 /// The goroutine the death is about and where its stack starts. On the
-/// system stack (g0: `newstack`'s "stack overflow", `checkdead`) it is the
-/// M's current user goroutine, if any, from its saved PC and frame pointer.
+/// system stack (g0: `newstack`'s "stack overflow") it is the M's current
+/// user goroutine, from its saved PC and frame pointer; with none on the M
+/// (`checkdead`'s "all goroutines are asleep", found by whichever M went
+/// idle last) it is goroutine 1, `allgs[0]`, as the runtime's own dump
+/// starts with it: where `main` is stuck.
 #[inline(always)]
 fn dying_goroutine(
     g: u64,
@@ -124,11 +127,19 @@ fn dying_goroutine(
         return Ok((goid, first_pc, fp));
     }
     let m = read_u64(g, cfg.g_m)?;
-    let curg = if m == 0 { 0 } else { read_u64(m, cfg.m_curg)? };
+    let mut curg = if m == 0 { 0 } else { read_u64(m, cfg.m_curg)? };
+    if curg == 0 && cfg.allgs != 0 {
+        let array = read_u64(cfg.allgs, 0)?;
+        curg = if array == 0 { 0 } else { read_u64(array, 0)? };
+    }
     if curg == 0 || curg == g || cfg.g_sched_pc == OFFSET_ABSENT {
         return Ok((goid, first_pc, fp));
     }
     let pc = read_u64(curg, cfg.g_sched_pc)?;
+    if pc == 0 {
+        // Running, not parked: no saved stack to show.
+        return Ok((goid, first_pc, fp));
+    }
     let bp = read_u64(curg, cfg.g_sched_bp)?;
     Ok((read_u64(curg, cfg.g_goid)?, pc, bp))
 }
