@@ -255,8 +255,9 @@ fn crash_loop(seconds: u64) {
     let Some(env) = KernelEnv::get() else { return };
     // A private copy: the agent watches every process of the executable,
     // and other tests run the fixture meanwhile.
-    let dir = private_dir("crashloop");
-    let binary = dir.join("crashloop-1.27");
+    // Named by its length: the minute-long run may run beside the short one.
+    let dir = private_dir(&format!("crashloop{seconds}"));
+    let binary = dir.join(format!("crashloop{seconds}-1.27"));
     std::fs::copy(env.fixture("deaths", "1.27"), &binary).expect("copying the fixture");
     let path = binary.to_str().expect("UTF-8 path");
     let agent = Agent::start_with(
