@@ -2,6 +2,7 @@
 
 mod cli;
 mod control;
+mod deaths;
 mod discovery;
 mod gobin;
 mod k8s;

@@ -5,7 +5,7 @@ use std::{
     sync::{atomic::AtomicBool, Arc, Mutex},
 };
 
-use crate::{k8s::Kube, metrics::series::SeriesTable, tracker::Tracker};
+use crate::{deaths::DeathLog, k8s::Kube, metrics::series::SeriesTable, tracker::Tracker};
 
 #[derive(Debug)]
 pub struct Shared {
@@ -18,6 +18,9 @@ pub struct Shared {
     pub stats: Mutex<Stats>,
     /// The pod cache (empty and disabled outside Kubernetes).
     pub kube: Arc<Kube>,
+    /// Processes that died of a fatal error or an unrecovered panic, per
+    /// workload; they outlive the processes. Lock after `series`.
+    pub deaths: Mutex<DeathLog>,
 }
 
 /// Agent self-observation, refreshed by the control loop.
@@ -25,6 +28,8 @@ pub struct Shared {
 pub struct Stats {
     pub attached_binaries: usize,
     pub probe_errors: [u64; 2],
+    /// Fatal-path probe hits in any process (see `ebpf/src/maps.rs`).
+    pub fatal_hits: u64,
     pub attach_failures: BTreeMap<&'static str, u64>,
     /// Processes attached since start.
     pub attaches: u64,
@@ -79,6 +84,7 @@ impl Shared {
                 ..Stats::default()
             }),
             kube: Arc::new(Kube::default()),
+            deaths: Mutex::new(DeathLog::default()),
         }
     }
 }

@@ -8,6 +8,10 @@
 pub const MAP_EVENTS: &str = "EVENTS";
 /// Name of the hash map from watched PID (tgid) to its [`ProcConfig`].
 pub const MAP_TARGETS: &str = "TARGETS";
+/// Name of the map of processes whose death was reported (PID → 1).
+pub const MAP_DIED: &str = "DIED";
+/// Name of the per-CPU counter of fatal-path probe hits in any process.
+pub const MAP_FATAL_HITS: &str = "FATAL_HITS";
 /// Name of the per-CPU array of [`ProbeErrorKind`] counters.
 pub const MAP_ERRORS: &str = "ERRORS";
 /// Name of aya-log-ebpf's global that gates kernel-side log output; the
@@ -26,6 +30,37 @@ pub const PROG_CHAN_CLOSE: &str = "chan_close";
 /// Program fired at the `gopanic` calls in `runtime.chansend`: a send on a
 /// closed channel, about to panic.
 pub const PROG_SEND_CLOSED: &str = "chan_send_closed";
+/// Program fired on the runtime's fatal paths: `runtime.throw`,
+/// `runtime.fatal` (a fatal error, with its message) and
+/// `runtime.fatalpanic` (an unrecovered panic). Never reached while a
+/// program is healthy: each fires at most once, as the process dies.
+pub const PROG_FATAL: &str = "fatal_error";
+/// Return addresses a [`DeathEvent`] carries, innermost first.
+pub const DEATH_PCS: usize = 32;
+/// Bytes of the message a [`DeathEvent`] carries (longer ones are cut).
+pub const DEATH_MSG: usize = 256;
+
+/// Attach cookie of [`PROG_FATAL`]: what the probed function receives and
+/// where it is at the probe.
+pub mod death_cookie {
+    /// `fatalpanic(msgs *_panic)`; otherwise `throw`/`fatal(s string)`.
+    pub const PANIC: u64 = 1;
+    /// The site is the function's call to `runtime.systemstack` (Go 1.19
+    /// has no emulated instruction before the arguments are overwritten):
+    /// the arguments were copied into the closure RAX points at, from its
+    /// second word on.
+    pub const CLOSURE: u64 = 1 << 1;
+}
+
+/// Where a [`DeathEvent`]'s message came from.
+pub mod death_source {
+    /// `throw` or `fatal`: the runtime's fatal error string.
+    pub const THROW: u32 = 1;
+    /// `fatalpanic`: the unrecovered panic's value (a string, or an
+    /// error's or Stringer's text, which the runtime converts before).
+    pub const PANIC: u32 = 2;
+}
+
 /// Bound on remembered first closers (the kernel's `CLOSERS` LRU map), across processes.
 pub const MAX_CLOSERS: u32 = 16384;
 /// Bound on goroutines whose last block event time is remembered.
@@ -88,6 +123,8 @@ pub enum EventKind {
     CloseNil = 5,
     /// A send on a closed channel, about to panic ([`ChanEvent`]).
     SendClosed = 6,
+    /// The process is dying of a fatal error or an unrecovered panic ([`DeathEvent`]).
+    Death = 7,
 }
 
 impl EventKind {
@@ -99,6 +136,7 @@ impl EventKind {
             4 => Some(Self::DoubleClose),
             5 => Some(Self::CloseNil),
             6 => Some(Self::SendClosed),
+            7 => Some(Self::Death),
             _ => None,
         }
     }
@@ -156,6 +194,39 @@ pub struct ChanEvent {
 /// Size of [`ChanEvent`] on the wire.
 pub const CHAN_EVENT_SIZE: usize = core::mem::size_of::<ChanEvent>();
 
+/// A process dying: a fatal error or an unrecovered panic, caught on the
+/// runtime's fatal path before anything is printed. At most one per process
+/// (the first probe hit claims the PID in [`MAP_DIED`]; later ones send nothing).
+#[repr(C)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct DeathEvent {
+    /// [`EventKind::Death`].
+    pub kind: u32,
+    pub pid: u32,
+    /// The goroutine that died (the one on the M when it ran on g0: a
+    /// stack overflow is thrown from the system stack), or 0.
+    pub goid: u64,
+    /// A [`death_source`] value.
+    pub source: u32,
+    /// Bytes of `msg` that hold the message.
+    pub msg_len: u32,
+    /// The message's full length (it may be longer than `msg`).
+    pub full_len: u64,
+    /// Panics: the address of the value's type descriptor and its kind
+    /// (`abi.Kind`: 24 is a string); 0 for a throw.
+    pub value_type: u64,
+    pub value_kind: u32,
+    /// Return addresses in `pcs`.
+    pub npcs: u32,
+    /// The dying goroutine's stack, innermost first (frame pointers).
+    pub pcs: [u64; DEATH_PCS],
+    pub ktime_ns: u64,
+    pub msg: [u8; DEATH_MSG],
+}
+
+/// Size of [`DeathEvent`] on the wire.
+pub const DEATH_EVENT_SIZE: usize = core::mem::size_of::<DeathEvent>();
+
 /// Key of the kernel's `CLOSERS` map.
 #[repr(C)]
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
@@ -208,6 +279,18 @@ pub struct ProcConfig {
     pub hchan_dataqsiz: u32,
     pub hchan_closed: u32,
     pub hchan_lock: u32,
+    /// Offsets of `runtime.g.sched.pc` and `.bp`, to find the stack of the
+    /// goroutine a fatal error on the system stack was about.
+    pub g_sched_pc: u32,
+    pub g_sched_bp: u32,
+    /// Offset of `arg` in `runtime._panic` (8 before Go 1.26, then 0).
+    pub panic_arg: u32,
+    pub _pad: u32,
+    /// Runtime address of `runtime.allgs` (a `[]*g` whose first entry is
+    /// goroutine 1), or 0: the goroutine a fatal error on the system stack
+    /// with no user goroutine on the M (a deadlock found by the scheduler)
+    /// is reported about.
+    pub allgs: u64,
     /// Events this process could not submit because the ring buffer was full.
     /// Incremented atomically by the probes; read by the agent.
     pub lost: u64,
@@ -270,10 +353,12 @@ mod pod {
     unsafe impl aya::Pod for super::Closer {}
     unsafe impl aya::Pod for super::ProcEvent {}
     unsafe impl aya::Pod for super::GKey {}
+    unsafe impl aya::Pod for super::DeathEvent {}
 }
 
 const _: () = assert!(core::mem::size_of::<GoroutineEvent>() == 48);
-const _: () = assert!(core::mem::size_of::<ProcConfig>() == 48);
+const _: () = assert!(core::mem::size_of::<ProcConfig>() == 72);
+const _: () = assert!(core::mem::size_of::<DeathEvent>() == 48 + 8 * DEATH_PCS + 8 + DEATH_MSG);
 const _: () = assert!(core::mem::size_of::<ChanEvent>() == 104);
 const _: () = assert!(core::mem::size_of::<ProcEvent>() == 8);
 const _: () = assert!(core::mem::size_of::<CloserKey>() == 16);

@@ -34,6 +34,19 @@ pub static BLOCK_SEEN: LruHashMap<GKey, u64> = LruHashMap::with_max_entries(MAX_
 #[map(name = "CLOSERS")]
 pub static CLOSERS: LruHashMap<CloserKey, Closer> = LruHashMap::with_max_entries(MAX_CLOSERS, 0);
 
+/// Every run of the fatal-path program, in any process, watched or not,
+/// per CPU (slot 0): the benchmark checks that a healthy workload never
+/// reaches the runtime's fatal paths.
+#[map(name = "FATAL_HITS")]
+pub static FATAL_HITS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Processes whose death was reported: the first fatal-path hit inserts
+/// its PID with `BPF_NOEXIST`, which fails for any later one, on any CPU
+/// (two goroutines can throw "concurrent map writes" at once). LRU, and
+/// cleared by the agent when it starts watching a PID.
+#[map(name = "DIED")]
+pub static DIED: LruHashMap<u32, u64> = LruHashMap::with_max_entries(MAX_TARGETS, 0);
+
 /// Process exec and exit notices for the agent's discovery. Small: execs are
 /// rare next to goroutine events, and a missed one is found by the rescan.
 #[map(name = "PROC_EVENTS")]

@@ -81,7 +81,7 @@ pub fn host_cargo() -> Command {
 }
 
 /// Go programs under `xtask/go/`, each one `main.go`.
-pub const FIXTURES: [&str; 9] = [
+pub const FIXTURES: [&str; 10] = [
     "spawner",
     "churn",
     "demo",
@@ -91,6 +91,7 @@ pub const FIXTURES: [&str; 9] = [
     "hostile",
     "healthy",
     "liveleaks",
+    "deaths",
 ];
 
 /// How a fixture is built besides the default: the binary-reading tests
@@ -108,7 +109,8 @@ pub struct Variant {
 /// a stripped Go ≥ 1.26 binary (no textStart in its function table) must
 /// then be anchored through the runtime's module data. Only `spawner` is built in all of
 /// them, `inline` also stripped (its inline trees are found through module
-/// data then); the other fixtures only in the default one.
+/// data then), `deaths` also stripped (the fatal-path sites and stacks
+/// without symbols); the other fixtures only in the default one.
 pub const VARIANTS: [Variant; 4] = [
     Variant {
         suffix: "",
@@ -135,7 +137,7 @@ const VARIANT_FIXTURE: &str = "spawner";
 fn builds(name: &str, variant: &Variant) -> bool {
     variant.suffix.is_empty()
         || name == VARIANT_FIXTURE
-        || (name == "inline" && variant.suffix == "-stripped")
+        || ((name == "inline" || name == "deaths") && variant.suffix == "-stripped")
 }
 
 /// Directory of built fixtures: `<name>-<go line>[<variant>]` executables.

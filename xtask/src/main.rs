@@ -142,7 +142,8 @@ fn dispatch(task: Task) -> anyhow::Result<()> {
         Task::Soak { minutes } => soak(minutes),
         Task::Fuzz { seconds } => fuzz(seconds),
         Task::TestDeploy => {
-            let fixtures = build::build_fixtures(&[tools::GO_NEWEST], &["spawner", "demo"])?;
+            let fixtures =
+                build::build_fixtures(&[tools::GO_NEWEST], &["spawner", "demo", "deaths"])?;
             let (passed, failed) = deploy::test(&fixtures)?;
             println!("deploy checks: {passed} passed, {failed} failed");
             if failed > 0 {

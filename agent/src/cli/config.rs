@@ -207,7 +207,9 @@ pub struct RunArgs {
     /// Probe groups to attach, comma-separated: `lifecycle` (goroutine
     /// creation and exit: exact counts and lifetimes), `park` (where a
     /// goroutine blocks, as it blocks), `misuse` (double close, close of nil,
-    /// send on a closed channel); `all` (the default) or `none`. With `none`
+    /// send on a closed channel), `fatal` (fatal errors and unrecovered
+    /// panics, as the process dies; never fires before); `all` (the
+    /// default) or `none`. With `none`
     /// nothing fires in the watched process: counts and verdicts come from
     /// the goroutine table scans alone (every --scan-interval; creations
     /// estimated from goroutine IDs, within 16 per P), for services that

@@ -12,6 +12,7 @@ use serde_json::Value;
 
 use crate::{
     cli::config::LeaksArgs,
+    deaths::WorkloadDeaths,
     server::report::{Filter, ProcessReport, Report},
 };
 
@@ -223,7 +224,40 @@ pub fn render(report: &Report) -> String {
             }
         }
     }
+    for w in &report.deaths {
+        out.push_str(&death_line(w));
+    }
     out
+}
+
+/// One line per workload that died: how often and of what, then the last
+/// death's reason, message and where the program did it.
+fn death_line(w: &WorkloadDeaths) -> String {
+    let Some(last) = w.recent.front() else {
+        return String::new();
+    };
+    let counts: Vec<String> = w
+        .counts
+        .iter()
+        .map(|(r, n)| format!("{} x{n}", r.as_str()))
+        .collect();
+    let pod = if w.pod.is_empty() {
+        String::new()
+    } else {
+        format!(" {}/{}", w.namespace, w.pod)
+    };
+    let top = serde_json::to_value(&last.top).unwrap_or_default();
+    format!(
+        "{:<8} {:<16}{} died x{} ({}); last: {} {:?} in {}\n",
+        last.pid,
+        clean(&w.exe),
+        clean(&pod),
+        w.total,
+        counts.join(", "),
+        last.reason.as_str(),
+        clean(&last.message),
+        site(&top),
+    )
 }
 
 #[cfg(test)]
@@ -262,7 +296,26 @@ mod tests {
             row.ends_with("main.slowLookup (/src/main.go:7)  <-  main.fetch (/src/main.go:12)"),
             "{table}"
         );
-        let table = render(&report(""));
+        let mut r = report("");
+        r.deaths = serde_json::from_value(serde_json::json!([{
+            "exe": "api", "total": 3,
+            "counts": {"concurrent_map_access": 2, "panic": 1},
+            "recent": [{
+                "time": 1, "pid": 77, "reason": "concurrent_map_access",
+                "message": "concurrent map writes", "kind": "fatal_error",
+                "goroutine": 19, "go_version": "go1.27.3",
+                "top": {"function": "main.mapWriter", "file": "/src/main.go", "line": 25},
+                "stack": [],
+            }],
+        }]))
+        .unwrap();
+        let table = render(&r);
+        assert!(
+            table.ends_with(
+                "77       api              died x3 (concurrent_map_access x2, panic x1); last: concurrent_map_access \"concurrent map writes\" in main.mapWriter (/src/main.go:25)\n"
+            ),
+            "{table}"
+        );
         assert!(
             table.starts_with("PID      EXE              VERDICT"),
             "{table}"

@@ -3,11 +3,15 @@
 use crate::gobin::sites::ProbeGroup;
 
 /// Which probe groups are attached (`--probes`).
+// One flag per `--probes` group: a set, not a state machine.
+#[allow(clippy::struct_excessive_bools)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProbeGroups {
     pub lifecycle: bool,
     pub park: bool,
     pub misuse: bool,
+    /// The fatal paths: they fire only as a process dies.
+    pub fatal: bool,
 }
 
 impl ProbeGroups {
@@ -15,6 +19,7 @@ impl ProbeGroups {
         lifecycle: true,
         park: true,
         misuse: true,
+        fatal: true,
     };
 
     /// Whether the registry's `group` is chosen.
@@ -23,6 +28,7 @@ impl ProbeGroups {
             ProbeGroup::Lifecycle => self.lifecycle,
             ProbeGroup::Park => self.park,
             ProbeGroup::Misuse => self.misuse,
+            ProbeGroup::Fatal => self.fatal,
         }
     }
 
@@ -32,6 +38,7 @@ impl ProbeGroups {
             (self.lifecycle, "lifecycle"),
             (self.park, "park"),
             (self.misuse, "misuse"),
+            (self.fatal, "fatal"),
         ]
         .into_iter()
         .filter_map(|(on, name)| on.then_some(name))
@@ -49,6 +56,7 @@ pub(super) fn parse_probes(s: &str) -> Result<ProbeGroups, String> {
         lifecycle: false,
         park: false,
         misuse: false,
+        fatal: false,
     };
     match s.trim() {
         "all" => return Ok(ProbeGroups::ALL),
@@ -60,9 +68,10 @@ pub(super) fn parse_probes(s: &str) -> Result<ProbeGroups, String> {
             "lifecycle" => groups.lifecycle = true,
             "park" => groups.park = true,
             "misuse" => groups.misuse = true,
+            "fatal" => groups.fatal = true,
             _ => {
                 return Err(format!(
-                    "unknown probe group {name:?}: use lifecycle, park, misuse, all or none"
+                    "unknown probe group {name:?}: use lifecycle, park, misuse, fatal, all or none"
                 ))
             }
         }

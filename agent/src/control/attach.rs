@@ -118,7 +118,7 @@ impl Agent {
             0
         };
         self.register(pid, start_time, file, bias, &target);
-        if let Err(e) = self.kernel.watch(pid, &target) {
+        if let Err(e) = self.kernel.watch(pid, &target, bias) {
             self.forget(pid);
             return Err(e);
         }
@@ -228,7 +228,7 @@ impl Agent {
             pid,
             go = %bin.version,
             goroutines = scanned.len(),
-            leak_probes = bin.sites.iter().filter(|s| s.attach && s.spec.group != ProbeGroup::Lifecycle).count(),
+            leak_probes = bin.sites.iter().filter(|s| s.attach && matches!(s.spec.group, ProbeGroup::Park | ProbeGroup::Misuse)).count(),
             create_site = format_args!("{:#x} ({:?})", bin.create_site.address, bin.create_site.kind),
             exit_site = format_args!("{:#x} ({:?})", bin.exit_site.address, bin.exit_site.kind),
             scan_ms = begun.elapsed().as_secs_f64() * 1e3,

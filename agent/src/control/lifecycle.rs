@@ -22,6 +22,8 @@ impl Agent {
     /// binary's probes once no watched process runs it.
     pub(crate) fn forget(&mut self, pid: u32) {
         self.kernel.unwatch(pid);
+        let key = lock(&self.shared.series).key(pid).cloned();
+        self.remember_departed(pid, key);
         let state = lock(&self.shared.tracker).remove_process(pid);
         let last = state.map(|p| Counters {
             created: p.created_total,
@@ -153,14 +155,17 @@ impl Agent {
             }
         }
         let series = lock(&self.shared.series).len();
+        let deaths = lock(&self.shared.deaths).len();
         let mut stats = lock(&self.shared.stats);
         stats.attached_binaries = self.kernel.attached_binaries();
         stats.probe_errors = self.kernel.probe_errors();
+        stats.fatal_hits = self.kernel.fatal_hits();
         stats.proc_events_lost = self.procs.as_ref().map_or(0, ProcWatch::lost);
         stats.tables.insert("watched", self.watched.len());
         stats.tables.insert("binaries", self.binaries.len());
         stats.tables.insert("rejected", self.rejected.len());
         stats.tables.insert("series", series);
+        stats.tables.insert("deaths", deaths);
         stats.tables.insert("verdicts", self.classifier.len());
         if let Some(host) = &self.host {
             stats.tables.insert("declined", host.declined_len());
@@ -176,6 +181,7 @@ impl Agent {
         let mut next_stats = Instant::now();
         while !stop.load(Ordering::Relaxed) {
             self.handle_notices(&mut buf);
+            self.resolve_deaths();
             self.detach_idle();
             let now = Instant::now();
             if now >= next_scan {

@@ -5,6 +5,7 @@
 //! Both feed the shared tracker that the HTTP server reads.
 
 mod attach;
+mod deaths;
 
 pub use attach::validate_targets;
 use attach::Rejected;
@@ -86,6 +87,10 @@ pub struct Agent {
     /// Bounds of one heap walk; `None` when walks are off.
     pub(crate) walk_budget: Option<crate::reach::Budget>,
     pub(crate) last_table_scan: Option<Instant>,
+    /// Processes forgotten lately, for deaths still in the ring buffer.
+    pub(crate) departed: std::collections::VecDeque<deaths::Departed>,
+    /// Deaths received for a process not known yet (or any more), since when.
+    pub(crate) deaths_waiting: Vec<(gostray_common::DeathEvent, Instant)>,
 }
 
 impl Agent {
@@ -138,6 +143,8 @@ impl Agent {
                 ..crate::reach::Budget::default()
             }),
             last_table_scan: None,
+            departed: std::collections::VecDeque::new(),
+            deaths_waiting: Vec::new(),
         };
         for &pid in &args.pids {
             agent.attach(pid).with_context(|| format!("PID {pid}"))?;

@@ -254,11 +254,12 @@ fn choose_all<'a>(
     let mut chosen = Vec::new();
     for spec in sites::SITES {
         match choose(arch, image, spec, found, code) {
-            Ok(sites) => chosen.extend(sites.into_iter().map(|site| ChosenSite {
+            Ok((sites, extra)) => chosen.extend(sites.into_iter().map(|site| ChosenSite {
                 name: spec.name,
                 function: spec.function,
                 site,
                 spec,
+                cookie: spec.cookie.map(|c| c | extra),
                 attach: spec.panic_message.is_none()
                     || panics_with(arch, image, spec, found, code, site.address) != Some(false),
             })),
@@ -307,26 +308,45 @@ fn data_symbols<'a>(file: &'a object::File<'a>) -> HashMap<&'a str, (u64, u64)> 
     out
 }
 
-/// The sites one spec selects, with their file offsets.
+/// The sites one spec selects, with their file offsets, and what to add
+/// to the spec's cookie (its fallback rule's, when that chose them).
 fn choose<'a>(
     arch: &dyn Arch,
     image: &Image,
     spec: &sites::SiteSpec,
     found: &HashMap<&str, Func>,
     code: impl Fn(&Func) -> Option<&'a [u8]>,
-) -> Result<Vec<super::ProbeSite>, GoBinError> {
+) -> Result<(Vec<super::ProbeSite>, u64), GoBinError> {
     let missing = || GoBinError::MissingSymbol(spec.function);
     let f = found.get(spec.function).ok_or_else(missing)?;
-    let callee = match spec.find {
-        Find::CallTo(c) | Find::CallsTo(c) => found.get(c).map(|f| f.entry),
-        Find::Entry { .. } => None,
+    let body = code(f).ok_or_else(missing)?;
+    let (found_sites, extra) = match spec.find {
+        Find::CallTo(c) | Find::CallsTo(c) => (
+            arch.sites(f.entry, body, spec.find, found.get(c).map(|f| f.entry)),
+            0,
+        ),
+        Find::Entry { .. } => (arch.sites(f.entry, body, spec.find, None), 0),
+        Find::EntryElseCallTo {
+            live_args,
+            callee,
+            fallback_cookie,
+        } => match arch.sites(f.entry, body, Find::Entry { live_args }, None) {
+            Ok(s) => (Ok(s), 0),
+            Err(_) => (
+                arch.sites(
+                    f.entry,
+                    body,
+                    Find::CallTo(callee),
+                    found.get(callee).map(|f| f.entry),
+                ),
+                fallback_cookie,
+            ),
+        },
     };
-    let mut sites = arch
-        .sites(f.entry, code(f).ok_or_else(missing)?, spec.find, callee)
-        .map_err(|why| GoBinError::NoSite {
-            function: spec.function,
-            why,
-        })?;
+    let mut sites = found_sites.map_err(|why| GoBinError::NoSite {
+        function: spec.function,
+        why,
+    })?;
     for s in &mut sites {
         s.file_offset = image
             .file_offset(s.address)
@@ -335,7 +355,7 @@ fn choose<'a>(
                 why: format!("address {:#x} is in no loadable segment", s.address),
             })?;
     }
-    Ok(sites)
+    Ok((sites, extra))
 }
 
 /// The runtime's wait reason names: the table's address from `.symtab`

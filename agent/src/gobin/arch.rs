@@ -70,6 +70,8 @@ impl Arch for Amd64 {
             Find::Entry { live_args } => {
                 amd64::entry_site(address, code, live_args).map(|s| vec![s])
             }
+            // Split by the caller (`analyse::choose`), which must know which rule won.
+            Find::EntryElseCallTo { .. } => Err("entry-else-call is resolved by the caller".into()),
         }
     }
 

@@ -5,8 +5,8 @@
 //! [`super::arch::Arch`], and attaching only filters this list.
 
 use gostray_common::{
-    block_cookie, PROG_CHAN_CLOSE, PROG_GOROUTINE_BLOCK, PROG_GOROUTINE_CREATE,
-    PROG_GOROUTINE_EXIT, PROG_SEND_CLOSED,
+    block_cookie, death_cookie, PROG_CHAN_CLOSE, PROG_FATAL, PROG_GOROUTINE_BLOCK,
+    PROG_GOROUTINE_CREATE, PROG_GOROUTINE_EXIT, PROG_SEND_CLOSED,
 };
 use serde::Serialize;
 
@@ -43,6 +43,14 @@ pub enum Find {
     /// The first emulated instruction near the entry reached before any
     /// of these argument registers (by ABI index) is overwritten.
     Entry { live_args: &'static [usize] },
+    /// [`Find::Entry`], else the first call to `callee` (with
+    /// `fallback_cookie` added to the site's cookie, so the program knows
+    /// its arguments have moved).
+    EntryElseCallTo {
+        live_args: &'static [usize],
+        callee: &'static str,
+        fallback_cookie: u64,
+    },
 }
 
 /// Which `--probes` group a site belongs to.
@@ -54,6 +62,8 @@ pub enum ProbeGroup {
     Park,
     /// Channel misuse.
     Misuse,
+    /// The runtime's fatal paths: fatal errors and unrecovered panics.
+    Fatal,
 }
 
 /// One line of the site list.
@@ -92,6 +102,11 @@ pub const SITE_BLOCK_UNLOCK: &str = "block_unlock";
 pub const SITE_CLOSE: &str = "close";
 /// The `gopanic` calls in `runtime.chansend`: "send on closed channel".
 pub const SITE_SEND_CLOSED: &str = "send_closed";
+
+/// `runtime.throw`, `runtime.fatal`: a fatal error with its message.
+pub const SITE_THROW: &str = "throw";
+/// `runtime.fatalpanic`: an unrecovered panic.
+pub const SITE_FATAL_PANIC: &str = "fatal_panic";
 
 /// The message of the panics the send-on-closed probe is for; chansend
 /// has others (Go 1.24+: "send on synctest channel from outside bubble").
@@ -166,6 +181,25 @@ const fn unlock_parks(function: &'static str) -> SiteSpec {
     }
 }
 
+/// A site on a fatal path: the prologue's `push rbp`, else (Go 1.19) the
+/// call to `runtime.systemstack`, whose closure holds the arguments.
+const fn fatal(name: &'static str, function: &'static str, cookie: u64) -> SiteSpec {
+    SiteSpec {
+        cookie: Some(cookie),
+        ..optional(
+            name,
+            function,
+            Find::EntryElseCallTo {
+                live_args: &[0, 1],
+                callee: "runtime.systemstack",
+                fallback_cookie: death_cookie::CLOSURE,
+            },
+            PROG_FATAL,
+            ProbeGroup::Fatal,
+        )
+    }
+}
+
 /// Every probe site, in attach order.
 pub const SITES: &[SiteSpec] = &[
     lifecycle(
@@ -207,6 +241,10 @@ pub const SITES: &[SiteSpec] = &[
             ProbeGroup::Misuse,
         )
     },
+    // Cold paths only: none of these is reached by a program that lives.
+    fatal(SITE_THROW, "runtime.throw", 0),
+    fatal(SITE_THROW, "runtime.fatal", 0),
+    fatal(SITE_FATAL_PANIC, "runtime.fatalpanic", death_cookie::PANIC),
 ];
 
 /// The kernel programs the registry names, each once, in list order.
@@ -229,6 +267,10 @@ pub struct ChosenSite {
     /// Its line of [`SITES`].
     #[serde(skip)]
     pub spec: &'static SiteSpec,
+    /// The attach cookie: the spec's, plus its fallback's when the
+    /// fallback rule chose the site.
+    #[serde(skip)]
+    pub cookie: Option<u64>,
     /// Whether the probe goes there: false for a `gopanic` call whose
     /// message is not the spec's.
     #[serde(skip)]
@@ -239,7 +281,7 @@ impl SiteSpec {
     /// Functions whose addresses or code this spec needs.
     pub fn functions(&self) -> impl Iterator<Item = &'static str> {
         let callee = match self.find {
-            Find::CallTo(c) | Find::CallsTo(c) => Some(c),
+            Find::CallTo(c) | Find::CallsTo(c) | Find::EntryElseCallTo { callee: c, .. } => Some(c),
             Find::Entry { .. } => None,
         };
         std::iter::once(self.function).chain(callee)

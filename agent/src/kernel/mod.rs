@@ -17,8 +17,8 @@ use aya::{
 };
 use aya_log::EbpfLogger;
 use gostray_common::{
-    ProbeErrorKind, ProcConfig, GLOBAL_LOG_LEVEL, MAP_ERRORS, MAP_EVENTS, MAP_TARGETS,
-    OFFSET_ABSENT,
+    ProbeErrorKind, ProcConfig, GLOBAL_LOG_LEVEL, MAP_DIED, MAP_ERRORS, MAP_EVENTS, MAP_FATAL_HITS,
+    MAP_TARGETS, OFFSET_ABSENT,
 };
 
 use crate::{
@@ -41,7 +41,7 @@ fn placements(target: &Target, groups: ProbeGroups) -> Vec<Placement> {
         .sites
         .iter()
         .filter(|s| s.attach && groups.has(s.spec.group))
-        .map(|s| (s.spec.program, s.site.file_offset, s.spec.cookie))
+        .map(|s| (s.spec.program, s.site.file_offset, s.cookie))
         .collect()
 }
 
@@ -49,7 +49,10 @@ fn placements(target: &Target, groups: ProbeGroups) -> Vec<Placement> {
 pub struct Kernel {
     ebpf: Ebpf,
     targets: BpfHashMap<MapData, u32, ProcConfig>,
+    /// PIDs whose death the kernel reported (see `ebpf/src/maps.rs`).
+    died: BpfHashMap<MapData, u32, u64>,
     errors: PerCpuArray<MapData, u64>,
+    fatal_hits: PerCpuArray<MapData, u64>,
     /// Attachments per executable file: one set shared by all its processes.
     links: HashMap<FileId, Vec<(&'static str, UProbeLinkId)>>,
     logger: Option<EbpfLogger<&'static dyn log::Log>>,
@@ -131,11 +134,15 @@ impl Kernel {
         let ring = RingBuf::try_from(take(&mut ebpf, MAP_EVENTS)?)?;
         let targets = BpfHashMap::try_from(take(&mut ebpf, MAP_TARGETS)?)?;
         let errors = PerCpuArray::try_from(take(&mut ebpf, MAP_ERRORS)?)?;
+        let died = BpfHashMap::try_from(take(&mut ebpf, MAP_DIED)?)?;
+        let fatal_hits = PerCpuArray::try_from(take(&mut ebpf, MAP_FATAL_HITS)?)?;
         Ok((
             Self {
                 ebpf,
                 targets,
+                died,
                 errors,
+                fatal_hits,
                 links: HashMap::new(),
                 detacher: spawn_detacher()?,
                 logger,
@@ -229,7 +236,9 @@ impl Kernel {
     }
 
     /// Starts reporting events from `pid`.
-    pub fn watch(&mut self, pid: u32, target: &Target) -> anyhow::Result<()> {
+    pub fn watch(&mut self, pid: u32, target: &Target, bias: u64) -> anyhow::Result<()> {
+        // A PID reused after a death: this process's own death must be sent.
+        let _ = self.died.remove(&pid);
         let o = target.bin.offsets;
         let chan = target.leak.as_ref().map(|l| l.chan);
         let g = target.leak.as_ref().map(|l| l.g);
@@ -244,6 +253,11 @@ impl Kernel {
             hchan_dataqsiz: chan.map_or(0, |c| c.dataqsiz),
             hchan_closed: chan.map_or(0, |c| c.closed),
             hchan_lock: chan.map_or(0, |c| c.lock),
+            g_sched_pc: g.map_or(OFFSET_ABSENT, |g| g.sched_pc),
+            g_sched_bp: g.map_or(OFFSET_ABSENT, |g| g.sched_bp),
+            panic_arg: panic_arg_offset(target.bin.version),
+            _pad: 0,
+            allgs: target.bin.allgs.wrapping_add(bias),
             lost: 0,
         };
         self.targets.insert(pid, cfg, 0).with_context(|| {
@@ -265,6 +279,13 @@ impl Kernel {
         self.targets.get(&pid, 0).map_or(0, |c| c.lost)
     }
 
+    /// Fatal-path probe hits in any process, summed over CPUs.
+    pub fn fatal_hits(&self) -> u64 {
+        self.fatal_hits
+            .get(&0, 0)
+            .map_or(0, |per_cpu| per_cpu.iter().sum::<u64>())
+    }
+
     /// Probe failures summed over CPUs, indexed by [`ProbeErrorKind`].
     pub fn probe_errors(&self) -> [u64; 2] {
         let sum = |kind: ProbeErrorKind| {
@@ -273,6 +294,16 @@ impl Kernel {
                 .map_or(0, |per_cpu| per_cpu.iter().sum::<u64>())
         };
         [sum(ProbeErrorKind::ReadUser), sum(ProbeErrorKind::RingFull)]
+    }
+}
+
+/// Offset of `arg` in `runtime._panic`: Go 1.26 removed the `argp` word
+/// before it (runtime2.go, checked on 1.19 and 1.21–1.27).
+fn panic_arg_offset(v: crate::gobin::GoVersion) -> u32 {
+    if (v.major, v.minor) >= (1, 26) {
+        0
+    } else {
+        8
     }
 }
 

@@ -2,6 +2,7 @@
 //! so a process that goes away takes its series with it.
 
 mod agent;
+mod deaths;
 mod family;
 mod leaks;
 pub mod names;
@@ -176,6 +177,7 @@ impl Collector for AgentCollector {
         let stray = tracker.stray_events;
         let watched = procs.len();
         drop(tracker);
+        crate::metrics::deaths::encode(&mut enc, shared)?;
         crate::metrics::agent::encode(&mut enc, shared, watched)?;
 
         family(
@@ -205,6 +207,13 @@ impl Collector for AgentCollector {
             "Probe failures in the kernel, by kind",
             MetricType::Counter,
             errors,
+        )?;
+        family(
+            &mut enc,
+            names::FATAL_HITS,
+            "Runs of the fatal-path probe (runtime.throw, fatal, fatalpanic) in any process running a watched executable; a healthy program never reaches them",
+            MetricType::Counter,
+            [(Labels::new(), ConstCounter::new(stats.fatal_hits))],
         )?;
         let failures = stats.attach_failures.iter().map(|(reason, n)| {
             (

@@ -43,4 +43,7 @@ pub const TABLE_SCAN_SECONDS: &str = "gostray_goroutine_scan_seconds";
 pub const LAYOUT_GUESSED: &str = "gostray_binaries_layout_guessed";
 pub const HEAP_WALKS: &str = "gostray_heap_walks";
 pub const HEAP_WALK_SECONDS: &str = "gostray_heap_walk_seconds";
+pub const DEATHS: &str = "gostray_process_deaths";
+pub const DEATHS_UNRECORDED: &str = "gostray_process_deaths_unrecorded";
+pub const FATAL_HITS: &str = "gostray_fatal_probe_hits";
 pub const HEAP_WALK_BYTES: &str = "gostray_heap_walk_read_bytes";

@@ -130,10 +130,16 @@ fn route(head: &str, shared: &Shared, registry: &Registry, limiter: &RateLimiter
                 Ok(f) => f,
                 Err(e) => return reply(400, "text/plain", &format!("{e}\n")),
             };
-            let report = {
+            let mut report = {
                 let tracker = lock(&shared.tracker);
                 report::build(&tracker, &filter)
             };
+            report.deaths = lock(&shared.deaths)
+                .workloads()
+                .into_iter()
+                .map(|(_, w)| w.clone())
+                .collect();
+            filter.apply(&mut report);
             match serde_json::to_string_pretty(&report) {
                 Ok(json) => reply(200, "application/json", &json),
                 Err(_) => reply(500, "text/plain", "report failed\n"),

@@ -2,12 +2,20 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::tracker::{MisuseReport, ProcessState, Tracker};
+use crate::{
+    deaths::WorkloadDeaths,
+    tracker::{MisuseReport, ProcessState, Tracker},
+};
 
-/// The whole report, one entry per watched process.
+/// The whole report, one entry per watched process, and the deaths of
+/// every workload (they outlive their processes).
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Report {
     pub processes: Vec<ProcessReport>,
+    /// Workloads that died of a fatal error or an unrecovered panic: counts
+    /// by reason and the last deaths, newest first.
+    #[serde(default)]
+    pub deaths: Vec<WorkloadDeaths>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -43,7 +51,10 @@ pub fn build(tracker: &Tracker, filter: &Filter) -> Report {
         .map(|(pid, p)| process(pid, p))
         .collect();
     processes.sort_by_key(|p| p.pid);
-    let mut report = Report { processes };
+    let mut report = Report {
+        processes,
+        deaths: Vec::new(),
+    };
     filter.apply(&mut report);
     report
 }
@@ -148,9 +159,14 @@ impl Filter {
         report
             .processes
             .retain(|p| self.keeps(&p.exe, &p.namespace, &p.pod));
+        report
+            .deaths
+            .retain(|d| self.keeps(&d.exe, &d.namespace, &d.pod));
         let Some(verdict) = self.verdict.as_deref() else {
             return;
         };
+        // Deaths have no verdict, like channel misuse.
+        report.deaths.clear();
         for p in &mut report.processes {
             p.groups.retain(|g| g["verdict"] == verdict);
             if verdict != "held" {
@@ -220,6 +236,7 @@ mod tests {
                 process(2, "api", "shop", "web-0"),
                 process(3, "kubelet", "", ""),
             ],
+            deaths: Vec::new(),
         };
         Filter::from_query(query).unwrap().apply(&mut r);
         r.processes

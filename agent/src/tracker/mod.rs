@@ -16,19 +16,28 @@ mod verdict;
 
 use std::collections::{HashMap, HashSet};
 
-use gostray_common::{ChanEvent, EventKind, GoroutineEvent, CHAN_EVENT_SIZE, EVENT_SIZE};
+use gostray_common::{
+    ChanEvent, DeathEvent, EventKind, GoroutineEvent, CHAN_EVENT_SIZE, DEATH_EVENT_SIZE, EVENT_SIZE,
+};
 pub use group::{Held, MisuseReport, Summary, Verdict};
 pub use process::{PodPlace, ProcessInfo, ProcessState};
-pub use site::{Site, Symbols};
+pub use site::{is_mechanism, Site, Symbols};
 
 use input::ScannedG;
 
 /// One decoded ring-buffer record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     Goroutine(GoroutineEvent),
     Chan(ChanEvent),
+    /// Boxed: it is five times the others, and rare (once per process).
+    Death(Box<DeathEvent>),
 }
+
+/// Deaths held for the control loop to resolve: at most one per process
+/// (the kernel sends only the first), so this bound is only reached when
+/// hundreds of processes die within one control tick.
+pub const MAX_PENDING_DEATHS: usize = 256;
 
 /// Every watched process, by PID.
 #[derive(Debug)]
@@ -42,6 +51,11 @@ pub struct Tracker {
     /// No lifecycle probes (`--probes` without `lifecycle`): creations and
     /// exits are counted from the scans.
     from_scans: bool,
+    /// Deaths not yet resolved by the control loop. Kept apart from the
+    /// processes: the exit notice often removes the process first.
+    pending_deaths: Vec<DeathEvent>,
+    /// Deaths dropped because [`MAX_PENDING_DEATHS`] were waiting.
+    pub deaths_dropped: u64,
 }
 
 impl Tracker {
@@ -51,6 +65,8 @@ impl Tracker {
             max_goroutines,
             stray_events: 0,
             from_scans: false,
+            pending_deaths: Vec::new(),
+            deaths_dropped: 0,
         }
     }
 
@@ -86,11 +102,24 @@ impl Tracker {
         self.procs.iter().map(|(&pid, p)| (pid, p))
     }
 
+    /// The deaths received since the last call, for the control loop.
+    pub fn take_deaths(&mut self) -> Vec<DeathEvent> {
+        std::mem::take(&mut self.pending_deaths)
+    }
+
     /// Applies one decoded ring-buffer event.
     pub fn apply(&mut self, event: &Event) {
         let (kind, pid) = match event {
             Event::Goroutine(e) => (e.kind, e.pid),
             Event::Chan(e) => (e.kind, e.pid),
+            Event::Death(e) => {
+                if self.pending_deaths.len() < MAX_PENDING_DEATHS {
+                    self.pending_deaths.push(**e);
+                } else {
+                    self.deaths_dropped += 1;
+                }
+                return;
+            }
         };
         let (Some(kind), Some(proc)) = (EventKind::from_u32(kind), self.procs.get_mut(&pid)) else {
             self.stray_events += 1;
@@ -244,6 +273,12 @@ pub fn decode_event(bytes: &[u8]) -> Option<Event> {
             Some(Event::Chan(unsafe {
                 bytes.as_ptr().cast::<ChanEvent>().read_unaligned()
             }))
+        }
+        EventKind::Death if bytes.len() >= DEATH_EVENT_SIZE => {
+            // SAFETY: as above.
+            Some(Event::Death(Box::new(unsafe {
+                bytes.as_ptr().cast::<DeathEvent>().read_unaligned()
+            })))
         }
         _ => None,
     }

@@ -1,12 +1,12 @@
 //! Naming where goroutines are: source sites from PCs, the blocking frame,
 //! the start function, as the runtime's own tracebacks show them.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::goroutine::Goroutine;
 
 /// A source location, as reported.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Site {
     pub function: String,
     pub file: String,
@@ -58,7 +58,9 @@ pub(super) const MECHANISM: [&str; 5] = [
     "internal/",
 ];
 
-fn is_mechanism(function: &str) -> bool {
+/// Whether `function` is the runtime's or `sync`'s machinery rather than
+/// the program's own code.
+pub fn is_mechanism(function: &str) -> bool {
     MECHANISM.iter().any(|m| function.starts_with(m))
 }
 

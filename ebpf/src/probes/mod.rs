@@ -5,6 +5,7 @@ mod close;
 mod create;
 mod exec;
 mod exit;
+mod fatal;
 mod send_closed;
 
 use aya_ebpf::programs::ProbeContext;

@@ -79,6 +79,14 @@ pub fn run(
         .context("running wrk")?;
     let text = String::from_utf8_lossy(&out.stdout);
     let mut load = parse(&text).with_context(|| format!("unexpected wrk output:\n{text}"))?;
+    if let Some(a) = &agent {
+        let what = if close {
+            "http (new connections)"
+        } else {
+            "http (keep-alive)"
+        };
+        proc::no_fatal_hits(&a.metrics(), what)?;
+    }
     if let (Some(a), Some((e0, c0, _))) = (&agent, before) {
         let (e1, c1, lost) = counted(a);
         load.events_per_s = (e1 - e0) / seconds as f64;

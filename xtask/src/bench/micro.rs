@@ -93,6 +93,7 @@ pub fn run(ctx: &Ctx, setup: Setup, binary: &Path, mode: &str, n: u64) -> anyhow
                 last = now;
             }
             let after = agent.metrics();
+            proc::no_fatal_hits(&after, mode)?;
             Ok(Sample {
                 ns_per_op,
                 agent_cpu_s: proc::cpu_seconds(agent.pid()) - cpu0,

@@ -179,6 +179,24 @@ fn status_bytes(pid: u32, field: &str) -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
+/// Fails when the agent's fatal-path probes (`runtime.throw`, `fatal`,
+/// `fatalpanic`) ran during `workload`: they must cost a healthy program
+/// nothing, which means they must never fire. The counter is the
+/// kernel's own (per-CPU, bumped before the PID filter, so it counts hits
+/// in every process of the executable).
+pub fn no_fatal_hits(metrics: &str, workload: &str) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        metrics.contains("\ngostray_fatal_probe_hits_total "),
+        "the agent exports no gostray_fatal_probe_hits_total: the fatal-path check cannot run"
+    );
+    let hits = sample(metrics, "gostray_fatal_probe_hits_total");
+    anyhow::ensure!(
+        hits == 0.0,
+        "the fatal-path probes fired {hits} times during the {workload} workload"
+    );
+    Ok(())
+}
+
 /// How many times the kernel ran `pid`'s BPF programs and for how long in
 /// all (ns), from their fdinfo (`run_cnt`, `run_time_ns`: counted only
 /// while `kernel.bpf_stats_enabled` is 1).

@@ -21,7 +21,7 @@ use super::{
     pod::{self, FakePod},
     prometheus::{fast_rules, poll, Prometheus},
     targets, unattachable,
-    workload::{copy_as_exe, copy_fixture_as, exe, Spawner, CART, DEMO, SPAWNER},
+    workload::{copy_as_exe, copy_fixture_as, exe, Spawner, CART, DEATHS, DEMO, SPAWNER},
     Tally,
 };
 use crate::util::{free_port, root, Guard};
@@ -58,8 +58,18 @@ pub fn run(
     let too_old = work.join(exe(unattachable::NAME));
     unattachable::make(&fixtures.join(SPAWNER), &too_old)?;
     let port = free_port()?;
-    let exes = [DEMO, SPAWNER, CART, unattachable::NAME].map(exe);
+    let exes = [DEMO, SPAWNER, CART, DEATHS, unattachable::NAME].map(exe);
     let mut agent = start_agent(agent, port, &exes, &in_pod.pod.url(), work)?;
+    // Dies of concurrent map writes two seconds in (the agent attaches at
+    // its exec), before the rules are checked: GostrayFatalConcurrencyError.
+    let _dying = Guard(
+        Command::new(copy_as_exe(fixtures, DEATHS, work)?)
+            .args(["concurrent_map_access", "2s"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting the deaths fixture")?,
+    );
 
     let rules = work.join("rules-fast.yaml");
     fast_rules(

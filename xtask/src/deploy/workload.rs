@@ -13,6 +13,8 @@ use crate::util::Guard;
 
 pub(super) const DEMO: &str = "demo-1.27";
 pub(super) const SPAWNER: &str = "spawner-1.27";
+/// Dies of the death named on its command line (alerts.rs).
+pub(super) const DEATHS: &str = "deaths-1.27";
 /// The spawner again, run as the container of a pod (pod.rs).
 pub(super) const CART: &str = "cart-1.27";
 
