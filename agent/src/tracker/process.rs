@@ -185,18 +185,12 @@ impl ProcessState {
 
     /// Switches where creations and exits are counted from: the lifecycle
     /// probes (`on`) or the scans, as when the overhead budget detaches or
-    /// re-arms them. The totals carry on from where they are: in scan mode
-    /// exits are what the live count no longer holds, so that base is set
-    /// to make the switch itself count nothing.
+    /// re-arms them. The totals carry on from where they are. In scan mode
+    /// the exits are the goroutines counted (live at attach, plus created)
+    /// that the live count no longer holds, which also counts the exits
+    /// still in flight when the probes went.
     pub fn set_lifecycle_probes(&mut self, on: bool) {
-        if self.from_scans != on {
-            return;
-        }
         self.from_scans = !on;
-        if !on {
-            self.scan_counts.live_at_attach =
-                (self.exited_total + self.live_count()).saturating_sub(self.created_total);
-        }
     }
 
     /// Whether creations and exits are counted from the lifecycle probes.
