@@ -184,8 +184,8 @@ impl Kernel {
                     while ring.next().is_some() {}
                 }
             }
-            let bare = best.pop().unwrap_or_default();
-            best.into_iter().map(|t| t - bare).collect()
+            let unprobed = best.pop().unwrap_or_default();
+            best.into_iter().map(|t| t - unprobed).collect()
         };
         let mut links = Vec::new();
         for (site, (name, _)) in programs.iter().enumerate() {
