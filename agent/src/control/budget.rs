@@ -102,6 +102,8 @@ struct GroupState {
     backoff: Duration,
     rearm_at: Option<Instant>,
     armed_since: Option<Instant>,
+    /// The group's cost ratio in the window that detached it.
+    tripped_ratio: f64,
 }
 
 impl Default for GroupState {
@@ -114,6 +116,7 @@ impl Default for GroupState {
             backoff: FIRST_BACKOFF,
             rearm_at: None,
             armed_since: None,
+            tripped_ratio: 0.0,
         }
     }
 }
@@ -192,6 +195,7 @@ impl FileBudget {
         };
         g.active = false;
         g.detaches += 1;
+        g.tripped_ratio = g.ratio;
         g.rearm_at = Some(now + g.backoff);
     }
 
@@ -247,6 +251,9 @@ pub struct GroupReport {
     pub cost_ratio: f64,
     pub detaches: u64,
     pub rearm_in_seconds: Option<f64>,
+    /// While detached: the cost ratio that detached it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detached_at_cost_ratio: Option<f64>,
 }
 
 impl Budget {
@@ -472,6 +479,7 @@ impl Agent {
                     rearm_in_seconds: g
                         .rearm_at
                         .map(|t| t.saturating_duration_since(now).as_secs_f64()),
+                    detached_at_cost_ratio: (!g.active).then_some(g.tripped_ratio),
                 })
                 .collect();
             executables.push(ExeReport {
