@@ -110,9 +110,11 @@ impl Agent {
     ) -> anyhow::Result<(Self, RingBuf<MapData>)> {
         let (mut kernel, mut ring) =
             Kernel::load(args.ring_buffer_bytes, args.kernel_log, args.probes)?;
+        let calibrating = Instant::now();
         let price = match kernel.calibrate(&mut ring) {
             Ok(c) => {
                 tracing::info!(
+                    took_ms = calibrating.elapsed().as_millis(),
                     floor_ns = format!("{:.0}", c.floor_ns),
                     create_ns = format!("{:.0}", c.cost_ns[gostray_common::hit::CREATE as usize]),
                     exit_ns = format!("{:.0}", c.cost_ns[gostray_common::hit::EXIT as usize]),

@@ -60,8 +60,16 @@ pub fn run(
     let port = free_port()?;
     let exes = [DEMO, SPAWNER, CART, DEATHS, unattachable::NAME].map(exe);
     let mut agent = start_agent(agent, port, &exes, &in_pod.pod.url(), work)?;
-    // Dies of concurrent map writes two seconds in (the agent attaches at
+    // Once the agent is ready (its exec notices are on), a process that
+    // dies of concurrent map writes two seconds in (the agent attaches at
     // its exec), before the rules are checked: GostrayFatalConcurrencyError.
+    poll(Duration::from_secs(30), "the agent ready", || {
+        if let Ok(Some(status)) = agent.0.try_wait() {
+            bail!("the agent exited ({status})");
+        }
+        Ok(super::http::get(port, "/readyz").is_ok_and(|(status, _)| status == 200))
+    })
+    .with_context(|| format!("agent log: {}", work.join("agent.log").display()))?;
     let _dying = Guard(
         Command::new(copy_as_exe(fixtures, DEATHS, work)?)
             .args(["concurrent_map_access", "2s"])
