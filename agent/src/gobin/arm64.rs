@@ -18,8 +18,9 @@
 //!
 //! Data addresses are PC-relative pairs: `adrp xN, page` then `add xN,
 //! xN, #lo` (an address, amd64's `lea`) or `ldr`/`str xT, [xN, #lo]` (a
-//! load or store of a global, amd64's RIP-relative `mov`). Go uses R27
-//! (REGTMP) for the page of the latter.
+//! load or store of a global, amd64's RIP-relative `mov`). Go's assembler
+//! uses R27 (REGTMP) for the page or address of the latter: an address
+//! computed into R27 is a data access, never an address taken.
 
 use std::collections::HashMap;
 
@@ -51,6 +52,8 @@ const ARG_REGS: u16 = 16;
 const MAX_ENTRY_INSTRUCTIONS: usize = 20;
 /// The goroutine pointer register.
 const REG_G: u16 = 28;
+/// The assembler's temporary (Go's REGTMP), never allocated by the compiler.
+const REGTMP: u16 = 27;
 /// `g.stackguard0`, the prologue's stack check loads it.
 const STACKGUARD0: i32 = 16;
 
@@ -235,6 +238,18 @@ impl Tracker {
                 t.step(i.pc, op);
             }
         }
+        // An address used at once as the base of a load or store is how
+        // position-independent code (which cannot use REGTMP there) reaches
+        // a global (`adrp x5; add x5, x5, #lo; ldrb w6, [x5]`): that access
+        // is recorded; the address is not one the code takes.
+        let next = |pc: u64| {
+            let n = usize::try_from((pc - address) / 4).ok()?;
+            insns.get(n + 1)?.op.as_ref()
+        };
+        t.refs.retain(|r| match r.access {
+            Access::Address { reg } => !next(r.pc).is_some_and(|op| memory_base(op) == Some(reg)),
+            _ => true,
+        });
         (t.refs, insns)
     }
 
@@ -251,12 +266,20 @@ impl Tracker {
                 self.push(pc, new_base, Access::Address { reg: dst.unwrap_or(31) });
             }
             (Opcode::ADD, _) => {
-                if let (Some(b), Some(imm)) = (
-                    reg(src).and_then(|n| self.base.get(&n).copied()),
-                    immediate(&op.operands[2]),
-                ) {
-                    new_base = Some(b.wrapping_add(imm));
-                    self.push(pc, new_base, Access::Address { reg: dst.unwrap_or(31) });
+                let b = reg(src).and_then(|n| self.base.get(&n).copied());
+                match (b, immediate(&op.operands[2])) {
+                    (Some(b), Some(imm)) => {
+                        new_base = Some(b.wrapping_add(imm));
+                        // An address in REGTMP is the assembler reaching a
+                        // global for the load or store that follows.
+                        if dst != Some(REGTMP) {
+                            self.push(pc, new_base, Access::Address { reg: dst.unwrap_or(31) });
+                        }
+                    }
+                    // `add x2, x3, x2, lsl #4`: a table indexed by a
+                    // register, read through x2 (Go ≥ 1.26 `ldp`).
+                    (Some(_), None) => self.push(pc, b, Access::Indexed),
+                    _ => {}
                 }
             }
             (Opcode::LDR | Opcode::LDRB | Opcode::LDRH | Opcode::LDRSW, _) => match *src {
@@ -272,6 +295,18 @@ impl Tracker {
                 }
                 _ => {}
             },
+            // `ldp x3, x4, [x27]`: a slice's pointer and length at once.
+            (Opcode::LDP, _) => {
+                if let Operand::RegPreIndex(n, off, false) = op.operands[2] {
+                    if let Some(&b) = self.base.get(&n) {
+                        let at = b.wrapping_add_signed(i64::from(off));
+                        let second = reg(&op.operands[1]).unwrap_or(31);
+                        self.push(pc, Some(at), Access::Load { reg: dst.unwrap_or(31) });
+                        self.push(pc, Some(at + 8), Access::Load { reg: second });
+                        new_loaded = Some(at);
+                    }
+                }
+            }
             (Opcode::STR | Opcode::STLR, Operand::RegPreIndex(n, off, false)) => {
                 if let Some(&b) = self.base.get(n) {
                     let from = dst.and_then(|v| self.loaded.get(&v).copied());
@@ -298,6 +333,16 @@ impl Tracker {
             self.refs.push(Ref { pc, target, access });
         }
     }
+}
+
+/// The base register of a load's or store's memory operand.
+fn memory_base(op: &Instruction) -> Option<u16> {
+    op.operands.iter().find_map(|o| match *o {
+        Operand::RegPreIndex(n, ..) | Operand::RegPostIndex(n, _) | Operand::RegRegOffset(n, ..) => {
+            Some(n)
+        }
+        _ => None,
+    })
 }
 
 /// An `add`/`cmp` immediate, shifted.
