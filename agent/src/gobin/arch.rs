@@ -6,7 +6,7 @@
 use serde::Serialize;
 
 use super::{
-    amd64, arm64,
+    amd64, arm64, arm64_data,
     sites::{Find, ProbeSite},
 };
 
@@ -236,27 +236,27 @@ impl Arch for Arm64 {
     }
 
     fn allg_addresses(&self, address: u64, code: &[u8]) -> Option<(u64, u64)> {
-        arm64::allg_addresses(address, code)
+        arm64_data::allg_addresses(address, code)
     }
 
     fn wait_reason_table(&self, address: u64, code: &[u8]) -> Option<(u64, u64)> {
-        arm64::wait_reason_table(address, code)
+        arm64_data::wait_reason_table(address, code)
     }
 
     fn panic_string(&self, address: u64, code: &[u8]) -> Option<u64> {
-        arm64::panic_string(address, code)
+        arm64_data::panic_string(address, code)
     }
 
     fn address_argument(&self, address: u64, code: &[u8], callee: u64, arg: usize) -> Option<u64> {
-        arm64::address_argument(address, code, callee, arg)
+        arm64_data::address_argument(address, code, callee, arg)
     }
 
     fn addresses_taken(&self, address: u64, code: &[u8]) -> Vec<u64> {
-        arm64::addresses_taken(address, code)
+        arm64_data::addresses_taken(address, code)
     }
 
     fn slice_read(&self, address: u64, code: &[u8]) -> Option<u64> {
-        arm64::slice_read(address, code)
+        arm64_data::slice_read(address, code)
     }
 }
 

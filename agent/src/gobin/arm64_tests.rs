@@ -9,6 +9,9 @@ use std::{collections::HashMap, path::PathBuf};
 use object::{Object, ObjectSymbol};
 
 use super::*;
+use crate::gobin::arm64_data::{
+    address_argument, addresses_taken, allg_addresses, panic_string, slice_read, wait_reason_table,
+};
 use crate::gobin::{
     arch::{self, Arch, Machine},
     arm64_uprobe::{classify, Uprobe},
@@ -54,13 +57,30 @@ fn entry_falls_back_to_the_stack_check_branch() {
 #[test]
 fn entry_takes_an_adrp_while_the_arguments_live() {
     // runtime.throw (Go 1.23, NOSPLIT): frame, spill x0, adrp x2.
-    let throw = [0xf81d_0ffe, 0xf81f_83fd, 0xd100_23fd, 0xf900_1fe0, 0xf0ff_fe42];
+    let throw = [
+        0xf81d_0ffe,
+        0xf81f_83fd,
+        0xd100_23fd,
+        0xf900_1fe0,
+        0xf0ff_fe42,
+    ];
     let site = entry_site(0x1000, &code(&throw), &[0, 1]).unwrap();
     assert_eq!((site.address, site.kind), (0x1010, SiteKind::PcRelative));
     // runtime.fatalpanic: add x1, sp, #80 overwrites x1 before its adrp.
-    let fatalpanic = [0xf81b_0ffe, 0xf81f_83fd, 0xd100_23fd, 0x9101_43e1, 0xb000_0002];
+    let fatalpanic = [
+        0xf81b_0ffe,
+        0xf81f_83fd,
+        0xd100_23fd,
+        0x9101_43e1,
+        0xb000_0002,
+    ];
     assert!(entry_site(0x1000, &code(&fatalpanic), &[0, 1]).is_err());
-    assert_eq!(entry_site(0x1000, &code(&fatalpanic), &[0]).unwrap().address, 0x1010);
+    assert_eq!(
+        entry_site(0x1000, &code(&fatalpanic), &[0])
+            .unwrap()
+            .address,
+        0x1010
+    );
 }
 
 #[test]
@@ -70,7 +90,10 @@ fn finds_calls_by_target() {
     let sites = call_sites(0x1000, &code(&words), 0x1014);
     assert_eq!(sites.len(), 1);
     assert_eq!((sites[0].address, sites[0].kind), (0x1004, SiteKind::Call));
-    assert_eq!(call_site(0x1000, &code(&words), 0x1000).unwrap().address, 0x1008);
+    assert_eq!(
+        call_site(0x1000, &code(&words), 0x1000).unwrap().address,
+        0x1008
+    );
     assert!(call_site(0x1000, &code(&words), 0x2000).is_err());
 }
 
@@ -79,12 +102,17 @@ fn finds_allgs_and_allglen_from_allgadd() {
     // runtime.allgadd (Go 1.23 at 0x45e50…): the three loads of the slice
     // header, then `stlr` of len(allgs) to &allglen.
     let words = [
-        0xb000_0a3b, 0xf945_eb62, // adrp x27; ldr x2, [x27, #3024]   cap
-        0xb000_0a3b, 0xf945_e761, // adrp x27; ldr x1, [x27, #3016]   len
-        0xb000_0a3b, 0xf945_e360, // adrp x27; ldr x0, [x27, #3008]   ptr
-        0xb000_0a3b, 0xf945_e761, // adrp x27; ldr x1, [x27, #3016]
-        0xf000_0b42, 0x9135_c042, // adrp x2; add x2, x2, #3440
-        0xc89f_fc41, //              stlr x1, [x2]
+        0xb000_0a3b, // adrp x27, page
+        0xf945_eb62, // ldr x2, [x27, #3024]   cap
+        0xb000_0a3b, // adrp x27, page
+        0xf945_e761, // ldr x1, [x27, #3016]   len
+        0xb000_0a3b, // adrp x27, page
+        0xf945_e360, // ldr x0, [x27, #3008]   ptr
+        0xb000_0a3b, // adrp x27, page
+        0xf945_e761, // ldr x1, [x27, #3016]   len again
+        0xf000_0b42, // adrp x2, page
+        0x9135_c042, // add x2, x2, #3440      &allglen
+        0xc89f_fc41, // stlr x1, [x2]
     ];
     assert_eq!(
         allg_addresses(0x45e50, &code(&words)),
@@ -96,9 +124,20 @@ fn finds_allgs_and_allglen_from_allgadd() {
 fn finds_the_wait_reason_table_and_its_length() {
     // runtime.waitReason.String (Go 1.23 at 0x576f0).
     let words = [
-        0xd340_1c02, 0x7100_985f, 0x5400_00a3, 0xf000_03c0, 0x9135_2c00, 0xd280_0261,
-        0xd65f_03c0, 0xd37c_1c02, 0x9000_0983, 0x9113_8063, 0xf862_6860, 0x8b02_0062,
-        0xf940_0441, 0xd65f_03c0,
+        0xd340_1c02,
+        0x7100_985f,
+        0x5400_00a3,
+        0xf000_03c0,
+        0x9135_2c00,
+        0xd280_0261,
+        0xd65f_03c0,
+        0xd37c_1c02,
+        0x9000_0983,
+        0x9113_8063,
+        0xf862_6860,
+        0x8b02_0062,
+        0xf940_0441,
+        0xd65f_03c0,
     ];
     assert_eq!(
         wait_reason_table(0x576f0, &code(&words)),
@@ -109,7 +148,13 @@ fn finds_the_wait_reason_table_and_its_length() {
 #[test]
 fn finds_addresses_passed_and_taken() {
     // adrp x0; add x0, x0, #3432; adrp x1; add x1, x1, #8; bl +0x8
-    let words = [0xf000_0b40, 0x9135_a000, 0xb000_0001, 0x9100_2021, 0x9400_0002];
+    let words = [
+        0xf000_0b40,
+        0x9135_a000,
+        0xb000_0001,
+        0x9100_2021,
+        0x9400_0002,
+    ];
     let c = code(&words);
     let first = 0x1000 + 0x0016_b000 + 3432;
     assert_eq!(address_argument(0x1000, &c, 0x1018, 0), Some(first));
@@ -119,13 +164,29 @@ fn finds_addresses_passed_and_taken() {
     assert_eq!(panic_string(0x1000, &c), Some(0x2008));
 }
 
+#[test]
+fn finds_a_slice_read_by_a_load_pair() {
+    // runtime.retake (Go 1.25 at 0x5ab58): `for i := 0; i < len(allp)`.
+    let words = [
+        0x9000_0a9b, // adrp x27, page
+        0x9131_037b, // add x27, x27, #3136    REGTMP: a data access
+        0xa940_1363, // ldp x3, x4, [x27]      allp.ptr, allp.len
+    ];
+    assert_eq!(slice_read(0x5ab58, &code(&words)), Some(0x001a_ac40));
+    assert!(addresses_taken(0x5ab58, &code(&words)).is_empty());
+}
+
 // ---- the cross-compiled fixtures ----
 
 const VARIANTS: [&str; 3] = ["", "-stripped", "-pie"];
 
 fn fixture(dir: &std::path::Path, line: &str, variant: &str) -> PathBuf {
     let p = dir.join(format!("spawner-arm64-{line}{variant}"));
-    assert!(p.exists(), "{} missing: run `cargo xtask test`", p.display());
+    assert!(
+        p.exists(),
+        "{} missing: run `cargo xtask test`",
+        p.display()
+    );
     p
 }
 
@@ -142,7 +203,11 @@ fn every_arm64_fixture_has_its_sites_on_simulated_instructions() {
             assert_eq!(bin.machine, Machine::Arm64, "{what}");
             assert!(bin.version.to_string().starts_with(&format!("go{line}.")));
             let stripped = variant == "-stripped";
-            assert_eq!((bin.stripped, bin.has_dwarf), (stripped, !stripped), "{what}");
+            assert_eq!(
+                (bin.stripped, bin.has_dwarf),
+                (stripped, !stripped),
+                "{what}"
+            );
             assert_eq!(bin.pie, variant == "-pie", "{what}");
             if stripped {
                 assert!(matches!(bin.layout_source, LayoutSource::Table { .. }));
@@ -152,7 +217,11 @@ fn every_arm64_fixture_has_its_sites_on_simulated_instructions() {
             }
             let count = |name: &str| bin.sites.iter().filter(|s| s.name == name).count();
             assert_eq!((count(sites::SITE_CREATE), count(sites::SITE_EXIT)), (1, 1));
-            assert!(count(sites::SITE_BLOCK_CHAN) >= 4, "{what}: {:?}", bin.sites);
+            assert!(
+                count(sites::SITE_BLOCK_CHAN) >= 4,
+                "{what}: {:?}",
+                bin.sites
+            );
             assert_eq!(count(sites::SITE_CLOSE), 1, "{what}");
             assert!(count(sites::SITE_SEND_CLOSED) >= 2, "{what}");
             assert!(count(sites::SITE_THROW) >= 2 && count(sites::SITE_FATAL_PANIC) == 1);
@@ -191,7 +260,10 @@ fn every_arm64_fixture_has_its_sites_on_simulated_instructions() {
             if cfg!(target_arch = "x86_64") {
                 assert!(matches!(
                     GoBinary::open_for_host(&path),
-                    Err(GoBinError::ForeignMachine { binary: Machine::Arm64, .. })
+                    Err(GoBinError::ForeignMachine {
+                        binary: Machine::Arm64,
+                        ..
+                    })
                 ));
             }
         }
@@ -212,7 +284,9 @@ fn arm64_offsets_table_equals_dwarf() {
             assert_eq!(table.hchan, bin.hchan, "Go {line}{variant}: runtime.hchan");
             assert_eq!(table.waitq, bin.waitq, "Go {line}{variant}");
             assert_eq!(table.sudog, bin.sudog, "Go {line}{variant}");
-            let heap = bin.heap_layout().unwrap_or_else(|e| panic!("Go {line}: {e}"));
+            let heap = bin
+                .heap_layout()
+                .unwrap_or_else(|e| panic!("Go {line}: {e}"));
             let (want, _) = offsets::lookup_heap(bin.version, Machine::Arm64).unwrap();
             assert_eq!(heap.offsets, want, "Go {line}{variant}: heap offsets");
         }
@@ -251,7 +325,11 @@ fn arm64_decoded_addresses_match_the_symbol_table() {
             let (at, c) = body("runtime.waitReason.String");
             let (table, count) = arm64.wait_reason_table(at, &c).expect("decoded");
             assert_eq!(table, syms["runtime.waitReasonStrings"], "{what}");
-            assert_eq!(usize::try_from(count).unwrap(), bin.wait_reasons.len(), "{what}");
+            assert_eq!(
+                usize::try_from(count).unwrap(),
+                bin.wait_reasons.len(),
+                "{what}"
+            );
             let (at, c) = body(heaproots::FN_MALLOCINIT);
             let init = bin.function(heaproots::FN_MHEAP_INIT).unwrap().entry;
             assert_eq!(
@@ -266,7 +344,11 @@ fn arm64_decoded_addresses_match_the_symbol_table() {
                 "{what}: semtable"
             );
             let (at, c) = body(heaproots::FN_RETAKE);
-            assert_eq!(arm64.slice_read(at, &c), Some(syms["runtime.allp"]), "{what}: allp");
+            assert_eq!(
+                arm64.slice_read(at, &c),
+                Some(syms["runtime.allp"]),
+                "{what}: allp"
+            );
         }
     }
 }

@@ -221,7 +221,11 @@ mod tests {
     fn classifies_go_instructions_as_the_kernel_does() {
         let cases: [(u32, &str, Uprobe); 22] = [
             (0x9400_0011, "bl", Uprobe::Simulated(Simulated::Bl)),
-            (0x97ff_5151, "bl backwards", Uprobe::Simulated(Simulated::Bl)),
+            (
+                0x97ff_5151,
+                "bl backwards",
+                Uprobe::Simulated(Simulated::Bl),
+            ),
             (0x1400_0006, "b", Uprobe::Simulated(Simulated::B)),
             (0x17ff_ff9a, "b backwards", Uprobe::Simulated(Simulated::B)),
             (0x5400_2049, "b.ls", Uprobe::Simulated(Simulated::BCond)),
@@ -230,11 +234,23 @@ mod tests {
             (0x3400_0a82, "cbz w2", Uprobe::Simulated(Simulated::Cbz)),
             (0xb500_0040, "cbnz x0", Uprobe::Simulated(Simulated::Cbz)),
             (0x3600_00c2, "tbz w2, #0", Uprobe::Simulated(Simulated::Tbz)),
-            (0xb700_0040, "tbnz x0, #32", Uprobe::Simulated(Simulated::Tbz)),
+            (
+                0xb700_0040,
+                "tbnz x0, #32",
+                Uprobe::Simulated(Simulated::Tbz),
+            ),
             (0xf000_0b40, "adrp x0", Uprobe::Simulated(Simulated::Adr)),
             (0x1000_0040, "adr x0", Uprobe::Simulated(Simulated::Adr)),
-            (0xd65f_03c0, "ret", Uprobe::Simulated(Simulated::BranchRegister)),
-            (0xd63f_0020, "blr x1", Uprobe::Simulated(Simulated::BranchRegister)),
+            (
+                0xd65f_03c0,
+                "ret",
+                Uprobe::Simulated(Simulated::BranchRegister),
+            ),
+            (
+                0xd63f_0020,
+                "blr x1",
+                Uprobe::Simulated(Simulated::BranchRegister),
+            ),
             (0xf940_0b90, "ldr x16, [x28, #16]", Uprobe::Stepped),
             (0xeb30_63ff, "cmp sp, x16", Uprobe::Stepped),
             (0xf81a_0ffe, "str x30, [sp, #-96]!", Uprobe::Stepped),

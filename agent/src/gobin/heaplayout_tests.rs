@@ -49,7 +49,8 @@ fn heap_layout_dwarf_equals_table_and_stripped_twins() {
             let (path, bin) = open(&dir, line, variant);
             let what = format!("{}", path.display());
             let heap = bin.heap_layout().unwrap_or_else(|e| panic!("{what}: {e}"));
-            let (table, source) = offsets::lookup_heap(bin.version, bin.machine).expect("table entry");
+            let (table, source) =
+                offsets::lookup_heap(bin.version, bin.machine).expect("table entry");
             assert!(!source.is_guess(), "{what}: run `cargo xtask offsets`");
             assert_eq!(heap.offsets, table, "{what}: DWARF against the table");
             assert_eq!(heap.offsets, want.offsets, "{what}");

@@ -11,6 +11,7 @@ mod amd64;
 mod analyse;
 mod arch;
 mod arm64;
+mod arm64_data;
 mod arm64_uprobe;
 mod buildinfo;
 mod dwarf;

@@ -48,7 +48,9 @@ fn heap_table() -> &'static BTreeMap<String, HeapOffsets> {
     })
 }
 
-/// The table key of `version` (as `go1.24.11`) built for `machine`.
+/// The table key of `version` (as `go1.24.11`) built for `machine`, as
+/// the generator writes it.
+#[cfg(test)]
 pub fn key(version: &str, machine: Machine) -> String {
     match machine {
         Machine::Amd64 => version.to_string(),
