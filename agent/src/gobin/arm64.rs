@@ -72,13 +72,17 @@ pub(super) struct Insn {
 
 pub(super) fn decode(address: u64, code: &[u8]) -> impl Iterator<Item = Insn> + '_ {
     let decoder = InstDecoder::default();
-    code.chunks_exact(4)
-        .zip((address..).step_by(4))
-        .map(move |(bytes, pc)| {
-            let word = u32::from_le_bytes(bytes.try_into().unwrap_or_default());
-            let op = decoder.decode(&mut U8Reader::new(bytes)).ok();
-            Insn { pc, word, op }
-        })
+    // Addresses wrap rather than overflow: a damaged function table may
+    // place a function anywhere.
+    code.chunks_exact(4).zip(0u64..).map(move |(bytes, n)| {
+        let word = u32::from_le_bytes(bytes.try_into().unwrap_or_default());
+        let op = decoder.decode(&mut U8Reader::new(bytes)).ok();
+        Insn {
+            pc: address.wrapping_add(n * 4),
+            word,
+            op,
+        }
+    })
 }
 
 /// The target of a `bl`.

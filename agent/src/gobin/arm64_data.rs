@@ -67,7 +67,7 @@ impl Tracker {
         // a global (`adrp x5; add x5, x5, #lo; ldrb w6, [x5]`): that access
         // is recorded; the address is not one the code takes.
         let next = |pc: u64| {
-            let n = usize::try_from((pc - address) / 4).ok()?;
+            let n = usize::try_from(pc.wrapping_sub(address) / 4).ok()?;
             insns.get(n + 1)?.op.as_ref()
         };
         t.refs.retain(|r| match r.access {
@@ -150,7 +150,8 @@ impl Tracker {
                                 reg: dst.unwrap_or(31),
                             },
                         );
-                        self.push(pc, Some(at + 8), Access::Load { reg: second });
+                        let len = at.wrapping_add(8);
+                        self.push(pc, Some(len), Access::Load { reg: second });
                         new_loaded = Some(at);
                     }
                 }
@@ -197,7 +198,7 @@ fn memory_base(op: &Instruction) -> Option<u16> {
 fn immediate(o: &Operand) -> Option<u64> {
     match *o {
         Operand::Immediate(v) => Some(u64::from(v)),
-        Operand::ImmShift(v, shift) => Some(u64::from(v) << shift),
+        Operand::ImmShift(v, shift) => u64::from(v).checked_shl(u32::from(shift)),
         _ => None,
     }
 }
@@ -214,10 +215,13 @@ pub fn allg_addresses(address: u64, code: &[u8]) -> Option<(u64, u64)> {
     let allgs = targets
         .iter()
         .copied()
-        .filter(|&a| targets.contains(&(a + 8)) && targets.contains(&(a + 16)))
+        .filter(|&a| {
+            let has = |d: u64| a.checked_add(d).is_some_and(|b| targets.contains(&b));
+            has(8) && has(16)
+        })
         .min()?;
     let allglen = refs.iter().find_map(|r| match r.access {
-        Access::Store { from } if from == Some(allgs + 8) => Some(r.target),
+        Access::Store { from } if from == allgs.checked_add(8) => Some(r.target),
         _ => None,
     })?;
     Some((allgs, allglen))

@@ -225,6 +225,12 @@ fn every_arm64_fixture_has_its_sites_on_simulated_instructions() {
             assert_eq!(count(sites::SITE_CLOSE), 1, "{what}");
             assert!(count(sites::SITE_SEND_CLOSED) >= 2, "{what}");
             assert!(count(sites::SITE_THROW) >= 2 && count(sites::SITE_FATAL_PANIC) == 1);
+            // The heap walker's roots, decoded when stripped.
+            let heap = bin.heap_layout().unwrap_or_else(|e| panic!("{what}: {e}"));
+            let r = heap.roots;
+            assert!([r.mheap, r.semtable, r.allp]
+                .iter()
+                .all(|&a| heap.globals.in_bss(a)));
             // The create site is the `bl runqput`, the new g in R1.
             assert_eq!(bin.create_site.kind, SiteKind::Call, "{what}");
             assert_eq!(bin.abi().create_new_g.number, 1);
