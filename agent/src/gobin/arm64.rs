@@ -20,14 +20,14 @@
 //!
 //! | site | function | instruction | kernel handler |
 //! |---|---|---|---|
-//! | create | `newproc.func1` | `bl runqput`, new g in R1 | `simulate_b_bl` |
-//! | exit | `goexit0` | its first `bl` (`gdestroy`; 1.19: `casgstatus`), gp in R0 | `simulate_b_bl` |
-//! | block_chan, block | `chansend`, `chanrecv`, `semacquire1`… | each `bl gopark` | `simulate_b_bl` |
-//! | send_closed | `chansend` | each `bl gopanic` | `simulate_b_bl` |
-//! | close | `closechan` | `cbz x0` (`c == nil`), c in R0 | `simulate_cbz_cbnz` |
-//! | throw | `throw` | its first `adrp` (NOSPLIT: no stack check), s in R0, R1 | `simulate_adr_adrp` |
-//! | throw | `fatal` | `adrp` (≤ 1.23); from 1.24 R0 is reloaded first, so the `bl systemstack` fallback | both |
-//! | fatal_panic | `fatalpanic` | `adrp` (1.19); from 1.21 R1 is reused first, so the `bl systemstack` fallback | both |
+//! | `create` | `newproc.func1` | `bl runqput`, new g in R1 | `simulate_b_bl` |
+//! | `exit` | `goexit0` | its first `bl` (`gdestroy`; 1.19: `casgstatus`), gp in R0 | `simulate_b_bl` |
+//! | `block_chan`, `block` | `chansend`, `chanrecv`, `semacquire1`… | each `bl gopark` | `simulate_b_bl` |
+//! | `send_closed` | `chansend` | each `bl gopanic` | `simulate_b_bl` |
+//! | `close` | `closechan` | `cbz x0` (`c == nil`), c in R0 | `simulate_cbz_cbnz` |
+//! | `throw` | `throw` | its first `adrp` (NOSPLIT: no stack check), s in R0, R1 | `simulate_adr_adrp` |
+//! | `throw` | `fatal` | `adrp` (≤ 1.23); from 1.24 R0 is reloaded first, so the `bl systemstack` fallback | both |
+//! | `fatal_panic` | `fatalpanic` | `adrp` (1.19); from 1.21 R1 is reused first, so the `bl systemstack` fallback | both |
 //!
 //! The data addresses are recovered in [`super::arm64_data`].
 
