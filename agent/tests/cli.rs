@@ -173,12 +173,12 @@ fn patched_fixture(label: &str, rewrite: impl Fn(&mut Vec<u8>)) -> Option<std::p
     Some(path)
 }
 
-/// An arm64 Go binary (here: the ELF machine field rewritten to
-/// `EM_AARCH64`) is refused by name.
+/// A Go binary for a machine gostray does not read (here: the ELF machine
+/// field rewritten to `EM_RISCV`) is refused by name.
 #[test]
 fn inspect_other_architecture_is_one_clear_line() {
-    let Some(path) = patched_fixture("arm64", |d| {
-        d[18..20].copy_from_slice(&183u16.to_le_bytes());
+    let Some(path) = patched_fixture("riscv64", |d| {
+        d[18..20].copy_from_slice(&243u16.to_le_bytes());
     }) else {
         return;
     };
@@ -204,4 +204,69 @@ fn inspect_old_go_is_one_clear_line() {
     };
     assert_one_line_error(&["inspect", path.to_str().unwrap()], "older than go1.17");
     let _ = std::fs::remove_file(path);
+}
+
+/// The arm64 fixtures (cross-compiled): `inspect` reads them on any
+/// machine, names the architecture and each site's instruction class, and
+/// says whether this agent could attach; `run` on another machine refuses
+/// them with one line.
+#[test]
+fn inspect_reads_arm64_fixtures_and_run_refuses_them_elsewhere() {
+    let (Some(fixtures), Ok(lines)) = (
+        std::env::var_os("GOSTRAY_FIXTURES"),
+        std::env::var("GOSTRAY_GO_LINES"),
+    ) else {
+        assert!(!in_ci(), "GOSTRAY_FIXTURES unset under CI");
+        eprintln!("SKIPPED: fixtures not built; run `cargo xtask test`");
+        return;
+    };
+    let native = cfg!(target_arch = "aarch64");
+    for line in lines.split(',') {
+        for variant in ["", "-stripped", "-pie"] {
+            let path =
+                std::path::Path::new(&fixtures).join(format!("spawner-arm64-{line}{variant}"));
+            let out = Command::new(env!("CARGO_BIN_EXE_gostray"))
+                .arg("inspect")
+                .arg(&path)
+                .output()
+                .unwrap();
+            let what = path.display();
+            assert!(
+                out.status.success(),
+                "{what}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let text = String::from_utf8(out.stdout).unwrap();
+            let first = text.lines().next().unwrap();
+            if native {
+                assert!(first.ends_with(": supported"), "{what}: {first}");
+            } else {
+                assert!(
+                    first.contains(": supported on arm64 (not by this agent"),
+                    "{what}: {first}"
+                );
+            }
+            assert!(text.contains("\n  architecture   arm64\n"), "{what}");
+            let sites: Vec<&str> = text
+                .lines()
+                .skip_while(|l| !l.starts_with("  probe sites"))
+                .skip(1)
+                .take_while(|l| l.starts_with("    "))
+                .collect();
+            assert!(sites.len() >= 10, "{what}: {sites:?}");
+            for s in &sites {
+                assert!(s.contains("(simulated: simulate_"), "{what}: {s}");
+            }
+            assert!(sites
+                .iter()
+                .any(|s| s.starts_with("    create ")
+                    && s.contains(" bl (simulated: simulate_b_bl)")));
+            if !native {
+                assert_one_line_error(
+                    &["run", "--binary", path.to_str().unwrap()],
+                    "built for arm64, but this agent runs on",
+                );
+            }
+        }
+    }
 }

@@ -113,10 +113,17 @@ fn fuzz_parsers() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(10);
-    let seeds: Vec<Vec<u8>> = ["spawner-1.19", "spawner-1.24-stripped", "spawner-1.27-pie"]
-        .iter()
-        .map(|n| std::fs::read(dir.join(n)).expect("fixture"))
-        .collect();
+    // arm64 builds too: their code goes through the arm64 decoders.
+    let seeds: Vec<Vec<u8>> = [
+        "spawner-1.19",
+        "spawner-1.24-stripped",
+        "spawner-1.27-pie",
+        "spawner-arm64-1.24-stripped",
+        "spawner-arm64-1.27-pie",
+    ]
+    .iter()
+    .map(|n| std::fs::read(dir.join(n)).expect("fixture"))
+    .collect();
     let budget = Duration::from_secs(secs);
     let started = Instant::now();
     let (mut iterations, mut accepted) = (0u64, 0u64);

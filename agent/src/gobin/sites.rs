@@ -11,8 +11,9 @@ use gostray_common::{
 use serde::Serialize;
 
 /// How the kernel will execute the probed instruction. Every kind here is
-/// one the kernel emulates (about 1 µs a hit); anything it would have to
-/// single-step (25–30 µs) is never chosen.
+/// one the kernel emulates (about 1 µs a hit; on arm64 "simulates", see
+/// `arm64_uprobe.rs`); anything it would have to single-step (25–30 µs)
+/// is never chosen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SiteKind {
@@ -20,6 +21,8 @@ pub enum SiteKind {
     Call,
     Jump,
     Nop,
+    /// arm64 `adr`/`adrp`: the kernel computes the address itself.
+    PcRelative,
 }
 
 /// One chosen probe location.
@@ -88,9 +91,12 @@ pub struct SiteSpec {
 }
 
 /// Goroutine creation: `runtime.newproc.func1` calls `runqput(pp, newg,
-/// true)` with the new g in RBX, goid/gopc/startpc/parentGoid filled.
+/// true)` with the new g in RBX (arm64: R1), goid/gopc/startpc/parentGoid
+/// filled. The call is emulated on amd64 and simulated (`bl`) on arm64.
 pub const SITE_CREATE: &str = "create";
-/// Goroutine exit: `runtime.goexit0(gp *g)`, before RAX (gp) is reused.
+/// Goroutine exit: `runtime.goexit0(gp *g)`, before RAX (arm64: R0, gp)
+/// is reused. arm64 has no cheap prologue instruction: its site is the
+/// first `bl` of the body (see `arm64.rs`).
 pub const SITE_EXIT: &str = "exit";
 /// `gopark` calls on blocking paths whose lock is `&hchan.lock`.
 pub const SITE_BLOCK_CHAN: &str = "block_chan";
