@@ -145,25 +145,12 @@ impl Arch for Amd64 {
         find: Find,
         callee: Option<u64>,
     ) -> Result<Vec<ProbeSite>, String> {
-        match find {
-            Find::CallTo(_) => {
-                let callee = callee.ok_or("callee not found")?;
-                amd64::call_site(address, code, callee).map(|s| vec![s])
-            }
-            Find::CallsTo(_) => {
-                let callee = callee.ok_or("callee not found")?;
-                let all = amd64::call_sites(address, code, callee);
-                if all.is_empty() {
-                    return Err(format!("no call to {callee:#x}"));
-                }
-                Ok(all)
-            }
-            Find::Entry { live_args } => {
-                amd64::entry_site(address, code, live_args).map(|s| vec![s])
-            }
-            // Split by the caller (`analyse::choose`), which must know which rule won.
-            Find::EntryElseCallTo { .. } => Err("entry-else-call is resolved by the caller".into()),
-        }
+        let finders = SiteFinders {
+            call_site: amd64::call_site,
+            call_sites: amd64::call_sites,
+            entry_site: amd64::entry_site,
+        };
+        finders.find(address, code, find, callee)
     }
 
     fn allg_addresses(&self, address: u64, code: &[u8]) -> Option<(u64, u64)> {
@@ -191,6 +178,44 @@ impl Arch for Amd64 {
     }
 }
 
+/// An architecture's three ways of finding probe sites in a function's code.
+struct SiteFinders {
+    call_site: fn(u64, &[u8], u64) -> Result<ProbeSite, String>,
+    call_sites: fn(u64, &[u8], u64) -> Vec<ProbeSite>,
+    entry_site: fn(u64, &[u8], &[usize]) -> Result<ProbeSite, String>,
+}
+
+impl SiteFinders {
+    /// The sites `find` asks for in the function at `address`.
+    fn find(
+        &self,
+        address: u64,
+        code: &[u8],
+        find: Find,
+        callee: Option<u64>,
+    ) -> Result<Vec<ProbeSite>, String> {
+        match find {
+            Find::CallTo(_) => {
+                let callee = callee.ok_or("callee not found")?;
+                (self.call_site)(address, code, callee).map(|s| vec![s])
+            }
+            Find::CallsTo(_) => {
+                let callee = callee.ok_or("callee not found")?;
+                let all = (self.call_sites)(address, code, callee);
+                if all.is_empty() {
+                    return Err(format!("no call to {callee:#x}"));
+                }
+                Ok(all)
+            }
+            Find::Entry { live_args } => {
+                (self.entry_site)(address, code, live_args).map(|s| vec![s])
+            }
+            // Split by the caller (`analyse::choose`), which must know which rule won.
+            Find::EntryElseCallTo { .. } => Err("entry-else-call is resolved by the caller".into()),
+        }
+    }
+}
+
 /// `AArch64`, Go's `ABIInternal` (Go ≥ 1.18: arguments in R0–R15, g in
 /// R28).
 pub struct Arm64;
@@ -215,24 +240,12 @@ impl Arch for Arm64 {
         find: Find,
         callee: Option<u64>,
     ) -> Result<Vec<ProbeSite>, String> {
-        match find {
-            Find::CallTo(_) => {
-                let callee = callee.ok_or("callee not found")?;
-                arm64::call_site(address, code, callee).map(|s| vec![s])
-            }
-            Find::CallsTo(_) => {
-                let callee = callee.ok_or("callee not found")?;
-                let all = arm64::call_sites(address, code, callee);
-                if all.is_empty() {
-                    return Err(format!("no call to {callee:#x}"));
-                }
-                Ok(all)
-            }
-            Find::Entry { live_args } => {
-                arm64::entry_site(address, code, live_args).map(|s| vec![s])
-            }
-            Find::EntryElseCallTo { .. } => Err("entry-else-call is resolved by the caller".into()),
-        }
+        let finders = SiteFinders {
+            call_site: arm64::call_site,
+            call_sites: arm64::call_sites,
+            entry_site: arm64::entry_site,
+        };
+        finders.find(address, code, find, callee)
     }
 
     fn allg_addresses(&self, address: u64, code: &[u8]) -> Option<(u64, u64)> {

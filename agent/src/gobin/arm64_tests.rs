@@ -15,7 +15,7 @@ use crate::gobin::arm64_data::{
 use crate::gobin::{
     arch::{self, Arch, Machine},
     arm64_uprobe::{classify, Uprobe},
-    heaproots, offsets,
+    offsets,
     sites::{self, SiteKind},
     tests::toolchains,
     AddressSource, FuncRange, GoBinError, GoBinary, LayoutSource, WaitReason,
@@ -336,25 +336,7 @@ fn arm64_decoded_addresses_match_the_symbol_table() {
                 bin.wait_reasons.len(),
                 "{what}"
             );
-            let (at, c) = body(heaproots::FN_MALLOCINIT);
-            let init = bin.function(heaproots::FN_MHEAP_INIT).unwrap().entry;
-            assert_eq!(
-                arm64.address_argument(at, &c, init, 0),
-                Some(syms["runtime.mheap_"]),
-                "{what}: mheap_"
-            );
-            let (at, c) = body(heaproots::FN_SEMRELEASE);
-            assert_eq!(
-                arm64.addresses_taken(at, &c).first(),
-                Some(&syms["runtime.semtable"]),
-                "{what}: semtable"
-            );
-            let (at, c) = body(heaproots::FN_RETAKE);
-            assert_eq!(
-                arm64.slice_read(at, &c),
-                Some(syms["runtime.allp"]),
-                "{what}: allp"
-            );
+            crate::gobin::heaplayout_tests::heap_roots_match_symbols(&arm64, &bin, &syms, &what);
         }
     }
 }

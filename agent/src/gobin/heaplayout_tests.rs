@@ -8,10 +8,8 @@ use std::{collections::BTreeMap, collections::HashMap, path::PathBuf};
 use object::{Object, ObjectSymbol};
 
 use super::{
-    arch::{self, Arch},
-    heaproots, offsets,
-    tests::toolchains,
-    AddressSource, GlobalSections, GoBinary, HeapLayout, LayoutSource,
+    arch, heaproots, offsets, tests::toolchains, AddressSource, GlobalSections, GoBinary,
+    HeapLayout, LayoutSource,
 };
 
 /// Which global section holds `a`, and where in it.
@@ -95,6 +93,39 @@ fn heap_layout_dwarf_equals_table_and_stripped_twins() {
     }
 }
 
+/// `arch`'s decoders find the heap roots `mheap_`, `semtable` and `allp`
+/// in `bin` where its symbol table `syms` says they are.
+pub(super) fn heap_roots_match_symbols(
+    arch: &dyn super::arch::Arch,
+    bin: &GoBinary,
+    syms: &HashMap<&str, u64>,
+    what: &str,
+) {
+    let code = |name: &str| {
+        let r = bin.function(name).unwrap_or_else(|| panic!("{name}"));
+        (r.entry, bin.code(r).unwrap().to_vec())
+    };
+    let (at, c) = code(heaproots::FN_MALLOCINIT);
+    let init = bin.function(heaproots::FN_MHEAP_INIT).unwrap().entry;
+    assert_eq!(
+        arch.address_argument(at, &c, init, 0),
+        Some(syms["runtime.mheap_"]),
+        "{what}: mheap_"
+    );
+    let (at, c) = code(heaproots::FN_SEMRELEASE);
+    assert_eq!(
+        arch.addresses_taken(at, &c).first(),
+        Some(&syms["runtime.semtable"]),
+        "{what}: semtable"
+    );
+    let (at, c) = code(heaproots::FN_RETAKE);
+    assert_eq!(
+        arch.slice_read(at, &c),
+        Some(syms["runtime.allp"]),
+        "{what}: allp"
+    );
+}
+
 /// The decoders give the symbol table's answer on the builds that have
 /// one, PIE included, and firstmoduledata's scan finds the symbol.
 #[test]
@@ -111,31 +142,8 @@ fn decoded_heap_roots_match_the_symbol_table() {
                 .symbols()
                 .filter_map(|s| Some((s.name().ok()?, s.address())))
                 .collect();
-            let code = |name: &str| {
-                let r = bin.function(name).unwrap_or_else(|| panic!("{name}"));
-                (r.entry, bin.code(r).unwrap().to_vec())
-            };
-            let amd64 = arch::Amd64;
             let what = format!("Go {line}{variant}");
-            let (at, c) = code(heaproots::FN_MALLOCINIT);
-            let init = bin.function(heaproots::FN_MHEAP_INIT).unwrap().entry;
-            assert_eq!(
-                amd64.address_argument(at, &c, init, 0),
-                Some(syms["runtime.mheap_"]),
-                "{what}"
-            );
-            let (at, c) = code(heaproots::FN_SEMRELEASE);
-            assert_eq!(
-                amd64.addresses_taken(at, &c).first(),
-                Some(&syms["runtime.semtable"]),
-                "{what}"
-            );
-            let (at, c) = code(heaproots::FN_RETAKE);
-            assert_eq!(
-                amd64.slice_read(at, &c),
-                Some(syms["runtime.allp"]),
-                "{what}"
-            );
+            heap_roots_match_symbols(&arch::Amd64, &bin, &syms, &what);
             let (off, len) = super::image::section_range(&file, ".gopclntab")
                 .or_else(|| super::image::section_range(&file, ".data.rel.ro.gopclntab"))
                 .unwrap();
