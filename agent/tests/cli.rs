@@ -109,15 +109,24 @@ fn inspect_truncated_go_binary_is_one_clear_line() {
     let _ = std::fs::remove_file(path);
 }
 
-/// Every fixture of the matrix: supported, with its own Go version.
-#[test]
-fn inspect_succeeds_on_every_fixture() {
+/// The fixtures directory and the Go lines of the matrix, or `None` (and
+/// a skip notice) outside `cargo xtask test`; under CI that is a failure.
+fn fixture_matrix() -> Option<(std::ffi::OsString, String)> {
     let (Some(fixtures), Ok(lines)) = (
         std::env::var_os("GOSTRAY_FIXTURES"),
         std::env::var("GOSTRAY_GO_LINES"),
     ) else {
         assert!(!in_ci(), "GOSTRAY_FIXTURES unset under CI");
         eprintln!("SKIPPED: fixtures not built; run `cargo xtask test`");
+        return None;
+    };
+    Some((fixtures, lines))
+}
+
+/// Every fixture of the matrix: supported, with its own Go version.
+#[test]
+fn inspect_succeeds_on_every_fixture() {
+    let Some((fixtures, lines)) = fixture_matrix() else {
         return;
     };
     for line in lines.split(',') {
@@ -212,12 +221,7 @@ fn inspect_old_go_is_one_clear_line() {
 /// them with one line.
 #[test]
 fn inspect_reads_arm64_fixtures_and_run_refuses_them_elsewhere() {
-    let (Some(fixtures), Ok(lines)) = (
-        std::env::var_os("GOSTRAY_FIXTURES"),
-        std::env::var("GOSTRAY_GO_LINES"),
-    ) else {
-        assert!(!in_ci(), "GOSTRAY_FIXTURES unset under CI");
-        eprintln!("SKIPPED: fixtures not built; run `cargo xtask test`");
+    let Some((fixtures, lines)) = fixture_matrix() else {
         return;
     };
     let native = cfg!(target_arch = "aarch64");

@@ -283,15 +283,7 @@ pub fn slice_loaded(address: u64, code: &[u8]) -> Option<u64> {
         .filter(|i| i.mnemonic() != Mnemonic::Lea)
         .filter_map(|i| rip_target(&i))
         .collect();
-    let first_use = |a: u64| refs.iter().position(|&r| r == a);
-    refs.iter()
-        .copied()
-        .filter_map(|a| {
-            let (ptr, len) = (first_use(a)?, first_use(a.checked_add(8)?)?);
-            Some((ptr.min(len), a))
-        })
-        .min()
-        .map(|(_, a)| a)
+    super::arch::first_slice_read(&refs)
 }
 
 #[cfg(test)]

@@ -290,3 +290,18 @@ pub fn of(machine: Machine) -> &'static dyn Arch {
         Machine::Arm64 => &Arm64,
     }
 }
+
+/// Of the data addresses a function loads from, in order, the slice it
+/// reads first: an address whose next word (the length) is loaded too.
+pub fn first_slice_read(loads: &[u64]) -> Option<u64> {
+    let first_use = |a: u64| loads.iter().position(|&r| r == a);
+    loads
+        .iter()
+        .copied()
+        .filter_map(|a| {
+            let (ptr, len) = (first_use(a)?, first_use(a.checked_add(8)?)?);
+            Some((ptr.min(len), a))
+        })
+        .min()
+        .map(|(_, a)| a)
+}

@@ -303,14 +303,5 @@ pub fn slice_read(address: u64, code: &[u8]) -> Option<u64> {
         .filter(|r| matches!(r.access, Access::Load { .. }))
         .map(|r| r.target)
         .collect();
-    let first_use = |a: u64| loads.iter().position(|&r| r == a);
-    loads
-        .iter()
-        .copied()
-        .filter_map(|a| {
-            let (ptr, len) = (first_use(a)?, first_use(a.checked_add(8)?)?);
-            Some((ptr.min(len), a))
-        })
-        .min()
-        .map(|(_, a)| a)
+    super::arch::first_slice_read(&loads)
 }
