@@ -5,7 +5,10 @@ use std::{
     sync::{atomic::AtomicBool, Arc, Mutex},
 };
 
-use crate::{deaths::DeathLog, k8s::Kube, metrics::series::SeriesTable, tracker::Tracker};
+use crate::{
+    control::OverheadReport, deaths::DeathLog, k8s::Kube, metrics::series::SeriesTable,
+    tracker::Tracker,
+};
 
 #[derive(Debug)]
 pub struct Shared {
@@ -21,6 +24,8 @@ pub struct Shared {
     /// Processes that died of a fatal error or an unrecovered panic, per
     /// workload; they outlive the processes. Lock after `series`.
     pub deaths: Mutex<DeathLog>,
+    /// The overhead budget's last look, for `/api/v1/overhead` and metrics.
+    pub overhead: Mutex<OverheadReport>,
 }
 
 /// Agent self-observation, refreshed by the control loop.
@@ -85,6 +90,7 @@ impl Shared {
             }),
             kube: Arc::new(Kube::default()),
             deaths: Mutex::new(DeathLog::default()),
+            overhead: Mutex::new(OverheadReport::default()),
         }
     }
 }

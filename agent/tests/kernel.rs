@@ -107,7 +107,10 @@ fn churn_is_counted_exactly_and_output_is_unchanged() {
         Proc::spawn(Command::new(&binary).args(["-wait", "-hold", "-ticks", &ticks.to_string()]));
     assert_eq!(churn.line(), "ready");
     let pid = churn.pid();
-    let agent = Agent::start(&["--pid", &pid.to_string()]);
+    // Exact counts from the events are the point: the budget stays out
+    // (`counts_stay_exact_when_the_budget_detaches_lifecycle` is the test
+    // with it).
+    let agent = Agent::start(&["--overhead-budget", "off", "--pid", &pid.to_string()]);
     let (_, _, live0) = agent.metrics().counts(pid);
 
     churn.send("go");
@@ -256,4 +259,84 @@ fn scan_only_mode_counts_from_the_table_and_attaches_no_probe() {
     // check above can fail.
     let with_probes = Agent::start(&["--pid", &pid.to_string()]);
     assert!(bpf_links(with_probes.proc.pid()) >= links + 2);
+}
+
+/// The overhead budget detaches the lifecycle probes from a process that
+/// starts goroutines at a high rate, and re-arms them once it is quiet.
+/// Counts stay exact at each scan while they are off, and exact from the
+/// events once they are back.
+#[test]
+fn counts_stay_exact_when_the_budget_detaches_lifecycle() {
+    let Some(env) = KernelEnv::get() else { return };
+    let binary = env.fixture("spawner", "1.27");
+    let exe = binary.file_name().unwrap().to_str().unwrap().to_string();
+    let mut spawner = Proc::spawn_ready(&binary);
+    let pid = spawner.pid();
+    let agent = Agent::start(&["--pid", &pid.to_string(), "--scan-interval", "1s"]);
+    let lifecycle = |m: &support::Metrics| {
+        m.value(
+            "gostray_probe_group_active",
+            &[("exe", exe.as_str()), ("group", "lifecycle")],
+        )
+    };
+    let m = agent.metrics_until(SETTLE, |m| lifecycle(m) == Some(1.0));
+    assert_eq!(
+        lifecycle(&m),
+        Some(1.0),
+        "a quiet process keeps its probes:\n{}",
+        m.0
+    );
+    let (ci, ei, live0) = m.counts(pid);
+
+    // Hot: batches of 100k goroutines until the budget acts.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while lifecycle(&agent.metrics()) != Some(0.0) && std::time::Instant::now() < deadline {
+        spawner.send("spawn 100000 0");
+        spawner.expect_line("done");
+    }
+    let m = agent.metrics();
+    assert_eq!(
+        lifecycle(&m),
+        Some(0.0),
+        "lifecycle never detached:\n{}",
+        m.0
+    );
+
+    // Off: the scans keep the live count exact and the totals consistent.
+    let (c0, e0, _) = m.counts(pid);
+    spawner.send("spawn 100 10");
+    spawner.expect_line("done");
+    let m = agent.metrics_until(SETTLE, |m| m.counts(pid).2 == live0 + 10);
+    let (c1, e1, live1) = m.counts(pid);
+    assert_eq!(live1, live0 + 10, "live count with lifecycle detached");
+    assert!(
+        c1 >= c0 + 110 && e1 >= e0 + 100,
+        "totals ({c0},{e0}) -> ({c1},{e1})"
+    );
+    // Every goroutine counted created is counted exited or live.
+    let net = |c: u64, e: u64, l: u64| i128::from(c) - i128::from(e) - i128::from(l);
+    assert_eq!(
+        net(c1, e1, live1),
+        net(ci, ei, live0),
+        "created - exited - live"
+    );
+    spawner.send("release");
+    spawner.expect_line("released");
+    let m = agent.metrics_until(SETTLE, |m| m.counts(pid).2 == live0);
+    assert_eq!(m.counts(pid).2, live0, "live count after release");
+
+    // Quiet again: re-armed after the back-off, and events count exactly.
+    let m = agent.metrics_until(Duration::from_secs(40), |m| lifecycle(m) == Some(1.0));
+    assert_eq!(
+        lifecycle(&m),
+        Some(1.0),
+        "lifecycle never re-armed:\n{}",
+        m.0
+    );
+    let (c2, e2, live2) = m.counts(pid);
+    spawner.send("spawn 100 10");
+    spawner.expect_line("done");
+    let want = (c2 + 110, e2 + 100, live2 + 10);
+    let m = agent.metrics_until(SETTLE, |m| m.counts(pid) == want);
+    assert_eq!(m.counts(pid), want, "counts after re-arming");
 }

@@ -336,3 +336,49 @@ fn blocking_sites_are_named_as_tracebacks_do_go_1_24() {
 fn blocking_sites_are_named_as_tracebacks_do_go_1_27() {
     blocking_sites_are_named_as_tracebacks_do("1.27");
 }
+
+/// A hot service that leaks: the overhead budget detaches the lifecycle
+/// and park probes from it mid-run (it creates goroutines and parks on
+/// every handoff hundreds of thousands of times a second), and the
+/// verdicts are the same: they rest on the table scans.
+#[test]
+fn patterns_are_judged_when_the_budget_detaches_probes_mid_run() {
+    let Some(env) = KernelEnv::get() else { return };
+    let binary = env.fixture("patterns", "1.27");
+    let mut fixture = Proc::spawn(&mut Command::new(&binary));
+    assert_eq!(fixture.line(), "ready");
+    let pid = fixture.pid();
+    let agent = Agent::start(&[&["--pid", &pid.to_string()][..], &FAST].concat());
+    for cmd in ["quiet", "busy"] {
+        fixture.send(cmd);
+        assert_eq!(fixture.line(), format!("ok {cmd}"));
+    }
+    let exe = binary.file_name().unwrap().to_str().unwrap().to_string();
+    let detached = |m: &support::Metrics, group: &str| {
+        m.value(
+            "gostray_probe_group_active",
+            &[("exe", exe.as_str()), ("group", group)],
+        ) == Some(0.0)
+    };
+    let m = agent.metrics_until(WAIT, |m| detached(m, "lifecycle") && detached(m, "park"));
+    assert!(
+        detached(&m, "lifecycle") && detached(&m, "park"),
+        "the budget left the probes of a hot service attached:\n{}",
+        http_get(agent.port, "/api/v1/overhead").unwrap_or_default()
+    );
+    fixture.send("leaks");
+    assert_eq!(fixture.line(), "ok leaks");
+    let p = report_until(&agent, pid, |p| {
+        groups(p).iter().filter(|g| g.0 == "leak").count() >= LEAKS.len()
+    });
+    let found = groups(&p);
+    for (function, reason) in LEAKS {
+        assert!(
+            found
+                .iter()
+                .any(|g| g.0 == "leak" && g.1 == function && g.2 == reason),
+            "{function} [{reason}] not called a leak with the probes detached; report: {found:#?}"
+        );
+    }
+    assert_eq!(found.len(), LEAKS.len(), "unexpected groups: {found:#?}");
+}

@@ -50,7 +50,10 @@ fn ring_buffer_overflow_is_counted_and_the_scan_recovers() {
     ]));
     assert_eq!(churn.line(), "ready");
     let pid = churn.pid();
+    // A full ring buffer is the point: the budget stays out.
     let agent = Agent::start(&[
+        "--overhead-budget",
+        "off",
         "--pid",
         &pid.to_string(),
         "--ring-buffer-bytes",

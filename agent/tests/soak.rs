@@ -37,7 +37,10 @@ fn memory_and_descriptors_stay_flat_under_churn_and_leaks() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(90);
     let (churn, spawner) = (env.fixture("churn", "1.27"), env.fixture("spawner", "1.27"));
+    // The event path is what is soaked: the budget stays out.
     let agent = Agent::start(&[
+        "--overhead-budget",
+        "off",
         "--binary",
         churn.to_str().unwrap(),
         "--binary",

@@ -14,6 +14,8 @@ pub const MAP_DIED: &str = "DIED";
 pub const MAP_FATAL_HITS: &str = "FATAL_HITS";
 /// Name of the per-CPU array of [`ProbeErrorKind`] counters.
 pub const MAP_ERRORS: &str = "ERRORS";
+/// Probe hits per watched process and program, per CPU (see [`hit`]).
+pub const MAP_HITS: &str = "HITS";
 /// Name of aya-log-ebpf's global that gates kernel-side log output; the
 /// agent sets it at load time (0 = off, 1 = error … 5 = trace).
 pub const GLOBAL_LOG_LEVEL: &str = "AYA_LOG_LEVEL";
@@ -285,7 +287,8 @@ pub struct ProcConfig {
     pub g_sched_bp: u32,
     /// Offset of `arg` in `runtime._panic` (8 before Go 1.26, then 0).
     pub panic_arg: u32,
-    pub _pad: u32,
+    /// This process's row of [`MAP_HITS`], given by the agent.
+    pub slot: u32,
     /// Runtime address of `runtime.allgs` (a `[]*g` whose first entry is
     /// goroutine 1), or 0: the goroutine a fatal error on the system stack
     /// with no user goroutine on the M (a deadlock found by the scheduler)
@@ -328,6 +331,19 @@ pub struct ProcEvent {
 
 /// Size of [`ProcEvent`] on the wire.
 pub const PROC_EVENT_SIZE: usize = core::mem::size_of::<ProcEvent>();
+
+/// Which program a probe hit ran, as a column of a [`MAP_HITS`] row: the
+/// agent prices each at its own calibrated cost.
+pub mod hit {
+    pub const CREATE: u32 = 0;
+    pub const EXIT: u32 = 1;
+    pub const BLOCK: u32 = 2;
+    pub const CLOSE: u32 = 3;
+    pub const SEND_CLOSED: u32 = 4;
+    pub const FATAL: u32 = 5;
+    /// Columns of a row (a power of two, so a masked index is in bounds).
+    pub const COLUMNS: usize = 8;
+}
 
 /// Why a probe failed; indexes the [`MAP_ERRORS`] per-CPU array.
 #[repr(u32)]

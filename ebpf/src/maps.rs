@@ -5,7 +5,7 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use gostray_common::{
-    Closer, CloserKey, GKey, ProcConfig, MAX_BLOCK_SEEN, MAX_CLOSERS, MAX_TARGETS,
+    hit, Closer, CloserKey, GKey, ProcConfig, MAX_BLOCK_SEEN, MAX_CLOSERS, MAX_TARGETS,
     PROBE_ERROR_KINDS,
 };
 
@@ -23,6 +23,12 @@ pub static TARGETS: HashMap<u32, ProcConfig> = HashMap::with_max_entries(MAX_TAR
 /// Probe failures by `ProbeErrorKind`, per CPU; exported by the agent.
 #[map(name = "ERRORS")]
 pub static ERRORS: PerCpuArray<u64> = PerCpuArray::with_max_entries(PROBE_ERROR_KINDS, 0);
+
+/// Probe hits per watched process (its `ProcConfig::slot`) and program
+/// (`hit::*`), per CPU: the agent prices them to keep each executable
+/// within its overhead budget. An array: the lookup is a bounds check.
+#[map(name = "HITS")]
+pub static HITS: PerCpuArray<[u64; hit::COLUMNS]> = PerCpuArray::with_max_entries(MAX_TARGETS, 0);
 
 /// When each goroutine last sent a block event, to send at most one per
 /// `BLOCK_EVENT_GAP_NS`. LRU: a full map forgets the oldest goroutines.

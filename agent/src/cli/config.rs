@@ -217,6 +217,16 @@ pub struct RunArgs {
     #[arg(long, env = "GOSTRAY_PROBES", value_name = "GROUPS", default_value = "all", value_parser = parse_probes)]
     pub probes: ProbeGroups,
 
+    /// The most the probes may cost a watched executable, as a fraction of
+    /// its processes' CPU time (`0.01` or `1%`; `off` to never switch).
+    /// The agent prices every probe hit at a cost it measures at start; a
+    /// group that keeps an executable over budget for 3 s is detached from
+    /// it (counts then come from the table scans, as with `--probes none`)
+    /// and re-armed later with back-off. Costs under 1 ms of CPU a second
+    /// are never acted on. See `/api/v1/overhead`.
+    #[arg(long, env = "GOSTRAY_OVERHEAD_BUDGET", value_name = "FRACTION", default_value = "1%", value_parser = parse_budget)]
+    pub overhead_budget: Budget,
+
     /// Goroutines stored per process; beyond it they are counted, not stored.
     #[arg(long, env = "GOSTRAY_MAX_GOROUTINES", default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..=50_000_000))]
     pub max_goroutines: u64,
@@ -317,6 +327,32 @@ fn parse_detach_grace(s: &str) -> Result<Duration, String> {
     parse_bounded(s, Duration::ZERO, Duration::from_hours(1))
 }
 
+/// `--overhead-budget`: a fraction of CPU time, or `None` for `off`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Budget(pub Option<f64>);
+
+/// Parses `0.01`, `1%` or `off`; a budget is above 0 and at most 1.
+fn parse_budget(s: &str) -> Result<Budget, String> {
+    if s.eq_ignore_ascii_case("off") {
+        return Ok(Budget(None));
+    }
+    let (number, scale) = match s.strip_suffix('%') {
+        Some(n) => (n, 100.0),
+        None => (s, 1.0),
+    };
+    let f: f64 = number
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a fraction (0.01), a percentage (1%) or `off`"))?;
+    let f = f / scale;
+    if !(f > 0.0 && f <= 1.0) {
+        return Err(format!(
+            "{s:?} is outside (0, 100%]; use `off` to never detach probes"
+        ));
+    }
+    Ok(Budget(Some(f)))
+}
+
 fn parse_ring_bytes(s: &str) -> Result<u32, String> {
     let n: u32 = s
         .parse()
@@ -354,6 +390,16 @@ mod tests {
         assert_eq!(parse_size("0"), Ok(0));
         assert!(parse_size("1GB").is_err());
         assert!(parse_size("99999999999TiB").is_err());
+    }
+
+    #[test]
+    fn budgets_are_fractions_percentages_or_off() {
+        assert_eq!(parse_budget("0.01"), Ok(Budget(Some(0.01))));
+        assert_eq!(parse_budget("1%"), Ok(Budget(Some(0.01))));
+        assert_eq!(parse_budget("OFF"), Ok(Budget(None)));
+        assert!(parse_budget("0").unwrap_err().contains("off"));
+        assert!(parse_budget("150%").is_err());
+        assert!(parse_budget("lots").is_err());
     }
 
     #[test]

@@ -189,6 +189,10 @@ impl Agent {
             let mut tracker = lock(&self.shared.tracker);
             tracker.add_process(pid, info);
             if let Some(p) = tracker.process_mut(pid) {
+                // The budget took this executable's lifecycle probes away.
+                if !self.budget.lifecycle_active(file) {
+                    p.set_lifecycle_probes(false);
+                }
                 p.bias = bias;
                 p.wait_reasons.clone_from(&bin.wait_reasons);
                 p.pod = super::labels::pod_place(&key);

@@ -68,6 +68,7 @@ impl Agent {
             self.idle_binaries.remove(&file);
             if !self.watched.values().any(|w| w.file == file) {
                 self.kernel.detach_binary(file);
+                self.budget.forget_file(file);
             }
         }
     }
@@ -198,6 +199,7 @@ impl Agent {
                 self.last_table_scan = Some(Instant::now());
                 self.scan_goroutines();
             }
+            self.enforce_budget();
             if now >= next_stats {
                 self.refresh_stats();
                 next_stats = now + TICK;

@@ -5,7 +5,10 @@
 //! Both feed the shared tracker that the HTTP server reads.
 
 mod attach;
+pub mod budget;
 mod deaths;
+
+pub use budget::OverheadReport;
 
 pub use attach::validate_targets;
 use attach::Rejected;
@@ -91,6 +94,8 @@ pub struct Agent {
     pub(crate) departed: std::collections::VecDeque<deaths::Departed>,
     /// Deaths received for a process not known yet (or any more), since when.
     pub(crate) deaths_waiting: Vec<(gostray_common::DeathEvent, Instant)>,
+    /// The overhead budget (`--overhead-budget`).
+    pub(crate) budget: budget::Budget,
 }
 
 impl Agent {
@@ -103,8 +108,28 @@ impl Agent {
         binary_targets: Vec<(PathBuf, FileId)>,
         shared: Arc<Shared>,
     ) -> anyhow::Result<(Self, RingBuf<MapData>)> {
-        let (mut kernel, ring) =
+        let (mut kernel, mut ring) =
             Kernel::load(args.ring_buffer_bytes, args.kernel_log, args.probes)?;
+        let price = match kernel.calibrate(&mut ring) {
+            Ok(c) => {
+                tracing::info!(
+                    floor_ns = format!("{:.0}", c.floor_ns),
+                    create_ns = format!("{:.0}", c.cost_ns[gostray_common::hit::CREATE as usize]),
+                    exit_ns = format!("{:.0}", c.cost_ns[gostray_common::hit::EXIT as usize]),
+                    park_ns = format!("{:.0}", c.cost_ns[gostray_common::hit::BLOCK as usize]),
+                    close_ns = format!("{:.0}", c.cost_ns[gostray_common::hit::CLOSE as usize]),
+                    "probe cost per hit measured on this kernel"
+                );
+                Some(c)
+            }
+            Err(e) => {
+                tracing::warn!(
+                    error = format!("{e:#}"),
+                    "could not measure the probe cost per hit; the overhead budget is off"
+                );
+                None
+            }
+        };
         let procs = match ProcWatch::start(kernel.ebpf_mut()) {
             Ok(p) => Some(p),
             Err(e) if args.whole_host() => return Err(e.context("watching process execs")),
@@ -145,6 +170,7 @@ impl Agent {
             last_table_scan: None,
             departed: std::collections::VecDeque::new(),
             deaths_waiting: Vec::new(),
+            budget: budget::Budget::new(args.overhead_budget.0, price),
         };
         for &pid in &args.pids {
             agent.attach(pid).with_context(|| format!("PID {pid}"))?;

@@ -1,6 +1,7 @@
 //! The thin layer that touches the kernel: loading the probes, attaching them
 //! per binary, and the map of watched processes.
 
+pub mod calibrate;
 pub mod drain;
 pub mod privileges;
 
@@ -8,7 +9,7 @@ use std::{collections::HashMap, path::Path, sync::mpsc};
 
 use anyhow::{bail, Context};
 use aya::{
-    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuValues, RingBuf},
     programs::{
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLink, UProbeLinkId, UProbeScope},
         UProbe,
@@ -17,33 +18,40 @@ use aya::{
 };
 use aya_log::EbpfLogger;
 use gostray_common::{
-    ProbeErrorKind, ProcConfig, GLOBAL_LOG_LEVEL, MAP_DIED, MAP_ERRORS, MAP_EVENTS, MAP_FATAL_HITS,
-    MAP_TARGETS, OFFSET_ABSENT,
+    hit, ProbeErrorKind, ProcConfig, GLOBAL_LOG_LEVEL, MAP_DIED, MAP_ERRORS, MAP_EVENTS,
+    MAP_FATAL_HITS, MAP_HITS, MAP_TARGETS, OFFSET_ABSENT,
 };
 
 use crate::{
     cli::config::{KernelLog, ProbeGroups},
     control::target::Target,
+    gobin::sites::ProbeGroup,
     proc::procfs::FileId,
 };
 
 /// The kernel object, embedded at build time (see `build.rs`).
 static OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/gostray.bpf.o"));
 
-/// One probe to attach: program, file offset, attach cookie.
-type Placement = (&'static str, u64, Option<u64>);
+/// One probe to attach: its group, program, file offset, attach cookie.
+type Placement = (ProbeGroup, &'static str, u64, Option<u64>);
 
-/// Where each program of the chosen groups goes in one binary: the probe
-/// registry's sites found in it, filtered by `--probes`.
-fn placements(target: &Target, groups: ProbeGroups) -> Vec<Placement> {
+/// Where each program of the groups `wanted` accepts goes in one binary:
+/// the probe registry's sites found in it.
+fn placements(target: &Target, wanted: impl Fn(ProbeGroup) -> bool) -> Vec<Placement> {
     target
         .bin
         .sites
         .iter()
-        .filter(|s| s.attach && groups.has(s.spec.group))
-        .map(|s| (s.spec.program, s.site.file_offset, s.cookie))
+        .filter(|s| s.attach && wanted(s.spec.group))
+        .map(|s| (s.spec.group, s.spec.program, s.site.file_offset, s.cookie))
         .collect()
 }
+
+/// One attached probe.
+type Link = (ProbeGroup, &'static str, UProbeLinkId);
+
+/// Probe hits of one watched process by program (`hit::*` columns).
+pub type Hits = [u64; hit::COLUMNS];
 
 /// Loaded probes and their attachments. Dropping it detaches everything.
 pub struct Kernel {
@@ -53,8 +61,12 @@ pub struct Kernel {
     died: BpfHashMap<MapData, u32, u64>,
     errors: PerCpuArray<MapData, u64>,
     fatal_hits: PerCpuArray<MapData, u64>,
+    hits: PerCpuArray<MapData, Hits>,
+    /// The `HITS` row of each watched PID, and the rows free.
+    slots: HashMap<u32, u32>,
+    free_slots: Vec<u32>,
     /// Attachments per executable file: one set shared by all its processes.
-    links: HashMap<FileId, Vec<(&'static str, UProbeLinkId)>>,
+    links: HashMap<FileId, Vec<Link>>,
     logger: Option<EbpfLogger<&'static dyn log::Log>>,
     /// Links to drop (detach) off the control thread; see [`Self::detach_links`].
     detacher: mpsc::Sender<Vec<UProbeLink>>,
@@ -136,6 +148,7 @@ impl Kernel {
         let errors = PerCpuArray::try_from(take(&mut ebpf, MAP_ERRORS)?)?;
         let died = BpfHashMap::try_from(take(&mut ebpf, MAP_DIED)?)?;
         let fatal_hits = PerCpuArray::try_from(take(&mut ebpf, MAP_FATAL_HITS)?)?;
+        let hits = PerCpuArray::try_from(take(&mut ebpf, MAP_HITS)?)?;
         Ok((
             Self {
                 ebpf,
@@ -143,6 +156,9 @@ impl Kernel {
                 died,
                 errors,
                 fatal_hits,
+                hits,
+                slots: HashMap::new(),
+                free_slots: (0..gostray_common::MAX_TARGETS).rev().collect(),
                 links: HashMap::new(),
                 detacher: spawn_detacher()?,
                 logger,
@@ -164,9 +180,53 @@ impl Kernel {
         if self.links.contains_key(&id) {
             return Ok(());
         }
-        let wanted = placements(target, self.groups);
+        let groups = self.groups;
+        let links = self.attach_placements(path, placements(target, |g| groups.has(g)))?;
+        self.links.insert(id, links);
+        Ok(())
+    }
+
+    /// Attaches `group`'s probes to an executable that has the others
+    /// (the overhead budget re-arming it). A no-op when it has it already,
+    /// when `--probes` left it out, or when the file has no probes at all.
+    pub fn attach_group(
+        &mut self,
+        id: FileId,
+        path: &Path,
+        target: &Target,
+        group: ProbeGroup,
+    ) -> anyhow::Result<()> {
+        let has = |links: &Vec<Link>| links.iter().any(|(g, _, _)| *g == group);
+        if !self.groups.has(group) || self.links.get(&id).is_none_or(has) {
+            return Ok(());
+        }
+        let new = self.attach_placements(path, placements(target, |g| g == group))?;
+        if let Some(links) = self.links.get_mut(&id) {
+            links.extend(new);
+        }
+        Ok(())
+    }
+
+    /// Detaches `group`'s probes from one executable, for all its processes.
+    pub fn detach_group(&mut self, id: FileId, group: ProbeGroup) {
+        let Some(links) = self.links.get_mut(&id) else {
+            return;
+        };
+        let (gone, kept) = std::mem::take(links)
+            .into_iter()
+            .partition(|(g, _, _)| *g == group);
+        *links = kept;
+        self.detach_links(gone);
+    }
+
+    /// Attaches each placement; on a failure, detaches the ones made.
+    fn attach_placements(
+        &mut self,
+        path: &Path,
+        wanted: Vec<Placement>,
+    ) -> anyhow::Result<Vec<Link>> {
         let mut links = Vec::with_capacity(wanted.len());
-        for (name, offset, cookie) in wanted {
+        for (group, name, offset, cookie) in wanted {
             let prog: &mut UProbe = self
                 .ebpf
                 .program_mut(name)
@@ -177,7 +237,7 @@ impl Kernel {
                 cookie,
             };
             match prog.attach(point, path, UProbeScope::AllProcesses) {
-                Ok(link) => links.push((name, link)),
+                Ok(link) => links.push((group, name, link)),
                 Err(e) => {
                     self.detach_links(links);
                     return Err(anyhow::Error::new(e)
@@ -185,8 +245,7 @@ impl Kernel {
                 }
             }
         }
-        self.links.insert(id, links);
-        Ok(())
+        Ok(links)
     }
 
     /// Detaches the probes of an executable no watched process runs any more.
@@ -199,9 +258,9 @@ impl Kernel {
     /// Hands the links to the detach thread: closing a uprobe waits for an
     /// RCU grace period (tens of milliseconds here), which must not hold up
     /// attaching the next process.
-    fn detach_links(&mut self, links: Vec<(&'static str, UProbeLinkId)>) {
+    fn detach_links(&mut self, links: Vec<Link>) {
         let mut owned = Vec::with_capacity(links.len());
-        for (name, link) in links {
+        for (_, name, link) in links {
             let prog: Option<&mut UProbe> =
                 self.ebpf.program_mut(name).and_then(|p| p.try_into().ok());
             if let Some(prog) = prog {
@@ -256,7 +315,7 @@ impl Kernel {
             g_sched_pc: g.map_or(OFFSET_ABSENT, |g| g.sched_pc),
             g_sched_bp: g.map_or(OFFSET_ABSENT, |g| g.sched_bp),
             panic_arg: panic_arg_offset(target.bin.version),
-            _pad: 0,
+            slot: self.slot_for(pid)?,
             allgs: target.bin.allgs.wrapping_add(bias),
             lost: 0,
         };
@@ -272,6 +331,39 @@ impl Kernel {
     pub fn unwatch(&mut self, pid: u32) {
         // A PID that is already gone from the map is fine.
         let _ = self.targets.remove(&pid);
+        if let Some(slot) = self.slots.remove(&pid) {
+            self.free_slots.push(slot);
+        }
+    }
+
+    /// The `HITS` row for `pid`, zeroed when it is newly taken.
+    fn slot_for(&mut self, pid: u32) -> anyhow::Result<u32> {
+        if let Some(&slot) = self.slots.get(&pid) {
+            return Ok(slot);
+        }
+        let slot = self
+            .free_slots
+            .pop()
+            .context("no free probe-hit row (the watch map is full)")?;
+        let zero = PerCpuValues::try_from(vec![[0u64; hit::COLUMNS]; nr_cpus()?])?;
+        self.hits
+            .set(slot, zero, 0)
+            .context("clearing a probe-hit row")?;
+        self.slots.insert(pid, slot);
+        Ok(slot)
+    }
+
+    /// Probe hits in `pid` since it was watched, by program, summed over CPUs.
+    pub fn hits(&self, pid: u32) -> Option<Hits> {
+        let slot = *self.slots.get(&pid)?;
+        let per_cpu = self.hits.get(&slot, 0).ok()?;
+        let mut sum = [0u64; hit::COLUMNS];
+        for row in per_cpu.iter() {
+            for (s, v) in sum.iter_mut().zip(row) {
+                *s += v;
+            }
+        }
+        Some(sum)
     }
 
     /// Events `pid` lost to a full ring buffer, as counted by the probes.
@@ -297,6 +389,13 @@ impl Kernel {
     }
 }
 
+/// CPUs the kernel keeps per-CPU map values for.
+fn nr_cpus() -> anyhow::Result<usize> {
+    aya::util::nr_cpus()
+        .map_err(|(_, e)| e)
+        .context("counting possible CPUs")
+}
+
 /// Offset of `arg` in `runtime._panic`: Go 1.26 removed the `argp` word
 /// before it (runtime2.go, checked on 1.19 and 1.21–1.27).
 fn panic_arg_offset(v: crate::gobin::GoVersion) -> u32 {
@@ -314,7 +413,7 @@ impl Drop for Kernel {
         let files: Vec<FileId> = self.links.keys().copied().collect();
         let mut owned = Vec::new();
         for file in files {
-            for (name, link) in self.links.remove(&file).unwrap_or_default() {
+            for (_, name, link) in self.links.remove(&file).unwrap_or_default() {
                 let prog: Option<&mut UProbe> =
                     self.ebpf.program_mut(name).and_then(|p| p.try_into().ok());
                 if let Some(link) = prog.and_then(|p| p.take_link(link).ok()) {

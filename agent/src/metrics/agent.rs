@@ -48,6 +48,7 @@ pub fn encode(enc: &mut DescriptorEncoder, shared: &Shared, watched: usize) -> f
         ConstGauge::new(watched as i64),
     )?;
     discovery(enc, shared)?;
+    overhead(enc, shared)?;
     kube(enc, shared)?;
     process(enc)
 }
@@ -87,6 +88,76 @@ fn process(enc: &mut DescriptorEncoder) -> fmt::Result {
         MetricType::Gauge,
         ConstGauge::new(fds as i64),
     )
+}
+
+/// The overhead budget: what each executable's probes cost, and which
+/// groups the budget has switched off. One series per watched executable
+/// and group.
+fn overhead(enc: &mut DescriptorEncoder, shared: &Shared) -> fmt::Result {
+    let report = lock(&shared.overhead).clone();
+    let per_group = |value: &dyn Fn(&crate::control::budget::GroupReport) -> f64| {
+        report
+            .executables
+            .iter()
+            .flat_map(|e| {
+                e.groups.iter().map(|g| {
+                    let labels = vec![("exe", e.name.clone()), ("group", g.group.to_string())];
+                    (labels, value(g))
+                })
+            })
+            .collect::<Vec<_>>()
+    };
+    let gauges = |rows: Vec<(Labels, f64)>| {
+        rows.into_iter()
+            .map(|(l, v)| (l, ConstGauge::new(v)))
+            .collect::<Vec<_>>()
+    };
+    family(
+        enc,
+        names::PROBE_GROUP_ACTIVE,
+        "1 while a probe group is attached to an executable; 0 while the overhead budget has it detached",
+        MetricType::Gauge,
+        gauges(per_group(&|g| f64::from(u8::from(g.active)))),
+    )?;
+    family(
+        enc,
+        names::PROBE_COST_RATIO,
+        "Estimated CPU time of a probe group over its executable's processes' CPU time, last second (for a detached lifecycle group: at the creation rate the scans measure)",
+        MetricType::Gauge,
+        gauges(per_group(&|g| g.cost_ratio)),
+    )?;
+    family(
+        enc,
+        names::PROBE_GROUP_DETACHES,
+        "Times the overhead budget detached a probe group from an executable",
+        MetricType::Counter,
+        per_group(&|g| g.detaches as f64)
+            .into_iter()
+            .map(|(l, v)| (l, ConstCounter::new(v as u64)))
+            .collect::<Vec<_>>(),
+    )?;
+    if let Some(c) = &report.calibration {
+        family(
+            enc,
+            names::PROBE_HIT_COST,
+            "CPU time one probe hit costs the watched process, by program, measured at start (floor: the trap alone)",
+            MetricType::Gauge,
+            std::iter::once(("floor", c.floor_ns))
+                .chain(c.programs.iter().map(|(p, ns)| (*p, *ns)))
+                .map(|(p, ns)| (vec![("program", p.to_string())], ConstGauge::new(ns / 1e9)))
+                .collect::<Vec<_>>(),
+        )?;
+    }
+    if let Some(b) = report.budget {
+        one(
+            enc,
+            names::OVERHEAD_BUDGET,
+            "The overhead budget: the most probes may cost, as a fraction of the watched processes' CPU time",
+            MetricType::Gauge,
+            ConstGauge::new(b),
+        )?;
+    }
+    Ok(())
 }
 
 fn discovery(enc: &mut DescriptorEncoder, shared: &Shared) -> fmt::Result {

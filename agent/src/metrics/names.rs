@@ -47,3 +47,10 @@ pub const DEATHS: &str = "gostray_process_deaths";
 pub const DEATHS_UNRECORDED: &str = "gostray_process_deaths_unrecorded";
 pub const FATAL_HITS: &str = "gostray_fatal_probe_hits";
 pub const HEAP_WALK_BYTES: &str = "gostray_heap_walk_read_bytes";
+
+// The overhead budget's families.
+pub const PROBE_GROUP_ACTIVE: &str = "gostray_probe_group_active";
+pub const PROBE_COST_RATIO: &str = "gostray_probe_cost_ratio";
+pub const PROBE_GROUP_DETACHES: &str = "gostray_probe_group_detaches";
+pub const PROBE_HIT_COST: &str = "gostray_probe_hit_cost_seconds";
+pub const OVERHEAD_BUDGET: &str = "gostray_overhead_budget_ratio";

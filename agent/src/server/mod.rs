@@ -145,6 +145,10 @@ fn route(head: &str, shared: &Shared, registry: &Registry, limiter: &RateLimiter
                 Err(_) => reply(500, "text/plain", "report failed\n"),
             }
         }
+        "/api/v1/overhead" => match serde_json::to_string_pretty(&*lock(&shared.overhead)) {
+            Ok(json) => reply(200, "application/json", &json),
+            Err(_) => reply(500, "text/plain", "report failed\n"),
+        },
         "/debug/pprof/goroutineleak" => pprof::respond(target, shared),
         "/healthz" => reply(200, "text/plain", "ok\n"),
         "/readyz" if shared.ready.load(Ordering::Relaxed) => reply(200, "text/plain", "ready\n"),
@@ -152,7 +156,7 @@ fn route(head: &str, shared: &Shared, registry: &Registry, limiter: &RateLimiter
         "/" => reply(
             200,
             "text/plain",
-            "gostray: see /metrics, /api/v1/leaks, /debug/pprof/goroutineleak, /healthz, /readyz\n",
+            "gostray: see /metrics, /api/v1/leaks, /api/v1/overhead, /debug/pprof/goroutineleak, /healthz, /readyz\n",
         ),
         _ => reply(404, "text/plain", "not found\n"),
     }

@@ -183,8 +183,31 @@ impl ProcessState {
             .map_or("", String::as_str)
     }
 
+    /// Switches where creations and exits are counted from: the lifecycle
+    /// probes (`on`) or the scans, as when the overhead budget detaches or
+    /// re-arms them. The totals carry on from where they are. In scan mode
+    /// the exits are the goroutines counted (live at attach, plus created)
+    /// that the live count no longer holds, which also counts the exits
+    /// still in flight when the probes went.
+    pub fn set_lifecycle_probes(&mut self, on: bool) {
+        self.from_scans = !on;
+    }
+
+    /// Whether creations and exits are counted from the lifecycle probes.
+    #[cfg(test)]
+    pub fn lifecycle_probes(&self) -> bool {
+        !self.from_scans
+    }
+
     pub(super) fn created(&mut self, event: &GoroutineEvent) {
-        self.created_total += 1;
+        if self.from_scans {
+            // An event still in flight when the probes went: counted like a
+            // scan would count it, by the advance of the highest ID.
+            self.count_from_top(event.goid);
+        } else {
+            self.created_total += 1;
+            self.scan_counts.top_goid = self.scan_counts.top_goid.max(event.goid);
+        }
         let fresh = Goroutine::new(event.ktime_ns, event.gopc, event.startpc, event.parent_goid);
         match self.live.get_mut(&event.goid) {
             // A scan in progress found it before its event arrived: keep
@@ -202,7 +225,8 @@ impl ProcessState {
     }
 
     pub(super) fn exited(&mut self, goid: u64, at_ns: u64) {
-        self.exited_total += 1;
+        // In scan mode the scan's live count gives the exits.
+        self.exited_total += u64::from(!self.from_scans);
         if let Some(g) = self.live.remove(&goid) {
             if g.created_ns != 0 && at_ns >= g.created_ns {
                 self.lifetimes.observe_ns(at_ns - g.created_ns);
@@ -356,6 +380,7 @@ impl ProcessState {
             self.count_from_scan(self.pass.top_goid);
         } else {
             self.reconciled_exits += (before - self.live.len()) as u64;
+            self.scan_counts.top_goid = self.scan_counts.top_goid.max(self.pass.top_goid);
         }
     }
 
@@ -363,13 +388,19 @@ impl ProcessState {
     /// goroutine ID, exits from the live count (see [`ScanCounts`]). Both
     /// only ever grow.
     fn count_from_scan(&mut self, top_goid: u64) {
-        let c = &mut self.scan_counts;
-        if top_goid > c.top_goid {
-            self.created_total += top_goid - c.top_goid;
-            c.top_goid = top_goid;
-        }
+        self.count_from_top(top_goid);
+        let c = &self.scan_counts;
         let gone = (c.live_at_attach + self.created_total).saturating_sub(self.live_count());
         self.exited_total = self.exited_total.max(gone);
+    }
+
+    /// Counts the creations up to goroutine ID `goid` not counted yet.
+    fn count_from_top(&mut self, goid: u64) {
+        let c = &mut self.scan_counts;
+        if goid > c.top_goid {
+            self.created_total += goid - c.top_goid;
+            c.top_goid = goid;
+        }
     }
 
     /// Records this evaluation's group sizes and forgets groups that are gone.

@@ -194,3 +194,49 @@ fn a_creation_event_arriving_during_a_scan_pass_keeps_the_goroutine() {
     assert_eq!((p.live_count(), p.created_total), (2, 1));
     assert_eq!(p.goroutine(9).unwrap().gopc, 0x1000);
 }
+
+#[test]
+fn lifecycle_probes_switched_off_and_on_mid_run_keep_the_counts() {
+    let mut t = Tracker::new(100);
+    t.add_process(7, info());
+    t.merge_scan(7, &[scanned(1)]);
+    for goid in 2..12 {
+        t.apply(&Event::Goroutine(ev(EventKind::Create, 7, goid)));
+    }
+    for goid in 2..6 {
+        t.apply(&Event::Goroutine(ev(EventKind::Exit, 7, goid)));
+    }
+    // 10 created, 4 exited, 7 live (1 and 6..=11). The budget detaches the
+    // lifecycle probes; one creation and one exit were still in flight.
+    let p = t.process_mut(7).unwrap();
+    p.set_lifecycle_probes(false);
+    assert!(!p.lifecycle_probes());
+    t.apply(&Event::Goroutine(ev(EventKind::Create, 7, 12)));
+    t.apply(&Event::Goroutine(ev(EventKind::Exit, 7, 6)));
+    let p = t.process(7).unwrap();
+    assert_eq!(
+        (p.created_total, p.exited_total, p.live_count()),
+        (11, 4, 7)
+    );
+    // Then IDs reach 30 between scans; 6..=9 and most new ones are gone.
+    let live = [1, 10, 11, 12, 29, 30];
+    t.observe_scan(7, 1_000, live.iter().map(|&g| scanned(g)).collect());
+    let p = t.process(7).unwrap();
+    assert_eq!(
+        (p.created_total, p.exited_total, p.live_count()),
+        (29, 24, 6)
+    );
+    assert_eq!(p.created_total - p.exited_total + 1, p.live_count());
+    // Re-armed: events count again, from the same totals.
+    t.process_mut(7).unwrap().set_lifecycle_probes(true);
+    t.apply(&Event::Goroutine(ev(EventKind::Create, 7, 31)));
+    t.apply(&Event::Goroutine(ev(EventKind::Exit, 7, 29)));
+    let p = t.process(7).unwrap();
+    assert_eq!(
+        (p.created_total, p.exited_total, p.live_count()),
+        (30, 25, 6)
+    );
+    // Switching to what it is already is a no-op.
+    t.process_mut(7).unwrap().set_lifecycle_probes(true);
+    assert_eq!(t.process(7).unwrap().created_total, 30);
+}

@@ -3,7 +3,7 @@ use aya_ebpf::{
     macros::uprobe,
     programs::ProbeContext,
 };
-use gostray_common::{block_cookie, ChanEvent, EventKind, GKey, BLOCK_EVENT_GAP_NS};
+use gostray_common::{block_cookie, hit, ChanEvent, EventKind, GKey, BLOCK_EVENT_GAP_NS};
 
 use super::{current_target, finish, read_pair, read_u64, return_pcs, submit_chan, ProbeError};
 use crate::{goabi, maps::BLOCK_SEEN};
@@ -21,7 +21,7 @@ pub fn goroutine_block(ctx: ProbeContext) -> u32 {
 }
 
 fn try_goroutine_block(ctx: &ProbeContext) -> Result<(), ProbeError> {
-    let Some((pid, cfg_ptr)) = current_target() else {
+    let Some((pid, cfg_ptr)) = current_target(hit::BLOCK) else {
         return Ok(());
     };
     // SAFETY: the pointer comes from a successful map lookup.

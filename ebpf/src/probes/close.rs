@@ -1,5 +1,5 @@
 use aya_ebpf::{macros::uprobe, programs::ProbeContext};
-use gostray_common::{ChanEvent, Closer, CloserKey, EventKind};
+use gostray_common::{hit, ChanEvent, Closer, CloserKey, EventKind};
 
 use super::{current_target, finish, read_u32, read_u64, submit_chan, ProbeError};
 use crate::{goabi, maps::CLOSERS};
@@ -16,7 +16,7 @@ pub fn chan_close(ctx: ProbeContext) -> u32 {
 }
 
 fn try_chan_close(ctx: &ProbeContext) -> Result<(), ProbeError> {
-    let Some((pid, cfg_ptr)) = current_target() else {
+    let Some((pid, cfg_ptr)) = current_target(hit::CLOSE) else {
         return Ok(());
     };
     // SAFETY: the pointer comes from a successful map lookup.

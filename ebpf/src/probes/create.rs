@@ -1,5 +1,5 @@
 use aya_ebpf::{macros::uprobe, programs::ProbeContext};
-use gostray_common::{EventKind, GoroutineEvent, OFFSET_ABSENT};
+use gostray_common::{hit, EventKind, GoroutineEvent, OFFSET_ABSENT};
 
 use super::{current_target, finish, read_g_span, read_u64, span_word, submit, ProbeError};
 use crate::goabi;
@@ -15,7 +15,7 @@ pub fn goroutine_create(ctx: ProbeContext) -> u32 {
 }
 
 fn try_goroutine_create(ctx: &ProbeContext) -> Result<(), ProbeError> {
-    let Some((pid, cfg_ptr)) = current_target() else {
+    let Some((pid, cfg_ptr)) = current_target(hit::CREATE) else {
         return Ok(());
     };
     // SAFETY: the pointer comes from a successful map lookup.

@@ -1,5 +1,5 @@
 use aya_ebpf::{macros::uprobe, programs::ProbeContext};
-use gostray_common::{EventKind, GoroutineEvent};
+use gostray_common::{hit, EventKind, GoroutineEvent};
 
 use super::{current_target, finish, read_u64, submit, ProbeError};
 use crate::goabi;
@@ -14,7 +14,7 @@ pub fn goroutine_exit(ctx: ProbeContext) -> u32 {
 }
 
 fn try_goroutine_exit(ctx: &ProbeContext) -> Result<(), ProbeError> {
-    let Some((pid, cfg_ptr)) = current_target() else {
+    let Some((pid, cfg_ptr)) = current_target(hit::EXIT) else {
         return Ok(());
     };
     // SAFETY: the pointer comes from a successful map lookup.

@@ -6,8 +6,8 @@ use aya_ebpf::{
 };
 use core::intrinsics::{atomic_xadd, AtomicOrdering};
 use gostray_common::{
-    death_cookie, death_source, DeathEvent, EventKind, ProcConfig, OFFSET_ABSENT, DEATH_MSG,
-    DEATH_PCS,
+    death_cookie, death_source, DeathEvent, EventKind, ProcConfig, DEATH_MSG, DEATH_PCS,
+    OFFSET_ABSENT,
 };
 
 use super::{current_target, finish, read_pair, read_u64, ProbeError};
@@ -45,7 +45,7 @@ fn try_fatal_error(ctx: &ProbeContext) -> Result<(), ProbeError> {
         // SAFETY: a per-CPU slot is only touched by this CPU.
         unsafe { *hits += 1 };
     }
-    let Some((pid, cfg_ptr)) = current_target() else {
+    let Some((pid, cfg_ptr)) = current_target(gostray_common::hit::FATAL) else {
         return Ok(());
     };
     // Only the first hit of a process goes on: the insert is atomic in the
@@ -68,13 +68,18 @@ fn try_fatal_error(ctx: &ProbeContext) -> Result<(), ProbeError> {
     let (first_pc, fp) = if cookie & death_cookie::CLOSURE != 0 {
         (0, goabi::frame_pointer(ctx))
     } else {
-        (read_u64(goabi::stack_pointer(ctx), 0)?, goabi::frame_pointer(ctx))
+        (
+            read_u64(goabi::stack_pointer(ctx), 0)?,
+            goabi::frame_pointer(ctx),
+        )
     };
     let (goid, first_pc, fp) = dying_goroutine(goabi::current_g(ctx), &cfg, first_pc, fp)?;
 
     let Some(mut entry) = EVENTS.reserve::<DeathEvent>(0) else {
         // SAFETY: as above.
-        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*cfg_ptr).lost, 1) };
+        unsafe {
+            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*cfg_ptr).lost, 1)
+        };
         return Err(ProbeError::RingFull);
     };
     let e = entry.as_mut_ptr();
@@ -90,14 +95,23 @@ fn try_fatal_error(ctx: &ProbeContext) -> Result<(), ProbeError> {
         (*e).full_len = 0;
         let (ptr, len) = if cookie & death_cookie::PANIC != 0 {
             (*e).source = death_source::PANIC;
-            panic_string(a0, cfg.panic_arg, &mut (*e).value_type, &mut (*e).value_kind)
+            panic_string(
+                a0,
+                cfg.panic_arg,
+                &mut (*e).value_type,
+                &mut (*e).value_kind,
+            )
         } else {
             (*e).source = death_source::THROW;
             (a0, a1)
         };
         if ptr != 0 && len != 0 {
             (*e).full_len = len;
-            let n = if len > DEATH_MSG as u64 { DEATH_MSG as u32 } else { len as u32 };
+            let n = if len > DEATH_MSG as u64 {
+                DEATH_MSG as u32
+            } else {
+                len as u32
+            };
             if read_bytes(&mut (*e).msg, ptr, n) {
                 (*e).msg_len = n;
             }
@@ -156,8 +170,10 @@ fn panic_string(p: u64, arg: u32, ty: &mut u64, kind: &mut u32) -> (u64, u64) {
         return (0, 0);
     }
     // SAFETY: the helper validates the address.
-    let k = unsafe { aya_ebpf::helpers::bpf_probe_read_user((typ + u64::from(TYPE_KIND)) as *const u8) }
-        .map_or(0, u32::from);
+    let k = unsafe {
+        aya_ebpf::helpers::bpf_probe_read_user((typ + u64::from(TYPE_KIND)) as *const u8)
+    }
+    .map_or(0, u32::from);
     *kind = k & 0x1f;
     if *kind != KIND_STRING || data == 0 {
         return (0, 0);

@@ -15,9 +15,9 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use core::intrinsics::{atomic_xadd, AtomicOrdering};
-use gostray_common::{ChanEvent, GoroutineEvent, ProbeErrorKind, ProcConfig, EVENT_PCS};
+use gostray_common::{hit, ChanEvent, GoroutineEvent, ProbeErrorKind, ProcConfig, EVENT_PCS};
 
-use crate::maps::{ERRORS, EVENTS, G_SPAN_WORDS, TARGETS};
+use crate::maps::{ERRORS, EVENTS, G_SPAN_WORDS, HITS, TARGETS};
 
 /// Why a probe gave up; counted in `ERRORS`, never silently dropped.
 pub enum ProbeError {
@@ -25,11 +25,20 @@ pub enum ProbeError {
     RingFull,
 }
 
-/// The watched process this probe fired in, or `None` for any other process.
+/// The watched process this probe fired in, or `None` for any other
+/// process; a hit in a watched one is counted under `program` (`hit::*`).
 #[inline(always)]
-fn current_target() -> Option<(u32, *mut ProcConfig)> {
+fn current_target(program: u32) -> Option<(u32, *mut ProcConfig)> {
     let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    TARGETS.get_ptr_mut(&pid).map(|cfg| (pid, cfg))
+    let cfg = TARGETS.get_ptr_mut(&pid)?;
+    // SAFETY: `cfg` comes from a successful lookup; a per-CPU row is only
+    // touched by this CPU.
+    unsafe {
+        if let Some(row) = HITS.get_ptr_mut((*cfg).slot) {
+            (*row)[program as usize & (hit::COLUMNS - 1)] += 1;
+        }
+    }
+    Some((pid, cfg))
 }
 
 /// Reads a `u64` field at `base + offset` in the target's memory.
@@ -64,7 +73,9 @@ const G_SPAN_READ: usize = 24;
 /// this CPU's scratch slot.
 #[inline(always)]
 fn read_g_span(g: u64, from: u32) -> Result<&'static [u64; G_SPAN_WORDS], ProbeError> {
-    let slot = crate::maps::G_SPAN.get_ptr_mut(0).ok_or(ProbeError::ReadUser)?;
+    let slot = crate::maps::G_SPAN
+        .get_ptr_mut(0)
+        .ok_or(ProbeError::ReadUser)?;
     // SAFETY: `slot` is this CPU's map value, written only by this program
     // while it runs; the helper validates the user address.
     unsafe {

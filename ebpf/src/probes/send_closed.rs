@@ -1,5 +1,5 @@
 use aya_ebpf::{macros::uprobe, programs::ProbeContext};
-use gostray_common::{ChanEvent, EventKind};
+use gostray_common::{hit, ChanEvent, EventKind};
 
 use super::{current_target, finish, read_u64, return_pcs, submit_chan, ProbeError};
 use crate::goabi;
@@ -14,7 +14,7 @@ pub fn chan_send_closed(ctx: ProbeContext) -> u32 {
 }
 
 fn try_chan_send_closed(ctx: &ProbeContext) -> Result<(), ProbeError> {
-    let Some((pid, cfg_ptr)) = current_target() else {
+    let Some((pid, cfg_ptr)) = current_target(hit::SEND_CLOSED) else {
         return Ok(());
     };
     // SAFETY: the pointer comes from a successful map lookup.

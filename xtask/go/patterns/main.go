@@ -169,6 +169,34 @@ func spawnFrom(f func()) {
 	<-done
 }
 
+// busy makes the service hot for good, as a loaded server is: a goroutine
+// per unit of work (a few hundred thousand a second) and a pair handing
+// values over an unbuffered channel (a park per handoff), so that the
+// agent's overhead budget takes its probes away while the leaks stay.
+func busy() {
+	go func() {
+		var wg sync.WaitGroup
+		for {
+			wg.Add(100)
+			for i := 0; i < 100; i++ {
+				go wg.Done()
+			}
+			wg.Wait()
+		}
+	}()
+	ping := make(chan int)
+	go func() {
+		for v := range ping {
+			_ = v
+		}
+	}()
+	go func() {
+		for i := 0; ; i++ {
+			ping <- i
+		}
+	}()
+}
+
 func main() {
 	fmt.Println("ready")
 	in := bufio.NewScanner(os.Stdin)
@@ -185,6 +213,8 @@ func main() {
 			quietSleeper()
 			quietSignal()
 			quietNetwork()
+		case "busy":
+			busy()
 		case "misuse":
 			doubleClose()
 			sendOnClosed()
