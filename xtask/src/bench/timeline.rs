@@ -134,21 +134,22 @@ fn yes(v: Option<bool>) -> &'static str {
 pub fn section(t: &Timeline) -> (String, Vec<String>) {
     let mut s = String::new();
     let mut goals = Goals(Vec::new());
-    let _ = writeln!(s, "\n### Quiet → hot → quiet (Go {})\n\nThe `bench-phases` program ({}): quiet, it starts 10 goroutines a second that each spend 1 ms of CPU; hot, goroutines that exit at once, as fast as one goroutine can start them. The agent runs as it ships; its status is read every second. *cost ratio*: the estimated cost of every group together, over the process's CPU.\n", t.go, t.phases.replace(',', ", "));
-    let _ = writeln!(s, "| s | phase | goroutines started/s | cost ratio | lifecycle | park | misuse | lifecycle re-arm in s |\n| --- | --- | --- | --- | --- | --- | --- | --- |");
+    let _ = writeln!(s, "\n### Quiet → hot → quiet (Go {})\n\nThe `bench-phases` program ({}): quiet, it starts 10 goroutines a second that each spend 1 ms of CPU; hot, goroutines that exit at once, as fast as one goroutine can start them. The agent runs as it ships; its status is read every second. *cost ratio*: the estimated cost of the attached groups together, over the process's CPU; *lifecycle's*: that group's alone, which while it is detached is what it would cost at the creation rate the table scans see (what its re-arming waits on).\n", t.go, t.phases.replace(',', ", "));
+    let _ = writeln!(s, "| s | phase | goroutines started/s | cost ratio | lifecycle's | lifecycle | park | misuse | lifecycle re-arm in s |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     for tick in &t.ticks {
         let st = &tick.status;
-        let rearm = st
-            .group("lifecycle")
+        let lifecycle = st.group("lifecycle");
+        let rearm = lifecycle
             .and_then(|g| g.rearm_in_seconds)
             .map_or("–".into(), |r| format!("{r:.0}"));
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {:.4} | {} | {} | {} | {rearm} |",
+            "| {} | {} | {} | {:.4} | {} | {} | {} | {} | {rearm} |",
             tick.t,
             tick.phase,
             tick.started,
             st.cost_ratio(),
+            lifecycle.map_or("–".into(), |g| format!("{:.4}", g.cost_ratio)),
             yes(st.active("lifecycle")),
             yes(st.active("park")),
             yes(st.active("misuse")),
