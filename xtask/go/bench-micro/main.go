@@ -35,9 +35,15 @@ func main() {
 	fmt.Println("ready")
 	in.ReadString('\n')
 	if *window > 0 {
-		ops := map[string]func(int) time.Duration{"spawn": spawn, "handoff": handoff, "buffered": buffered}
-		op, ok := ops[*mode]
-		if !ok {
+		var op func(int)
+		switch *mode {
+		case "spawn":
+			op = func(n int) { spawn(n) }
+		case "handoff":
+			op = handoffTo(make(chan int))
+		case "buffered":
+			op = func(n int) { buffered(n) }
+		default:
 			fmt.Fprintln(os.Stderr, "mode", *mode, "does not run continuously")
 			os.Exit(2)
 		}
@@ -64,7 +70,7 @@ func main() {
 
 // continuous runs op in batches for warmup, then for window, and prints
 // the window's wall and CPU time per operation.
-func continuous(op func(int) time.Duration, warmup, window time.Duration) {
+func continuous(op func(int), warmup, window time.Duration) {
 	// A batch takes well under a millisecond: the window ends on time.
 	const batch = 1000
 	for begun := time.Now(); time.Since(begun) < warmup; {
@@ -82,6 +88,21 @@ func continuous(op func(int) time.Duration, warmup, window time.Duration) {
 	cpu := cpuSeconds() - cpu0
 	fmt.Printf("ns_per_op %.2f cpu_ns_per_op %.2f\n",
 		float64(elapsed.Nanoseconds())/float64(ops), cpu*1e9/float64(ops))
+}
+
+// handoffTo starts one receiver on ch for the whole run and returns a
+// batch of n blocking sends to it: no goroutine starts and no channel
+// closes per batch, so only the parks are probed.
+func handoffTo(ch chan int) func(int) {
+	go func() {
+		for range ch {
+		}
+	}()
+	return func(n int) {
+		for i := 0; i < n; i++ {
+			ch <- i
+		}
+	}
 }
 
 // cpuSeconds is the process's utime + stime, as /proc/self/stat counts

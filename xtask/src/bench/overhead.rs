@@ -58,8 +58,8 @@ impl Status {
         self.groups
             .iter()
             .filter(|g| g.active)
-            .map(|g| g.cost_ratio)
-            .sum()
+            // A fold from +0.0: an empty f64 sum is -0.0.
+            .fold(0.0, |sum, g| sum + g.cost_ratio)
     }
 
     /// Every budgeted group is listed and attached.

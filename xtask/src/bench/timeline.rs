@@ -155,10 +155,12 @@ pub fn section(t: &Timeline) -> (String, Vec<String>) {
             yes(st.active("misuse")),
         );
     }
+    // The agent lists the program from its first one-second look on.
     let first_quiet: Vec<&Tick> = t
         .ticks
         .iter()
         .take_while(|tick| tick.phase == "quiet")
+        .filter(|tick| !tick.status.groups.is_empty())
         .collect();
     let lost: Vec<String> = first_quiet
         .iter()
@@ -168,9 +170,11 @@ pub fn section(t: &Timeline) -> (String, Vec<String>) {
     goals.check(
         !first_quiet.is_empty() && lost.is_empty(),
         &format!("Go {}: a quiet service keeps every probe group", t.go),
-        if lost.is_empty() {
+        if first_quiet.is_empty() {
+            "the agent never listed it while quiet".into()
+        } else if lost.is_empty() {
             format!(
-                "all of {} attached for {} s",
+                "all of {} attached at each of {} polls",
                 BUDGETED.join(", "),
                 first_quiet.len()
             )
