@@ -98,12 +98,25 @@ fn final_quiet(ticks: &[Tick]) -> &[Tick] {
 }
 
 /// The smoke run's check, on nothing timing-sensitive: the status answers
-/// every second with the default budget, and a program spawning at
+/// every second, and lists the program with the default budget from the
+/// first time it does on, and a program spawning at
 /// full rate loses lifecycle within [`DETACH_WITHIN_S`], the status saying
 /// so (detached, counted, with a re-arm time).
 pub fn check(t: &Timeline) -> anyhow::Result<()> {
-    if let Some(tick) = t.ticks.iter().find(|tick| tick.status.budget.is_none()) {
-        bail!("at {} s the overhead status shows no budget", tick.t);
+    // The status is published after the agent's first one-second look:
+    // from then on it lists the program, under the default budget.
+    let listed = t
+        .ticks
+        .iter()
+        .skip_while(|tick| tick.status.groups.is_empty());
+    for tick in listed {
+        if tick.status.budget.is_none() || tick.status.groups.is_empty() {
+            bail!(
+                "at {} s the overhead status shows no budget or does not list the program: {:?}",
+                tick.t,
+                tick.status
+            );
+        }
     }
     let Some(after) = detached_after(&t.ticks) else {
         bail!("lifecycle was never detached while the program spawned at full rate");
@@ -218,7 +231,7 @@ pub fn section(t: &Timeline) -> (String, Vec<String>) {
 
 #[cfg(test)]
 mod tests {
-    use super::{detached_after, final_quiet, parse_tick, Tick};
+    use super::{check, detached_after, final_quiet, parse_tick, Tick, Timeline};
     use crate::bench::overhead::{Group, Status};
 
     fn tick(t: u64, phase: &str, lifecycle: bool) -> Tick {
@@ -249,6 +262,19 @@ mod tests {
             tick(6, "quiet", true),
         ];
         assert_eq!(detached_after(&ticks), Some(3));
+        let mut unlisted = tick(0, "quiet", true);
+        unlisted.status = Status::default();
+        let mut run = Timeline {
+            go: "1.27".into(),
+            phases: "",
+            ticks: [vec![unlisted], ticks.clone()].concat(),
+        };
+        let err = check(&run).unwrap_err().to_string();
+        assert!(err.contains("re-arm time"), "{err}");
+        run.ticks[4].status.groups[0].rearm_in_seconds = Some(9.0);
+        check(&run).unwrap();
+        run.ticks[5].status.budget = None;
+        assert!(check(&run).is_err());
         assert_eq!(final_quiet(&ticks).len(), 2);
         assert_eq!(detached_after(&ticks[..3]), None);
         assert!(parse_tick("tick x hot 1").is_none());
