@@ -381,4 +381,15 @@ fn patterns_are_judged_when_the_budget_detaches_probes_mid_run() {
         );
     }
     assert_eq!(found.len(), LEAKS.len(), "unexpected groups: {found:#?}");
+    // `gostray leaks` says what the budget did, and why.
+    let out = agent.leaks_command(&[]);
+    let out = String::from_utf8_lossy(&out.stdout);
+    for group in ["lifecycle", "park"] {
+        assert!(
+            out.contains(&format!(
+                "{exe:<16} {group} detached by the overhead budget: cost "
+            )),
+            "no line for {group} in `gostray leaks`:\n{out}"
+        );
+    }
 }

@@ -227,6 +227,19 @@ pub fn render(report: &Report) -> String {
     for w in &report.deaths {
         out.push_str(&death_line(w));
     }
+    for d in &report.probes_detached {
+        let rearm = d
+            .rearm_in_seconds
+            .map_or(String::new(), |s| format!("; re-arm in {s:.0}s"));
+        let _ = writeln!(
+            out,
+            "probes   {:<16} {} detached by the overhead budget: cost {:.1}% of its CPU, budget {:.1}%{rearm}; counts come from the table scans",
+            clean(&d.exe),
+            clean(&d.group),
+            d.cost_ratio * 100.0,
+            d.budget * 100.0,
+        );
+    }
     out
 }
 
@@ -277,6 +290,24 @@ mod tests {
             "double_closes": [], "sends_on_closed": [], "closes_of_nil": [],
         }]}))
         .unwrap()
+    }
+
+    #[test]
+    fn a_detached_probe_group_is_a_line_saying_why() {
+        let mut r = report("");
+        r.probes_detached
+            .push(crate::server::report::DetachedGroup {
+                exe: "api".into(),
+                group: "lifecycle".into(),
+                cost_ratio: 0.388,
+                budget: 0.01,
+                rearm_in_seconds: Some(7.6),
+            });
+        let table = render(&r);
+        assert!(
+            table.ends_with("probes   api              lifecycle detached by the overhead budget: cost 38.8% of its CPU, budget 1.0%; re-arm in 8s; counts come from the table scans\n"),
+            "{table}"
+        );
     }
 
     #[test]

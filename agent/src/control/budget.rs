@@ -8,7 +8,8 @@
 //! a file stay over budget for [`HOLD`] windows, the group that costs most
 //! is detached from the file; the counts carry on from the table scans, as
 //! with `--probes none`. A detached group is re-armed after a back-off that
-//! doubles each time it trips again soon after; the lifecycle group, whose
+//! doubles each time it trips again soon after (and within its first
+//! seconds back, one window over is enough); the lifecycle group, whose
 //! rate the scans still measure (goroutine IDs), only when that rate would
 //! cost under half the budget.
 
@@ -36,8 +37,11 @@ const HOLD: u32 = 3;
 /// First wait before a detached group is re-armed; it doubles up to
 /// [`MAX_BACKOFF`] when a re-armed group trips within [`SETTLED`].
 const FIRST_BACKOFF: Duration = Duration::from_secs(10);
-const MAX_BACKOFF: Duration = Duration::from_secs(600);
-const SETTLED: Duration = Duration::from_secs(300);
+const MAX_BACKOFF: Duration = Duration::from_mins(10);
+const SETTLED: Duration = Duration::from_mins(5);
+/// How long a re-armed group is on trial: over budget within it, it goes
+/// at once.
+const TRIAL: Duration = Duration::from_secs(3);
 /// Probe CPU below this many seconds per second (0.1% of a core) is never
 /// acted on: an idle process's own CPU time is too small to divide by.
 const MIN_COST_PER_SECOND: f64 = 0.001;
@@ -98,6 +102,8 @@ struct GroupState {
     backoff: Duration,
     rearm_at: Option<Instant>,
     armed_since: Option<Instant>,
+    /// The group's cost ratio in the window that detached it.
+    tripped_ratio: f64,
 }
 
 impl Default for GroupState {
@@ -110,7 +116,102 @@ impl Default for GroupState {
             backoff: FIRST_BACKOFF,
             rearm_at: None,
             armed_since: None,
+            tripped_ratio: 0.0,
         }
+    }
+}
+
+/// What the budget does to an executable's groups after a window.
+#[derive(Debug, PartialEq)]
+enum Action {
+    Keep,
+    Detach(usize),
+    Rearm(usize),
+}
+
+impl FileBudget {
+    fn new(exe: String) -> Self {
+        Self {
+            exe,
+            groups: [GroupState::default(); 3],
+            over: 0,
+            cpu_per_second: 0.0,
+        }
+    }
+
+    /// Judges one window: `costs` are each group's probe CPU seconds per
+    /// second (for a detached lifecycle group, what it would cost), and
+    /// `allowed` the most they may cost together. A detach or a re-arm is
+    /// applied to the state here; a re-arm the kernel refuses is put off
+    /// with [`Self::put_off`].
+    fn judge(&mut self, now: Instant, costs: [f64; 3], allowed: f64) -> Action {
+        let spent: f64 = (0..3)
+            .filter(|&i| self.groups[i].active)
+            .map(|i| costs[i])
+            .sum();
+        self.over = if spent > allowed { self.over + 1 } else { 0 };
+        // A group re-armed on trial goes at the first window over: the
+        // trial costs a second, not the hold.
+        let on_trial = self.groups.iter().any(|g| {
+            g.active
+                && g.armed_since
+                    .is_some_and(|t| now.duration_since(t) <= TRIAL)
+        });
+        if self.over >= HOLD || (self.over > 0 && on_trial) {
+            self.over = 0;
+            let costliest = (0..3)
+                .filter(|&i| self.groups[i].active)
+                .max_by(|&a, &b| costs[a].total_cmp(&costs[b]));
+            if let Some(i) = costliest {
+                self.detached(i, now);
+                return Action::Detach(i);
+            }
+        }
+        for i in 0..3 {
+            let g = &self.groups[i];
+            if g.active || g.rearm_at.is_none_or(|t| now < t) {
+                continue;
+            }
+            // Lifecycle comes back only if the scans say it would fit.
+            if i == 0 && spent + costs[0] >= allowed / 2.0 {
+                self.put_off(i, now);
+                continue;
+            }
+            self.rearmed(i, now);
+            return Action::Rearm(i);
+        }
+        Action::Keep
+    }
+
+    fn detached(&mut self, i: usize, now: Instant) {
+        let g = &mut self.groups[i];
+        let tripped_soon = g
+            .armed_since
+            .is_some_and(|t| now.duration_since(t) < SETTLED);
+        g.backoff = if tripped_soon {
+            (g.backoff * 2).min(MAX_BACKOFF)
+        } else {
+            FIRST_BACKOFF
+        };
+        g.active = false;
+        g.detaches += 1;
+        g.tripped_ratio = g.ratio;
+        g.rearm_at = Some(now + g.backoff);
+    }
+
+    fn rearmed(&mut self, i: usize, now: Instant) {
+        let g = &mut self.groups[i];
+        g.active = true;
+        g.rearm_at = None;
+        g.armed_since = Some(now);
+    }
+
+    /// Tries again after another back-off: the group stays detached.
+    fn put_off(&mut self, i: usize, now: Instant) {
+        let g = &mut self.groups[i];
+        g.active = false;
+        g.armed_since = None;
+        g.rearm_at = Some(now + g.backoff);
     }
 }
 
@@ -150,6 +251,9 @@ pub struct GroupReport {
     pub cost_ratio: f64,
     pub detaches: u64,
     pub rearm_in_seconds: Option<f64>,
+    /// While detached: the cost ratio that detached it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detached_at_cost_ratio: Option<f64>,
 }
 
 impl Budget {
@@ -206,12 +310,11 @@ impl Agent {
                 .and_then(|&pid| std::fs::read_link(procfs::exe_path(pid)).ok())
                 .map(|p| p.display().to_string())
                 .unwrap_or_default();
-            let state = self.budget.files.entry(file).or_insert_with(|| FileBudget {
-                exe,
-                groups: [GroupState::default(); 3],
-                over: 0,
-                cpu_per_second: 0.0,
-            });
+            let state = self
+                .budget
+                .files
+                .entry(file)
+                .or_insert_with(|| FileBudget::new(exe));
             state.cpu_per_second = w.cpu_seconds / seconds;
             let mut costs = [0f64; 3];
             for (i, (_, _, columns)) in GROUPS.iter().enumerate() {
@@ -234,90 +337,50 @@ impl Agent {
                 continue;
             };
             let allowed = (limit * w.cpu_seconds / seconds).max(MIN_COST_PER_SECOND);
-            let spent: f64 = (0..3)
-                .filter(|&i| state.groups[i].active)
-                .map(|i| costs[i])
-                .sum();
-            state.over = if spent > allowed { state.over + 1 } else { 0 };
-            let mut detach = None;
-            if state.over >= HOLD {
-                state.over = 0;
-                detach = (0..3)
-                    .filter(|&i| state.groups[i].active)
-                    .max_by(|&a, &b| costs[a].total_cmp(&costs[b]));
-            }
-            let mut rearm = None;
-            for i in 0..3 {
-                let g = &state.groups[i];
-                let due = !g.active && g.rearm_at.is_some_and(|t| now >= t);
-                // Lifecycle comes back only if the scans say it would fit.
-                if due && (i != 0 || spent + costs[0] < allowed / 2.0) {
-                    rearm = Some(i);
-                    break;
-                }
-                if due {
-                    state.groups[i].rearm_at = Some(now + state.groups[i].backoff);
-                }
-            }
-            if let Some(i) = detach {
-                let g = &mut state.groups[i];
-                let tripped_soon = g
-                    .armed_since
-                    .is_some_and(|t| now.duration_since(t) < SETTLED);
-                g.backoff = if tripped_soon {
-                    (g.backoff * 2).min(MAX_BACKOFF)
-                } else {
-                    FIRST_BACKOFF
-                };
-                g.active = false;
-                g.detaches += 1;
-                g.rearm_at = Some(now + g.backoff);
-                tracing::warn!(
-                    exe = %state.exe,
-                    group = GROUPS[i].1,
-                    cost_ratio = format!("{:.4}", g.ratio),
-                    probe_cpu_per_second = format!("{:.4}", costs[i]),
-                    hits_per_second = format!("{:.0}", g.hits_per_second),
-                    budget = limit,
-                    rearm_in_seconds = g.backoff.as_secs(),
-                    processes = w.pids.len(),
-                    "probes over the overhead budget; detaching the group from this executable (counts continue from the table scans)"
-                );
-                self.kernel.detach_group(file, GROUPS[i].0);
-                if i == 0 {
-                    self.set_lifecycle(&w.pids, false);
-                }
-            } else if let Some(i) = rearm {
-                let pid = w.pids.first().copied();
-                let target = pid
-                    .and_then(|p| self.watched.get(&p))
-                    .map(|w| w.target.clone());
-                let (Some(pid), Some(target)) = (pid, target) else {
-                    continue;
-                };
-                let g = &mut state.groups[i];
-                match self
-                    .kernel
-                    .attach_group(file, &procfs::exe_path(pid), &target, GROUPS[i].0)
-                {
-                    Ok(()) => {
-                        g.active = true;
-                        g.rearm_at = None;
-                        g.armed_since = Some(now);
-                        tracing::info!(
-                            exe = %state.exe,
-                            group = GROUPS[i].1,
-                            estimated_cost_ratio = format!("{:.4}", g.ratio),
-                            budget = limit,
-                            "re-arming probe group"
-                        );
-                        if i == 0 {
-                            self.set_lifecycle(&w.pids, true);
-                        }
+            match state.judge(now, costs, allowed) {
+                Action::Keep => {}
+                Action::Detach(i) => {
+                    let g = &state.groups[i];
+                    tracing::warn!(
+                        exe = %state.exe,
+                        group = GROUPS[i].1,
+                        cost_ratio = format!("{:.4}", g.ratio),
+                        probe_cpu_per_second = format!("{:.4}", costs[i]),
+                        hits_per_second = format!("{:.0}", g.hits_per_second),
+                        budget = limit,
+                        rearm_in_seconds = g.backoff.as_secs(),
+                        processes = w.pids.len(),
+                        "probes over the overhead budget; detaching the group from this executable (counts continue from the table scans)"
+                    );
+                    self.kernel.detach_group(file, GROUPS[i].0);
+                    if i == 0 {
+                        self.set_lifecycle(&w.pids, false);
                     }
-                    Err(e) => {
-                        g.rearm_at = Some(now + g.backoff);
-                        tracing::warn!(exe = %state.exe, group = GROUPS[i].1, error = format!("{e:#}"), "re-arming probe group failed");
+                }
+                Action::Rearm(i) => {
+                    let pid = w.pids[0];
+                    let Some(target) = self.watched.get(&pid).map(|w| w.target.clone()) else {
+                        continue;
+                    };
+                    let path = procfs::exe_path(pid);
+                    match self.kernel.attach_group(file, &path, &target, GROUPS[i].0) {
+                        Ok(()) => {
+                            state.rearmed(i, now);
+                            tracing::info!(
+                                exe = %state.exe,
+                                group = GROUPS[i].1,
+                                estimated_cost_ratio = format!("{:.4}", state.groups[i].ratio),
+                                budget = limit,
+                                "re-arming probe group"
+                            );
+                            if i == 0 {
+                                self.set_lifecycle(&w.pids, true);
+                            }
+                        }
+                        Err(e) => {
+                            state.put_off(i, now);
+                            tracing::warn!(exe = %state.exe, group = GROUPS[i].1, error = format!("{e:#}"), "re-arming probe group failed");
+                        }
                     }
                 }
             }
@@ -416,6 +479,7 @@ impl Agent {
                     rearm_in_seconds: g
                         .rearm_at
                         .map(|t| t.saturating_duration_since(now).as_secs_f64()),
+                    detached_at_cost_ratio: (!g.active).then_some(g.tripped_ratio),
                 })
                 .collect();
             executables.push(ExeReport {
@@ -455,4 +519,111 @@ fn exe_name(exe: &str) -> &str {
         .next()
         .unwrap_or(exe)
         .trim_end_matches(" (deleted)")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ALLOWED: f64 = 0.01;
+    const QUIET: [f64; 3] = [0.001, 0.0005, 0.0];
+    /// Lifecycle far over, park a little.
+    const HOT: [f64; 3] = [0.3, 0.002, 0.0];
+
+    fn at(start: Instant, s: u64) -> Instant {
+        start + Duration::from_secs(s)
+    }
+
+    #[test]
+    fn a_quiet_executable_keeps_every_group() {
+        let (t0, mut f) = (Instant::now(), FileBudget::new("svc".into()));
+        for s in 0..600 {
+            assert_eq!(f.judge(at(t0, s), QUIET, ALLOWED), Action::Keep);
+        }
+        assert!(f.groups.iter().all(|g| g.active && g.detaches == 0));
+    }
+
+    #[test]
+    fn the_costliest_group_goes_after_the_hold_and_only_it() {
+        let (t0, mut f) = (Instant::now(), FileBudget::new("svc".into()));
+        assert_eq!(f.judge(at(t0, 0), HOT, ALLOWED), Action::Keep);
+        assert_eq!(f.judge(at(t0, 1), HOT, ALLOWED), Action::Keep);
+        assert_eq!(f.judge(at(t0, 2), HOT, ALLOWED), Action::Detach(0));
+        // What is left (park, 0.2%) fits: nothing more goes.
+        for s in 3..9 {
+            assert_eq!(f.judge(at(t0, s), HOT, ALLOWED), Action::Keep);
+        }
+        assert!(!f.groups[0].active && f.groups[1].active && f.groups[2].active);
+    }
+
+    #[test]
+    fn a_burst_shorter_than_the_hold_changes_nothing() {
+        let (t0, mut f) = (Instant::now(), FileBudget::new("svc".into()));
+        for s in 0..60 {
+            let costs = if s % 3 == 2 { QUIET } else { HOT };
+            assert_eq!(f.judge(at(t0, s), costs, ALLOWED), Action::Keep);
+        }
+    }
+
+    #[test]
+    fn lifecycle_comes_back_only_once_the_scans_say_it_fits() {
+        let (t0, mut f) = (Instant::now(), FileBudget::new("svc".into()));
+        for s in 0..3 {
+            f.judge(at(t0, s), HOT, ALLOWED);
+        }
+        assert!(!f.groups[0].active);
+        // Still hot at the end of the back-off (10 s): put off again.
+        assert_eq!(f.judge(at(t0, 12), HOT, ALLOWED), Action::Keep);
+        assert!(!f.groups[0].active);
+        // Quiet: back at the next due time.
+        let mut rearmed = None;
+        for s in 13..40 {
+            if f.judge(at(t0, s), QUIET, ALLOWED) == Action::Rearm(0) {
+                rearmed = Some(s);
+                break;
+            }
+        }
+        assert_eq!(
+            rearmed,
+            Some(22),
+            "re-armed at the next back-off after the put-off"
+        );
+        assert!(f.groups[0].active);
+    }
+
+    #[test]
+    fn a_group_that_trips_on_trial_goes_at_once_and_waits_twice_as_long() {
+        let (t0, mut f) = (Instant::now(), FileBudget::new("svc".into()));
+        let park_hot = [0.0, 0.3, 0.0];
+        for s in 0..3 {
+            f.judge(at(t0, s), park_hot, ALLOWED);
+        }
+        assert!(!f.groups[1].active);
+        assert_eq!(f.groups[1].backoff, FIRST_BACKOFF);
+        // Park has no estimate while detached: it comes back on trial.
+        assert_eq!(f.judge(at(t0, 12), QUIET, ALLOWED), Action::Rearm(1));
+        // Still hot: one window over is enough on trial.
+        assert_eq!(f.judge(at(t0, 13), park_hot, ALLOWED), Action::Detach(1));
+        assert_eq!(f.groups[1].backoff, FIRST_BACKOFF * 2);
+        assert_eq!(f.groups[1].detaches, 2);
+        // Then 20 s, 40 s, … up to the cap.
+        let mut now = 13;
+        for _ in 0..10 {
+            now += f.groups[1].backoff.as_secs();
+            assert_eq!(f.judge(at(t0, now), QUIET, ALLOWED), Action::Rearm(1));
+            now += 1;
+            assert_eq!(f.judge(at(t0, now), park_hot, ALLOWED), Action::Detach(1));
+        }
+        assert_eq!(f.groups[1].backoff, MAX_BACKOFF);
+        // Re-armed for good once quiet; a later trip after it settled
+        // starts the back-off over.
+        now += MAX_BACKOFF.as_secs();
+        assert_eq!(f.judge(at(t0, now), QUIET, ALLOWED), Action::Rearm(1));
+        now += SETTLED.as_secs() + 1;
+        for _ in 0..3 {
+            now += 1;
+            f.judge(at(t0, now), park_hot, ALLOWED);
+        }
+        assert_eq!(f.groups[1].backoff, FIRST_BACKOFF);
+    }
 }

@@ -353,6 +353,17 @@ impl Kernel {
         Ok(slot)
     }
 
+    /// Zeroes the probe failure counts.
+    fn clear_probe_errors(&mut self) -> anyhow::Result<()> {
+        for kind in [ProbeErrorKind::ReadUser, ProbeErrorKind::RingFull] {
+            let zero = PerCpuValues::try_from(vec![0u64; nr_cpus()?])?;
+            self.errors
+                .set(kind as u32, zero, 0)
+                .context("clearing the probe failure counts")?;
+        }
+        Ok(())
+    }
+
     /// Probe hits in `pid` since it was watched, by program, summed over CPUs.
     pub fn hits(&self, pid: u32) -> Option<Hits> {
         let slot = *self.slots.get(&pid)?;

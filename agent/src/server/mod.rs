@@ -139,6 +139,7 @@ fn route(head: &str, shared: &Shared, registry: &Registry, limiter: &RateLimiter
                 .into_iter()
                 .map(|(_, w)| w.clone())
                 .collect();
+            report.probes_detached = report::DetachedGroup::all(&lock(&shared.overhead));
             filter.apply(&mut report);
             match serde_json::to_string_pretty(&report) {
                 Ok(json) => reply(200, "application/json", &json),

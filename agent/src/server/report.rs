@@ -16,6 +16,41 @@ pub struct Report {
     /// by reason and the last deaths, newest first.
     #[serde(default)]
     pub deaths: Vec<WorkloadDeaths>,
+    /// Probe groups the overhead budget has detached, by executable
+    /// (details in `/api/v1/overhead`).
+    #[serde(default)]
+    pub probes_detached: Vec<DetachedGroup>,
+}
+
+/// A probe group the overhead budget took away from an executable.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DetachedGroup {
+    pub exe: String,
+    pub group: String,
+    /// The group's cost, as a share of the executable's CPU time, when it went.
+    pub cost_ratio: f64,
+    pub budget: f64,
+    pub rearm_in_seconds: Option<f64>,
+}
+
+impl DetachedGroup {
+    /// Every group detached in `overhead`.
+    pub fn all(overhead: &crate::control::OverheadReport) -> Vec<Self> {
+        let budget = overhead.budget.unwrap_or_default();
+        overhead
+            .executables
+            .iter()
+            .flat_map(|e| {
+                e.groups.iter().filter(|g| !g.active).map(|g| Self {
+                    exe: e.name.clone(),
+                    group: g.group.to_string(),
+                    cost_ratio: g.detached_at_cost_ratio.unwrap_or(g.cost_ratio),
+                    budget,
+                    rearm_in_seconds: g.rearm_in_seconds,
+                })
+            })
+            .collect()
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -54,6 +89,7 @@ pub fn build(tracker: &Tracker, filter: &Filter) -> Report {
     let mut report = Report {
         processes,
         deaths: Vec::new(),
+        probes_detached: Vec::new(),
     };
     filter.apply(&mut report);
     report
@@ -237,6 +273,7 @@ mod tests {
                 process(3, "kubelet", "", ""),
             ],
             deaths: Vec::new(),
+            probes_detached: Vec::new(),
         };
         Filter::from_query(query).unwrap().apply(&mut r);
         r.processes
