@@ -148,39 +148,3 @@ pub fn section(walks: &[Walk]) -> (String, Vec<String>) {
     }
     (s, goals)
 }
-
-/// `doc` with its heap-walk section (from its heading to the next `## `
-/// heading) replaced by `section`, or `section` put before the goals when
-/// `doc` has none.
-pub fn splice(doc: &str, section: &str) -> String {
-    const HEADING: &str = "\n## Heap walks";
-    let section = section.trim_end_matches('\n');
-    if let Some(at) = doc.find(HEADING) {
-        let rest = &doc[at + 1..];
-        let end = rest.find("\n## ").map_or(doc.len(), |e| at + 1 + e);
-        return format!("{}{section}\n{}", &doc[..at], &doc[end..]);
-    }
-    match doc.find("\n## Goals") {
-        Some(at) => format!("{}{section}\n{}", &doc[..at], &doc[at..]),
-        None => format!("{doc}{section}\n"),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::splice;
-
-    #[test]
-    fn splice_replaces_the_section_or_inserts_it_before_the_goals() {
-        let doc = "# B\n\n## A\n\na\n\n## Goals\n\ng\n";
-        let once = splice(doc, "\n## Heap walks (x)\n\nrows 1\n");
-        assert_eq!(
-            once,
-            "# B\n\n## A\n\na\n\n## Heap walks (x)\n\nrows 1\n\n## Goals\n\ng\n"
-        );
-        let twice = splice(&once, "\n## Heap walks (x)\n\nrows 2\n");
-        assert_eq!(twice, once.replace("rows 1", "rows 2"));
-        let last = splice("# B\n\n## Heap walks\n\nold\n", "\n## Heap walks\n\nnew\n");
-        assert_eq!(last, "# B\n\n## Heap walks\n\nnew\n");
-    }
-}

@@ -9,6 +9,7 @@ use super::proc::{self, Agent, Workload};
 /// Requests per second and the 99th percentile latency of one wrk run.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Load {
+    pub requests: f64,
     pub rps: f64,
     pub p99_us: f64,
     /// Agent events drained per second during the run (0 when bare).
@@ -68,17 +69,7 @@ pub fn run(
         )
     };
     let before = agent.as_ref().map(counted);
-    let mut wrk = Command::new("wrk");
-    wrk.args(["-t1", "-c8", &format!("-d{seconds}s"), "--latency"]);
-    if close {
-        wrk.args(["-H", "Connection: close"]);
-    }
-    let out = wrk
-        .arg(format!("http://{addr}/"))
-        .output()
-        .context("running wrk")?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let mut load = parse(&text).with_context(|| format!("unexpected wrk output:\n{text}"))?;
+    let mut load = wrk(&addr, close, seconds)?;
     if let Some(a) = &agent {
         let what = if close {
             "http (new connections)"
@@ -96,8 +87,31 @@ pub fn run(
     Ok(load)
 }
 
-/// Reads `Requests/sec:` and the `99%` latency line of wrk's report.
+/// Loads `addr` with wrk (1 thread, 8 connections) for `seconds`; `close`
+/// asks for a new connection per request.
+pub fn wrk(addr: &str, close: bool, seconds: u64) -> anyhow::Result<Load> {
+    let mut wrk = Command::new("wrk");
+    wrk.args(["-t1", "-c8", &format!("-d{seconds}s"), "--latency"]);
+    if close {
+        wrk.args(["-H", "Connection: close"]);
+    }
+    let out = wrk
+        .arg(format!("http://{addr}/"))
+        .output()
+        .context("running wrk")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    parse(&text).with_context(|| format!("unexpected wrk output:\n{text}"))
+}
+
+/// Reads `N requests in`, `Requests/sec:` and the `99%` latency line of
+/// wrk's report.
 fn parse(text: &str) -> Option<Load> {
+    let requests = text
+        .lines()
+        .find_map(|l| l.trim().split_once(" requests in "))?
+        .0
+        .parse()
+        .ok()?;
     let rps = text
         .lines()
         .find_map(|l| l.trim().strip_prefix("Requests/sec:"))?
@@ -116,6 +130,7 @@ fn parse(text: &str) -> Option<Load> {
         _ => return None,
     };
     Some(Load {
+        requests,
         rps,
         p99_us: num.parse::<f64>().ok()? * scale,
         ..Load::default()
@@ -127,8 +142,10 @@ mod tests {
     #[test]
     fn reads_wrk_report() {
         let text = "  Latency Distribution\n     50%  100.00us\n     99%    1.50ms\n\
+                    37037 requests in 3.00s, 4.1MB read\n\
                     Requests/sec:  12345.67\nTransfer/sec: 1MB\n";
         let l = super::parse(text).unwrap();
+        assert!((l.requests - 37037.0).abs() < 1e-9);
         assert!((l.rps - 12345.67).abs() < 1e-6);
         assert!((l.p99_us - 1500.0).abs() < 1e-6);
     }

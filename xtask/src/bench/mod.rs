@@ -3,17 +3,27 @@
 //! uprobe-based agent would pay. Writes `docs/BENCHMARKS.md`.
 
 mod agentcost;
+mod budget;
 mod heapwalk;
 mod http;
 mod micro;
+mod overhead;
 mod proc;
 mod report;
 mod stats;
+mod timeline;
+mod window;
 
-use std::path::PathBuf;
+use std::{
+    fmt::Write as _,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use micro::{Ctx, Setup};
 use stats::Series;
+
+use anyhow::Context;
 
 use crate::{build, tools, util};
 
@@ -33,6 +43,20 @@ pub struct BenchArgs {
     /// section of docs/BENCHMARKS.md and leaving the rest as it was.
     #[arg(long, conflicts_with = "smoke")]
     walks_only: bool,
+    /// Only this section, replacing it in docs/BENCHMARKS.md and leaving
+    /// the rest as it was (`walks` is `--walks-only`).
+    #[arg(long, value_enum, conflicts_with = "smoke")]
+    only: Option<Only>,
+}
+
+/// The sections that can be measured alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Only {
+    /// The overhead budget: the workloads after it has acted, its
+    /// estimate against the measured cost, the quiet → hot → quiet timeline.
+    Budget,
+    /// The heap walks.
+    Walks,
 }
 
 /// One micro workload under every setup.
@@ -78,6 +102,9 @@ pub struct Sizes {
     parked: Vec<u64>,
     /// Heap sizes walked, MiB.
     heaps: Vec<u64>,
+    /// The overhead-budget rows' warm-up and window, and the timeline's phases.
+    budget: window::Timing,
+    phases: &'static str,
 }
 
 /// The slice of the bench the test command runs: every workload, setup and
@@ -90,6 +117,7 @@ pub fn smoke() -> (u64, u64) {
         go: vec![tools::GO_NEWEST.line.to_string()],
         smoke: true,
         walks_only: false,
+        only: None,
     };
     let t = util::step("bench smoke run (harness only, no figure is checked)");
     let result = bench(&args);
@@ -119,6 +147,12 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
             wrk_seconds: 1,
             parked: vec![10_000],
             heaps: vec![16],
+            budget: window::Timing {
+                warmup: Duration::from_secs(2),
+                settle: Duration::from_secs(1),
+                window: Duration::from_secs(1),
+            },
+            phases: timeline::SMOKE_PHASES,
         }
     } else {
         Sizes {
@@ -126,10 +160,19 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
             wrk_seconds: 3,
             parked: vec![10_000, 100_000, 1_000_000],
             heaps: vec![256, 1024],
+            budget: window::Timing {
+                warmup: Duration::from_secs(11),
+                settle: Duration::from_secs(3),
+                window: Duration::from_secs(5),
+            },
+            phases: timeline::PHASES,
         }
     };
-    if args.walks_only {
+    if args.walks_only || args.only == Some(Only::Walks) {
         return walks_only(&sizes);
+    }
+    if args.only == Some(Only::Budget) {
+        return budget_only(args, &sizes);
     }
     let reps = if args.smoke { 1 } else { args.reps.max(1) };
     // The smoke run takes the debug agent the test command has just built;
@@ -140,11 +183,7 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&out)?;
     let mut lines = Vec::new();
     for line in &args.go {
-        let release = tools::GO_RELEASES
-            .iter()
-            .find(|r| r.line == line)
-            .ok_or_else(|| anyhow::anyhow!("Go {line} is not in GO_RELEASES"))?;
-        let go = release.ensure()?;
+        let go = go_release(line)?.ensure()?;
         let micro_bin = out.join(format!("bench-micro-{line}"));
         let http_bin = out.join(format!("bench-http-{line}"));
         build::go_build(&go, "bench-micro", &micro_bin, &[])?;
@@ -168,30 +207,11 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     for &n in &sizes.parked {
         memory.push(agentcost::memory(&agent, &newest, n)?);
     }
-    // Default discovery (a /proc walk every --rescan-interval, 1 s), then
-    // the fastest walk allowed (100 ms), which leaves mostly the attach work.
-    let mut attach = [
-        Series::default(),
-        Series::default(),
-        Series::default(),
-        Series::default(),
-    ];
-    for _ in 0..reps.min(3) {
-        for (i, rescan) in ["1s", "100ms"].into_iter().enumerate() {
-            let mut cmd = std::process::Command::new(&newest);
-            attach[i].push(agentcost::attach_latency(
-                &agent, &newest, &mut cmd, rescan,
-            )?);
-            let mut prom = agentcost::prometheus_command(&out.join("prometheus"))?;
-            let prometheus = std::path::Path::new("/usr/bin/prometheus");
-            attach[2 + i].push(agentcost::attach_latency(
-                &agent, prometheus, &mut prom, rescan,
-            )?);
-        }
-    }
+    let attach = measure_attach(&agent, &newest, &out, reps)?;
     let walks = measure_walks(&agent, &out, &sizes)?;
     util::done(t);
-    let text = report::render(&lines, &memory, &attach, &walks, reps);
+    let budget = measure_budget(&agent, &out, args, &sizes, reps)?;
+    let text = report::render(&lines, &memory, &attach, &walks, &budget, reps);
     println!("{text}");
     let path: PathBuf = if args.smoke {
         out.join("bench-smoke.md")
@@ -204,6 +224,36 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Milliseconds from exec to attached, for the small workload binary and
+/// for Prometheus, each with the default discovery (a /proc walk every
+/// --rescan-interval, 1 s) and then the fastest walk allowed (100 ms),
+/// which leaves mostly the attach work.
+fn measure_attach(
+    agent: &Path,
+    newest: &Path,
+    out: &Path,
+    reps: usize,
+) -> anyhow::Result<[Series; 4]> {
+    let mut attach = [
+        Series::default(),
+        Series::default(),
+        Series::default(),
+        Series::default(),
+    ];
+    for _ in 0..reps.min(3) {
+        for (i, rescan) in ["1s", "100ms"].into_iter().enumerate() {
+            let mut cmd = std::process::Command::new(newest);
+            attach[i].push(agentcost::attach_latency(agent, newest, &mut cmd, rescan)?);
+            let mut prom = agentcost::prometheus_command(&out.join("prometheus"))?;
+            let prometheus = Path::new("/usr/bin/prometheus");
+            attach[2 + i].push(agentcost::attach_latency(
+                agent, prometheus, &mut prom, rescan,
+            )?);
+        }
+    }
+    Ok(attach)
+}
+
 /// `--walks-only`: measures the heap walks with the release agent and puts
 /// their section, goals included, in place of the one in docs/BENCHMARKS.md.
 fn walks_only(sizes: &Sizes) -> anyhow::Result<()> {
@@ -213,18 +263,103 @@ fn walks_only(sizes: &Sizes) -> anyhow::Result<()> {
     let t = util::step("measuring heap walks");
     let walks = measure_walks(&agent, &out, sizes)?;
     util::done(t);
-    let (mut section, goals) = heapwalk::section(&walks);
-    section.push_str("\nGoals (measured alone with `cargo xtask bench --walks-only`):\n\n");
+    let (section, goals) = heapwalk::section(&walks);
+    write_alone(
+        "## Heap walks",
+        section,
+        &goals,
+        "Goals (measured alone with `cargo xtask bench --walks-only`):",
+    )
+}
+
+/// `--only budget`: the overhead-budget section with the release agent,
+/// put in place of the one in docs/BENCHMARKS.md.
+fn budget_only(args: &BenchArgs, sizes: &Sizes) -> anyhow::Result<()> {
+    let agent = build::build_agent(true)?;
+    let out = util::root().join("target/bench");
+    std::fs::create_dir_all(&out)?;
+    let (section, goals) = measure_budget(&agent, &out, args, sizes, args.reps.max(1))?;
+    write_alone(
+        "## Overhead budget",
+        section,
+        &goals,
+        "### Goals (measured alone with `cargo xtask bench --only budget`)",
+    )
+}
+
+/// Replaces the section under `heading` in docs/BENCHMARKS.md with
+/// `section`, its goals after `intro` at its end.
+fn write_alone(
+    heading: &str,
+    mut section: String,
+    goals: &[String],
+    intro: &str,
+) -> anyhow::Result<()> {
+    let _ = write!(section, "\n{intro}\n\n");
     for g in goals {
-        section.push_str(&g);
+        section.push_str(g);
         section.push('\n');
     }
     println!("{section}");
     let path = util::root().join("docs/BENCHMARKS.md");
     let doc = std::fs::read_to_string(&path)?;
-    std::fs::write(&path, heapwalk::splice(&doc, &section))?;
+    std::fs::write(&path, report::splice(&doc, heading, &section))?;
     eprintln!("==> wrote {}", path.display());
     Ok(())
+}
+
+/// The overhead-budget rows for every Go line, the timeline on the newest,
+/// as the report's section and its goals. The smoke run also checks that
+/// the budget detaches lifecycle from a program spawning at full rate.
+fn measure_budget(
+    agent: &Path,
+    out: &Path,
+    args: &BenchArgs,
+    sizes: &Sizes,
+    reps: usize,
+) -> anyhow::Result<(String, Vec<String>)> {
+    let mut lines = Vec::new();
+    for line in &args.go {
+        let go = go_release(line)?.ensure()?;
+        let micro_bin = out.join(format!("bench-micro-{line}"));
+        let http_bin = out.join(format!("bench-http-{line}"));
+        build::go_build(&go, "bench-micro", &micro_bin, &[])?;
+        build::go_build(&go, "bench-http", &http_bin, &[])?;
+        let t = util::step(&format!(
+            "measuring the overhead budget with Go {line} ({reps} repetitions)"
+        ));
+        lines.push((
+            line.clone(),
+            budget::measure(agent, &micro_bin, &http_bin, sizes.budget, reps)?,
+        ));
+        util::done(t);
+    }
+    let newest = args.go.last().context("no Go line to measure")?;
+    let phases_bin = out.join(format!("bench-phases-{newest}"));
+    build::go_build(
+        &go_release(newest)?.ensure()?,
+        "bench-phases",
+        &phases_bin,
+        &[],
+    )?;
+    let t = util::step(&format!("the overhead budget's timeline, {}", sizes.phases));
+    let timeline = timeline::measure(agent, &phases_bin, newest, sizes.phases)?;
+    util::done(t);
+    if args.smoke {
+        timeline::check(&timeline).context("the overhead budget under a hot spawn workload")?;
+    }
+    let (mut section, mut goals) = budget::section(&lines, sizes.budget);
+    let (text, more) = timeline::section(&timeline);
+    section.push_str(&text);
+    goals.extend(more);
+    Ok((section, goals))
+}
+
+fn go_release(line: &str) -> anyhow::Result<&'static tools::GoRelease> {
+    tools::GO_RELEASES
+        .iter()
+        .find(|r| r.line == line)
+        .ok_or_else(|| anyhow::anyhow!("Go {line} is not in GO_RELEASES"))
 }
 
 /// Heap walks of each size in `sizes`, three per size.

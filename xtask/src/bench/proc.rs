@@ -82,12 +82,23 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// Starts `gostray run <args>` and waits for /readyz.
+    /// Starts `gostray run <args> --overhead-budget off` and waits for
+    /// /readyz: every probe group stays attached, so the rows that measure
+    /// what the probes cost measure all of them, whatever the load.
     pub fn start(agent: &Path, args: &[String]) -> anyhow::Result<Self> {
+        let mut all = args.to_vec();
+        all.extend(["--overhead-budget".into(), "off".into()]);
+        Self::start_budgeted(agent, &all)
+    }
+
+    /// Starts `gostray run <args>` with the agent's own overhead budget
+    /// (unless `args` sets one) and waits for /readyz.
+    pub fn start_budgeted(agent: &Path, args: &[String]) -> anyhow::Result<Self> {
         let port = free_port()?;
         let child = Command::new(agent)
             .arg("run")
             .args(args)
+            .env_remove("GOSTRAY_OVERHEAD_BUDGET")
             // The bench reads one process's series by its pid label.
             .args([
                 "--listen",

@@ -42,10 +42,10 @@ fn machine() -> String {
 }
 
 /// Goal lines collected while rendering.
-struct Goals(Vec<String>);
+pub struct Goals(pub Vec<String>);
 
 impl Goals {
-    fn check(&mut self, met: bool, what: &str, figure: impl std::fmt::Display) {
+    pub fn check(&mut self, met: bool, what: &str, figure: impl std::fmt::Display) {
         let verdict = if met { "met" } else { "**missed**" };
         self.0.push(format!("- {verdict}: {what}: {figure}"));
     }
@@ -74,6 +74,7 @@ pub fn render(
     memory: &[Memory],
     attach: &[Series; 4],
     walks: &[Walk],
+    budget: &(String, Vec<String>),
     reps: usize,
 ) -> String {
     let mut s = String::new();
@@ -132,6 +133,8 @@ pub fn render(
     let (walk_text, walk_goals) = super::heapwalk::section(walks);
     s.push_str(&walk_text);
     goals.0.extend(walk_goals);
+    s.push_str(&budget.0);
+    goals.0.extend(budget.1.iter().cloned());
     let _ = writeln!(s, "\n## Goals\n\n{}", goals.0.join("\n"));
     let _ = write!(s, "\n{}", include_str!("notes.md"));
     s
@@ -362,4 +365,51 @@ fn agent_section(
         "attach within 300 ms of exec (prometheus)",
         format!("{:.0} ms", attach[2].median()),
     );
+}
+
+/// `doc` with its section under `heading` (`## …`, up to the next `## `
+/// heading) replaced by `section`, or `section` put before the goals when
+/// `doc` has none: what a run of one section (`--only`) writes.
+pub fn splice(doc: &str, heading: &str, section: &str) -> String {
+    let heading = format!("\n{heading}");
+    let section = section.trim_end_matches('\n');
+    if let Some(at) = doc.find(&heading) {
+        let rest = &doc[at + 1..];
+        let end = rest.find("\n## ").map_or(doc.len(), |e| at + 1 + e);
+        return format!("{}{section}\n{}", &doc[..at], &doc[end..]);
+    }
+    match doc.find("\n## Goals") {
+        Some(at) => format!("{}{section}\n{}", &doc[..at], &doc[at..]),
+        None => format!("{doc}{section}\n"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::splice;
+
+    #[test]
+    fn splice_replaces_the_section_or_inserts_it_before_the_goals() {
+        let doc = "# B\n\n## A\n\na\n\n## Goals\n\ng\n";
+        let h = "## Heap walks";
+        let once = splice(doc, h, "\n## Heap walks (x)\n\nrows 1\n");
+        assert_eq!(
+            once,
+            "# B\n\n## A\n\na\n\n## Heap walks (x)\n\nrows 1\n\n## Goals\n\ng\n"
+        );
+        let twice = splice(&once, h, "\n## Heap walks (x)\n\nrows 2\n");
+        assert_eq!(twice, once.replace("rows 1", "rows 2"));
+        let last = splice(
+            "# B\n\n## Heap walks\n\nold\n",
+            h,
+            "\n## Heap walks\n\nnew\n",
+        );
+        assert_eq!(last, "# B\n\n## Heap walks\n\nnew\n");
+        let sub = splice(
+            "# B\n\n## O\n\n### a\n\nold\n\n## Goals\n",
+            "## O",
+            "\n## O\n\n### a\n\nnew\n",
+        );
+        assert_eq!(sub, "# B\n\n## O\n\n### a\n\nnew\n\n## Goals\n");
+    }
 }
