@@ -454,7 +454,7 @@ impl Agent {
     }
 
     /// Copies the budget's view into the shared state for the server.
-    fn publish_overhead(&self, now: Instant) {
+    pub(crate) fn publish_overhead(&self, now: Instant) {
         let b = &self.budget;
         let mut executables = Vec::with_capacity(b.files.len());
         for (file, f) in &b.files {

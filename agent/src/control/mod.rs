@@ -178,6 +178,8 @@ impl Agent {
             agent.attach(pid).with_context(|| format!("PID {pid}"))?;
         }
         agent.discover();
+        // The budget and the price are in the status before it says ready.
+        agent.publish_overhead(Instant::now());
         agent.shared.ready.store(true, Ordering::Relaxed);
         Ok((agent, ring))
     }
