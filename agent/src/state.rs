@@ -1,14 +1,12 @@
 //! State shared between the control loop, the drain thread and the server.
 
+use serde::Serialize;
 use std::{
     collections::{BTreeMap, BTreeSet},
     sync::{atomic::AtomicBool, Arc, Mutex},
 };
 
-use crate::{
-    control::OverheadReport, deaths::DeathLog, k8s::Kube, metrics::series::SeriesTable,
-    tracker::Tracker,
-};
+use crate::{deaths::DeathLog, k8s::Kube, metrics::series::SeriesTable, tracker::Tracker};
 
 #[derive(Debug)]
 pub struct Shared {
@@ -93,4 +91,45 @@ impl Shared {
             overhead: Mutex::new(OverheadReport::default()),
         }
     }
+}
+
+/// What `/api/v1/overhead` and the metrics show.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct OverheadReport {
+    pub budget: Option<f64>,
+    pub calibration: Option<CalibrationReport>,
+    pub executables: Vec<ExeReport>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CalibrationReport {
+    pub floor_ns: f64,
+    pub programs: BTreeMap<&'static str, f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ExeReport {
+    pub exe: String,
+    /// The executable's base name, as in the metric labels.
+    pub name: String,
+    pub pids: Vec<u32>,
+    pub cpu_seconds_per_second: f64,
+    pub cost_ratio: f64,
+    pub groups: Vec<GroupReport>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct GroupReport {
+    pub group: &'static str,
+    pub active: bool,
+    pub hits_per_second: f64,
+    /// Estimated probe CPU time over the processes' CPU time; for a
+    /// detached lifecycle group, what it would cost at the rate the scans
+    /// measure.
+    pub cost_ratio: f64,
+    pub detaches: u64,
+    pub rearm_in_seconds: Option<f64>,
+    /// While detached: the cost ratio that detached it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detached_at_cost_ratio: Option<f64>,
 }

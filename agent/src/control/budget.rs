@@ -19,13 +19,13 @@ use std::{
 };
 
 use gostray_common::hit;
-use serde::Serialize;
 
 use crate::{
     gobin::sites::ProbeGroup,
     kernel::{calibrate::Calibration, Hits},
     lock::lock,
     proc::procfs::{self, FileId},
+    state::{CalibrationReport, ExeReport, GroupReport, OverheadReport},
 };
 
 use super::Agent;
@@ -213,47 +213,6 @@ impl FileBudget {
         g.armed_since = None;
         g.rearm_at = Some(now + g.backoff);
     }
-}
-
-/// What `/api/v1/overhead` and the metrics show.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct OverheadReport {
-    pub budget: Option<f64>,
-    pub calibration: Option<CalibrationReport>,
-    pub executables: Vec<ExeReport>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct CalibrationReport {
-    pub floor_ns: f64,
-    pub programs: std::collections::BTreeMap<&'static str, f64>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct ExeReport {
-    pub exe: String,
-    /// The executable's base name, as in the metric labels.
-    pub name: String,
-    pub pids: Vec<u32>,
-    pub cpu_seconds_per_second: f64,
-    pub cost_ratio: f64,
-    pub groups: Vec<GroupReport>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct GroupReport {
-    pub group: &'static str,
-    pub active: bool,
-    pub hits_per_second: f64,
-    /// Estimated probe CPU time over the processes' CPU time; for a
-    /// detached lifecycle group, what it would cost at the rate the scans
-    /// measure.
-    pub cost_ratio: f64,
-    pub detaches: u64,
-    pub rearm_in_seconds: Option<f64>,
-    /// While detached: the cost ratio that detached it.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub detached_at_cost_ratio: Option<f64>,
 }
 
 impl Budget {

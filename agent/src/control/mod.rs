@@ -5,10 +5,8 @@
 //! Both feed the shared tracker that the HTTP server reads.
 
 mod attach;
-pub mod budget;
+mod budget;
 mod deaths;
-
-pub use budget::OverheadReport;
 
 pub use attach::validate_targets;
 use attach::Rejected;

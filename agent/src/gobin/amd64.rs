@@ -12,7 +12,7 @@ use iced_x86::{
 };
 
 use super::{
-    arch::{Reg, RegisterAbi},
+    abi::{Reg, RegisterAbi},
     sites::{ProbeSite, SiteKind},
 };
 
@@ -283,7 +283,7 @@ pub fn slice_loaded(address: u64, code: &[u8]) -> Option<u64> {
         .filter(|i| i.mnemonic() != Mnemonic::Lea)
         .filter_map(|i| rip_target(&i))
         .collect();
-    super::arch::first_slice_read(&refs)
+    super::abi::first_slice_read(&refs)
 }
 
 #[cfg(test)]

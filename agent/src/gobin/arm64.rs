@@ -35,7 +35,7 @@ use yaxpeax_arch::{Decoder, U8Reader};
 use yaxpeax_arm::armv8::a64::{InstDecoder, Instruction, Opcode, Operand};
 
 use super::{
-    arch::{Reg, RegisterAbi},
+    abi::{Reg, RegisterAbi},
     arm64_uprobe::{self, Uprobe},
     sites::ProbeSite,
 };

@@ -303,5 +303,5 @@ pub fn slice_read(address: u64, code: &[u8]) -> Option<u64> {
         .filter(|r| matches!(r.access, Access::Load { .. }))
         .map(|r| r.target)
         .collect();
-    super::arch::first_slice_read(&loads)
+    super::abi::first_slice_read(&loads)
 }

@@ -7,6 +7,7 @@
 //! code) and probe sites (decoded). All of it is pure: bytes in, facts or a
 //! [`GoBinError`] out.
 
+mod abi;
 mod amd64;
 mod analyse;
 mod arch;
@@ -41,7 +42,8 @@ mod waitreason;
 
 use std::path::Path;
 
-pub use arch::{Machine, RegisterAbi};
+pub use abi::RegisterAbi;
+pub use arch::Machine;
 pub use buildinfo::{BuildInfo, GoVersion, MIN_SUPPORTED};
 #[allow(unused_imports)] // the heap walker's interface, ahead of the walker
 pub use heaplayout::{

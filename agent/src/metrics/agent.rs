@@ -95,7 +95,7 @@ fn process(enc: &mut DescriptorEncoder) -> fmt::Result {
 /// and group.
 fn overhead(enc: &mut DescriptorEncoder, shared: &Shared) -> fmt::Result {
     let report = lock(&shared.overhead).clone();
-    let per_group = |value: &dyn Fn(&crate::control::budget::GroupReport) -> f64| {
+    let per_group = |value: &dyn Fn(&crate::state::GroupReport) -> f64| {
         report
             .executables
             .iter()

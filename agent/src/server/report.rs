@@ -35,7 +35,7 @@ pub struct DetachedGroup {
 
 impl DetachedGroup {
     /// Every group detached in `overhead`.
-    pub fn all(overhead: &crate::control::OverheadReport) -> Vec<Self> {
+    pub fn all(overhead: &crate::state::OverheadReport) -> Vec<Self> {
         let budget = overhead.budget.unwrap_or_default();
         overhead
             .executables
