@@ -169,6 +169,13 @@ pub const VARIANTS: [Variant; 4] = [
 /// The fixture built in every variant.
 const VARIANT_FIXTURE: &str = "spawner";
 
+/// The variants of the arm64 builds of [`VARIANT_FIXTURE`]
+/// (`spawner-arm64-1.24-stripped`), which the binary-reading tests check
+/// (`gobin::arm64_tests`): cross-compiled with `GOARCH=arm64`, which the
+/// Go toolchains do without a C toolchain (the fixture has no cgo). Not
+/// `-extlink-stripped`, which needs an arm64 C linker.
+pub const ARM64_VARIANTS: [Variant; 3] = [VARIANTS[0], VARIANTS[1], VARIANTS[2]];
+
 /// Whether fixture `name` is built in `variant`.
 fn builds(name: &str, variant: &Variant) -> bool {
     variant.suffix.is_empty()
@@ -203,14 +210,48 @@ pub fn build_fixtures(releases: &[GoRelease], names: &[&str]) -> anyhow::Result<
     Ok(out)
 }
 
+/// Builds the arm64 fixtures ([`ARM64_VARIANTS`]) with each of
+/// `releases`: one small program per release, three links each; the
+/// first run also compiles each toolchain's standard library for arm64
+/// (kept in `target/go-cache`).
+pub fn build_arm64_fixtures(releases: &[GoRelease]) -> anyhow::Result<()> {
+    let out = fixtures_dir();
+    std::fs::create_dir_all(&out)?;
+    for release in releases {
+        let go = release.ensure()?;
+        let t = step(&format!("building arm64 fixtures with Go {}", release.line));
+        for variant in ARM64_VARIANTS {
+            let binary = out.join(format!(
+                "{VARIANT_FIXTURE}-arm64-{}{}",
+                release.line, variant.suffix
+            ));
+            go_build_for(&go, VARIANT_FIXTURE, &binary, variant.flags, Some("arm64"))
+                .with_context(|| format!("building arm64 fixture with Go {}", release.line))?;
+        }
+        done(t);
+    }
+    Ok(())
+}
+
 /// Builds `xtask/go/<name>/main.go` into `binary` unless it is up to date.
 pub fn go_build(go: &Path, name: &str, binary: &Path, flags: &[&str]) -> anyhow::Result<()> {
+    go_build_for(go, name, binary, flags, None)
+}
+
+/// [`go_build`] for `goarch` (`GOARCH`, cgo off), or for this machine.
+pub fn go_build_for(
+    go: &Path,
+    name: &str,
+    binary: &Path,
+    flags: &[&str],
+    goarch: Option<&str>,
+) -> anyhow::Result<()> {
     let source = root().join("xtask/go").join(name).join("main.go");
     if is_newer(binary, &source) {
         return Ok(());
     }
-    run(Command::new(go)
-        .current_dir(source.parent().expect("fixture dir"))
+    let mut cmd = Command::new(go);
+    cmd.current_dir(source.parent().expect("fixture dir"))
         .args(["build", "-o"])
         .arg(binary)
         .args(flags)
@@ -218,7 +259,13 @@ pub fn go_build(go: &Path, name: &str, binary: &Path, flags: &[&str]) -> anyhow:
         .env("GOTOOLCHAIN", "local")
         .env("GOFLAGS", "-buildvcs=false")
         .env("GOCACHE", root().join("target/go-cache"))
-        .env("GOPATH", root().join("target/go-path")))
+        .env("GOPATH", root().join("target/go-path"));
+    if let Some(arch) = goarch {
+        cmd.env("GOOS", "linux")
+            .env("GOARCH", arch)
+            .env("CGO_ENABLED", "0");
+    }
+    run(&mut cmd)
 }
 
 fn is_newer(output: &Path, input: &Path) -> bool {

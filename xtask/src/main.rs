@@ -234,6 +234,7 @@ fn test(args: &[String]) -> anyhow::Result<()> {
     }
     build::build_ebpf()?;
     let fixtures = build::build_fixtures(&tools::GO_RELEASES, &build::FIXTURES)?;
+    build::build_arm64_fixtures(&tools::GO_RELEASES)?;
     let sqlc = tools::ensure_sqlc()?;
     // The binary-reading tests also read Debian's prometheus (a real Go
     // program nobody here built): install it before them, not only for

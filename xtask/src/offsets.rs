@@ -1,8 +1,9 @@
 //! `cargo xtask offsets`: regenerates `agent/src/gobin/offsets.json`, the
 //! struct layouts the agent uses for binaries without DWARF. A probe
-//! program is compiled with every toolchain of the matrix and its DWARF is
-//! read by the agent's own code, so the table is never typed by hand and
-//! always matches the reader that uses it.
+//! program is compiled with every toolchain of the matrix, for amd64 and
+//! cross-compiled for arm64, and its DWARF is read by the agent's own
+//! code, so the table is never typed by hand and always matches the
+//! reader that uses it.
 //!
 //! The reading is done by an ignored unit test of the agent
 //! (`gobin::heaplayout_tests::generate_offsets_table`) rather than by
@@ -24,10 +25,16 @@ pub fn offsets() -> anyhow::Result<()> {
     let mut probes = Vec::new();
     for release in tools::GO_RELEASES {
         let go = release.ensure()?;
-        let binary = out.join(format!("offsets-{}", release.line));
-        build::go_build(&go, "offsets", &binary, &[])
-            .with_context(|| format!("building the probe with Go {}", release.line))?;
-        probes.push(binary.display().to_string());
+        for goarch in [None, Some("arm64")] {
+            let binary = out.join(match goarch {
+                None => format!("offsets-{}", release.line),
+                Some(arch) => format!("offsets-{arch}-{}", release.line),
+            });
+            build::go_build_for(&go, "offsets", &binary, &[], goarch).with_context(|| {
+                format!("building the probe with Go {} for {goarch:?}", release.line)
+            })?;
+            probes.push(binary.display().to_string());
+        }
     }
     let path = util::root().join(TABLE);
     let t = util::step("reading the probes' DWARF with the agent's reader");
@@ -47,7 +54,7 @@ pub fn offsets() -> anyhow::Result<()> {
     )?;
     util::done(t);
     eprintln!(
-        "==> wrote {} ({} Go releases)",
+        "==> wrote {} ({} probes: each Go release for amd64 and arm64)",
         path.display(),
         probes.len()
     );

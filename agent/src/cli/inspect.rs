@@ -10,7 +10,7 @@ use crate::{
     cli::config::InspectArgs,
     gobin::{
         AddressSource, BuildInfo, ChosenSite, Frame, FuncRange, GOffsets, GoBinary, HchanOffsets,
-        LayoutSource, SudogOffsets, WaitReason, WaitqOffsets,
+        LayoutSource, Machine, RegisterAbi, SudogOffsets, WaitReason, WaitqOffsets,
     },
 };
 
@@ -20,6 +20,12 @@ use crate::{
 struct Report<'a> {
     path: String,
     supported: bool,
+    /// The machine the binary was built for (`GOARCH`).
+    arch: Machine,
+    /// Whether this agent, built for its own machine, can attach to it.
+    attachable_here: bool,
+    /// Where Go's register ABI puts what the kernel programs read.
+    registers: &'a RegisterAbi,
     go_version: String,
     build: &'a BuildInfo,
     build_id: Option<&'a str>,
@@ -49,6 +55,10 @@ struct SiteReport<'a> {
     function_range: Option<FuncRange>,
     /// Where the instruction is in the source, from the function table.
     source: Option<Frame>,
+    /// The instruction class and how the kernel runs a uprobe there
+    /// (arm64, where only some branches and `adrp` are simulated).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    instruction: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -85,6 +95,9 @@ pub fn inspect(args: &InspectArgs) -> anyhow::Result<()> {
     let report = Report {
         path: path.display().to_string(),
         supported: true,
+        arch: bin.machine,
+        attachable_here: Machine::host() == Some(bin.machine),
+        registers: bin.abi(),
         go_version: bin.build.raw_version.clone(),
         build: &bin.build,
         build_id: bin.build_id.as_deref(),
@@ -107,6 +120,7 @@ pub fn inspect(args: &InspectArgs) -> anyhow::Result<()> {
                 chosen,
                 function_range: bin.function(chosen.function),
                 source: bin.symbolize(chosen.site.address),
+                instruction: bin.describe_site(&chosen.site),
             })
             .collect(),
         wait_reasons: bin
@@ -163,7 +177,18 @@ fn print_text(r: &Report) -> String {
             let _ = writeln!(out, $($t)*);
         };
     }
-    line!("{}: supported", r.path);
+    if r.attachable_here {
+        line!("{}: supported", r.path);
+    } else {
+        line!(
+            "{}: supported on {} (not by this agent, built for {}: run gostray for {} there)",
+            r.path,
+            r.arch,
+            std::env::consts::ARCH,
+            r.arch
+        );
+    }
+    line!("  architecture   {}", r.arch);
     line!("  go version     {}", r.go_version);
     if let Some(m) = &r.build.module {
         line!("  module         {m}");
@@ -208,8 +233,12 @@ fn print_text(r: &Report) -> String {
             .source
             .as_ref()
             .map_or(String::new(), |f| format!(" at {}:{}", f.file, f.line));
+        let class = s
+            .instruction
+            .as_ref()
+            .map_or(String::new(), |i| format!(" {i}"));
         line!(
-            "    {:<8} {:<28} {:#x} (file offset {:#x}) {:?}{at}",
+            "    {:<8} {:<28} {:#x} (file offset {:#x}) {:?}{class}{at}",
             c.name,
             c.function,
             c.site.address,

@@ -30,7 +30,7 @@ pub fn validate_targets(args: &RunArgs) -> anyhow::Result<Vec<(PathBuf, FileId)>
     let mut binary_targets = Vec::new();
     for path in &args.binaries {
         let file = FileId::of(path).with_context(|| format!("binary {}", path.display()))?;
-        GoBinary::open(path).with_context(|| format!("{}", path.display()))?;
+        GoBinary::open_for_host(path).with_context(|| format!("{}", path.display()))?;
         binary_targets.push((path.clone(), file));
     }
     for &pid in &args.pids {
@@ -147,7 +147,7 @@ impl Agent {
         if let Some(bin) = self.binaries.get(&key) {
             return Ok(bin.clone());
         }
-        match GoBinary::open(exe) {
+        match GoBinary::open_for_host(exe) {
             Ok(bin) => {
                 let bin = Arc::new(bin);
                 self.binaries.insert(key, bin.clone());

@@ -11,7 +11,22 @@ use iced_x86::{
     Register,
 };
 
-use super::sites::{ProbeSite, SiteKind};
+use super::{
+    arch::{Reg, RegisterAbi},
+    sites::{ProbeSite, SiteKind},
+};
+
+/// Go's register ABI on amd64 (`ABIInternal`, Go ≥ 1.17), by DWARF
+/// register number.
+pub const ABI: RegisterAbi = RegisterAbi {
+    // `runqput(pp, newg, next)`: the second integer argument.
+    create_new_g: Reg::new("RBX", 3),
+    // `goexit0(gp)`: the first.
+    exit_gp: Reg::new("RAX", 0),
+    g: Reg::new("R14", 14),
+    frame_pointer: Reg::new("RBP", 6),
+    link_register: None,
+};
 
 /// How far into a function an entry site may be (Go prologues are 2–4
 /// instructions; anything later has likely clobbered arguments).

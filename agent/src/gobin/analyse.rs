@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use object::{Object, ObjectKind, ObjectSection, ObjectSymbol};
 
 use super::{
-    arch::{self, Arch},
+    arch::{self, Arch, Machine},
     buildinfo, dwarf, heaproots,
     image::{self, Image},
     moduledata, offsets,
@@ -62,7 +62,7 @@ pub fn analyse(bytes: &super::image::Bytes) -> Result<GoBinary, GoBinError> {
     } else {
         None
     };
-    let (layout, layout_source) = struct_layout(dwarf.as_ref(), &build)?;
+    let (layout, layout_source) = struct_layout(dwarf.as_ref(), &build, arch.machine())?;
 
     let found = find_functions(&pclntab, pcln);
     let code = |f: &Func| image.at(f.entry, usize::try_from(f.end - f.entry).ok()?);
@@ -96,6 +96,7 @@ pub fn analyse(bytes: &super::image::Bytes) -> Result<GoBinary, GoBinError> {
             .ok_or(GoBinError::MissingSymbol(name))
     };
     Ok(GoBinary {
+        machine: arch.machine(),
         version,
         build_id: image::build_id(&file),
         pie: file.kind() == ObjectKind::Dynamic,
@@ -232,12 +233,13 @@ fn allg_addresses<'a>(
 fn struct_layout(
     dwarf: Option<&dwarf::DwarfFacts>,
     build: &super::BuildInfo,
+    machine: Machine,
 ) -> Result<(super::layout::Layout, LayoutSource), GoBinError> {
     match dwarf {
         Some(d) => Ok((d.layout, LayoutSource::Dwarf)),
-        None => offsets::lookup(build.version).ok_or_else(|| {
+        None => offsets::lookup(build.version, machine).ok_or_else(|| {
             GoBinError::Layout(format!(
-                "no DWARF (built with -w) and no offsets table entry for {}",
+                "no DWARF (built with -w) and no offsets table entry for {} on {machine}",
                 build.raw_version
             ))
         }),

@@ -1,15 +1,94 @@
 //! The per-architecture part of reading a Go binary, behind one trait:
-//! choosing probe instructions and recovering the data addresses a
-//! stripped binary no longer names. amd64 is implemented; arm64 (Go's
-//! register ABI there since 1.18, g in R28) is planned.
+//! choosing probe instructions, recovering the data addresses a stripped
+//! binary no longer names, and the register ABI the kernel programs read.
+//! amd64 and arm64 are implemented, each chosen by the ELF machine.
+
+use serde::Serialize;
 
 use super::{
-    amd64,
+    amd64, arm64,
     sites::{Find, ProbeSite},
 };
 
+/// The instruction sets gostray reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Machine {
+    /// x86-64 (`EM_X86_64`).
+    Amd64,
+    /// `AArch64` (`EM_AARCH64`).
+    Arm64,
+}
+
+impl Machine {
+    /// Go's name for it (`GOARCH`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Amd64 => "amd64",
+            Self::Arm64 => "arm64",
+        }
+    }
+
+    /// The machine this agent was built for, if it is one gostray reads.
+    pub fn host() -> Option<Self> {
+        if cfg!(target_arch = "x86_64") {
+            Some(Self::Amd64)
+        } else if cfg!(target_arch = "aarch64") {
+            Some(Self::Arm64)
+        } else {
+            None
+        }
+    }
+}
+
+impl std::fmt::Display for Machine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A general register: Go's assembler name and its number (arm64: `Xn`,
+/// the index in `pt_regs.regs`; amd64: the DWARF register number).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Reg {
+    pub name: &'static str,
+    pub number: u8,
+}
+
+impl Reg {
+    pub const fn new(name: &'static str, number: u8) -> Self {
+        Self { name, number }
+    }
+}
+
+/// Where Go's register ABI puts what the kernel programs read: data for
+/// the per-architecture register access of `ebpf/` (its `goabi.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct RegisterAbi {
+    /// The new g at the create site (`runqput(pp, newg, true)`).
+    pub create_new_g: Reg,
+    /// `gp` at the exit site (`goexit0(gp)`).
+    pub exit_gp: Reg,
+    /// The running goroutine's g.
+    pub g: Reg,
+    pub frame_pointer: Reg,
+    /// Where a call leaves its return address, when not on the stack.
+    pub link_register: Option<Reg>,
+}
+
 /// What the rest of `gobin` asks of an instruction set.
 pub trait Arch: Sync {
+    /// Which instruction set this is.
+    fn machine(&self) -> Machine;
+
+    /// The register ABI facts of [`RegisterAbi`].
+    fn abi(&self) -> &'static RegisterAbi;
+
+    /// The instruction class of the site whose code starts `code` and
+    /// what the kernel does with a uprobe there, when it says more than
+    /// the site's kind (arm64).
+    fn describe_site(&self, code: &[u8]) -> Option<String>;
+
     /// Sites in the function at `address` (code `code`) chosen by `find`;
     /// `callee` is the resolved address of the function `find` names.
     fn sites(
@@ -47,6 +126,18 @@ pub trait Arch: Sync {
 pub struct Amd64;
 
 impl Arch for Amd64 {
+    fn machine(&self) -> Machine {
+        Machine::Amd64
+    }
+
+    fn abi(&self) -> &'static RegisterAbi {
+        &amd64::ABI
+    }
+
+    fn describe_site(&self, _code: &[u8]) -> Option<String> {
+        None
+    }
+
     fn sites(
         &self,
         address: u64,
@@ -100,10 +191,89 @@ impl Arch for Amd64 {
     }
 }
 
-/// The implementation for an ELF machine, or `None` when unsupported.
+/// `AArch64`, Go's `ABIInternal` (Go ≥ 1.18: arguments in R0–R15, g in
+/// R28).
+pub struct Arm64;
+
+impl Arch for Arm64 {
+    fn machine(&self) -> Machine {
+        Machine::Arm64
+    }
+
+    fn abi(&self) -> &'static RegisterAbi {
+        &arm64::ABI
+    }
+
+    fn describe_site(&self, code: &[u8]) -> Option<String> {
+        arm64::describe(code)
+    }
+
+    fn sites(
+        &self,
+        address: u64,
+        code: &[u8],
+        find: Find,
+        callee: Option<u64>,
+    ) -> Result<Vec<ProbeSite>, String> {
+        match find {
+            Find::CallTo(_) => {
+                let callee = callee.ok_or("callee not found")?;
+                arm64::call_site(address, code, callee).map(|s| vec![s])
+            }
+            Find::CallsTo(_) => {
+                let callee = callee.ok_or("callee not found")?;
+                let all = arm64::call_sites(address, code, callee);
+                if all.is_empty() {
+                    return Err(format!("no call to {callee:#x}"));
+                }
+                Ok(all)
+            }
+            Find::Entry { live_args } => {
+                arm64::entry_site(address, code, live_args).map(|s| vec![s])
+            }
+            Find::EntryElseCallTo { .. } => Err("entry-else-call is resolved by the caller".into()),
+        }
+    }
+
+    fn allg_addresses(&self, address: u64, code: &[u8]) -> Option<(u64, u64)> {
+        arm64::allg_addresses(address, code)
+    }
+
+    fn wait_reason_table(&self, address: u64, code: &[u8]) -> Option<(u64, u64)> {
+        arm64::wait_reason_table(address, code)
+    }
+
+    fn panic_string(&self, address: u64, code: &[u8]) -> Option<u64> {
+        arm64::panic_string(address, code)
+    }
+
+    fn address_argument(&self, address: u64, code: &[u8], callee: u64, arg: usize) -> Option<u64> {
+        arm64::address_argument(address, code, callee, arg)
+    }
+
+    fn addresses_taken(&self, address: u64, code: &[u8]) -> Vec<u64> {
+        arm64::addresses_taken(address, code)
+    }
+
+    fn slice_read(&self, address: u64, code: &[u8]) -> Option<u64> {
+        arm64::slice_read(address, code)
+    }
+}
+
+/// The implementation for an ELF machine (`e_machine`), or `None` when
+/// unsupported.
 pub fn for_machine(arch: object::Architecture) -> Option<&'static dyn Arch> {
     match arch {
         object::Architecture::X86_64 => Some(&Amd64),
+        object::Architecture::Aarch64 => Some(&Arm64),
         _ => None,
+    }
+}
+
+/// The implementation for a [`Machine`].
+pub fn of(machine: Machine) -> &'static dyn Arch {
+    match machine {
+        Machine::Amd64 => &Amd64,
+        Machine::Arm64 => &Arm64,
     }
 }

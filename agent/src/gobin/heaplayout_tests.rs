@@ -49,7 +49,7 @@ fn heap_layout_dwarf_equals_table_and_stripped_twins() {
             let (path, bin) = open(&dir, line, variant);
             let what = format!("{}", path.display());
             let heap = bin.heap_layout().unwrap_or_else(|e| panic!("{what}: {e}"));
-            let (table, source) = offsets::lookup_heap(bin.version).expect("table entry");
+            let (table, source) = offsets::lookup_heap(bin.version, bin.machine).expect("table entry");
             assert!(!source.is_guess(), "{what}: run `cargo xtask offsets`");
             assert_eq!(heap.offsets, table, "{what}: DWARF against the table");
             assert_eq!(heap.offsets, want.offsets, "{what}");
@@ -163,7 +163,10 @@ fn generate_offsets_table() {
         let bin = GoBinary::open(path.as_ref()).unwrap_or_else(|e| panic!("{path}: {e}"));
         assert_eq!(bin.layout_source, LayoutSource::Dwarf, "{path}");
         let heap = bin.heap_layout().unwrap_or_else(|e| panic!("{path}: {e}"));
-        let version = bin.build.raw_version.split(' ').next().unwrap().to_string();
+        let version = offsets::key(
+            bin.build.raw_version.split(' ').next().unwrap(),
+            bin.machine,
+        );
         let entry = serde_json::json!({
             "g": bin.offsets,
             "hchan": bin.hchan,

@@ -73,7 +73,7 @@ where
 {
     let (offsets, offsets_source) = match found.dwarf {
         Some(d) => (d.heap.clone()?, LayoutSource::Dwarf),
-        None => offsets::lookup_heap(version)
+        None => offsets::lookup_heap(version, found.arch.machine())
             .ok_or_else(|| format!("no DWARF and no heap offsets in the table for {version}"))?,
     };
     let globals = global_sections(file)?;

@@ -10,6 +10,8 @@
 mod amd64;
 mod analyse;
 mod arch;
+mod arm64;
+mod arm64_uprobe;
 mod buildinfo;
 mod dwarf;
 mod dwarf_types;
@@ -38,6 +40,7 @@ mod waitreason;
 
 use std::path::Path;
 
+pub use arch::{Machine, RegisterAbi};
 pub use buildinfo::{BuildInfo, GoVersion, MIN_SUPPORTED};
 #[allow(unused_imports)] // the heap walker's interface, ahead of the walker
 pub use heaplayout::{
@@ -68,8 +71,12 @@ pub enum GoBinError {
     NotElf(String),
     #[error("not a Go binary (no .go.buildinfo section)")]
     NotGo,
-    #[error("unsupported architecture {0}: only x86-64 is supported so far")]
+    #[error("unsupported architecture {0}: only x86-64 and arm64 are read")]
     Arch(String),
+    #[error(
+        "built for {binary}, but this agent runs on {host}: run the agent built for {binary} on that node"
+    )]
+    ForeignMachine { binary: Machine, host: &'static str },
     #[error(
         "built with {found}, older than {min}, which lacks the register ABI the probes rely on"
     )]
@@ -92,7 +99,7 @@ impl GoBinError {
         match self {
             Self::NotGo | Self::NotElf(_) => "not_go",
             Self::TooOld { .. } => "go_too_old",
-            Self::Arch(_) => "unsupported_arch",
+            Self::Arch(_) | Self::ForeignMachine { .. } => "unsupported_arch",
             _ => "unreadable_binary",
         }
     }
@@ -136,6 +143,8 @@ pub enum AddressSource {
 /// through `Arc` by every process running it.
 #[derive(Debug, Clone)]
 pub struct GoBinary {
+    /// The instruction set it was built for (the ELF machine).
+    pub machine: Machine,
     pub version: GoVersion,
     pub build: BuildInfo,
     /// GNU build ID, else Go's; part of the cache key.
@@ -200,6 +209,32 @@ impl GoBinary {
             source,
         })?;
         analyse::analyse(&bytes)
+    }
+
+    /// [`GoBinary::open`] for attaching: also refuses a binary built for
+    /// another machine than the agent's (its processes cannot run here,
+    /// and the kernel programs read this machine's registers).
+    pub fn open_for_host(path: &Path) -> Result<Self, GoBinError> {
+        let bin = Self::open(path)?;
+        match Machine::host() {
+            Some(host) if host == bin.machine => Ok(bin),
+            host => Err(GoBinError::ForeignMachine {
+                binary: bin.machine,
+                host: host.map_or(std::env::consts::ARCH, Machine::as_str),
+            }),
+        }
+    }
+
+    /// The register ABI of the binary's machine.
+    pub fn abi(&self) -> &'static RegisterAbi {
+        arch::of(self.machine).abi()
+    }
+
+    /// The instruction class at `site` and what the kernel does with a
+    /// uprobe there, where the machine says more than the site's kind.
+    pub fn describe_site(&self, site: &ProbeSite) -> Option<String> {
+        let code = self.image.at(site.address, 4)?;
+        arch::of(self.machine).describe_site(code)
     }
 
     // Interface for the leak detector (and the tests) rather than the agent so far.

@@ -2,6 +2,10 @@
 //! `cargo xtask offsets`: it compiles a probe program with every supported
 //! toolchain and reads each one's DWARF with this crate's own reader. The
 //! table is committed and embedded; it is never edited by hand.
+//!
+//! Keys are the exact Go version (`go1.24.11`) for amd64 and the machine
+//! before it for the others (`arm64/go1.24.11`): the layouts are read from
+//! each machine's own builds rather than assumed equal.
 
 use std::{collections::BTreeMap, sync::OnceLock};
 
@@ -10,7 +14,7 @@ use serde::Deserialize;
 use super::{
     heaplayout::HeapOffsets,
     layout::{Layout, LayoutSource},
-    GoVersion,
+    GoVersion, Machine,
 };
 
 static TABLE_JSON: &str = include_str!("offsets.json");
@@ -44,26 +48,46 @@ fn heap_table() -> &'static BTreeMap<String, HeapOffsets> {
     })
 }
 
-/// The layout for `version`: the exact release, else the newest patch of
-/// the same minor line, else, for a release newer than every entry, the
-/// newest entry. Older unknown releases get nothing: guessing backwards
-/// across the layout changes of 1.20–1.23 is not safe.
-pub fn lookup(version: GoVersion) -> Option<(Layout, LayoutSource)> {
-    lookup_in(table(), version)
+/// The table key of `version` (as `go1.24.11`) built for `machine`.
+pub fn key(version: &str, machine: Machine) -> String {
+    match machine {
+        Machine::Amd64 => version.to_string(),
+        Machine::Arm64 => format!("{machine}/{version}"),
+    }
+}
+
+/// The machine and Go version a key names.
+fn parse_key(key: &str) -> Option<(Machine, GoVersion)> {
+    let (machine, version) = match key.split_once('/') {
+        None => (Machine::Amd64, key),
+        Some(("arm64", v)) => (Machine::Arm64, v),
+        Some(_) => return None,
+    };
+    Some((machine, GoVersion::parse(version)?))
+}
+
+/// The layout for `version` on `machine`: the exact release, else the
+/// newest patch of the same minor line, else, for a release newer than
+/// every entry, the newest entry. Older unknown releases get nothing:
+/// guessing backwards across the layout changes of 1.20–1.23 is not safe.
+pub fn lookup(version: GoVersion, machine: Machine) -> Option<(Layout, LayoutSource)> {
+    lookup_in(table(), version, machine)
 }
 
 /// The heap walker's offsets for `version`, chosen as [`lookup`] chooses.
-pub fn lookup_heap(version: GoVersion) -> Option<(HeapOffsets, LayoutSource)> {
-    lookup_in(heap_table(), version)
+pub fn lookup_heap(version: GoVersion, machine: Machine) -> Option<(HeapOffsets, LayoutSource)> {
+    lookup_in(heap_table(), version, machine)
 }
 
 fn lookup_in<T: Copy>(
     table: &BTreeMap<String, T>,
     version: GoVersion,
+    machine: Machine,
 ) -> Option<(T, LayoutSource)> {
-    let parsed = table
-        .iter()
-        .filter_map(|(k, v)| Some((GoVersion::parse(k)?, k, v)));
+    let parsed = table.iter().filter_map(|(k, v)| {
+        let (m, parsed) = parse_key(k)?;
+        (m == machine).then_some((parsed, k, v))
+    });
     let mut same_line = None;
     let mut newest: Option<(GoVersion, &String, &T)> = None;
     for (v, key, layout) in parsed {
@@ -108,16 +132,17 @@ mod tests {
         for line in [
             "1.19", "1.21", "1.22", "1.23", "1.24", "1.25", "1.26", "1.27",
         ] {
-            assert!(
-                t.keys().any(|k| k.starts_with(&format!("go{line}."))),
-                "offsets.json lacks Go {line}: run `cargo xtask offsets`"
-            );
-            assert!(
-                heap_table()
-                    .keys()
-                    .any(|k| k.starts_with(&format!("go{line}."))),
-                "offsets.json lacks heap offsets for Go {line}: run `cargo xtask offsets`"
-            );
+            for machine in [Machine::Amd64, Machine::Arm64] {
+                let prefix = key(&format!("go{line}."), machine);
+                assert!(
+                    t.keys().any(|k| k.starts_with(&prefix)),
+                    "offsets.json lacks Go {line} on {machine}: run `cargo xtask offsets`"
+                );
+                assert!(
+                    heap_table().keys().any(|k| k.starts_with(&prefix)),
+                    "offsets.json lacks heap offsets for Go {line} on {machine}: run `cargo xtask offsets`"
+                );
+            }
         }
     }
 
@@ -125,18 +150,27 @@ mod tests {
     fn falls_back_within_a_line_and_forward_only() {
         let t = table();
         let v = |s| GoVersion::parse(s).unwrap();
-        let (_, src) = lookup_in(t, v("go1.24.11")).unwrap();
+        let amd64 = Machine::Amd64;
+        let (_, src) = lookup_in(t, v("go1.24.11"), amd64).unwrap();
         assert_eq!(
             src,
             LayoutSource::Table {
                 version: "go1.24.11".into()
             }
         );
-        let (_, src) = lookup_in(t, v("go1.24.2")).unwrap();
+        let (_, src) = lookup_in(t, v("go1.24.2"), amd64).unwrap();
         assert!(src.is_guess());
-        let (newest, _) = lookup_in(t, v("go1.27.3")).unwrap();
-        let (guess, src) = lookup_in(t, v("go1.31.0")).unwrap();
+        let (newest, _) = lookup_in(t, v("go1.27.3"), amd64).unwrap();
+        let (guess, src) = lookup_in(t, v("go1.31.0"), amd64).unwrap();
         assert_eq!((guess, src.is_guess()), (newest, true));
-        assert!(lookup_in(t, v("go1.18.3")).is_none());
+        assert!(lookup_in(t, v("go1.18.3"), amd64).is_none());
+        // arm64 entries answer only for arm64.
+        let (_, src) = lookup_in(t, v("go1.24.11"), Machine::Arm64).unwrap();
+        assert_eq!(
+            src,
+            LayoutSource::Table {
+                version: "arm64/go1.24.11".into()
+            }
+        );
     }
 }

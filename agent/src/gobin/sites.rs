@@ -20,6 +20,8 @@ pub enum SiteKind {
     Call,
     Jump,
     Nop,
+    /// arm64 `adr`/`adrp`: the kernel computes the address itself.
+    PcRelative,
 }
 
 /// One chosen probe location.

@@ -136,7 +136,7 @@ fn offsets_table_equals_dwarf_for_every_version() {
     for (line, _) in &tools {
         for variant in ["", "-pie"] {
             let bin = GoBinary::open(&fixture(&dir, line, variant)).unwrap();
-            let (table, source) = offsets::lookup(bin.version).expect("table entry");
+            let (table, source) = offsets::lookup(bin.version, bin.machine).expect("table entry");
             assert!(
                 !source.is_guess(),
                 "Go {line}: {source:?}: run `cargo xtask offsets`"
