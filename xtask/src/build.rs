@@ -46,7 +46,7 @@ pub fn ebpf_object_arm64() -> PathBuf {
 
 /// Builds `ebpf/` for bpfel-unknown-none with nightly and bpf-linker.
 pub fn build_ebpf() -> anyhow::Result<()> {
-    build_ebpf_for(BpfArch::X86_64)
+    build_ebpf_for(BpfArch::X86_64).map(|_| ())
 }
 
 /// Builds `ebpf/` for the registers of `arch`; returns the object's path.
