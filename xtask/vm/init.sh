@@ -133,6 +133,8 @@ while get /readyz /tmp/ready; ! head -n 1 /tmp/ready | grep -q ' 200'; do
 	sleep 1
 done
 say "agent ready after ${i}s"
+# The agent prices a hit of each program at start (kernel/calibrate.rs).
+say "calibration $(grep -m 1 'probe cost' /tmp/agent.log | sed 's/.*kernel *//')"
 
 scrape
 counts
@@ -169,5 +171,5 @@ say "leaks after ${i}s pid=$PID_vmleak"
 echo "gostray-vm: report $(sed '1,/^\r*$/d' /tmp/leaks | tr -d '\r\n')"
 
 kill $AGENT
-sed 's/^/gostray-vm: agent-log: /' /tmp/agent.log | grep -iv '"level":"\(debug\|info\)"' | tail -n 20
+grep -E 'WARN|ERROR' /tmp/agent.log | sed 's/^/gostray-vm: agent-log: /' | tail -n 20
 finish
