@@ -91,15 +91,16 @@ counts() {
 	EXITED=$(metric gostray_goroutines_exited_total "$PID_spawner")
 	LIVE=$(metric gostray_goroutines "$PID_spawner")
 	LOST=$(metric gostray_events_lost_total "$PID_spawner")
+	RECONCILED=$(metric gostray_goroutines_reconciled_total "$PID_spawner")
 }
-# settle CREATED EXITED: scrapes until the counters reach these (90 s at
-# most), then prints the counts once more for the host to judge.
+# settle CREATED EXITED LIVE: scrapes until the counts reach these (90 s
+# at most); the host judges the last ones.
 settle() {
 	i=0
 	while :; do
 		scrape
 		counts
-		[ "$CREATED" = "$1" ] && [ "$EXITED" = "$2" ] && break
+		[ "$CREATED" = "$1" ] && [ "$EXITED" = "$2" ] && [ "$LIVE" = "$3" ] && break
 		i=$((i + 1))
 		[ $i -gt 90 ] && break
 		sleep 1
@@ -139,24 +140,25 @@ say "calibration $(grep -m 1 'probe cost' /tmp/agent.log | sed 's/.*kernel *//')
 scrape
 counts
 ask spawner "spawn 0 0" done
-say "counts phase=attach created=$CREATED exited=$EXITED live=$LIVE lost=$LOST numgoroutine=${ANSWER#done }"
+say "counts phase=attach created=$CREATED exited=$EXITED live=$LIVE lost=$LOST reconciled=$RECONCILED waited=${i}s numgoroutine=${ANSWER#done }"
 C0=$CREATED
 E0=$EXITED
+L0=$LIVE
 
 ask spawner "spawn 100 50" done
-settle $((C0 + 150)) $((E0 + 100))
-say "counts phase=spawn exiting=100 blocking=50 created=$CREATED exited=$EXITED live=$LIVE lost=$LOST numgoroutine=${ANSWER#done }"
+settle $((C0 + 150)) $((E0 + 100)) $((L0 + 50))
+say "counts phase=spawn exiting=100 blocking=50 created=$CREATED exited=$EXITED live=$LIVE lost=$LOST reconciled=$RECONCILED waited=${i}s numgoroutine=${ANSWER#done }"
 
 ask spawner release released
-settle $((C0 + 150)) $((E0 + 150))
-say "counts phase=release created=$CREATED exited=$EXITED live=$LIVE lost=$LOST numgoroutine=${ANSWER#released }"
+settle $((C0 + 150)) $((E0 + 150)) $L0
+say "counts phase=release created=$CREATED exited=$EXITED live=$LIVE lost=$LOST reconciled=$RECONCILED waited=${i}s numgoroutine=${ANSWER#released }"
 
 t0=$(now_ms)
 ask spawner "spawn $BATCH 0" done
 t1=$(now_ms)
 say "timing phase=probed spawns=$BATCH ms=$((t1 - t0))"
-settle $((C0 + 150 + BATCH)) $((E0 + 150 + BATCH))
-say "counts phase=batch exiting=$BATCH blocking=0 created=$CREATED exited=$EXITED live=$LIVE lost=$LOST numgoroutine=${ANSWER#done }"
+settle $((C0 + 150 + BATCH)) $((E0 + 150 + BATCH)) $L0
+say "counts phase=batch exiting=$BATCH blocking=0 created=$CREATED exited=$EXITED live=$LIVE lost=$LOST reconciled=$RECONCILED waited=${i}s numgoroutine=${ANSWER#done }"
 
 ask vmleak leak "ok leak"
 i=0
