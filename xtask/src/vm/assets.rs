@@ -38,8 +38,8 @@ pub fn ensure_qemu() -> anyhow::Result<()> {
 /// Lets apt see Debian's arm64 packages (their files are only unpacked
 /// here, never installed).
 fn ensure_arm64_apt() -> anyhow::Result<()> {
-    let foreign = output(Command::new("dpkg").arg("--print-foreign-architectures"))
-        .unwrap_or_default();
+    let foreign =
+        output(Command::new("dpkg").arg("--print-foreign-architectures")).unwrap_or_default();
     if !foreign.lines().any(|l| l.trim() == "arm64") {
         let t = step("adding Debian's arm64 package lists (one-time)");
         run_quiet(Command::new("dpkg").args(["--add-architecture", "arm64"]))?;
@@ -98,16 +98,20 @@ pub fn kernel() -> anyhow::Result<(PathBuf, String)> {
     }
     ensure_arm64_apt()?;
     let t = step("fetching Debian's arm64 cloud kernel (one-time)");
-    let depends = output(Command::new("apt-cache").args(["depends", "linux-image-cloud-arm64:arm64"]))
-        .context("apt-cache depends linux-image-cloud-arm64:arm64")?;
-    let package = kernel_package(&depends)
-        .with_context(|| format!("no versioned kernel in:\n{depends}"))?;
+    let depends =
+        output(Command::new("apt-cache").args(["depends", "linux-image-cloud-arm64:arm64"]))
+            .context("apt-cache depends linux-image-cloud-arm64:arm64")?;
+    let package =
+        kernel_package(&depends).with_context(|| format!("no versioned kernel in:\n{depends}"))?;
     let tree = unpack(&package, "kernel")?;
     let boot = tree.join("boot");
     let vmlinuz = fs::read_dir(&boot)?
         .filter_map(Result::ok)
         .map(|e| e.path())
-        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-")))
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
+        })
         .with_context(|| format!("no vmlinuz in {}", boot.display()))?;
     fs::copy(&vmlinuz, &image)?;
     fs::write(&stamp, &package)?;
@@ -152,7 +156,9 @@ fn ensure_cross() -> anyhow::Result<()> {
 pub fn agent() -> anyhow::Result<PathBuf> {
     ensure_cross()?;
     let object = build::build_ebpf_for(BpfArch::Aarch64)?;
-    let t = step(&format!("building the agent for arm64 (release, {AGENT_TARGET})"));
+    let t = step(&format!(
+        "building the agent for arm64 (release, {AGENT_TARGET})"
+    ));
     run(build::host_cargo()
         .args(["build", "--quiet", "--release", "--package", "gostray"])
         .args(["--target", AGENT_TARGET])
@@ -171,7 +177,10 @@ fn check_static_arm64(binary: &Path) -> anyhow::Result<()> {
     let headers = output(Command::new("readelf").args(["-h", "-l"]).arg(binary))
         .with_context(|| format!("readelf {}", binary.display()))?;
     if !headers.contains("AArch64") || headers.contains("INTERP") {
-        bail!("{} is not a static arm64 executable:\n{headers}", binary.display());
+        bail!(
+            "{} is not a static arm64 executable:\n{headers}",
+            binary.display()
+        );
     }
     Ok(())
 }
@@ -182,7 +191,10 @@ pub fn fixtures() -> anyhow::Result<[PathBuf; 2]> {
     let go = release.ensure()?;
     let out = build::fixtures_dir();
     fs::create_dir_all(&out)?;
-    let t = step(&format!("building the arm64 VM fixtures with Go {}", release.line));
+    let t = step(&format!(
+        "building the arm64 VM fixtures with Go {}",
+        release.line
+    ));
     let cross = |name: &str| -> anyhow::Result<PathBuf> {
         let binary = out.join(format!("{name}-arm64-{}", release.line));
         build::go_build_for(&go, name, &binary, &[], Some("arm64"))?;
@@ -197,7 +209,8 @@ pub fn fixtures() -> anyhow::Result<[PathBuf; 2]> {
 mod tests {
     #[test]
     fn finds_the_versioned_kernel_package() {
-        let out = "linux-image-cloud-arm64:arm64\n  Depends: linux-image-6.1.0-57-cloud-arm64:arm64\n";
+        let out =
+            "linux-image-cloud-arm64:arm64\n  Depends: linux-image-6.1.0-57-cloud-arm64:arm64\n";
         assert_eq!(
             super::kernel_package(out).as_deref(),
             Some("linux-image-6.1.0-57-cloud-arm64:arm64")

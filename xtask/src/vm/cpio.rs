@@ -56,7 +56,15 @@ pub fn archive(entries: &[Entry]) -> Vec<u8> {
         } else {
             1
         };
-        push(&mut out, ino as u32 + 1, e.mode, nlink, e.rdev, e.name, e.data);
+        push(
+            &mut out,
+            ino as u32 + 1,
+            e.mode,
+            nlink,
+            e.rdev,
+            e.name,
+            e.data,
+        );
     }
     push(&mut out, 0, 0, 1, (0, 0), "TRAILER!!!", &[]);
     out

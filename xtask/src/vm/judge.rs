@@ -28,6 +28,8 @@ pub struct Run {
     /// Spawns of the timed batches and their milliseconds, bare and probed.
     pub timing: HashMap<String, (u64, u64)>,
     pub leak_pid: Option<u32>,
+    /// The agent's own price of a hit, in ns: floor and per program.
+    pub calibration: HashMap<String, u64>,
     pub report: Option<Value>,
     pub errors: Vec<String>,
     pub ended: bool,
@@ -75,6 +77,14 @@ pub fn parse(console: &str) -> Run {
                     f.get("phase").unwrap_or(&"").to_string(),
                     (num(&f, "spawns"), num(&f, "ms")),
                 );
+            }
+            "calibration" => {
+                run.calibration = f
+                    .iter()
+                    .filter_map(|(k, v)| {
+                        Some(((*k).to_string(), v.trim_matches('"').parse().ok()?))
+                    })
+                    .collect();
             }
             "leaks" => run.leak_pid = f.get("pid").and_then(|p| p.parse().ok()),
             "report" => run.report = serde_json::from_str(rest).ok(),
@@ -137,6 +147,13 @@ pub fn checks(run: &Run, batch: u64) -> Vec<(String, bool)> {
             run.errors.is_empty(),
         ),
         ("the VM ran to its end".to_string(), run.ended),
+        (
+            format!(
+                "the agent priced a probe hit at start {:?}",
+                run.calibration
+            ),
+            run.calibration.get("floor_ns").is_some_and(|&ns| ns > 0),
+        ),
     ];
     let Some(attach) = run.counts.get("attach").copied() else {
         out.push(("counts at attach".to_string(), false));
@@ -184,6 +201,7 @@ mod tests {
 gostray-vm: boot kernel=6.1.0-57-cloud-arm64 machine=aarch64 cpus=2
 gostray-vm: timing phase=bare spawns=1000 ms=100
 gostray-vm: agent ready after 7s
+gostray-vm: calibration floor_ns="6743" create_ns="8389" exit_ns="8799" park_ns="7737" close_ns="11763"
 gostray-vm: counts phase=attach created=0 exited=0 live=5 lost=0 numgoroutine=1
 gostray-vm: counts phase=spawn exiting=100 blocking=50 created=150 exited=100 live=55 lost=0 numgoroutine=51
 gostray-vm: counts phase=release created=150 exited=150 live=5 lost=0 numgoroutine=1
@@ -204,6 +222,7 @@ gostray-vm: end
             Some(("leak".into(), "chan send".into(), 1, "main.go:23".into()))
         );
         assert_eq!(per_hit_us(&run), Some(40.0));
+        assert_eq!(run.calibration.get("create_ns"), Some(&8389));
     }
 
     #[test]
@@ -216,7 +235,10 @@ gostray-vm: end
 
     #[test]
     fn a_vm_that_stopped_early_fails() {
-        let cut = CONSOLE.split("gostray-vm: timing phase=probed").next().unwrap();
+        let cut = CONSOLE
+            .split("gostray-vm: timing phase=probed")
+            .next()
+            .unwrap();
         let run = parse(cut);
         let failed: Vec<_> = checks(&run, 1000).into_iter().filter(|c| !c.1).collect();
         assert!(failed.len() >= 3, "{failed:?}");

@@ -110,6 +110,21 @@ fn run_and_report(args: &VmArgs) -> anyhow::Result<(u64, u64)> {
             judge::per_hit_us(&run).map_or("n/a".to_string(), |us| format!("{us:.1} µs"))
         );
     }
+    if !run.calibration.is_empty() {
+        let ns = |k: &str| {
+            run.calibration
+                .get(k)
+                .map_or("?".into(), |v| format!("{:.1}", *v as f64 / 1000.0))
+        };
+        println!(
+            "arm64 VM: the agent's own price of a hit (µs, emulated): trap floor {}, create {}, exit {}, park {}, close {}",
+            ns("floor_ns"),
+            ns("create_ns"),
+            ns("exit_ns"),
+            ns("park_ns"),
+            ns("close_ns")
+        );
+    }
     println!(
         "arm64 VM: kernel {}, wall time {:.0} s (console: target/vm/console.log)",
         run.kernel,
@@ -117,7 +132,11 @@ fn run_and_report(args: &VmArgs) -> anyhow::Result<(u64, u64)> {
     );
     if totals.1 > 0 {
         // The VM's own words about what went wrong.
-        for line in console.lines().filter(|l| l.contains("gostray-vm: ")).take(60) {
+        for line in console
+            .lines()
+            .filter(|l| l.contains("gostray-vm: "))
+            .take(60)
+        {
             eprintln!("  {line}");
         }
     }
@@ -163,7 +182,11 @@ fn prepare() -> anyhow::Result<(PathBuf, PathBuf, String)> {
 
 /// Runs qemu until the guest powers off or `timeout_secs` pass; returns
 /// the console text (also echoed, the VM's lines as they come).
-fn boot(kernel: &std::path::Path, initrd: &std::path::Path, args: &VmArgs) -> anyhow::Result<String> {
+fn boot(
+    kernel: &std::path::Path,
+    initrd: &std::path::Path,
+    args: &VmArgs,
+) -> anyhow::Result<String> {
     let mut child = Command::new("qemu-system-aarch64")
         .args(["-M", "virt", "-m", "2G", "-nographic", "-no-reboot"])
         // pauth-impdef: QEMU's own pointer-authentication hash, much faster
