@@ -29,16 +29,46 @@ fn cargo() -> Command {
     cmd
 }
 
+/// The architecture a kernel object reads registers for: aya-ebpf's
+/// `bpf_target_arch` (the BPF bytecode is the same `bpfel-unknown-none`,
+/// only the `pt_regs` layout and Go's register ABI differ).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BpfArch {
+    X86_64,
+    Aarch64,
+}
+
+/// Where the arm64 kernel object lands: a target directory of its own, so
+/// building it never invalidates the amd64 object's cache.
+pub fn ebpf_object_arm64() -> PathBuf {
+    root().join("target/ebpf-aarch64/bpfel-unknown-none/release/gostray")
+}
+
 /// Builds `ebpf/` for bpfel-unknown-none with nightly and bpf-linker.
 pub fn build_ebpf() -> anyhow::Result<()> {
+    build_ebpf_for(BpfArch::X86_64).map(|_| ())
+}
+
+/// Builds `ebpf/` for the registers of `arch`; returns the object's path.
+pub fn build_ebpf_for(arch: BpfArch) -> anyhow::Result<PathBuf> {
     tools::ensure_ebpf_toolchain()?;
     let linker_dir = tools::bpf_linker().context("bpf-linker is not installed")?;
     let path = std::env::join_paths(std::iter::once(linker_dir).chain(std::env::split_paths(
         &std::env::var_os("PATH").unwrap_or_default(),
     )))?;
-    let t = step("building the eBPF programs (nightly, bpfel-unknown-none)");
-    run(cargo()
-        .current_dir(root().join("ebpf"))
+    let (label, target_dir, object) = match arch {
+        BpfArch::X86_64 => ("", root().join("target"), ebpf_object()),
+        BpfArch::Aarch64 => (
+            ", arm64 registers",
+            root().join("target/ebpf-aarch64"),
+            ebpf_object_arm64(),
+        ),
+    };
+    let t = step(&format!(
+        "building the eBPF programs (nightly, bpfel-unknown-none{label})"
+    ));
+    let mut cmd = cargo();
+    cmd.current_dir(root().join("ebpf"))
         .args([
             &format!("+{}", tools::nightly()),
             "build",
@@ -48,10 +78,16 @@ pub fn build_ebpf() -> anyhow::Result<()> {
             "build-std=core",
         ])
         .args(["--target", "bpfel-unknown-none", "--target-dir"])
-        .arg(root().join("target"))
-        .env("PATH", path))?;
+        .arg(target_dir)
+        .env("PATH", path);
+    if arch == BpfArch::Aarch64 {
+        // As a cfg every crate sees (aya-ebpf's build script then takes it
+        // instead of the host's arch), so `ebpf/src/goabi.rs` can branch.
+        cmd.env("RUSTFLAGS", "--cfg bpf_target_arch=\"aarch64\"");
+    }
+    run(&mut cmd)?;
     done(t);
-    Ok(())
+    Ok(object)
 }
 
 /// Builds the kernel object and the agent; returns the agent's path.

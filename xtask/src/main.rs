@@ -11,6 +11,7 @@ mod oracle;
 mod servers;
 mod tools;
 mod util;
+mod vm;
 
 use std::process::{Command, ExitCode};
 
@@ -71,6 +72,10 @@ enum Task {
         #[arg(long, default_value_t = 300)]
         seconds: u64,
     },
+    /// Boot Debian's arm64 kernel in qemu-system-aarch64 (emulated) with
+    /// the agent built for arm64 and arm64 Go fixtures: exact goroutine
+    /// counts, one leak, and the per-hit probe cost under emulation.
+    Arm64Vm(vm::VmArgs),
     /// Only the deploy checks (rules, chart, manifests, capabilities, end to end).
     TestDeploy,
     /// Licences, bans and sources of every dependency (cargo-deny, deny.toml).
@@ -141,6 +146,7 @@ fn dispatch(task: Task) -> anyhow::Result<()> {
         Task::Deny { advisories } => deny::deny(advisories),
         Task::Soak { minutes } => soak(minutes),
         Task::Fuzz { seconds } => fuzz(seconds),
+        Task::Arm64Vm(args) => vm::arm64_vm(&args),
         Task::TestDeploy => {
             let fixtures =
                 build::build_fixtures(&[tools::GO_NEWEST], &["spawner", "demo", "deaths"])?;
@@ -275,6 +281,9 @@ fn test(args: &[String]) -> anyhow::Result<()> {
         }
     };
     let (passed, failed) = (passed + deny_passed, failed + deny_failed);
+    let (vm_passed, vm_failed) = vm::slice();
+    println!("arm64 VM checks: {vm_passed} passed, {vm_failed} failed");
+    let (passed, failed) = (passed + vm_passed, failed + vm_failed);
     let (deploy_passed, deploy_failed) = deploy::test(&fixtures)?;
     println!("deploy checks: {deploy_passed} passed, {deploy_failed} failed");
     let (passed, failed) = (passed + deploy_passed, failed + deploy_failed);

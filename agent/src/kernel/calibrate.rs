@@ -97,6 +97,8 @@ mod sites {
 
     /// Bytes between two sites.
     pub const STRIDE: usize = 6;
+    /// The probed instruction's place in a site: its `call`.
+    pub const PROBE_AT: usize = 0;
     /// The site no program is attached to: the cost of the call itself.
     pub const BARE: usize = 4;
 
@@ -135,22 +137,93 @@ mod sites {
     }
 }
 
+#[cfg(target_arch = "aarch64")]
+mod sites {
+    // Five sites as on x86-64, each `mov x17, x30; bl 2f; ret x17`: the
+    // probe sits on the `bl`, which the arm64 kernel simulates for a
+    // uprobe as it does at the Go call sites. LR is kept in x17 (IP1, a
+    // scratch register) because the `bl` overwrites it.
+    core::arch::global_asm!(
+        ".pushsection .text.gostray_calibration,\"ax\",@progbits",
+        ".globl gostray_calibration_sites",
+        ".p2align 4",
+        "gostray_calibration_sites:",
+        "mov x17, x30",
+        "bl 2f",
+        "ret x17",
+        "mov x17, x30",
+        "bl 2f",
+        "ret x17",
+        "mov x17, x30",
+        "bl 2f",
+        "ret x17",
+        "mov x17, x30",
+        "bl 2f",
+        "ret x17",
+        "mov x17, x30",
+        "bl 2f",
+        "ret x17",
+        "2:",
+        "ret",
+        ".popsection",
+    );
+
+    extern "C" {
+        fn gostray_calibration_sites();
+    }
+
+    /// Bytes between two sites.
+    pub const STRIDE: usize = 12;
+    /// The probed instruction's place in a site: its `bl`.
+    pub const PROBE_AT: usize = 4;
+    /// The site no program is attached to: the cost of the call itself.
+    pub const BARE: usize = 4;
+
+    /// The first site's address in the agent's memory.
+    pub fn base() -> usize {
+        gostray_calibration_sites as *const () as usize
+    }
+
+    /// Calls site `site` with Go's arm64 ABI registers as a Go call would
+    /// have them: `a` in R0, `b` in R1, 0 in R2, and `g` in R28.
+    ///
+    /// # Safety
+    /// `site` must be one of the sites above.
+    #[inline(never)]
+    pub unsafe fn call(site: usize, a: u64, b: u64, g: u64) {
+        // SAFETY: a site touches x17 and LR only, both declared clobbered
+        // (the C ABI's caller-saved set); x28 is declared, so the compiler
+        // restores it.
+        unsafe {
+            core::arch::asm!(
+                "blr {site}",
+                site = in(reg) site,
+                in("x0") a,
+                in("x1") b,
+                in("x2") 0u64,
+                inout("x28") g => _,
+                clobber_abi("C"),
+            );
+        }
+    }
+}
+
 impl Kernel {
     /// Prices a hit of each program on this kernel (see the module docs).
     /// Events the programs send are drained from `ring` here, before any
     /// process is watched.
     pub fn calibrate(&mut self, ring: &mut RingBuf<MapData>) -> anyhow::Result<Calibration> {
-        #[cfg(not(target_arch = "x86_64"))]
+        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
         {
             let _ = ring;
-            bail!("probe-cost calibration is implemented for x86_64 only");
+            bail!("probe-cost calibration is implemented for x86_64 and aarch64 only");
         }
-        #[cfg(target_arch = "x86_64")]
-        self.calibrate_x86(ring)
+        #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+        self.calibrate_sites(ring)
     }
 
-    #[cfg(target_arch = "x86_64")]
-    fn calibrate_x86(&mut self, ring: &mut RingBuf<MapData>) -> anyhow::Result<Calibration> {
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    fn calibrate_sites(&mut self, ring: &mut RingBuf<MapData>) -> anyhow::Result<Calibration> {
         let base = sites::base();
         let file_offset = file_offset_of(base)?;
         let programs = [
@@ -196,7 +269,7 @@ impl Kernel {
                 .try_into()?;
             let point = UProbeAttachPoint {
                 location: UProbeAttachLocation::AbsoluteOffset(
-                    file_offset + (site * sites::STRIDE) as u64,
+                    file_offset + (site * sites::STRIDE + sites::PROBE_AT) as u64,
                 ),
                 cookie: None,
             };

@@ -21,7 +21,7 @@ use super::{
     },
 };
 use crate::{
-    gobin::{GoBinary, HeapLayout as BinLayout, WaitReason},
+    gobin::{GoBinary, HeapLayout as BinLayout, Machine, WaitReason},
     reach::{
         self, AddrRange, ArenaGeometry, Budget, Candidate, HeapLayout, HeapMap, Input, Root,
         RootKind, Scan, StackBounds, WalkError,
@@ -113,7 +113,7 @@ pub fn walk(
     opaque.dedup();
     input.opaque = opaque;
     let candidates = input.candidates.len();
-    let heap = heap_layout(layout, bin.span_specials, bias);
+    let heap = heap_layout(layout, bin.span_specials, bias, bin.machine);
     let mut memory = ProcMemory::new(pid);
     let map = HeapMap::build(&mut memory, &heap, budget)?;
     input.roots.extend(special_roots(pid, &map, bin.version));
@@ -184,7 +184,12 @@ fn stack_scans(pid: u32, bin: &GoBinary, bias: u64, gs: &[G]) -> Vec<Scan> {
 }
 
 /// The prover's layout from the binary's, at this process's addresses.
-fn heap_layout(l: &BinLayout, span_specials: Option<u32>, bias: u64) -> HeapLayout {
+fn heap_layout(
+    l: &BinLayout,
+    span_specials: Option<u32>,
+    bias: u64,
+    machine: Machine,
+) -> HeapLayout {
     let (h, a, s) = (l.offsets.mheap, l.offsets.heap_arena, l.offsets.mspan);
     HeapLayout {
         mheap: l.roots.mheap.wrapping_add(bias),
@@ -198,7 +203,13 @@ fn heap_layout(l: &BinLayout, span_specials: Option<u32>, bias: u64) -> HeapLayo
         span_spanclass: s.spanclass.offset,
         span_state: s.state.offset,
         span_specials,
-        geometry: ArenaGeometry::LINUX_AMD64,
+        // The arena index differs: amd64 folds sign-extended addresses in
+        // with a base offset, arm64 has none. With amd64's on arm64 no
+        // heap address maps to an arena and every primitive looks held.
+        geometry: match machine {
+            Machine::Amd64 => ArenaGeometry::LINUX_AMD64,
+            Machine::Arm64 => ArenaGeometry::LINUX_ARM64,
+        },
     }
 }
 

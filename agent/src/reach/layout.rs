@@ -46,7 +46,6 @@ impl ArenaGeometry {
     };
 
     /// linux/arm64: as amd64 but with no base offset.
-    #[allow(dead_code)] // for the arm64 agent (issue 16)
     pub const LINUX_ARM64: Self = Self {
         base_offset: 0,
         ..Self::LINUX_AMD64

@@ -5,7 +5,8 @@ use super::{current_target, finish, read_u32, read_u64, submit_chan, ProbeError}
 use crate::{goabi, maps::CLOSERS};
 
 /// `runtime.closechan(c *hchan)`, at the first emulated instruction of its
-/// prologue (RSP still points at the return address into the closer).
+/// prologue (amd64: RSP still points at the return address into the
+/// closer; arm64: it is in LR, see `goabi::entry_return_address`).
 /// The first close of a channel is remembered in the CLOSERS LRU map and
 /// sends nothing; a second close (about to panic "close of closed channel")
 /// or `close(nil)` is reported with both closers' sites.
@@ -23,7 +24,7 @@ fn try_chan_close(ctx: &ProbeContext) -> Result<(), ProbeError> {
     let cfg = unsafe { *cfg_ptr };
     let hchan = goabi::arg(ctx, 0);
     let goid = read_u64(goabi::current_g(ctx), cfg.g_goid)?;
-    let pc = read_u64(goabi::stack_pointer(ctx), 0)?;
+    let pc = goabi::entry_return_address(ctx)?;
     let mut event = ChanEvent {
         pid,
         goid,

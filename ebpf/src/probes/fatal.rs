@@ -65,13 +65,19 @@ fn try_fatal_error(ctx: &ProbeContext) -> Result<(), ProbeError> {
     };
     // At the prologue the return address is at [rsp] and RBP is the
     // caller's frame; at the call inside, RBP is the function's own frame.
-    let (first_pc, fp) = if cookie & death_cookie::CLOSURE != 0 {
-        (0, goabi::frame_pointer(ctx))
+    // On arm64 the entry site usually lies past the prologue, where R29 is
+    // already the function's own frame and holds LR at [fp+8]: then the
+    // walk starts with it and LR is not repeated.
+    let fp = goabi::frame_pointer(ctx);
+    let first_pc = if cookie & death_cookie::CLOSURE != 0 {
+        0
     } else {
-        (
-            read_u64(goabi::stack_pointer(ctx), 0)?,
-            goabi::frame_pointer(ctx),
-        )
+        let ret = goabi::entry_return_address(ctx)?;
+        if read_pair(fp, 0).is_ok_and(|[_, own]| own == ret) {
+            0
+        } else {
+            ret
+        }
     };
     let (goid, first_pc, fp) = dying_goroutine(goabi::current_g(ctx), &cfg, first_pc, fp)?;
 

@@ -43,7 +43,7 @@ fn current_target(program: u32) -> Option<(u32, *mut ProcConfig)> {
 
 /// Reads a `u64` field at `base + offset` in the target's memory.
 #[inline(always)]
-fn read_u64(base: u64, offset: u32) -> Result<u64, ProbeError> {
+pub(crate) fn read_u64(base: u64, offset: u32) -> Result<u64, ProbeError> {
     // SAFETY: bpf_probe_read_user validates the address; a bad one is an error.
     unsafe { bpf_probe_read_user((base + u64::from(offset)) as *const u64) }
         .map_err(|_| ProbeError::ReadUser)
