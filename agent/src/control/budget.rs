@@ -35,8 +35,12 @@ const WINDOW: Duration = Duration::from_secs(1);
 /// Consecutive windows over budget before a group is detached.
 const HOLD: u32 = 3;
 /// First wait before a detached group is re-armed; it doubles up to
-/// [`MAX_BACKOFF`] when a re-armed group trips within [`SETTLED`].
+/// [`MAX_BACKOFF`] when a re-armed group trips within [`SETTLED`]. The
+/// lifecycle group comes back only when the scans' creation rate says it
+/// fits; the others have no such estimate and come back blind, on trial,
+/// which costs a second of their full price: they wait longer.
 const FIRST_BACKOFF: Duration = Duration::from_secs(10);
+const BLIND_BACKOFF: Duration = Duration::from_mins(1);
 const MAX_BACKOFF: Duration = Duration::from_mins(10);
 const SETTLED: Duration = Duration::from_mins(5);
 /// How long a re-armed group is on trial: over budget within it, it goes
@@ -190,8 +194,10 @@ impl FileBudget {
             .is_some_and(|t| now.duration_since(t) < SETTLED);
         g.backoff = if tripped_soon {
             (g.backoff * 2).min(MAX_BACKOFF)
-        } else {
+        } else if i == 0 {
             FIRST_BACKOFF
+        } else {
+            BLIND_BACKOFF
         };
         g.active = false;
         g.detaches += 1;
@@ -558,15 +564,20 @@ mod tests {
             f.judge(at(t0, s), park_hot, ALLOWED);
         }
         assert!(!f.groups[1].active);
-        assert_eq!(f.groups[1].backoff, FIRST_BACKOFF);
+        assert_eq!(f.groups[1].backoff, BLIND_BACKOFF);
         // Park has no estimate while detached: it comes back on trial.
-        assert_eq!(f.judge(at(t0, 12), QUIET, ALLOWED), Action::Rearm(1));
+        let back = 2 + BLIND_BACKOFF.as_secs();
+        assert_eq!(f.judge(at(t0, back - 1), QUIET, ALLOWED), Action::Keep);
+        assert_eq!(f.judge(at(t0, back), QUIET, ALLOWED), Action::Rearm(1));
         // Still hot: one window over is enough on trial.
-        assert_eq!(f.judge(at(t0, 13), park_hot, ALLOWED), Action::Detach(1));
-        assert_eq!(f.groups[1].backoff, FIRST_BACKOFF * 2);
+        assert_eq!(
+            f.judge(at(t0, back + 1), park_hot, ALLOWED),
+            Action::Detach(1)
+        );
+        assert_eq!(f.groups[1].backoff, BLIND_BACKOFF * 2);
         assert_eq!(f.groups[1].detaches, 2);
-        // Then 20 s, 40 s, … up to the cap.
-        let mut now = 13;
+        // Then twice as long each time, up to the cap.
+        let mut now = back + 1;
         for _ in 0..10 {
             now += f.groups[1].backoff.as_secs();
             assert_eq!(f.judge(at(t0, now), QUIET, ALLOWED), Action::Rearm(1));
@@ -583,6 +594,6 @@ mod tests {
             now += 1;
             f.judge(at(t0, now), park_hot, ALLOWED);
         }
-        assert_eq!(f.groups[1].backoff, FIRST_BACKOFF);
+        assert_eq!(f.groups[1].backoff, BLIND_BACKOFF);
     }
 }
