@@ -286,6 +286,21 @@ pub fn slice_loaded(address: u64, code: &[u8]) -> Option<u64> {
     super::abi::first_slice_read(&refs)
 }
 
+/// The last RIP-relative `lea rbx, [rip+…]` of `code`: the `plainError`
+/// string header a following `gopanic` call receives (its interface data
+/// word is the second argument register).
+pub fn panic_string(address: u64, code: &[u8]) -> Option<u64> {
+    decode(address, code)
+        .filter(|i| {
+            i.mnemonic() == Mnemonic::Lea
+                && i.op0_register() == ARG_REGS[1]
+                && i.op1_kind() == OpKind::Memory
+                && i.is_ip_rel_memory_operand()
+        })
+        .last()
+        .map(|i| i.ip_rel_memory_address())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -355,19 +370,4 @@ mod tests {
         assert_eq!(slice_loaded(0x1000, &code), Some(0x110e));
         assert_eq!(slice_loaded(0x1000, &code[7..]), None);
     }
-}
-
-/// The last RIP-relative `lea rbx, [rip+…]` of `code`: the `plainError`
-/// string header a following `gopanic` call receives (its interface data
-/// word is the second argument register).
-pub fn panic_string(address: u64, code: &[u8]) -> Option<u64> {
-    decode(address, code)
-        .filter(|i| {
-            i.mnemonic() == Mnemonic::Lea
-                && i.op0_register() == ARG_REGS[1]
-                && i.op1_kind() == OpKind::Memory
-                && i.is_ip_rel_memory_operand()
-        })
-        .last()
-        .map(|i| i.ip_rel_memory_address())
 }

@@ -150,11 +150,16 @@ impl Arch for Amd64 {
     }
 }
 
-/// An architecture's three ways of finding probe sites in a function's code.
+/// One site found, or why not.
+type Found = Result<ProbeSite, String>;
+
+/// An architecture's three ways of finding probe sites in a function's
+/// code (at an address): a call to a callee, every such call, the entry
+/// while the given argument registers still hold the arguments.
 struct SiteFinders {
-    call_site: fn(u64, &[u8], u64) -> Result<ProbeSite, String>,
+    call_site: fn(u64, &[u8], u64) -> Found,
     call_sites: fn(u64, &[u8], u64) -> Vec<ProbeSite>,
-    entry_site: fn(u64, &[u8], &[usize]) -> Result<ProbeSite, String>,
+    entry_site: fn(u64, &[u8], &[usize]) -> Found,
 }
 
 impl SiteFinders {
