@@ -269,17 +269,17 @@ impl Agent {
         let windows = self.measure();
         let seconds = elapsed.as_secs_f64();
         for (file, w) in windows {
-            let exe = w
-                .pids
-                .first()
-                .and_then(|&pid| std::fs::read_link(procfs::exe_path(pid)).ok())
-                .map(|p| p.display().to_string())
-                .unwrap_or_default();
-            let state = self
-                .budget
-                .files
-                .entry(file)
-                .or_insert_with(|| FileBudget::new(exe));
+            let state = self.budget.files.entry(file).or_insert_with(|| {
+                // A path from the target: printable and bounded, as every
+                // string that goes into labels, JSON and terminals.
+                let exe = w
+                    .pids
+                    .first()
+                    .and_then(|&pid| std::fs::read_link(procfs::exe_path(pid)).ok())
+                    .map(|p| procfs::bounded_to(&p.display().to_string(), 4096))
+                    .unwrap_or_default();
+                FileBudget::new(exe)
+            });
             state.cpu_per_second = w.cpu_seconds / seconds;
             let mut costs = [0f64; 3];
             for (i, (_, _, columns)) in GROUPS.iter().enumerate() {
@@ -448,7 +448,7 @@ impl Agent {
                 })
                 .collect();
             executables.push(ExeReport {
-                name: exe_name(&f.exe).to_string(),
+                name: procfs::bounded(exe_name(&f.exe)),
                 exe: f.exe.clone(),
                 pids,
                 cpu_seconds_per_second: f.cpu_per_second,
