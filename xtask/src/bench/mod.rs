@@ -183,11 +183,7 @@ pub fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&out)?;
     let mut lines = Vec::new();
     for line in &args.go {
-        let go = go_release(line)?.ensure()?;
-        let micro_bin = out.join(format!("bench-micro-{line}"));
-        let http_bin = out.join(format!("bench-http-{line}"));
-        build::go_build(&go, "bench-micro", &micro_bin, &[])?;
-        build::go_build(&go, "bench-http", &http_bin, &[])?;
+        let (micro_bin, http_bin) = bench_programs(line, &out)?;
         let t = util::step(&format!("measuring with Go {line} ({reps} repetitions)"));
         let micro = measure_micro(&ctx, &micro_bin, &sizes, reps, args.smoke)?;
         let http = measure_http(&agent, &http_bin, &sizes, reps)?;
@@ -320,11 +316,7 @@ fn measure_budget(
 ) -> anyhow::Result<(String, Vec<String>)> {
     let mut lines = Vec::new();
     for line in &args.go {
-        let go = go_release(line)?.ensure()?;
-        let micro_bin = out.join(format!("bench-micro-{line}"));
-        let http_bin = out.join(format!("bench-http-{line}"));
-        build::go_build(&go, "bench-micro", &micro_bin, &[])?;
-        build::go_build(&go, "bench-http", &http_bin, &[])?;
+        let (micro_bin, http_bin) = bench_programs(line, &out)?;
         let t = util::step(&format!(
             "measuring the overhead budget with Go {line} ({reps} repetitions)"
         ));
@@ -470,4 +462,14 @@ fn measure_http(
         results.push(r);
     }
     Ok(results)
+}
+
+/// The in-process and net/http bench programs built with Go `line` in `out`.
+fn bench_programs(line: &str, out: &std::path::Path) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let go = go_release(line)?.ensure()?;
+    let micro = out.join(format!("bench-micro-{line}"));
+    let http = out.join(format!("bench-http-{line}"));
+    build::go_build(&go, "bench-micro", &micro, &[])?;
+    build::go_build(&go, "bench-http", &http, &[])?;
+    Ok((micro, http))
 }
