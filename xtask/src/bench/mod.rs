@@ -316,7 +316,7 @@ fn measure_budget(
 ) -> anyhow::Result<(String, Vec<String>)> {
     let mut lines = Vec::new();
     for line in &args.go {
-        let (micro_bin, http_bin) = bench_programs(line, &out)?;
+        let (micro_bin, http_bin) = bench_programs(line, out)?;
         let t = util::step(&format!(
             "measuring the overhead budget with Go {line} ({reps} repetitions)"
         ));
@@ -465,7 +465,7 @@ fn measure_http(
 }
 
 /// The in-process and net/http bench programs built with Go `line` in `out`.
-fn bench_programs(line: &str, out: &std::path::Path) -> anyhow::Result<(PathBuf, PathBuf)> {
+fn bench_programs(line: &str, out: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
     let go = go_release(line)?.ensure()?;
     let micro = out.join(format!("bench-micro-{line}"));
     let http = out.join(format!("bench-http-{line}"));
