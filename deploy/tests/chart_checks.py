@@ -114,7 +114,7 @@ def run(check, rendered, static, render, notes):
 
     @check("Linux nodes of the image's architectures only (nodeSelector, arch affinity)")
     def _():
-        for docs, archs in ((default, ["amd64"]), (rendered["tuned"], ["amd64", "arm64"])):
+        for docs, archs in ((default, ["amd64", "arm64"]), (rendered["tuned"], ["arm64"])):
             spec = one(docs, "DaemonSet")["spec"]["template"]["spec"]
             assert spec["nodeSelector"] == {"kubernetes.io/os": "linux"}
             term = spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]

@@ -32,7 +32,7 @@ VARIANTS = {
         "extraLabels": {"team": "sre"},
         "image": {"repository": "registry.example/gostray", "tag": "9.9.9"},
         "capabilities": ["BPF", "PERFMON", "SYS_PTRACE", "DAC_READ_SEARCH"],
-        "architectures": ["amd64", "arm64"],
+        "architectures": ["arm64"],
         "prometheusRule": {"runbookUrl": "https://wiki.example/gostray"},
         "serviceMonitor": {"labels": {"release": "prom"}, "interval": "15s", "scrapeTimeout": "5s",
                            "relabelings": [CLUSTER_LABEL], "metricRelabelings": [LIFETIME_BUCKETS]},

@@ -5,11 +5,11 @@ use std::{
     process::Command,
 };
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 
 use crate::{
     tools::{self, GoRelease},
-    util::{done, root, run, step},
+    util::{done, output, root, run, run_quiet, step},
 };
 
 /// Where the kernel object lands.
@@ -29,13 +29,53 @@ fn cargo() -> Command {
     cmd
 }
 
-/// The architecture a kernel object reads registers for: aya-ebpf's
-/// `bpf_target_arch` (the BPF bytecode is the same `bpfel-unknown-none`,
-/// only the `pt_regs` layout and Go's register ABI differ).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BpfArch {
-    X86_64,
-    Aarch64,
+/// A CPU architecture the agent ships for. Its kernel object reads that
+/// architecture's registers (aya-ebpf's `bpf_target_arch`: the bytecode is
+/// the same `bpfel-unknown-none`, only the `pt_regs` layout and Go's
+/// register ABI differ); its static agent is built for that musl target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Arch {
+    Amd64,
+    Arm64,
+}
+
+impl Arch {
+    /// Every architecture the image has, in its manifest list's order.
+    pub const ALL: [Arch; 2] = [Arch::Amd64, Arch::Arm64];
+
+    /// The name OCI platforms, `kubernetes.io/arch` and `GOARCH` share.
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::Amd64 => "amd64",
+            Arch::Arm64 => "arm64",
+        }
+    }
+
+    /// The Rust target of the static agent. musl: no C library to ship,
+    /// and no NSS lookups that a static glibc would try to `dlopen`.
+    pub fn musl_target(self) -> &'static str {
+        match self {
+            Arch::Amd64 => "x86_64-unknown-linux-musl",
+            Arch::Arm64 => "aarch64-unknown-linux-musl",
+        }
+    }
+
+    /// The machine `readelf -h` names for it.
+    fn elf_machine(self) -> &'static str {
+        match self {
+            Arch::Amd64 => "X86-64",
+            Arch::Arm64 => "AArch64",
+        }
+    }
+
+    /// This machine's.
+    pub fn host() -> Arch {
+        if cfg!(target_arch = "aarch64") {
+            Arch::Arm64
+        } else {
+            Arch::Amd64
+        }
+    }
 }
 
 /// Where the arm64 kernel object lands: a target directory of its own, so
@@ -46,19 +86,19 @@ pub fn ebpf_object_arm64() -> PathBuf {
 
 /// Builds `ebpf/` for bpfel-unknown-none with nightly and bpf-linker.
 pub fn build_ebpf() -> anyhow::Result<()> {
-    build_ebpf_for(BpfArch::X86_64).map(|_| ())
+    build_ebpf_for(Arch::Amd64).map(|_| ())
 }
 
 /// Builds `ebpf/` for the registers of `arch`; returns the object's path.
-pub fn build_ebpf_for(arch: BpfArch) -> anyhow::Result<PathBuf> {
+pub fn build_ebpf_for(arch: Arch) -> anyhow::Result<PathBuf> {
     tools::ensure_ebpf_toolchain()?;
     let linker_dir = tools::bpf_linker().context("bpf-linker is not installed")?;
     let path = std::env::join_paths(std::iter::once(linker_dir).chain(std::env::split_paths(
         &std::env::var_os("PATH").unwrap_or_default(),
     )))?;
     let (label, target_dir, object) = match arch {
-        BpfArch::X86_64 => ("", root().join("target"), ebpf_object()),
-        BpfArch::Aarch64 => (
+        Arch::Amd64 => ("", root().join("target"), ebpf_object()),
+        Arch::Arm64 => (
             ", arm64 registers",
             root().join("target/ebpf-aarch64"),
             ebpf_object_arm64(),
@@ -80,7 +120,7 @@ pub fn build_ebpf_for(arch: BpfArch) -> anyhow::Result<PathBuf> {
         .args(["--target", "bpfel-unknown-none", "--target-dir"])
         .arg(target_dir)
         .env("PATH", path);
-    if arch == BpfArch::Aarch64 {
+    if arch == Arch::Arm64 {
         // As a cfg every crate sees (aya-ebpf's build script then takes it
         // instead of the host's arch), so `ebpf/src/goabi.rs` can branch.
         cmd.env("RUSTFLAGS", "--cfg bpf_target_arch=\"aarch64\"");
@@ -109,6 +149,110 @@ pub fn build_agent(release: bool) -> anyhow::Result<PathBuf> {
     } else {
         "target/debug/gostray"
     }))
+}
+
+/// Builds the agent static for `arch`'s musl target, optimised, without
+/// debug info, with that architecture's kernel object embedded; returns
+/// the binary. This is the
+/// agent the image ships, the arm64 VM boots and the servers slice runs.
+///
+/// Paths of this checkout and of the cargo home are remapped, so a build
+/// here and one in deploy/Dockerfile's stage embed the same strings.
+pub fn build_static_agent(arch: Arch) -> anyhow::Result<PathBuf> {
+    let target = arch.musl_target();
+    ensure_static_toolchain(arch)?;
+    let object = build_ebpf_for(arch)?;
+    let t = step(&format!("building the static agent (release, {target})"));
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .context("neither CARGO_HOME nor HOME is set")?;
+    let rustflags = format!(
+        "--remap-path-prefix={}=/gostray --remap-path-prefix={}=/cargo",
+        root().display(),
+        cargo_home.display()
+    );
+    let mut cmd = cargo();
+    cmd.args(["build", "--quiet", "--release", "--package", "gostray"])
+        .args(["--target", target])
+        .env("GOSTRAY_EBPF_OBJECT", &object)
+        .env("RUSTFLAGS", rustflags)
+        // No debug info: quicker to build, and with none cargo strips the
+        // standard library's too (symbols stay: panics and `perf` name
+        // functions). The same for both architectures, with no objcopy
+        // that reads only one.
+        .env("CARGO_PROFILE_RELEASE_DEBUG", "0");
+    if arch != Arch::host() {
+        // ring's C and assembly by the Debian cross compiler; the link by
+        // rust-lld with the musl start files and libc the Rust target
+        // ships (self-contained), so no foreign C library is needed.
+        let var = target.replace('-', "_");
+        cmd.env(format!("CC_{var}"), c_compiler(arch).0)
+            .env(format!("CARGO_TARGET_{}_LINKER", var.to_uppercase()), "rust-lld");
+    }
+    run(&mut cmd)?;
+    done(t);
+    let built = root().join(format!("target/{target}/release/gostray"));
+    check_static(&built, arch)?;
+    Ok(built)
+}
+
+/// The C compiler for ring's C and assembly when building for `arch`,
+/// and the Debian package that has it: `musl-gcc` for this machine's
+/// architecture, Debian's cross gcc for the other.
+fn c_compiler(arch: Arch) -> (&'static str, &'static str) {
+    match arch {
+        _ if arch == Arch::host() => ("musl-gcc", "musl-tools"),
+        Arch::Amd64 => ("x86_64-linux-gnu-gcc", "gcc-x86-64-linux-gnu"),
+        Arch::Arm64 => ("aarch64-linux-gnu-gcc", "gcc-aarch64-linux-gnu"),
+    }
+}
+
+/// The musl target for the stable toolchain, and the C compiler.
+fn ensure_static_toolchain(arch: Arch) -> anyhow::Result<()> {
+    let target = arch.musl_target();
+    let installed = output(Command::new("rustup").args(["target", "list", "--installed"]))
+        .is_some_and(|s| s.lines().any(|l| l.trim() == target));
+    if !installed {
+        let t = step(&format!("adding the {target} target (one-time)"));
+        run_quiet(Command::new("rustup").args(["target", "add", target]))?;
+        done(t);
+    }
+    let (compiler, package) = c_compiler(arch);
+    if output(Command::new(compiler).arg("--version")).is_none() {
+        let t = step(&format!("installing {package} (one-time)"));
+        tools::apt_install(&[package])?;
+        done(t);
+    }
+    Ok(())
+}
+
+/// Fails unless `binary` is a static executable for `arch`: its machine,
+/// no program interpreter, no needed libraries (what `ldd` reports as
+/// "not a dynamic executable").
+fn check_static(binary: &Path, arch: Arch) -> anyhow::Result<()> {
+    let headers = output(
+        Command::new("readelf")
+            .args(["--file-header", "--program-headers", "--dynamic"])
+            .arg(binary),
+    )
+    .with_context(|| format!("readelf {}", binary.display()))?;
+    let machine = headers
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Machine:"))
+        .unwrap_or("")
+        .trim();
+    if !machine.contains(arch.elf_machine()) {
+        bail!(
+            "{} is for {machine:?}, not {}",
+            binary.display(),
+            arch.name()
+        );
+    }
+    if headers.contains("INTERP") || headers.contains("(NEEDED)") {
+        bail!("{} is not static:\n{headers}", binary.display());
+    }
+    Ok(())
 }
 
 /// The host cargo command, for `cargo test` and friends.

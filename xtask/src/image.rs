@@ -1,33 +1,34 @@
 //! `cargo xtask image`: the container image, built offline.
 //!
-//! The agent is linked statically for musl with its eBPF object embedded,
-//! stripped, and put alone in a root filesystem under `target/image/rootfs`.
-//! Debian's `buildah` makes an OCI image of it `FROM scratch`, so no base
-//! image is pulled and no registry is needed. `deploy/Dockerfile` runs
-//! `cargo xtask image --rootfs-only` in its build stage and copies the same
+//! For each architecture (amd64, arm64) the agent is linked statically for
+//! musl with that architecture's eBPF object embedded, stripped, and put
+//! alone in a root filesystem under `target/image/<arch>/rootfs`. Debian's
+//! `buildah` makes an OCI image of each `FROM scratch`, so no base image is
+//! pulled and no registry is needed, and a manifest list names both, so
+//! each node pulls its own. `deploy/Dockerfile` runs `cargo xtask image
+//! --rootfs-only --arch $TARGETARCH` in its build stage and copies the same
 //! root filesystem into `scratch`: both paths build the binary with the
 //! same command, target and flags.
 
-use std::{
-    fs,
-    path::{Path, PathBuf},
-    process::Command,
-};
+use std::{fs, path::PathBuf, process::Command};
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 
 use crate::{
-    build, tools,
-    util::{done, output, root, run, run_quiet, step},
+    build::{self, Arch},
+    tools,
+    util::{done, output, root, run_quiet, step},
 };
 
-/// musl: a static binary with no C library to ship, and no NSS lookups
-/// that a static glibc would try to `dlopen` at run time.
-pub const TARGET: &str = "x86_64-unknown-linux-musl";
-
-/// The image name `cargo xtask image` commits, and the run check uses.
+/// The manifest list `cargo xtask image` commits: one image per
+/// architecture, so a node pulls its own.
 pub fn tag() -> String {
     format!("localhost/gostray:{}", env!("CARGO_PKG_VERSION"))
+}
+
+/// The image of one architecture, which the manifest list names.
+pub fn arch_tag(arch: Arch) -> String {
+    format!("{}-{}", tag(), arch.name())
 }
 
 /// Where the agent sits in the image (and in the root filesystem).
@@ -57,25 +58,45 @@ pub fn labels(revision: &str) -> Vec<(&'static str, String)> {
     ]
 }
 
-/// The root filesystem of the image.
-pub fn rootfs() -> PathBuf {
-    root().join("target/image/rootfs")
+/// The root filesystem of `arch`'s image.
+pub fn rootfs(arch: Arch) -> PathBuf {
+    root().join("target/image").join(arch.name()).join("rootfs")
 }
 
-/// `cargo xtask image`: builds the root filesystem and, unless
-/// `rootfs_only`, the image; prints its size.
-pub fn image(rootfs_only: bool) -> anyhow::Result<()> {
-    let agent = build_rootfs()?;
-    println!(
-        "static agent: {} ({:.1} MB)",
-        agent.display(),
-        mb(fs::metadata(&agent)?.len())
-    );
+/// `cargo xtask image`: builds the root filesystem of each of `arches`
+/// and, unless `rootfs_only`, an image of each and the manifest list
+/// naming them; prints their sizes.
+pub fn image(arches: &[Arch], rootfs_only: bool) -> anyhow::Result<()> {
+    for &arch in arches {
+        let agent = build_rootfs(arch)?;
+        println!(
+            "static agent ({}): {} ({:.1} MB)",
+            arch.name(),
+            agent.display(),
+            mb(fs::metadata(&agent)?.len())
+        );
+    }
     if rootfs_only {
         return Ok(());
     }
-    let size = build_image()?;
-    println!("image {}: {:.1} MB", tag(), mb(size));
+    ensure_engine()?;
+    let revision = output(
+        Command::new("git")
+            .arg("-C")
+            .arg(root())
+            .args(["rev-parse", "HEAD"]),
+    )
+    .map_or_else(|| "unknown".into(), |s| s.trim().to_string());
+    for &arch in arches {
+        let size = build_image(arch, &revision)?;
+        println!("image {}: {:.1} MB", arch_tag(arch), mb(size));
+    }
+    build_manifest_list(arches)?;
+    println!(
+        "manifest list {}: {}",
+        tag(),
+        arches.iter().map(|a| a.name()).collect::<Vec<_>>().join(", ")
+    );
     Ok(())
 }
 
@@ -85,73 +106,17 @@ fn mb(bytes: u64) -> f64 {
     b / 1e6
 }
 
-/// Builds the static agent with its eBPF object and lays out the root
-/// filesystem; returns the agent's path in it.
-pub fn build_rootfs() -> anyhow::Result<PathBuf> {
-    ensure_musl()?;
-    build::build_ebpf()?;
-    let t = step(&format!("building the static agent (release, {TARGET})"));
-    // Paths of this checkout and of the cargo home are remapped, so a build
-    // here and one in the Dockerfile's stage embed the same strings.
-    let cargo_home = std::env::var_os("CARGO_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
-        .context("neither CARGO_HOME nor HOME is set")?;
-    let rustflags = format!(
-        "--remap-path-prefix={}=/gostray --remap-path-prefix={}=/cargo",
-        root().display(),
-        cargo_home.display()
-    );
-    run(build::host_cargo()
-        .args(["build", "--quiet", "--release", "--package", "gostray"])
-        .args(["--target", TARGET])
-        .env("RUSTFLAGS", rustflags))?;
-    done(t);
-    let built = root().join(format!("target/{TARGET}/release/gostray"));
-    check_static(&built)?;
-    let dir = rootfs();
+/// Builds the static agent for `arch` and lays out its root filesystem;
+/// returns the agent's path in it.
+pub fn build_rootfs(arch: Arch) -> anyhow::Result<PathBuf> {
+    let built = build::build_static_agent(arch)?;
+    let dir = rootfs(arch);
     let _ = fs::remove_dir_all(&dir);
     let agent = dir.join(AGENT_PATH);
     fs::create_dir_all(agent.parent().expect("has a parent"))?;
-    // Symbols stay (panics and `perf` name functions), debug info goes.
-    run(Command::new("objcopy")
-        .arg("--strip-debug")
-        .arg(&built)
-        .arg(&agent))?;
+    fs::copy(&built, &agent)
+        .with_context(|| format!("copying {} into the root filesystem", built.display()))?;
     Ok(agent)
-}
-
-/// The musl target for the stable toolchain and `musl-gcc` (ring's C and
-/// assembly are compiled for musl).
-fn ensure_musl() -> anyhow::Result<()> {
-    let installed = output(Command::new("rustup").args(["target", "list", "--installed"]))
-        .is_some_and(|s| s.lines().any(|l| l.trim() == TARGET));
-    if !installed {
-        let t = step(&format!("adding the {TARGET} target (one-time)"));
-        run_quiet(Command::new("rustup").args(["target", "add", TARGET]))?;
-        done(t);
-    }
-    if output(Command::new("musl-gcc").arg("--version")).is_none() {
-        let t = step("installing musl-tools (one-time)");
-        tools::apt_install(&["musl-tools"])?;
-        done(t);
-    }
-    Ok(())
-}
-
-/// Fails unless `binary` is static: no program interpreter, no needed
-/// libraries (what `ldd` reports as "not a dynamic executable").
-fn check_static(binary: &Path) -> anyhow::Result<()> {
-    let headers = output(
-        Command::new("readelf")
-            .args(["--program-headers", "--dynamic"])
-            .arg(binary),
-    )
-    .with_context(|| format!("readelf {}", binary.display()))?;
-    if headers.contains("INTERP") || headers.contains("(NEEDED)") {
-        bail!("{} is not static:\n{headers}", binary.display());
-    }
-    Ok(())
 }
 
 /// Installs `buildah`, `podman` and `runc` (Debian) if missing.
@@ -167,28 +132,18 @@ pub fn ensure_engine() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The ID of the image tagged [`tag`], if there is one.
-fn image_id() -> Option<String> {
-    output(Command::new("podman").args(["image", "inspect", "--format", "{{.Id}}", &tag()]))
+/// The ID of the image tagged `tag`, if there is one.
+fn image_id(tag: &str) -> Option<String> {
+    output(Command::new("podman").args(["image", "inspect", "--format", "{{.Id}}", tag]))
         .map(|s| s.trim().to_string())
 }
 
-/// `buildah from scratch`, the root filesystem, the configuration the
+/// `buildah from scratch`, `arch`'s root filesystem, the configuration the
 /// Dockerfile's runtime stage sets; returns the image's size in bytes.
-fn build_image() -> anyhow::Result<u64> {
-    ensure_engine()?;
-    let t = step(&format!(
-        "building the image {} (buildah, from scratch)",
-        tag()
-    ));
-    let revision = output(
-        Command::new("git")
-            .arg("-C")
-            .arg(root())
-            .args(["rev-parse", "HEAD"]),
-    )
-    .map_or_else(|| "unknown".into(), |s| s.trim().to_string());
-    let previous = image_id();
+fn build_image(arch: Arch, revision: &str) -> anyhow::Result<u64> {
+    let tag = arch_tag(arch);
+    let t = step(&format!("building the image {tag} (buildah, from scratch)"));
+    let previous = image_id(&tag);
     let container = output(Command::new("buildah").args(["from", "scratch"]))
         .context("buildah from scratch failed")?
         .trim()
@@ -197,18 +152,18 @@ fn build_image() -> anyhow::Result<u64> {
         run_quiet(
             Command::new("buildah")
                 .args(["copy", &container])
-                .arg(format!("{}/", rootfs().display()))
+                .arg(format!("{}/", rootfs(arch).display()))
                 .arg("/"),
         )?;
         let mut config = Command::new("buildah");
         config.args(["config", "--entrypoint", &format!("[\"/{AGENT_PATH}\"]")]);
         config.args(["--cmd", "run", "--user", "0", "--port", "9981"]);
-        config.args(["--os", "linux", "--arch", "amd64"]);
-        for (key, value) in labels(&revision) {
+        config.args(["--os", "linux", "--arch", arch.name()]);
+        for (key, value) in labels(revision) {
             config.arg("--label").arg(format!("{key}={value}"));
         }
         run_quiet(config.arg(&container))?;
-        run_quiet(Command::new("buildah").args(["commit", "--quiet", "--rm", &container, &tag()]))
+        run_quiet(Command::new("buildah").args(["commit", "--quiet", "--rm", &container, &tag]))
     })();
     if result.is_err() {
         let _ = run_quiet(Command::new("buildah").args(["rm", &container]));
@@ -217,14 +172,56 @@ fn build_image() -> anyhow::Result<u64> {
     // The image this build replaced under the same tag is left untagged:
     // remove it, so repeated test runs do not pile up images (refused, and
     // ignored, if a container still uses it).
-    if let Some(old) = previous.filter(|id| Some(id) != image_id().as_ref()) {
+    if let Some(old) = previous.filter(|id| Some(id) != image_id(&tag).as_ref()) {
         let _ = run_quiet(Command::new("podman").args(["rmi", &old]));
     }
     done(t);
     let size =
-        output(Command::new("podman").args(["image", "inspect", "--format", "{{.Size}}", &tag()]))
+        output(Command::new("podman").args(["image", "inspect", "--format", "{{.Size}}", &tag]))
             .context("podman image inspect")?;
     size.trim()
         .parse()
         .with_context(|| format!("image size {size:?}"))
+}
+
+/// The manifest list [`tag`], made anew, naming each architecture's image:
+/// what `podman manifest push --all` sends to a registry, so every node
+/// pulls the image of its own architecture.
+fn build_manifest_list(arches: &[Arch]) -> anyhow::Result<()> {
+    let t = step(&format!("building the manifest list {}", tag()));
+    // A list from an earlier build (or an image under its name) goes first.
+    let _ = run_quiet(Command::new("buildah").args(["manifest", "rm", &tag()]));
+    let _ = run_quiet(Command::new("podman").args(["rmi", &tag()]));
+    run_quiet(Command::new("buildah").args(["manifest", "create", &tag()]))?;
+    for &arch in arches {
+        run_quiet(
+            Command::new("buildah")
+                .args(["manifest", "add", "--os", "linux", "--arch", arch.name()])
+                .arg(&tag())
+                .arg(format!("containers-storage:{}", arch_tag(arch))),
+        )?;
+    }
+    done(t);
+    Ok(())
+}
+
+/// The platforms (`os/arch`) the manifest list [`tag`] names.
+pub fn manifest_platforms() -> anyhow::Result<Vec<String>> {
+    let json = output(Command::new("buildah").args(["manifest", "inspect", &tag()]))
+        .with_context(|| format!("buildah manifest inspect {}", tag()))?;
+    let list: serde_json::Value = serde_json::from_str(&json)?;
+    let manifests = list["manifests"]
+        .as_array()
+        .context("the manifest list has no manifests")?;
+    Ok(manifests
+        .iter()
+        .map(|m| {
+            let p = &m["platform"];
+            format!(
+                "{}/{}",
+                p["os"].as_str().unwrap_or("?"),
+                p["architecture"].as_str().unwrap_or("?")
+            )
+        })
+        .collect())
 }

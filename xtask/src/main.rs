@@ -36,13 +36,18 @@ enum Task {
         #[arg(long)]
         release: bool,
     },
-    /// Build the container image offline: the agent static (musl) with its
-    /// eBPF object, `FROM scratch`, with Debian's buildah; prints its size.
+    /// Build the container image offline: for each architecture the agent
+    /// static (musl) with its eBPF object, `FROM scratch`, with Debian's
+    /// buildah, and a manifest list naming them; prints their sizes.
     Image {
-        /// Only the root filesystem (target/image/rootfs), no engine: what
-        /// deploy/Dockerfile's build stage runs.
+        /// Only the root filesystems (target/image/<arch>/rootfs), no
+        /// engine: what deploy/Dockerfile's build stage runs.
         #[arg(long)]
         rootfs_only: bool,
+        /// The architectures to build (repeat or comma-separate); arm64 is
+        /// cross-compiled on amd64 and the other way round.
+        #[arg(long, value_enum, value_delimiter = ',', default_values_t = build::Arch::ALL)]
+        arch: Vec<build::Arch>,
     },
     /// Build and run the agent (as root) with the given arguments:
     /// `cargo xtask run -- run --pid 4242`.
@@ -122,7 +127,7 @@ fn dispatch(task: Task) -> anyhow::Result<()> {
             Ok(())
         }
         Task::Build { release } => build::build_agent(release).map(|_| ()),
-        Task::Image { rootfs_only } => image::image(rootfs_only),
+        Task::Image { rootfs_only, arch } => image::image(&arch, rootfs_only),
         Task::Run { args } => {
             let agent = build::build_agent(true)?;
             util::run(Command::new(agent).args(args))

@@ -12,12 +12,24 @@
 //! and leading fields in Go 1.19–1.27). A stack object is scanned only if
 //! a live pointer reaches it, which the caller decides with the memory.
 //!
-//! Frame geometry on amd64 (`runtime/traceback.go` `resolveInternal`):
-//! `fp = sp + spdelta + 8` (the return address sits at `fp - 8`),
-//! `varp = fp - 8`, minus 8 more for the saved frame pointer when the frame
-//! is not empty, `argp = fp`. Locals maps cover `[varp - nbit*8, varp)`,
-//! args maps `[argp, argp + nbit*8)`. Everything here is relative to the
-//! frame's SP, so it is pure: the caller adds the address.
+//! Frame geometry (`runtime/traceback.go` `resolveInternal`,
+//! `runtime/stkframe.go` `getStackMap`), relative to the frame's SP:
+//!
+//! | | amd64 (CALL pushes the return address) | arm64 (link register) |
+//! |---|---|---|
+//! | caller's SP (`fp`) | `spdelta + 8` | `spdelta` |
+//! | return address | `fp - 8` | `0` (the frame saved LR at its SP) |
+//! | `varp` | `fp - 8` | `fp` |
+//! | `argp` | `fp` | `fp + 8` (`MinFrameSize`) |
+//! | locals read when `varp` is above | `0` | `16` (`StackAlign`) |
+//!
+//! On both, `varp` moves down 8 more over the saved frame pointer when the
+//! frame is not empty (arm64 Go writes its FP link below SP, "mimicking the
+//! x86 layout"). Locals maps cover `[varp - nbit*8, varp)`, args maps
+//! `[argp, argp + nbit*8)`. Everything here is relative to the frame's SP,
+//! so it is pure: the caller adds the address.
+
+use super::Machine;
 
 /// `internal/abi` pcdata and funcdata indices (unchanged in Go 1.19–1.27).
 pub const PCDATA_STACK_MAP_INDEX: u32 = 1;
@@ -67,9 +79,10 @@ pub struct FuncFacts {
 /// One frame's live pointers, relative to its SP.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FrameLayout {
-    /// `fp - sp`: the caller's SP is at `sp + size`, the return address
-    /// just below it.
+    /// `fp - sp`: the caller's SP is at `sp + size`.
     pub size: u64,
+    /// Where the return address (the caller's PC) is saved.
+    pub ret: u64,
     /// Offsets of words holding live pointers: locals, then arguments
     /// (which lie at or above `size`, in the caller's frame).
     pub pointers: Vec<u64>,
@@ -80,10 +93,25 @@ pub struct FrameLayout {
     pub top: bool,
 }
 
+/// Where a frame of `spdelta` bytes keeps things on `machine`, relative to
+/// its SP (the table above): (fp, return address, varp, argp, the `varp`
+/// at or below which a frame has no locals to read).
+fn geometry(machine: Machine, spdelta: u64) -> (u64, u64, u64, u64, u64) {
+    let (fp, ret, varp, argp, min_locals) = match machine {
+        Machine::Amd64 => (spdelta + PTR, spdelta, spdelta, spdelta + PTR, 0),
+        Machine::Arm64 => (spdelta, 0, spdelta, spdelta + PTR, 16),
+    };
+    // The saved frame pointer, when the frame is not empty.
+    let varp = if varp > 0 { varp - PTR } else { varp };
+    (fp, ret, varp, argp, min_locals)
+}
+
 /// The layout of a frame, from `facts` and the binary's bytes (`at` reads
-/// `len` bytes at a link-time address). `innermost` is the frame where the
-/// goroutine stopped: only there may a function write SP (it parked).
+/// `len` bytes at a link-time address) of a `machine` binary. `innermost`
+/// is the frame where the goroutine stopped: only there may a function
+/// write SP (it parked).
 pub fn layout<'a>(
+    machine: Machine,
     facts: &FuncFacts,
     innermost: bool,
     at: impl Fn(u64, usize) -> Option<&'a [u8]>,
@@ -95,17 +123,15 @@ pub fn layout<'a>(
         return Err(NoFrame("a caller writes SP"));
     }
     let spdelta = u64::from(facts.spdelta.unsigned_abs());
-    let size = spdelta + PTR;
-    // The saved frame pointer sits below the return address when the
-    // frame is not empty (framepointer_enabled, amd64 since Go 1.7).
-    let varp = spdelta.saturating_sub(PTR);
+    let (size, ret, varp, argp, min_locals) = geometry(machine, spdelta);
     let index = facts.index.max(0);
     let mut out = FrameLayout {
         size,
+        ret,
         top: facts.flag & FLAG_TOP_FRAME != 0,
         ..FrameLayout::default()
     };
-    if varp > 0 {
+    if varp > min_locals {
         let maps = facts.locals_maps.ok_or(NoFrame("locals without a map"))?;
         let words = live_words(&at, maps, index)?;
         let nbit = map_bits(&at, maps)?;
@@ -122,10 +148,10 @@ pub fn layout<'a>(
         let maps = facts.args_maps.ok_or(NoFrame("arguments without a map"))?;
         let words = live_words(&at, maps, index)?;
         out.pointers
-            .extend(words.into_iter().map(|w| size + w * PTR));
+            .extend(words.into_iter().map(|w| argp + w * PTR));
     }
     if let Some(objects) = facts.objects {
-        out.objects = stack_objects(&at, objects, varp, size)?;
+        out.objects = stack_objects(&at, objects, varp, argp)?;
     }
     Ok(out)
 }

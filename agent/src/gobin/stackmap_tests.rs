@@ -65,21 +65,21 @@ fn slots_follow_the_frame_geometry() {
     let m = mem();
     // A 40-byte frame: return address at 40, saved BP at 32, so varp = 32
     // and the 3 local words are 8, 16, 24; arguments start at fp = 48.
-    let l = layout(&facts(40, 1), false, |a, n| m.at(a, n)).unwrap();
+    let l = layout(Machine::Amd64, &facts(40, 1), false, |a, n| m.at(a, n)).unwrap();
     assert_eq!(l.size, 48);
     assert_eq!(l.pointers, [16, 24, 48, 64]);
     assert!(!l.top);
-    let l = layout(&facts(40, 0), false, |a, n| m.at(a, n)).unwrap();
+    let l = layout(Machine::Amd64, &facts(40, 0), false, |a, n| m.at(a, n)).unwrap();
     assert_eq!(l.pointers, [8]);
 }
 
 #[test]
 fn index_minus_one_is_the_entry_map() {
     let m = mem();
-    let at_minus_one = layout(&facts(40, -1), false, |a, n| m.at(a, n)).unwrap();
-    let at_zero = layout(&facts(40, 0), false, |a, n| m.at(a, n)).unwrap();
+    let at_minus_one = layout(Machine::Amd64, &facts(40, -1), false, |a, n| m.at(a, n)).unwrap();
+    let at_zero = layout(Machine::Amd64, &facts(40, 0), false, |a, n| m.at(a, n)).unwrap();
     assert_eq!(at_minus_one, at_zero);
-    assert!(layout(&facts(40, 2), false, |a, n| m.at(a, n)).is_err());
+    assert!(layout(Machine::Amd64, &facts(40, 2), false, |a, n| m.at(a, n)).is_err());
 }
 
 #[test]
@@ -87,14 +87,14 @@ fn an_empty_frame_needs_no_locals_map() {
     let m = mem();
     let mut f = facts(0, 1);
     f.locals_maps = None;
-    let l = layout(&f, false, |a, n| m.at(a, n)).unwrap();
+    let l = layout(Machine::Amd64, &f, false, |a, n| m.at(a, n)).unwrap();
     assert_eq!((l.size, l.pointers.clone()), (8, vec![8, 24]));
     // Only the saved frame pointer: still no locals.
     f.spdelta = 8;
-    assert_eq!(layout(&f, false, |a, n| m.at(a, n)).unwrap().size, 16);
+    assert_eq!(layout(Machine::Amd64, &f, false, |a, n| m.at(a, n)).unwrap().size, 16);
     // A real frame without its map cannot be read.
     f.spdelta = 40;
-    assert!(layout(&f, false, |a, n| m.at(a, n)).is_err());
+    assert!(layout(Machine::Amd64, &f, false, |a, n| m.at(a, n)).is_err());
 }
 
 #[test]
@@ -103,14 +103,14 @@ fn argument_rules() {
     let mut f = facts(40, 1);
     f.args = 0;
     assert_eq!(
-        layout(&f, false, |a, n| m.at(a, n)).unwrap().pointers,
+        layout(Machine::Amd64, &f, false, |a, n| m.at(a, n)).unwrap().pointers,
         [16, 24]
     );
     f.args = i32::MIN;
-    assert!(layout(&f, false, |a, n| m.at(a, n)).is_err());
+    assert!(layout(Machine::Amd64, &f, false, |a, n| m.at(a, n)).is_err());
     f.args = 8;
     f.args_maps = None;
-    assert!(layout(&f, false, |a, n| m.at(a, n)).is_err());
+    assert!(layout(Machine::Amd64, &f, false, |a, n| m.at(a, n)).is_err());
 }
 
 #[test]
@@ -118,10 +118,10 @@ fn flags_top_frame_and_sp_write() {
     let m = mem();
     let mut f = facts(40, 0);
     f.flag = FLAG_TOP_FRAME;
-    assert!(layout(&f, false, |a, n| m.at(a, n)).unwrap().top);
+    assert!(layout(Machine::Amd64, &f, false, |a, n| m.at(a, n)).unwrap().top);
     f.flag = FLAG_SP_WRITE;
-    assert!(layout(&f, true, |a, n| m.at(a, n)).is_ok());
-    assert!(layout(&f, false, |a, n| m.at(a, n)).is_err());
+    assert!(layout(Machine::Amd64, &f, true, |a, n| m.at(a, n)).is_ok());
+    assert!(layout(Machine::Amd64, &f, false, |a, n| m.at(a, n)).is_err());
 }
 
 #[test]
@@ -129,7 +129,7 @@ fn stack_objects_from_varp_and_argp() {
     let m = mem();
     let mut f = facts(40, 0);
     f.objects = Some(0x300);
-    let l = layout(&f, false, |a, n| m.at(a, n)).unwrap();
+    let l = layout(Machine::Amd64, &f, false, |a, n| m.at(a, n)).unwrap();
     // -24 from varp 32 is 8; +8 from argp 48 is 56; -200 is below SP
     // (not allocated yet) and left out.
     assert_eq!(l.objects, [(8, 16), (56, 8)]);
@@ -139,7 +139,7 @@ fn stack_objects_from_varp_and_argp() {
 fn lying_maps_are_refused() {
     let bad = |locals: Vec<u8>, spdelta: i32| {
         let m = Mem(vec![(0x100, stackmap(0, &[&[]])), (0x200, locals)]);
-        layout(&facts(spdelta, 0), false, |a, n| m.at(a, n))
+        layout(Machine::Amd64, &facts(spdelta, 0), false, |a, n| m.at(a, n))
     };
     // More local words than the frame holds.
     assert!(bad(stackmap(9, &[&[0, 0]]), 40).is_err());
@@ -164,7 +164,7 @@ fn lying_maps_are_refused() {
     for at in [0x300, 0x400, 0x500] {
         let mut f = facts(40, 0);
         f.objects = Some(at);
-        assert!(layout(&f, false, |a, n| m.at(a, n)).is_err(), "{at:#x}");
+        assert!(layout(Machine::Amd64, &f, false, |a, n| m.at(a, n)).is_err(), "{at:#x}");
     }
 }
 
@@ -203,7 +203,7 @@ fn random_bytes_never_panic() {
             locals_maps: pick(next()),
             objects: pick(next()),
         };
-        match layout(&f, next() % 2 == 0, |a, n| m.at(a, n)) {
+        match layout(Machine::Amd64, &f, next() % 2 == 0, |a, n| m.at(a, n)) {
             Ok(l) => {
                 ok += 1;
                 assert!(l.objects.iter().all(|o| o.1 > 0));
@@ -213,4 +213,51 @@ fn random_bytes_never_panic() {
     }
     // Both outcomes occur, or the generator tests nothing.
     assert!(ok > 100 && refused > 100, "{ok} {refused}");
+}
+
+/// A frame of `spdelta` on `machine`: locals of `locals_bits` words (the
+/// lowest live), one live argument word, one stack object 16 bytes below
+/// `varp`.
+fn frame_on(machine: Machine, spdelta: i32, locals_bits: i32) -> FrameLayout {
+    let m = Mem(vec![
+        (0x100, stackmap(1, &[&[0b1]])),
+        (0x200, stackmap(locals_bits, &[&[0b1]])),
+        (0x300, objects(&[(-16, 8)])),
+    ]);
+    let f = FuncFacts {
+        args: 8,
+        objects: Some(0x300),
+        ..facts(spdelta, 0)
+    };
+    layout(machine, &f, false, |a, n| m.at(a, n)).unwrap()
+}
+
+#[test]
+fn amd64_keeps_the_return_address_below_the_callers_sp() {
+    // fp = 0x38, return address at 0x30, varp = 0x28 (under the saved
+    // BP), argp = fp.
+    let f = frame_on(Machine::Amd64, 0x30, 2);
+    assert_eq!((f.size, f.ret), (0x38, 0x30));
+    assert_eq!(f.pointers, [0x28 - 16, 0x38]);
+    assert_eq!(f.objects, [(0x28 - 16, 8)]);
+}
+
+#[test]
+fn arm64_keeps_the_link_register_at_sp_and_arguments_past_the_callers_lr() {
+    // fp = 0x30, LR saved at 0, varp = 0x28 (under the FP link written
+    // below SP), argp = fp + 8: the caller's own saved LR sits at fp.
+    let f = frame_on(Machine::Arm64, 0x30, 2);
+    assert_eq!((f.size, f.ret), (0x30, 0));
+    assert_eq!(f.pointers, [0x28 - 16, 0x38]);
+    assert_eq!(f.objects, [(0x28 - 16, 8)]);
+}
+
+#[test]
+fn arm64_reads_no_locals_where_varp_is_within_stack_alignment() {
+    // varp = 0x10, not above StackAlign: getStackMap reads no locals map
+    // there, while amd64 does in a frame of the same varp.
+    let arm = frame_on(Machine::Arm64, 0x18, 1);
+    assert_eq!(arm.pointers, [0x20]);
+    let amd = frame_on(Machine::Amd64, 0x10, 1);
+    assert_eq!(amd.pointers, [0x0, 0x18]);
 }

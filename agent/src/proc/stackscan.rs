@@ -142,9 +142,10 @@ fn slots_with(
             return Ok(slots);
         }
         // The caller's SP is this frame's FP; its PC is the return address
-        // just below. Each frame lies above the last, so the walk ends.
+        // (below FP on amd64, at SP on arm64). Each frame lies above the
+        // last, so the walk ends.
         let fp = sp.checked_add(frame.size).filter(|&fp| fp > sp);
-        let ret = fp.and_then(|fp| word(fp - PTR));
+        let ret = fp.and_then(|_| word(sp.checked_add(frame.ret)?));
         let (Some(fp), Some(ret @ 1..)) = (fp, ret) else {
             return Err(NoFrame("the frame chain leaves the stack"));
         };

@@ -15,9 +15,11 @@ use crate::proc::scan::read_allgs;
 
 const SP: u64 = 0x1000;
 
+/// An amd64 frame: the return address just below the caller's SP.
 fn frame(size: u64, pointers: &[u64], objects: &[(u64, u64)], top: bool) -> FrameLayout {
     FrameLayout {
         size,
+        ret: size - 8,
         pointers: pointers.to_vec(),
         objects: objects.to_vec(),
         top,

@@ -19,6 +19,7 @@ use anyhow::{bail, Context};
 
 use super::{caps, http, Tally};
 use crate::{
+    build::Arch,
     image,
     util::{output, root, Guard},
 };
@@ -29,10 +30,10 @@ const PORTS: std::ops::Range<u16> = 9400..9500;
 pub fn check(tally: &mut Tally, fixtures: &std::path::Path) {
     let mut built = false;
     tally.check(
-        "image builds offline (static agent, buildah, from scratch)",
+        "image builds offline for amd64 and arm64 (static agents, buildah, from scratch, manifest list)",
         || {
             let started = Instant::now();
-            image::image(false)?;
+            image::image(&Arch::ALL, false)?;
             println!("    built in {:.0}s", started.elapsed().as_secs_f64());
             built = true;
             Ok(())
@@ -44,7 +45,16 @@ pub fn check(tally: &mut Tally, fixtures: &std::path::Path) {
             if !built {
                 bail!("no image");
             }
-            labels_match()
+            Arch::ALL.iter().try_for_each(|&a| labels_match(a))
+        },
+    );
+    tally.check(
+        "image's platforms are the architectures the DaemonSet schedules on, and no other",
+        || {
+            if !built {
+                bail!("no image");
+            }
+            platforms_match()
         },
     );
     tally.check(
@@ -58,15 +68,66 @@ pub fn check(tally: &mut Tally, fixtures: &std::path::Path) {
     );
 }
 
-/// The image's labels are `image::labels`, and the Dockerfile's runtime
-/// stage sets each of them (the revision from its build argument).
-fn labels_match() -> anyhow::Result<()> {
+/// The architectures a manifest's text schedules on: the list after
+/// `architectures:` (the chart's values) or the `values:` list under the
+/// `kubernetes.io/arch` key (a static manifest's node affinity).
+fn scheduled_architectures(text: &str) -> Option<Vec<String>> {
+    let list = |line: &str| -> Vec<String> {
+        line.trim()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .split(',')
+            .map(|a| a.trim().trim_matches('"').to_string())
+            .filter(|a| !a.is_empty())
+            .collect()
+    };
+    let mut lines = text.lines();
+    while let Some(line) = lines.next() {
+        if let Some(rest) = line.strip_prefix("architectures:") {
+            return Some(list(rest));
+        }
+        if line.trim() == "- key: kubernetes.io/arch" {
+            let values = lines.find_map(|l| l.trim().strip_prefix("values:"))?;
+            return Some(list(values));
+        }
+    }
+    None
+}
+
+/// The manifest list names linux/<arch> for exactly the architectures the
+/// chart's default values and both static `DaemonSets` schedule on.
+fn platforms_match() -> anyhow::Result<()> {
+    let mut platforms = image::manifest_platforms()?;
+    platforms.sort();
+    println!("    manifest list {}: {}", image::tag(), platforms.join(", "));
+    for file in [
+        "deploy/helm/gostray/values.yaml",
+        "deploy/kubernetes/daemonset.yaml",
+        "deploy/kubernetes/daemonset-privileged.yaml",
+    ] {
+        let text = fs::read_to_string(root().join(file))?;
+        let mut archs: Vec<String> = scheduled_architectures(&text)
+            .with_context(|| format!("{file} names no kubernetes.io/arch"))?
+            .into_iter()
+            .map(|a| format!("linux/{a}"))
+            .collect();
+        archs.sort();
+        if archs != platforms {
+            bail!("{file} schedules on {archs:?}, the image has {platforms:?}");
+        }
+    }
+    Ok(())
+}
+
+/// `arch`'s image has the labels `image::labels`, and the Dockerfile's
+/// runtime stage sets each of them (the revision from its build argument).
+fn labels_match(arch: Arch) -> anyhow::Result<()> {
     let json = output(Command::new("podman").args([
         "image",
         "inspect",
         "--format",
         "{{json .Labels}}",
-        &image::tag(),
+        &image::arch_tag(arch),
     ]))
     .context("podman image inspect")?;
     let got: serde_json::Map<String, serde_json::Value> = serde_json::from_str(json.trim())?;
@@ -74,7 +135,10 @@ fn labels_match() -> anyhow::Result<()> {
     for (key, value) in image::labels("REVISION") {
         let in_image = got.get(key).and_then(|v| v.as_str());
         if key != "org.opencontainers.image.revision" && in_image != Some(value.as_str()) {
-            bail!("image label {key} is {in_image:?}, expected {value:?}");
+            bail!(
+                "{} label {key} is {in_image:?}, expected {value:?}",
+                image::arch_tag(arch)
+            );
         }
         let wanted = if key == "org.opencontainers.image.revision" {
             format!("{key}=\"${{REVISION}}\"")
@@ -202,4 +266,24 @@ fn run_check(fixtures: &std::path::Path) -> anyhow::Result<()> {
     drop(target);
     let _ = fs::remove_dir_all(&dir);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::scheduled_architectures;
+
+    #[test]
+    fn reads_the_architectures_of_values_and_of_a_daemonset() {
+        let values = "nodeSelector:\n  kubernetes.io/os: linux\narchitectures: [amd64, arm64]\n";
+        assert_eq!(
+            scheduled_architectures(values),
+            Some(vec!["amd64".into(), "arm64".into()])
+        );
+        let daemonset = "            nodeSelectorTerms:\n              - matchExpressions:\n                  - key: kubernetes.io/arch\n                    operator: In\n                    values: [\"arm64\"]\n";
+        assert_eq!(
+            scheduled_architectures(daemonset),
+            Some(vec!["arm64".into()])
+        );
+        assert_eq!(scheduled_architectures("kind: DaemonSet\n"), None);
+    }
 }

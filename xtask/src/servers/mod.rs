@@ -120,7 +120,8 @@ pub fn servers(args: &ServersArgs) -> anyhow::Result<()> {
         .iter()
         .map(|&s| Ok((s, debian::fetch(s, &packages)?)))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let agent = build::build_agent(true)?;
+    // The agent as the image ships it: static (musl), optimised.
+    let agent = build::build_static_agent(build::Arch::host())?;
     let dir = env::temp_dir().join("gostray-servers");
     let _ = fs::remove_dir_all(&dir);
     let mut load = Load::default();

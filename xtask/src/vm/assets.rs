@@ -1,25 +1,17 @@
 //! What the arm64 VM boots, each made or fetched only when missing:
 //! Debian's qemu-system-aarch64, its arm64 cloud kernel and busybox, the
-//! agent cross-built for aarch64 musl with the arm64 kernel object, and
-//! the arm64 Go fixtures. Everything lands under `target/vm/`.
+//! arm64 image's agent (static, cross-built for aarch64 musl with the arm64
+//! kernel object), and the arm64 Go fixtures. Everything lands under `target/vm/`.
 
-use std::{
-    fs,
-    path::{Path, PathBuf},
-    process::Command,
-};
+use std::{fs, path::PathBuf, process::Command};
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 
 use crate::{
-    build::{self, BpfArch},
-    tools,
-    util::{done, output, root, run, run_quiet, step},
+    build::{self, Arch},
+    image, tools,
+    util::{done, output, root, run_quiet, step},
 };
-
-/// The agent's Rust target in the VM: static, so the initramfs needs no
-/// C library.
-pub const AGENT_TARGET: &str = "aarch64-unknown-linux-musl";
 
 pub fn dir() -> PathBuf {
     root().join("target/vm")
@@ -133,77 +125,32 @@ pub fn busybox() -> anyhow::Result<PathBuf> {
     Ok(exe)
 }
 
-/// The Rust target and a C cross compiler for ring's C and assembly; the
-/// link itself is rust-lld's, with the musl start files and libc that the
-/// Rust target ships (self-contained), so no arm64 C library is needed.
-fn ensure_cross() -> anyhow::Result<()> {
-    let installed = output(Command::new("rustup").args(["target", "list", "--installed"]))
-        .is_some_and(|s| s.lines().any(|l| l.trim() == AGENT_TARGET));
-    if !installed {
-        let t = step(&format!("adding the {AGENT_TARGET} target (one-time)"));
-        run_quiet(Command::new("rustup").args(["target", "add", AGENT_TARGET]))?;
-        done(t);
-    }
-    if output(Command::new("aarch64-linux-gnu-gcc").arg("--version")).is_none() {
-        let t = step("installing gcc-aarch64-linux-gnu (one-time)");
-        tools::apt_install(&["gcc-aarch64-linux-gnu"])?;
-        done(t);
-    }
-    Ok(())
-}
-
-/// Cross-builds the agent (static, unoptimised: a cold optimised
-/// cross-build costs CI minutes the one short run in the VM never gives
-/// back) with the arm64 kernel object.
+/// The agent the arm64 image ships: static, optimised, with the arm64
+/// kernel object (the image's root filesystem is laid out too).
 pub fn agent() -> anyhow::Result<PathBuf> {
-    ensure_cross()?;
-    let object = build::build_ebpf_for(BpfArch::Aarch64)?;
-    let t = step(&format!(
-        "building the agent for arm64 (debug, {AGENT_TARGET})"
-    ));
-    run(build::host_cargo()
-        .args(["build", "--quiet", "--package", "gostray"])
-        .args(["--target", AGENT_TARGET])
-        .env("GOSTRAY_EBPF_OBJECT", &object)
-        .env("CC_aarch64_unknown_linux_musl", "aarch64-linux-gnu-gcc")
-        .env("CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER", "rust-lld")
-        // Debug info would only make the initramfs larger.
-        .env("CARGO_PROFILE_DEV_DEBUG", "0"))?;
-    done(t);
-    let exe = root().join(format!("target/{AGENT_TARGET}/debug/gostray"));
-    check_static_arm64(&exe)?;
-    Ok(exe)
+    image::build_rootfs(Arch::Arm64)
 }
 
-fn check_static_arm64(binary: &Path) -> anyhow::Result<()> {
-    let headers = output(Command::new("readelf").args(["-h", "-l"]).arg(binary))
-        .with_context(|| format!("readelf {}", binary.display()))?;
-    if !headers.contains("AArch64") || headers.contains("INTERP") {
-        bail!(
-            "{} is not a static arm64 executable:\n{headers}",
-            binary.display()
-        );
-    }
-    Ok(())
-}
-
-/// The arm64 Go fixtures the VM runs, built with the newest Go.
-pub fn fixtures() -> anyhow::Result<[PathBuf; 2]> {
-    let release = tools::GO_NEWEST;
-    let go = release.ensure()?;
+/// The arm64 Go fixtures the VM runs, `spawner-<line>` and
+/// `vmleak-<line>` for each Go line of `lines`: (name in the VM, binary).
+pub fn fixtures(lines: &[String]) -> anyhow::Result<Vec<(String, PathBuf)>> {
     let out = build::fixtures_dir();
     fs::create_dir_all(&out)?;
-    let t = step(&format!(
-        "building the arm64 VM fixtures with Go {}",
-        release.line
-    ));
-    let cross = |name: &str| -> anyhow::Result<PathBuf> {
-        let binary = out.join(format!("{name}-arm64-{}", release.line));
-        build::go_build_for(&go, name, &binary, &[], Some("arm64"))?;
-        Ok(binary)
-    };
-    let built = [cross("spawner")?, cross("vmleak")?];
-    done(t);
+    let mut built = Vec::new();
+    for line in lines {
+        let release = tools::GO_RELEASES
+            .into_iter()
+            .find(|r| r.line == line)
+            .with_context(|| format!("Go {line} is not in the matrix"))?;
+        let go = release.ensure()?;
+        let t = step(&format!("building the arm64 VM fixtures with Go {line}"));
+        for name in ["spawner", "vmleak"] {
+            let binary = out.join(format!("{name}-arm64-{line}"));
+            build::go_build_for(&go, name, &binary, &[], Some("arm64"))?;
+            built.push((format!("{name}-{line}"), binary));
+        }
+        done(t);
+    }
     Ok(built)
 }
 

@@ -19,18 +19,26 @@ pub struct Counts {
     pub lost: u64,
 }
 
-/// What one boot showed.
+/// What one boot showed; maps are keyed by Go line.
 #[derive(Debug, Default)]
 pub struct Run {
     pub machine: String,
     pub kernel: String,
-    pub counts: HashMap<String, Counts>,
+    /// (line, phase) → the spawner's counts then.
+    pub counts: HashMap<(String, String), Counts>,
     /// Spawns of the timed batches and their milliseconds, bare and probed.
     pub timing: HashMap<String, (u64, u64)>,
-    pub leak_pid: Option<u32>,
+    pub leak_pid: HashMap<String, u32>,
     /// The agent's own price of a hit, in ns: floor and per program.
     pub calibration: HashMap<String, u64>,
-    pub report: Option<Value>,
+    pub reports: HashMap<String, Value>,
+    /// Double closes and sends on closed channels the agent counted.
+    pub misuse: HashMap<String, (u64, u64)>,
+    /// Deaths of the leak fixture with reason `unlock_of_unlocked`.
+    pub deaths: HashMap<String, u64>,
+    /// The leak fixture's parked stacks in the last heap walk: read
+    /// through their stack maps, and conservatively.
+    pub stacks: HashMap<String, (u64, u64)>,
     pub errors: Vec<String>,
     pub ended: bool,
 }
@@ -48,6 +56,10 @@ fn num(f: &HashMap<&str, &str>, key: &str) -> u64 {
         .map_or(0, |v| v as u64)
 }
 
+fn text(f: &HashMap<&str, &str>, key: &str) -> String {
+    f.get(key).unwrap_or(&"").to_string()
+}
+
 /// Reads the console text; other kernel and agent output is ignored.
 pub fn parse(console: &str) -> Run {
     let mut run = Run::default();
@@ -57,10 +69,11 @@ pub fn parse(console: &str) -> Run {
         };
         let (word, rest) = rest.split_once(' ').unwrap_or((rest, ""));
         let f = fields(rest);
+        let go = text(&f, "line");
         match word {
             "boot" => {
-                run.machine = f.get("machine").unwrap_or(&"").to_string();
-                run.kernel = f.get("kernel").unwrap_or(&"").to_string();
+                run.machine = text(&f, "machine");
+                run.kernel = text(&f, "kernel");
             }
             "counts" => {
                 let c = Counts {
@@ -69,14 +82,11 @@ pub fn parse(console: &str) -> Run {
                     live: num(&f, "live"),
                     lost: num(&f, "lost"),
                 };
-                run.counts
-                    .insert(f.get("phase").unwrap_or(&"").to_string(), c);
+                run.counts.insert((go, text(&f, "phase")), c);
             }
             "timing" => {
-                run.timing.insert(
-                    f.get("phase").unwrap_or(&"").to_string(),
-                    (num(&f, "spawns"), num(&f, "ms")),
-                );
+                run.timing
+                    .insert(text(&f, "phase"), (num(&f, "spawns"), num(&f, "ms")));
             }
             "calibration" => {
                 run.calibration = f
@@ -86,8 +96,28 @@ pub fn parse(console: &str) -> Run {
                     })
                     .collect();
             }
-            "leaks" => run.leak_pid = f.get("pid").and_then(|p| p.parse().ok()),
-            "report" => run.report = serde_json::from_str(rest).ok(),
+            "leaks" => {
+                if let Some(pid) = f.get("pid").and_then(|p| p.parse().ok()) {
+                    run.leak_pid.insert(go, pid);
+                }
+            }
+            "report" => {
+                let json = rest.split_once(' ').map_or("", |(_, j)| j);
+                if let Ok(report) = serde_json::from_str(json) {
+                    run.reports.insert(go, report);
+                }
+            }
+            "misuse" => {
+                run.misuse
+                    .insert(go, (num(&f, "double_closes"), num(&f, "sends_on_closed")));
+            }
+            "death" => {
+                run.deaths.insert(go, num(&f, "count"));
+            }
+            "stacks" => {
+                run.stacks
+                    .insert(go, (num(&f, "precise"), num(&f, "fallback")));
+            }
             "error:" => run.errors.push(rest.to_string()),
             "end" => run.ended = true,
             _ => {}
@@ -96,11 +126,11 @@ pub fn parse(console: &str) -> Run {
     run
 }
 
-/// The leak group of [`LEAK_FUNCTION`] in the leak fixture's report entry:
-/// (verdict, wait reason, count, created at), if there is one.
-pub fn leak_group(run: &Run) -> Option<(String, String, u64, String)> {
-    let pid = run.leak_pid?;
-    let process = run.report.as_ref()?["processes"]
+/// The leak group of [`LEAK_FUNCTION`] in Go `line`'s leak fixture's
+/// report entry: (verdict, wait reason, count, created at), if there is one.
+pub fn leak_group(run: &Run, line: &str) -> Option<(String, String, u64, String)> {
+    let pid = *run.leak_pid.get(line)?;
+    let process = run.reports.get(line)?["processes"]
         .as_array()?
         .iter()
         .find(|p| p["pid"] == pid)?;
@@ -121,6 +151,28 @@ pub fn leak_group(run: &Run) -> Option<(String, String, u64, String)> {
     ))
 }
 
+/// The start functions of every group judged `leak` in Go `line`'s leak
+/// fixture's report entry.
+pub fn leaked_functions(run: &Run, line: &str) -> Vec<String> {
+    let Some(pid) = run.leak_pid.get(line) else {
+        return Vec::new();
+    };
+    let groups = run.reports.get(line).and_then(|r| {
+        r["processes"]
+            .as_array()?
+            .iter()
+            .find(|p| p["pid"] == *pid)?["groups"]
+            .as_array()
+            .cloned()
+    });
+    groups
+        .unwrap_or_default()
+        .iter()
+        .filter(|g| g["verdict"] == "leak")
+        .map(|g| g["start_function"].as_str().unwrap_or("?").to_string())
+        .collect()
+}
+
 /// The probe cost per hit, in µs: the probed batch's extra time over the
 /// bare one, over its hits (a create and an exit per spawn).
 pub fn per_hit_us(run: &Run) -> Option<f64> {
@@ -135,8 +187,9 @@ pub fn per_hit_us(run: &Run) -> Option<f64> {
 }
 
 /// Every check of one boot, as (what, passed); `batch` is the timed
-/// batch's size the VM was told.
-pub fn checks(run: &Run, batch: u64) -> Vec<(String, bool)> {
+/// batch's size the VM was told, `lines` the Go lines it ran, the first
+/// attached to while running and timed, the others found at exec.
+pub fn checks(run: &Run, batch: u64, lines: &[String]) -> Vec<(String, bool)> {
     let mut out = vec![
         (
             format!("booted an arm64 kernel (machine={})", run.machine),
@@ -155,40 +208,77 @@ pub fn checks(run: &Run, batch: u64) -> Vec<(String, bool)> {
             run.calibration.get("floor_ns").is_some_and(|&ns| ns > 0),
         ),
     ];
-    let Some(attach) = run.counts.get("attach").copied() else {
-        out.push(("counts at attach".to_string(), false));
+    for (i, line) in lines.iter().enumerate() {
+        out.extend(line_checks(run, line, (i == 0).then_some(batch)));
+    }
+    out
+}
+
+/// The checks of Go `line`'s fixtures; `batch` for the timed line.
+fn line_checks(run: &Run, line: &str, batch: Option<u64>) -> Vec<(String, bool)> {
+    let mut out = Vec::new();
+    let phase = |p: &str| run.counts.get(&(line.to_string(), p.to_string())).copied();
+    let Some(attach) = phase("attach") else {
+        out.push((format!("Go {line}: counts at attach"), false));
         return out;
     };
-    out.push((
-        format!(
-            "at attach: nothing created or exited yet, the scan found the live ones ({attach:?})"
-        ),
-        attach.created == 0 && attach.exited == 0 && attach.live >= 3,
-    ));
-    let live0 = attach.live;
-    let expected = [
-        ("spawn", 150, 100, live0 + 50),
-        ("release", 150, 150, live0),
-        ("batch", 150 + batch, 150 + batch, live0),
+    out.push(if batch.is_some() {
+        (
+            format!("Go {line}: attached to a running process: nothing created or exited yet, the scan found the live ones ({attach:?})"),
+            attach.created == 0 && attach.exited == 0 && attach.live >= 3,
+        )
+    } else {
+        (
+            format!("Go {line}: found at exec, the runtime's own goroutines counted ({attach:?})"),
+            attach.live >= 3 && attach.lost == 0,
+        )
+    });
+    let (c0, e0, l0) = (attach.created, attach.exited, attach.live);
+    let mut expected = vec![
+        ("spawn", c0 + 150, e0 + 100, l0 + 50),
+        ("release", c0 + 150, e0 + 150, l0),
     ];
-    for (phase, created, exited, live) in expected {
+    if let Some(batch) = batch {
+        expected.push(("batch", c0 + 150 + batch, e0 + 150 + batch, l0));
+    }
+    for (p, created, exited, live) in expected {
         let want = Counts {
             created,
             exited,
             live,
             lost: 0,
         };
-        let got = run.counts.get(phase).copied();
+        let got = phase(p);
         out.push((
-            format!("counts after {phase}: want {want:?}, got {got:?}"),
+            format!("Go {line}: counts after {p}: want {want:?}, got {got:?}"),
             got == Some(want),
         ));
     }
-    let leak = leak_group(run);
+    let leak = leak_group(run, line);
     out.push((
-        format!("one leak of {LEAK_FUNCTION} on chan send: {leak:?}"),
+        format!("Go {line}: one leak of {LEAK_FUNCTION} on chan send: {leak:?}"),
         leak.as_ref()
             .is_some_and(|(v, r, n, _)| v == "leak" && r == "chan send" && *n == 1),
+    ));
+    let leaked = leaked_functions(run, line);
+    out.push((
+        format!("Go {line}: no other leak, the worker whose channel only a sleeping frame holds among them: {leaked:?}"),
+        leaked == [LEAK_FUNCTION],
+    ));
+    let stacks = run.stacks.get(line).copied();
+    out.push((
+        format!("Go {line}: every parked stack walked through its stack maps (precise, conservative): {stacks:?}"),
+        stacks.is_some_and(|(precise, fallback)| precise >= 3 && fallback == 0),
+    ));
+    let misuse = run.misuse.get(line).copied();
+    out.push((
+        format!("Go {line}: one double close and one send on a closed channel (recovered): {misuse:?}"),
+        misuse == Some((1, 1)),
+    ));
+    let died = run.deaths.get(line).copied();
+    out.push((
+        format!("Go {line}: the fatal error's death recorded as unlock_of_unlocked: {died:?}"),
+        died == Some(1),
     ));
     out
 }
@@ -198,27 +288,51 @@ mod tests {
     use super::*;
 
     const CONSOLE: &str = r#"[    0.000000] Booting Linux on physical CPU 0x0
-gostray-vm: boot kernel=6.1.0-57-cloud-arm64 machine=aarch64 cpus=2
+gostray-vm: boot kernel=6.1.0-57-cloud-arm64 machine=aarch64 cpus=2 lines=1.27,1.19
 gostray-vm: timing phase=bare spawns=1000 ms=100
 gostray-vm: agent ready after 7s
 gostray-vm: calibration floor_ns="6743" create_ns="8389" exit_ns="8799" park_ns="7737" close_ns="11763"
-gostray-vm: counts phase=attach created=0 exited=0 live=5 lost=0 numgoroutine=1
-gostray-vm: counts phase=spawn exiting=100 blocking=50 created=150 exited=100 live=55 lost=0 numgoroutine=51
-gostray-vm: counts phase=release created=150 exited=150 live=5 lost=0 numgoroutine=1
+gostray-vm: counts line=1.27 phase=attach created=0 exited=0 live=5 lost=0 numgoroutine=1
+gostray-vm: counts line=1.27 phase=spawn exiting=100 blocking=50 created=150 exited=100 live=55 lost=0 numgoroutine=51
+gostray-vm: counts line=1.27 phase=release created=150 exited=150 live=5 lost=0 numgoroutine=1
 gostray-vm: timing phase=probed spawns=1000 ms=180
-gostray-vm: counts phase=batch exiting=1000 blocking=0 created=1150 exited=1150 live=5 lost=0 numgoroutine=1
-gostray-vm: leaks after 3s pid=77
-gostray-vm: report {"processes":[{"pid":77,"groups":[{"verdict":"leak","start_function":"main.abandon.func1","wait_reason":"chan send","count":1,"created_at":{"function":"main.abandon","file":"/x/vmleak/main.go","line":23}}]}]}
+gostray-vm: counts line=1.27 phase=batch exiting=1000 blocking=0 created=1150 exited=1150 live=5 lost=0 numgoroutine=1
+gostray-vm: leaks line=1.27 after 3s pid=77
+gostray-vm: report line=1.27 {"processes":[{"pid":77,"groups":[{"verdict":"live","start_function":"main.holder.func1","wait_reason":"chan receive","count":1},{"verdict":"leak","start_function":"main.abandon.func1","wait_reason":"chan send","count":1,"created_at":{"function":"main.abandon","file":"/x/vmleak/main.go","line":23}}]}]}
+gostray-vm: stacks line=1.27 precise=7 fallback=0
+gostray-vm: misuse line=1.27 double_closes=1 sends_on_closed=1 waited=1s
+gostray-vm: death line=1.27 reason=unlock_of_unlocked count=1 waited=0s
+gostray-vm: counts line=1.19 phase=attach created=4 exited=1 live=4 lost=0 numgoroutine=1
+gostray-vm: counts line=1.19 phase=spawn exiting=100 blocking=50 created=154 exited=101 live=54 lost=0 numgoroutine=51
+gostray-vm: counts line=1.19 phase=release created=154 exited=151 live=4 lost=0 numgoroutine=1
+gostray-vm: leaks line=1.19 after 3s pid=90
+gostray-vm: report line=1.19 {"processes":[{"pid":90,"groups":[{"verdict":"leak","start_function":"main.abandon.func1","wait_reason":"chan send","count":1,"created_at":{"function":"main.abandon","file":"/x/vmleak/main.go","line":23}}]}]}
+gostray-vm: stacks line=1.19 precise=6 fallback=0
+gostray-vm: misuse line=1.19 double_closes=1 sends_on_closed=1 waited=1s
+gostray-vm: death line=1.19 reason=unlock_of_unlocked count=1 waited=0s
 gostray-vm: end
 "#;
+
+    fn lines() -> Vec<String> {
+        vec!["1.27".into(), "1.19".into()]
+    }
+
+    fn failed(run: &Run) -> Vec<(String, bool)> {
+        checks(run, 1000, &lines())
+            .into_iter()
+            .filter(|c| !c.1)
+            .collect()
+    }
 
     #[test]
     fn a_good_run_passes_every_check() {
         let run = parse(CONSOLE);
-        let failed: Vec<_> = checks(&run, 1000).into_iter().filter(|c| !c.1).collect();
+        let failed = failed(&run);
         assert!(failed.is_empty(), "{failed:?}");
+        assert_eq!(checks(&run, 1000, &lines()).len(), 4 + 9 + 8);
+        assert_eq!(leaked_functions(&run, "1.27"), [LEAK_FUNCTION]);
         assert_eq!(
-            leak_group(&run),
+            leak_group(&run, "1.19"),
             Some(("leak".into(), "chan send".into(), 1, "main.go:23".into()))
         );
         assert_eq!(per_hit_us(&run), Some(40.0));
@@ -226,11 +340,25 @@ gostray-vm: end
     }
 
     #[test]
-    fn an_off_count_or_a_missing_leak_fails() {
-        let run = parse(&CONSOLE.replace("created=150 exited=100", "created=149 exited=100"));
-        assert!(checks(&run, 1000).iter().any(|c| !c.1));
-        let run = parse(&CONSOLE.replace("\"verdict\":\"leak\"", "\"verdict\":\"suspect\""));
-        assert!(checks(&run, 1000).iter().any(|c| !c.1));
+    fn an_off_count_a_missing_leak_misuse_or_death_fails() {
+        for (from, to) in [
+            ("created=150 exited=100", "created=149 exited=100"),
+            ("created=154 exited=151", "created=154 exited=150"),
+            (
+                "\"verdict\":\"leak\",\"start_function\":\"main.abandon.func1\",\"wait_reason\":\"chan send\",\"count\":1,\"created_at\":{\"function\":\"main.abandon\",\"file\":\"/x/vmleak/main.go\",\"line\":23}}]}]}\ngostray-vm: stacks line=1.19",
+                "\"verdict\":\"suspect\",\"start_function\":\"main.abandon.func1\",\"wait_reason\":\"chan send\",\"count\":1,\"created_at\":{\"function\":\"main.abandon\",\"file\":\"/x/vmleak/main.go\",\"line\":23}}]}]}\ngostray-vm: stacks line=1.19",
+            ),
+            ("line=1.19 double_closes=1", "line=1.19 double_closes=0"),
+            ("\"verdict\":\"live\"", "\"verdict\":\"leak\""),
+            ("line=1.19 precise=6 fallback=0", "line=1.19 precise=4 fallback=2"),
+            ("line=1.27 reason=unlock_of_unlocked count=1", "line=1.27 reason=unlock_of_unlocked count=0"),
+        ] {
+            assert!(CONSOLE.contains(from), "{from}");
+            let run = parse(&CONSOLE.replace(from, to));
+            // A leak judged suspect fails both leak checks.
+            let want = if to.contains("suspect") { 2 } else { 1 };
+            assert_eq!(failed(&run).len(), want, "{to}: {:?}", failed(&run));
+        }
     }
 
     #[test]
@@ -240,8 +368,8 @@ gostray-vm: end
             .next()
             .unwrap();
         let run = parse(cut);
-        let failed: Vec<_> = checks(&run, 1000).into_iter().filter(|c| !c.1).collect();
-        assert!(failed.len() >= 3, "{failed:?}");
+        let failed = failed(&run);
+        assert!(failed.len() >= 5, "{failed:?}");
         assert_eq!(per_hit_us(&run), None);
     }
 }

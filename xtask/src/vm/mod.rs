@@ -1,8 +1,9 @@
 //! `cargo xtask arm64-vm`: the agent on a real arm64 kernel, emulated.
 //!
 //! One boot of Debian's arm64 cloud kernel in qemu-system-aarch64 (TCG:
-//! no arm64 host here), with an initramfs of busybox, the agent built for
-//! aarch64 musl with the arm64 kernel object, and two arm64 Go fixtures.
+//! no arm64 host here), with an initramfs of busybox, the arm64 image's
+//! agent (aarch64 musl, the arm64 kernel object) and two arm64 Go fixtures
+//! per Go line: the newest and the oldest of the matrix by default.
 //! `xtask/vm/init.sh` drives them and prints what it saw; [`judge`] holds
 //! the checks. The test command runs the same boot as one bounded slice.
 
@@ -22,7 +23,10 @@ use std::{
 
 use anyhow::{bail, Context};
 
-use crate::util::{done, step};
+use crate::{
+    tools,
+    util::{done, step},
+};
 
 /// The VM's /init.
 const INIT: &str = include_str!("../../vm/init.sh");
@@ -39,6 +43,18 @@ pub struct VmArgs {
     /// Emulated CPUs.
     #[arg(long, default_value_t = 2)]
     pub cpus: u32,
+    /// The Go lines whose fixtures run (comma-separated): the first is
+    /// attached to while running and timed, the others are found at exec.
+    #[arg(long = "go", value_delimiter = ',', default_values_t = default_lines())]
+    pub lines: Vec<String>,
+}
+
+/// The newest Go line and the oldest: the two ends of the runtime's
+/// layouts and probe sites.
+fn default_lines() -> Vec<String> {
+    [tools::GO_NEWEST, tools::GO_RELEASES[0]]
+        .map(|r| r.line.to_string())
+        .to_vec()
 }
 
 impl Default for VmArgs {
@@ -47,6 +63,7 @@ impl Default for VmArgs {
             batch: 50_000,
             timeout_secs: 900,
             cpus: 2,
+            lines: default_lines(),
         }
     }
 }
@@ -74,7 +91,10 @@ pub fn slice() -> (u64, u64) {
 }
 
 fn run_and_report(args: &VmArgs) -> anyhow::Result<(u64, u64)> {
-    let (initrd, kernel, package) = prepare()?;
+    if args.lines.is_empty() {
+        bail!("no Go line to run");
+    }
+    let (initrd, kernel, package) = prepare(&args.lines)?;
     let t = step(&format!(
         "booting {package} in qemu-system-aarch64 (TCG, {} CPUs)",
         args.cpus
@@ -85,7 +105,7 @@ fn run_and_report(args: &VmArgs) -> anyhow::Result<(u64, u64)> {
     done(t);
     fs::write(assets::dir().join("console.log"), &console)?;
     let run = judge::parse(&console);
-    let checks = judge::checks(&run, args.batch);
+    let checks = judge::checks(&run, args.batch, &args.lines);
     let mut totals = (0, 0);
     for (what, ok) in &checks {
         println!("arm64 VM: {}: {what}", if *ok { "ok" } else { "FAILED" });
@@ -95,11 +115,13 @@ fn run_and_report(args: &VmArgs) -> anyhow::Result<(u64, u64)> {
             totals.1 += 1;
         }
     }
-    if let Some((verdict, reason, count, at)) = judge::leak_group(&run) {
-        println!(
-            "arm64 VM: leak line: {verdict} {} x{count} ({reason}), created at {at}",
-            judge::LEAK_FUNCTION
-        );
+    for line in &args.lines {
+        if let Some((verdict, reason, count, at)) = judge::leak_group(&run, line) {
+            println!(
+                "arm64 VM: Go {line} leak line: {verdict} {} x{count} ({reason}), created at {at}",
+                judge::LEAK_FUNCTION
+            );
+        }
     }
     if let (Some(&(n, bare)), Some(&(_, probed))) =
         (run.timing.get("bare"), run.timing.get("probed"))
@@ -145,15 +167,17 @@ fn run_and_report(args: &VmArgs) -> anyhow::Result<(u64, u64)> {
 
 /// Builds or fetches every piece and packs the initramfs; returns it, the
 /// kernel image and the kernel's package name.
-fn prepare() -> anyhow::Result<(PathBuf, PathBuf, String)> {
+fn prepare(lines: &[String]) -> anyhow::Result<(PathBuf, PathBuf, String)> {
     assets::ensure_qemu()?;
     let (kernel, package) = assets::kernel()?;
     let busybox = fs::read(assets::busybox()?)?;
     let agent = fs::read(assets::agent()?)?;
-    let [spawner, vmleak] = assets::fixtures()?;
-    let (spawner, vmleak) = (fs::read(spawner)?, fs::read(vmleak)?);
+    let fixtures = assets::fixtures(lines)?
+        .into_iter()
+        .map(|(name, path)| Ok((name, fs::read(path)?)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let t = step("packing the initramfs (cpio newc, gzip)");
-    let archive = cpio::archive(&[
+    let mut entries = vec![
         cpio::Entry::dir("bin"),
         cpio::Entry::dir("dev"),
         cpio::Entry::char_dev("dev/console", 5, 1),
@@ -163,9 +187,13 @@ fn prepare() -> anyhow::Result<(PathBuf, PathBuf, String)> {
         cpio::Entry::exec("bin/busybox", &busybox),
         cpio::Entry::exec("init", INIT.as_bytes()),
         cpio::Entry::exec("gostray", &agent),
-        cpio::Entry::exec("spawner", &spawner),
-        cpio::Entry::exec("vmleak", &vmleak),
-    ]);
+    ];
+    entries.extend(
+        fixtures
+            .iter()
+            .map(|(name, binary)| cpio::Entry::exec(name, binary)),
+    );
+    let archive = cpio::archive(&entries);
     let raw = assets::dir().join("initramfs.cpio");
     fs::write(&raw, archive)?;
     let status = Command::new("gzip")
@@ -202,8 +230,9 @@ fn boot(
         .args([
             "-append",
             &format!(
-                "console=ttyAMA0 rdinit=/init panic=-1 quiet gostray_batch={}",
-                args.batch
+                "console=ttyAMA0 rdinit=/init panic=-1 quiet gostray_batch={} gostray_lines={}",
+                args.batch,
+                args.lines.join(",")
             ),
         ])
         .stdin(Stdio::null())
