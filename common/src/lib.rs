@@ -47,11 +47,24 @@ pub const DEATH_MSG: usize = 256;
 pub mod death_cookie {
     /// `fatalpanic(msgs *_panic)`; otherwise `throw`/`fatal(s string)`.
     pub const PANIC: u64 = 1;
-    /// The site is the function's call to `runtime.systemstack` (Go 1.19
-    /// has no emulated instruction before the arguments are overwritten):
-    /// the arguments were copied into the closure RAX points at, from its
-    /// second word on.
+    /// The site is the function's call to `runtime.systemstack` (no
+    /// emulated or simulated instruction before the arguments are
+    /// overwritten: amd64 Go 1.19, arm64): the arguments were copied into
+    /// the closure the first argument register points at, the first at
+    /// the byte offset [`closure_offset`] gives.
     pub const CLOSURE: u64 = 1 << 1;
+    const OFFSET_SHIFT: u32 = 8;
+    const OFFSET_MASK: u64 = 0xfff;
+
+    /// [`CLOSURE`] with the first argument at `offset` in the closure.
+    pub const fn closure_at(offset: u64) -> u64 {
+        CLOSURE | ((offset & OFFSET_MASK) << OFFSET_SHIFT)
+    }
+
+    /// Where a [`CLOSURE`] site's first argument is in the closure.
+    pub const fn closure_offset(cookie: u64) -> u64 {
+        (cookie >> OFFSET_SHIFT) & OFFSET_MASK
+    }
 }
 
 /// Where a [`DeathEvent`]'s message came from.

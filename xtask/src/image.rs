@@ -190,8 +190,11 @@ fn build_image(arch: Arch, revision: &str) -> anyhow::Result<u64> {
 fn build_manifest_list(arches: &[Arch]) -> anyhow::Result<()> {
     let t = step(&format!("building the manifest list {}", tag()));
     // A list from an earlier build (or an image under its name) goes first.
-    let _ = run_quiet(Command::new("buildah").args(["manifest", "rm", &tag()]));
-    let _ = run_quiet(Command::new("podman").args(["rmi", &tag()]));
+    if output(Command::new("buildah").args(["manifest", "inspect", &tag()])).is_some() {
+        run_quiet(Command::new("buildah").args(["manifest", "rm", &tag()]))?;
+    } else if image_id(&tag()).is_some() {
+        run_quiet(Command::new("podman").args(["rmi", &tag()]))?;
+    }
     run_quiet(Command::new("buildah").args(["manifest", "create", &tag()]))?;
     for &arch in arches {
         run_quiet(

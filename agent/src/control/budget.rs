@@ -49,21 +49,48 @@ const TRIAL: Duration = Duration::from_secs(3);
 /// Probe CPU below this many seconds per second (0.1% of a core) is never
 /// acted on: an idle process's own CPU time is too small to divide by.
 const MIN_COST_PER_SECOND: f64 = 0.001;
-/// The groups the budget may switch, and the hit columns each is made of.
-/// `fatal` never fires while a program lives, so it always stays.
-const GROUPS: [(ProbeGroup, &str, &[u32]); 3] = [
-    (
-        ProbeGroup::Lifecycle,
-        "lifecycle",
-        &[hit::CREATE, hit::EXIT],
-    ),
-    (ProbeGroup::Park, "park", &[hit::BLOCK]),
-    (
-        ProbeGroup::Misuse,
-        "misuse",
-        &[hit::CLOSE, hit::SEND_CLOSED],
-    ),
+/// A group the budget may switch.
+struct GroupSpec {
+    group: ProbeGroup,
+    name: &'static str,
+    /// The hit columns it is made of.
+    columns: &'static [u32],
+    /// What it would cost while detached, in CPU seconds per second, from
+    /// what the table scans still measure. A group with an estimate comes
+    /// back when that fits; one without comes back blind, on trial.
+    estimate: Option<fn(&Window, &Calibration) -> f64>,
+}
+
+/// The groups the budget may switch. `fatal` never fires while a program
+/// lives, so it always stays.
+const GROUPS: [GroupSpec; 3] = [
+    GroupSpec {
+        group: ProbeGroup::Lifecycle,
+        name: "lifecycle",
+        columns: &[hit::CREATE, hit::EXIT],
+        estimate: Some(lifecycle_estimate),
+    },
+    GroupSpec {
+        group: ProbeGroup::Park,
+        name: "park",
+        columns: &[hit::BLOCK],
+        estimate: None,
+    },
+    GroupSpec {
+        group: ProbeGroup::Misuse,
+        name: "misuse",
+        columns: &[hit::CLOSE, hit::SEND_CLOSED],
+        estimate: None,
+    },
 ];
+
+/// What the creations the scans see would cost: a create and an exit hit
+/// each.
+fn lifecycle_estimate(w: &Window, price: &Calibration) -> f64 {
+    w.created_rate
+        * (price.cost_ns[hit::CREATE as usize] + price.cost_ns[hit::EXIT as usize])
+        / 1e9
+}
 
 /// The budget's state, owned by the control loop.
 pub(crate) struct Budget {
@@ -176,8 +203,8 @@ impl FileBudget {
             if g.active || g.rearm_at.is_none_or(|t| now < t) {
                 continue;
             }
-            // Lifecycle comes back only if the scans say it would fit.
-            if i == 0 && spent + costs[0] >= allowed / 2.0 {
+            // A group with an estimate comes back only if it would fit.
+            if GROUPS[i].estimate.is_some() && spent + costs[i] >= allowed / 2.0 {
                 self.put_off(i, now);
                 continue;
             }
@@ -194,7 +221,7 @@ impl FileBudget {
             .is_some_and(|t| now.duration_since(t) < SETTLED);
         g.backoff = if tripped_soon {
             (g.backoff * 2).min(MAX_BACKOFF)
-        } else if i == 0 {
+        } else if GROUPS[i].estimate.is_some() {
             FIRST_BACKOFF
         } else {
             BLIND_BACKOFF
@@ -282,20 +309,17 @@ impl Agent {
             });
             state.cpu_per_second = w.cpu_seconds / seconds;
             let mut costs = [0f64; 3];
-            for (i, (_, _, columns)) in GROUPS.iter().enumerate() {
+            for (i, spec) in GROUPS.iter().enumerate() {
                 let mut hits = [0u64; hit::COLUMNS];
-                for &c in *columns {
+                for &c in spec.columns {
                     hits[c as usize] = w.hits[c as usize];
                 }
                 let g = &mut state.groups[i];
                 g.hits_per_second = hits.iter().sum::<u64>() as f64 / seconds;
-                costs[i] = price.seconds(&hits) / seconds;
-                if i == 0 && !g.active {
-                    // What the creations the scans see would cost.
-                    costs[i] = w.created_rate
-                        * (price.cost_ns[hit::CREATE as usize] + price.cost_ns[hit::EXIT as usize])
-                        / 1e9;
-                }
+                costs[i] = match spec.estimate {
+                    Some(estimate) if !g.active => estimate(&w, &price),
+                    _ => price.seconds(&hits) / seconds,
+                };
                 g.ratio = ratio(costs[i], w.cpu_seconds / seconds);
             }
             let Some(limit) = self.budget.limit else {
@@ -308,7 +332,7 @@ impl Agent {
                     let g = &state.groups[i];
                     tracing::warn!(
                         exe = %state.exe,
-                        group = GROUPS[i].1,
+                        group = GROUPS[i].name,
                         cost_ratio = format!("{:.4}", g.ratio),
                         probe_cpu_per_second = format!("{:.4}", costs[i]),
                         hits_per_second = format!("{:.0}", g.hits_per_second),
@@ -317,8 +341,8 @@ impl Agent {
                         processes = w.pids.len(),
                         "probes over the overhead budget; detaching the group from this executable (counts continue from the table scans)"
                     );
-                    self.kernel.detach_group(file, GROUPS[i].0);
-                    if i == 0 {
+                    self.kernel.detach_group(file, GROUPS[i].group);
+                    if GROUPS[i].group == ProbeGroup::Lifecycle {
                         self.set_lifecycle(&w.pids, false);
                     }
                 }
@@ -328,23 +352,23 @@ impl Agent {
                         continue;
                     };
                     let path = procfs::exe_path(pid);
-                    match self.kernel.attach_group(file, &path, &target, GROUPS[i].0) {
+                    match self.kernel.attach_group(file, &path, &target, GROUPS[i].group) {
                         Ok(()) => {
                             state.rearmed(i, now);
                             tracing::info!(
                                 exe = %state.exe,
-                                group = GROUPS[i].1,
+                                group = GROUPS[i].name,
                                 estimated_cost_ratio = format!("{:.4}", state.groups[i].ratio),
                                 budget = limit,
                                 "re-arming probe group"
                             );
-                            if i == 0 {
+                            if GROUPS[i].group == ProbeGroup::Lifecycle {
                                 self.set_lifecycle(&w.pids, true);
                             }
                         }
                         Err(e) => {
                             state.put_off(i, now);
-                            tracing::warn!(exe = %state.exe, group = GROUPS[i].1, error = format!("{e:#}"), "re-arming probe group failed");
+                            tracing::warn!(exe = %state.exe, group = GROUPS[i].name, error = format!("{e:#}"), "re-arming probe group failed");
                         }
                     }
                 }
@@ -435,8 +459,8 @@ impl Agent {
             let groups: Vec<GroupReport> = GROUPS
                 .iter()
                 .zip(&f.groups)
-                .map(|((_, name, _), g)| GroupReport {
-                    group: name,
+                .map(|(spec, g)| GroupReport {
+                    group: spec.name,
                     active: g.active,
                     hits_per_second: g.hits_per_second,
                     cost_ratio: g.ratio,

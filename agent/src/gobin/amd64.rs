@@ -263,6 +263,68 @@ pub fn lea_arg_at_call(address: u64, code: &[u8], callee: u64, arg: usize) -> Op
     None
 }
 
+/// Where argument `arg` sits in the closure passed to the call at `site`
+/// (`systemstack(func() { ... })`, the fatal paths' fallback site): its
+/// byte offset from the closure's start. The register is followed through
+/// the frame's stores, loads and moves to the call, straight through; the
+/// closure is where the last `lea rax, [rsp+base]` before the call points,
+/// and the argument's slot is the one inside the frame above it (its spill
+/// slot lies above the return address, in the caller's frame). See
+/// `arm64_data::closure_argument`.
+pub fn closure_argument(address: u64, code: &[u8], site: u64, arg: usize) -> Option<u64> {
+    let mut holds = vec![*ARG_REGS.get(arg)?];
+    // Offsets from the current RSP of the stack words that hold it.
+    let mut slots: Vec<i64> = Vec::new();
+    let mut frame = 0i64;
+    let mut closure = None;
+    let on_stack = |i: &Instruction, n: u32| {
+        (i.op_kind(n) == OpKind::Memory
+            && i.memory_base() == Register::RSP
+            && i.memory_index() == Register::None)
+            .then(|| i.memory_displacement64().cast_signed())
+    };
+    for i in decode(address, code) {
+        if i.ip() >= site {
+            break;
+        }
+        let dst = (i.op_count() > 0 && i.op0_kind() == OpKind::Register)
+            .then(|| i.op0_register().full_register());
+        let src = (i.op_count() > 1 && i.op1_kind() == OpKind::Register)
+            .then(|| i.op1_register().full_register());
+        match i.mnemonic() {
+            Mnemonic::Sub if dst == Some(Register::RSP) && i.op1_kind() != OpKind::Register => {
+                let n = i64::try_from(i.immediate(1)).ok()?;
+                slots.iter_mut().for_each(|s| *s += n);
+                frame += n;
+            }
+            Mnemonic::Lea if dst == Some(Register::RAX) => {
+                closure = on_stack(&i, 1);
+                holds.retain(|&r| r != Register::RAX);
+            }
+            _ => {
+                if let Some(at) = on_stack(&i, 0) {
+                    // A store: the words it covers now hold its source.
+                    let words = i64::try_from(i.memory_size().size().div_ceil(8)).ok()?;
+                    slots.retain(|s| !(at..at + 8 * words).contains(s));
+                    if words == 1 && src.is_some_and(|r| holds.contains(&r)) {
+                        slots.push(at);
+                    }
+                } else if let Some(d) = dst {
+                    let from_slot = on_stack(&i, 1).is_some_and(|at| slots.contains(&at));
+                    let from_reg = i.mnemonic() == Mnemonic::Mov && src.is_some_and(|r| holds.contains(&r));
+                    holds.retain(|&r| r != d);
+                    if i.mnemonic() == Mnemonic::Mov && (from_slot || from_reg) {
+                        holds.push(d);
+                    }
+                }
+            }
+        }
+    }
+    let base = closure?;
+    let slot = slots.into_iter().filter(|&s| s > base && s < frame).min()?;
+    u64::try_from(slot - base).ok()
+}
+
 /// The targets of the function's RIP-relative `lea`s, in code order. A
 /// global array indexed at run time is reached this way: `runtime.semtable`
 /// is the first one in `runtime.semrelease1` (`semtable.rootFor(addr)`,

@@ -3,6 +3,8 @@
 
 use std::collections::HashMap;
 
+use gostray_common::death_cookie;
+
 use object::{Object, ObjectKind, ObjectSection, ObjectSymbol};
 
 use super::{
@@ -62,7 +64,7 @@ pub fn analyse(bytes: &super::image::Bytes) -> Result<GoBinary, GoBinError> {
     } else {
         None
     };
-    let (layout, layout_source) = struct_layout(dwarf.as_ref(), &build, arch.machine())?;
+    let (layout, layout_source) = struct_layout(dwarf.as_ref(), &build, arch.machine)?;
 
     let found = find_functions(&pclntab, pcln);
     let code = |f: &Func| image.at(f.entry, usize::try_from(f.end - f.entry).ok()?);
@@ -96,7 +98,7 @@ pub fn analyse(bytes: &super::image::Bytes) -> Result<GoBinary, GoBinError> {
             .ok_or(GoBinError::MissingSymbol(name))
     };
     Ok(GoBinary {
-        machine: arch.machine(),
+        machine: arch.machine,
         version,
         build_id: image::build_id(&file),
         pie: file.kind() == ObjectKind::Dynamic,
@@ -199,7 +201,7 @@ fn read_pclntab(
 /// `runtime.allgs` and `runtime.allglen`: from `.symtab`, else DWARF, else
 /// decoded from `runtime.allgadd`.
 fn allg_addresses<'a>(
-    arch: &dyn Arch,
+    arch: &Arch,
     symbols: &HashMap<&str, (u64, u64)>,
     dwarf: Option<&dwarf::DwarfFacts>,
     allgadd: Option<&Func>,
@@ -221,7 +223,7 @@ fn allg_addresses<'a>(
     }
     let f = allgadd.ok_or(GoBinError::MissingSymbol(SYM_ALLGADD))?;
     let (a, l) = code(f)
-        .and_then(|c| arch.allg_addresses(f.entry, c))
+        .and_then(|c| (arch.allg_addresses)(f.entry, c))
         .ok_or(GoBinError::MissingSymbol(
             "runtime.allgs (not found by decoding runtime.allgadd)",
         ))?;
@@ -248,7 +250,7 @@ fn struct_layout(
 
 /// Every site of the list; a missing required one is an error.
 fn choose_all<'a>(
-    arch: &dyn Arch,
+    arch: &Arch,
     image: &Image,
     found: &HashMap<&str, Func>,
     code: impl Fn(&Func) -> Option<&'a [u8]> + Copy,
@@ -278,7 +280,7 @@ fn choose_all<'a>(
 /// the spec's message, read from the string header the code passes it;
 /// `None` when that cannot be read.
 fn panics_with<'a>(
-    arch: &dyn Arch,
+    arch: &Arch,
     image: &Image,
     spec: &sites::SiteSpec,
     found: &HashMap<&str, Func>,
@@ -287,7 +289,7 @@ fn panics_with<'a>(
 ) -> Option<bool> {
     let f = found.get(spec.function)?;
     let before = code(f)?.get(..usize::try_from(call.checked_sub(f.entry)?).ok()?)?;
-    let header = arch.panic_string(f.entry, before)?;
+    let header = (arch.panic_string)(f.entry, before)?;
     let raw = image.at(header, 16)?;
     let ptr = u64::from_le_bytes(raw[..8].try_into().ok()?);
     let len = u64::from_le_bytes(raw[8..16].try_into().ok()?);
@@ -313,7 +315,7 @@ fn data_symbols<'a>(file: &'a object::File<'a>) -> HashMap<&'a str, (u64, u64)> 
 /// The sites one spec selects, with their file offsets, and what to add
 /// to the spec's cookie (its fallback rule's, when that chose them).
 fn choose<'a>(
-    arch: &dyn Arch,
+    arch: &Arch,
     image: &Image,
     spec: &sites::SiteSpec,
     found: &HashMap<&str, Func>,
@@ -334,15 +336,36 @@ fn choose<'a>(
             fallback_cookie,
         } => match arch.sites(f.entry, body, Find::Entry { live_args }, None) {
             Ok(s) => (Ok(s), 0),
-            Err(_) => (
-                arch.sites(
+            Err(_) => {
+                let sites = arch.sites(
                     f.entry,
                     body,
                     Find::CallTo(callee),
                     found.get(callee).map(|f| f.entry),
-                ),
-                fallback_cookie,
-            ),
+                );
+                match sites {
+                    Ok(s) if fallback_cookie & death_cookie::CLOSURE != 0 => {
+                        // The arguments are in the closure: where exactly
+                        // differs by function and Go release.
+                        let at = s.first().and_then(|site| {
+                            (arch.closure_argument)(f.entry, body, site.address, 0)
+                        });
+                        match at {
+                            Some(offset) => (
+                                Ok(s),
+                                fallback_cookie | death_cookie::closure_at(offset),
+                            ),
+                            None => (
+                                Err(format!(
+                                    "the first argument is not traced into {callee}'s closure"
+                                )),
+                                0,
+                            ),
+                        }
+                    }
+                    other => (other, fallback_cookie),
+                }
+            }
         },
     };
     let mut sites = found_sites.map_err(|why| GoBinError::NoSite {
@@ -364,7 +387,7 @@ fn choose<'a>(
 /// when present, else decoded from `runtime.waitReason.String`, which also
 /// gives its length.
 fn wait_reasons<'a>(
-    arch: &dyn Arch,
+    arch: &Arch,
     image: &Image,
     symbols: &HashMap<&str, (u64, u64)>,
     string_fn: Option<&Func>,
@@ -373,7 +396,7 @@ fn wait_reasons<'a>(
     let from_symtab = symbols
         .get("runtime.waitReasonStrings")
         .map(|&(a, size)| (a, size / 16));
-    let decoded = string_fn.and_then(|f| arch.wait_reason_table(f.entry, code(f)?));
+    let decoded = string_fn.and_then(|f| (arch.wait_reason_table)(f.entry, code(f)?));
     from_symtab
         .or(decoded)
         .and_then(|(a, n)| waitreason::read_names(a, n, |a, n| image.at(a, n)))

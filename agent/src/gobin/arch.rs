@@ -1,4 +1,4 @@
-//! The per-architecture part of reading a Go binary, behind one trait:
+//! The per-architecture part of reading a Go binary, as one table of decoders:
 //! choosing probe instructions, recovering the data addresses a stripped
 //! binary no longer names, and the register ABI the kernel programs read.
 //! amd64 and arm64 are implemented, each chosen by the ELF machine.
@@ -48,123 +48,89 @@ impl std::fmt::Display for Machine {
     }
 }
 
-/// What the rest of `gobin` asks of an instruction set.
-pub trait Arch: Sync {
+/// What the rest of `gobin` asks of an instruction set: one table of
+/// that architecture's decoders, each a plain function of the code of a
+/// function at an address.
+pub struct Arch {
     /// Which instruction set this is.
-    fn machine(&self) -> Machine;
-
+    pub machine: Machine,
     /// The register ABI facts of [`RegisterAbi`].
-    fn abi(&self) -> &'static RegisterAbi;
-
+    pub abi: &'static RegisterAbi,
     /// The instruction class of the site whose code starts `code` and
     /// what the kernel does with a uprobe there, when it says more than
     /// the site's kind (arm64).
-    fn describe_site(&self, code: &[u8]) -> Option<String>;
-
-    /// Sites in the function at `address` (code `code`) chosen by `find`;
-    /// `callee` is the resolved address of the function `find` names.
-    fn sites(
-        &self,
-        address: u64,
-        code: &[u8],
-        find: Find,
-        callee: Option<u64>,
-    ) -> Result<Vec<ProbeSite>, String>;
-
+    pub describe_site: fn(code: &[u8]) -> Option<String>,
+    /// The call to a callee in the function at an address.
+    call_site: fn(u64, &[u8], u64) -> Found,
+    /// Every such call.
+    call_sites: fn(u64, &[u8], u64) -> Vec<ProbeSite>,
+    /// The entry, while the given argument registers still hold the
+    /// arguments.
+    entry_site: fn(u64, &[u8], &[usize]) -> Found,
     /// `(runtime.allgs, runtime.allglen)` from `runtime.allgadd`'s code.
-    fn allg_addresses(&self, address: u64, code: &[u8]) -> Option<(u64, u64)>;
-
+    pub allg_addresses: fn(address: u64, code: &[u8]) -> Option<(u64, u64)>,
     /// `(runtime.waitReasonStrings, length)` from `runtime.waitReason.String`.
-    fn wait_reason_table(&self, address: u64, code: &[u8]) -> Option<(u64, u64)>;
-
+    pub wait_reason_table: fn(address: u64, code: &[u8]) -> Option<(u64, u64)>,
     /// The address of the string header a `gopanic(plainError(...))` call
     /// ending `code` (which starts at `address`) passes: where the code
     /// last loaded the argument register from static data.
-    fn panic_string(&self, address: u64, code: &[u8]) -> Option<u64>;
-
+    pub panic_string: fn(address: u64, code: &[u8]) -> Option<u64>,
     /// The global whose address is passed as argument `arg` (ABI order) to
     /// the first call of `callee` (`runtime.mheap_` from `runtime.mallocinit`).
-    fn address_argument(&self, address: u64, code: &[u8], callee: u64, arg: usize) -> Option<u64>;
-
+    pub address_argument: fn(address: u64, code: &[u8], callee: u64, arg: usize) -> Option<u64>,
     /// Every global whose address the code takes, in code order.
-    fn addresses_taken(&self, address: u64, code: &[u8]) -> Vec<u64>;
-
+    pub addresses_taken: fn(address: u64, code: &[u8]) -> Vec<u64>,
     /// The slice global whose pointer and length the code reads first
     /// (`runtime.allp` from `runtime.retake`).
-    fn slice_read(&self, address: u64, code: &[u8]) -> Option<u64>;
+    pub slice_read: fn(address: u64, code: &[u8]) -> Option<u64>,
+    /// Where argument `arg` sits in the closure passed to the call at
+    /// `site`: its byte offset from the closure's start.
+    pub closure_argument: fn(address: u64, code: &[u8], site: u64, arg: usize) -> Option<u64>,
 }
 
 /// x86-64, Go's `ABIInternal` (Go ≥ 1.17).
-pub struct Amd64;
+pub static AMD64: Arch = Arch {
+    machine: Machine::Amd64,
+    abi: &amd64::ABI,
+    describe_site: |_| None,
+    call_site: amd64::call_site,
+    call_sites: amd64::call_sites,
+    entry_site: amd64::entry_site,
+    allg_addresses: amd64::allg_addresses,
+    wait_reason_table: amd64::wait_reason_table,
+    panic_string: amd64::panic_string,
+    address_argument: amd64::lea_arg_at_call,
+    addresses_taken: amd64::lea_targets,
+    slice_read: amd64::slice_loaded,
+    closure_argument: amd64::closure_argument,
+};
 
-impl Arch for Amd64 {
-    fn machine(&self) -> Machine {
-        Machine::Amd64
-    }
-
-    fn abi(&self) -> &'static RegisterAbi {
-        &amd64::ABI
-    }
-
-    fn describe_site(&self, _code: &[u8]) -> Option<String> {
-        None
-    }
-
-    fn sites(
-        &self,
-        address: u64,
-        code: &[u8],
-        find: Find,
-        callee: Option<u64>,
-    ) -> Result<Vec<ProbeSite>, String> {
-        let finders = SiteFinders {
-            call_site: amd64::call_site,
-            call_sites: amd64::call_sites,
-            entry_site: amd64::entry_site,
-        };
-        finders.find(address, code, find, callee)
-    }
-
-    fn allg_addresses(&self, address: u64, code: &[u8]) -> Option<(u64, u64)> {
-        amd64::allg_addresses(address, code)
-    }
-
-    fn wait_reason_table(&self, address: u64, code: &[u8]) -> Option<(u64, u64)> {
-        amd64::wait_reason_table(address, code)
-    }
-
-    fn panic_string(&self, address: u64, code: &[u8]) -> Option<u64> {
-        amd64::panic_string(address, code)
-    }
-
-    fn address_argument(&self, address: u64, code: &[u8], callee: u64, arg: usize) -> Option<u64> {
-        amd64::lea_arg_at_call(address, code, callee, arg)
-    }
-
-    fn addresses_taken(&self, address: u64, code: &[u8]) -> Vec<u64> {
-        amd64::lea_targets(address, code)
-    }
-
-    fn slice_read(&self, address: u64, code: &[u8]) -> Option<u64> {
-        amd64::slice_loaded(address, code)
-    }
-}
+/// `AArch64`, Go's `ABIInternal` (Go ≥ 1.18: arguments in R0–R15, g in
+/// R28).
+pub static ARM64: Arch = Arch {
+    machine: Machine::Arm64,
+    abi: &arm64::ABI,
+    describe_site: arm64::describe,
+    call_site: arm64::call_site,
+    call_sites: arm64::call_sites,
+    entry_site: arm64::entry_site,
+    allg_addresses: arm64_data::allg_addresses,
+    wait_reason_table: arm64_data::wait_reason_table,
+    panic_string: arm64_data::panic_string,
+    address_argument: arm64_data::address_argument,
+    addresses_taken: arm64_data::addresses_taken,
+    slice_read: arm64_data::slice_read,
+    closure_argument: arm64_data::closure_argument,
+};
 
 /// One site found, or why not.
 type Found = Result<ProbeSite, String>;
 
-/// An architecture's three ways of finding probe sites in a function's
-/// code (at an address): a call to a callee, every such call, the entry
-/// while the given argument registers still hold the arguments.
-struct SiteFinders {
-    call_site: fn(u64, &[u8], u64) -> Found,
-    call_sites: fn(u64, &[u8], u64) -> Vec<ProbeSite>,
-    entry_site: fn(u64, &[u8], &[usize]) -> Found,
-}
-
-impl SiteFinders {
-    /// The sites `find` asks for in the function at `address`.
-    fn find(
+impl Arch {
+    /// The sites `find` asks for in the function at `address` (code
+    /// `code`); `callee` is the resolved address of the function `find`
+    /// names.
+    pub fn sites(
         &self,
         address: u64,
         code: &[u8],
@@ -193,77 +159,20 @@ impl SiteFinders {
     }
 }
 
-/// `AArch64`, Go's `ABIInternal` (Go ≥ 1.18: arguments in R0–R15, g in
-/// R28).
-pub struct Arm64;
-
-impl Arch for Arm64 {
-    fn machine(&self) -> Machine {
-        Machine::Arm64
-    }
-
-    fn abi(&self) -> &'static RegisterAbi {
-        &arm64::ABI
-    }
-
-    fn describe_site(&self, code: &[u8]) -> Option<String> {
-        arm64::describe(code)
-    }
-
-    fn sites(
-        &self,
-        address: u64,
-        code: &[u8],
-        find: Find,
-        callee: Option<u64>,
-    ) -> Result<Vec<ProbeSite>, String> {
-        let finders = SiteFinders {
-            call_site: arm64::call_site,
-            call_sites: arm64::call_sites,
-            entry_site: arm64::entry_site,
-        };
-        finders.find(address, code, find, callee)
-    }
-
-    fn allg_addresses(&self, address: u64, code: &[u8]) -> Option<(u64, u64)> {
-        arm64_data::allg_addresses(address, code)
-    }
-
-    fn wait_reason_table(&self, address: u64, code: &[u8]) -> Option<(u64, u64)> {
-        arm64_data::wait_reason_table(address, code)
-    }
-
-    fn panic_string(&self, address: u64, code: &[u8]) -> Option<u64> {
-        arm64_data::panic_string(address, code)
-    }
-
-    fn address_argument(&self, address: u64, code: &[u8], callee: u64, arg: usize) -> Option<u64> {
-        arm64_data::address_argument(address, code, callee, arg)
-    }
-
-    fn addresses_taken(&self, address: u64, code: &[u8]) -> Vec<u64> {
-        arm64_data::addresses_taken(address, code)
-    }
-
-    fn slice_read(&self, address: u64, code: &[u8]) -> Option<u64> {
-        arm64_data::slice_read(address, code)
-    }
-}
-
 /// The implementation for an ELF machine (`e_machine`), or `None` when
 /// unsupported.
-pub fn for_machine(arch: object::Architecture) -> Option<&'static dyn Arch> {
+pub fn for_machine(arch: object::Architecture) -> Option<&'static Arch> {
     match arch {
-        object::Architecture::X86_64 => Some(&Amd64),
-        object::Architecture::Aarch64 => Some(&Arm64),
+        object::Architecture::X86_64 => Some(&AMD64),
+        object::Architecture::Aarch64 => Some(&ARM64),
         _ => None,
     }
 }
 
 /// The implementation for a [`Machine`].
-pub fn of(machine: Machine) -> &'static dyn Arch {
+pub fn of(machine: Machine) -> &'static Arch {
     match machine {
-        Machine::Amd64 => &Amd64,
-        Machine::Arm64 => &Arm64,
+        Machine::Amd64 => &AMD64,
+        Machine::Arm64 => &ARM64,
     }
 }

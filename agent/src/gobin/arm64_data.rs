@@ -203,6 +203,97 @@ fn immediate(o: &Operand) -> Option<u64> {
     }
 }
 
+/// SP (and the zero register) in a register operand.
+const SP: u16 = 31;
+
+/// Where argument `arg` sits in the closure passed to the call at `site`:
+/// its byte offset from the closure's start. This is the fatal paths'
+/// fallback site, `systemstack(func() { ... })` where the arguments are
+/// already overwritten in their registers; a closure's captured variables
+/// follow its code pointer in the order its body first uses them, so the
+/// offset differs between functions and Go releases (`runtime.fatal`'s
+/// string is at 8 up to Go 1.25, at 16 from 1.26, after the `_panic` it
+/// captures first).
+///
+/// The argument register is followed through the frame's stores, loads
+/// and moves to the call, straight through (the prologue and the
+/// closure's set-up do not branch); the closure is where the last `add
+/// x0, sp, #base` before the call points, and the argument's slot is the
+/// one inside the frame above it (its spill slot lies in the caller's
+/// frame, above this one).
+pub fn closure_argument(address: u64, code: &[u8], site: u64, arg: usize) -> Option<u64> {
+    let mut holds: std::collections::HashSet<u16> = [u16::try_from(arg).ok()?].into();
+    // Offsets from the current SP of the stack words that hold it.
+    let mut slots: std::collections::HashSet<i64> = std::collections::HashSet::new();
+    let mut frame = 0i64;
+    let mut closure = None;
+    for i in decode(address, code) {
+        if i.pc >= site {
+            break;
+        }
+        let op = i.op.as_ref()?;
+        let pair = matches!(op.opcode, Opcode::STP | Opcode::LDP);
+        let (regs, mem) = op.operands.split_at(if pair { 2 } else { 1 });
+        let on_stack = match mem.first() {
+            Some(&Operand::RegPreIndex(SP, off, writeback)) => Some((i64::from(off), writeback)),
+            _ => None,
+        };
+        match (op.opcode, on_stack) {
+            (Opcode::STR | Opcode::STUR | Opcode::STP, Some((off, writeback))) => {
+                let at = if writeback {
+                    // `str x30, [sp, #-N]!`: the frame; SP moves down.
+                    slots = slots.into_iter().map(|s| s - off).collect();
+                    frame -= off;
+                    0
+                } else {
+                    off
+                };
+                for (k, r) in (0i64..).zip(regs) {
+                    if reg(r).is_some_and(|n| n != SP && holds.contains(&n)) {
+                        slots.insert(at + 8 * k);
+                    } else {
+                        slots.remove(&(at + 8 * k));
+                    }
+                }
+            }
+            (Opcode::LDR | Opcode::LDUR | Opcode::LDP, Some((off, false))) => {
+                for (k, r) in (0i64..).zip(regs) {
+                    let Some(n) = reg(r) else { continue };
+                    if slots.contains(&(off + 8 * k)) {
+                        holds.insert(n);
+                    } else {
+                        holds.remove(&n);
+                    }
+                }
+            }
+            // `mov xD, xN` (`orr xD, xzr, xN`).
+            (Opcode::ORR, _)
+                if reg(&op.operands[1]) == Some(SP)
+                    && reg(&op.operands[2]).is_some_and(|n| holds.contains(&n)) =>
+            {
+                holds.extend(reg(&op.operands[0]));
+            }
+            _ => {
+                if op.opcode == Opcode::ADD
+                    && reg(&op.operands[0]) == Some(0)
+                    && reg(&op.operands[1]) == Some(SP)
+                {
+                    closure = immediate(&op.operands[2]).and_then(|b| i64::try_from(b).ok());
+                }
+                for w in written(op) {
+                    holds.remove(&w);
+                }
+            }
+        }
+    }
+    let base = closure?;
+    let slot = slots
+        .into_iter()
+        .filter(|&s| s > base && s < frame)
+        .min()?;
+    u64::try_from(slot - base).ok()
+}
+
 /// `runtime.allgs` and `runtime.allglen` from the code of
 /// `runtime.allgadd`, as on amd64: allgs is the lowest global accessed
 /// together with +8 and +16 (`append(allgs, gp)` reads the slice header);

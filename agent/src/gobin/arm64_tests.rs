@@ -13,7 +13,7 @@ use crate::gobin::arm64_data::{
     address_argument, addresses_taken, allg_addresses, panic_string, slice_read, wait_reason_table,
 };
 use crate::gobin::{
-    arch::{self, Arch, Machine},
+    arch::{self, Machine},
     arm64_uprobe::{classify, Uprobe},
     offsets,
     sites::{self, SiteKind},
@@ -321,22 +321,72 @@ fn arm64_decoded_addresses_match_the_symbol_table() {
                 let r = bin.function(name).unwrap_or_else(|| panic!("{name}"));
                 (r.entry, bin.code(r).unwrap().to_vec())
             };
-            let arm64 = arch::Arm64;
+            let arm64 = &arch::ARM64;
             let (at, c) = body("runtime.allgadd");
             assert_eq!(
-                arm64.allg_addresses(at, &c),
+                (arm64.allg_addresses)(at, &c),
                 Some((syms["runtime.allgs"], syms["runtime.allglen"])),
                 "{what}"
             );
             let (at, c) = body("runtime.waitReason.String");
-            let (table, count) = arm64.wait_reason_table(at, &c).expect("decoded");
+            let (table, count) = (arm64.wait_reason_table)(at, &c).expect("decoded");
             assert_eq!(table, syms["runtime.waitReasonStrings"], "{what}");
             assert_eq!(
                 usize::try_from(count).unwrap(),
                 bin.wait_reasons.len(),
                 "{what}"
             );
-            crate::gobin::heaplayout_tests::heap_roots_match_symbols(&arm64, &bin, &syms, &what);
+            crate::gobin::heaplayout_tests::heap_roots_match_symbols(arm64, &bin, &syms, &what);
+        }
+    }
+}
+
+/// The fatal paths' sites on a `systemstack` call (every arm64 release: a
+/// prologue's stores are single-stepped) read the message from the
+/// closure, at the offset decoded from the function. Checked against the
+/// closures' layouts as `go tool objdump` shows them: `runtime.fatal`
+/// captures the `_panic` before the string from Go 1.26.
+#[test]
+fn arm64_fatal_paths_read_the_arguments_where_the_closure_holds_them() {
+    use gostray_common::death_cookie;
+    let Some((dir, tools)) = toolchains() else {
+        return;
+    };
+    for (line, _) in &tools {
+        for variant in VARIANTS {
+            let path = fixture(&dir, line, variant);
+            let what = path.display().to_string();
+            let bin = GoBinary::open(&path).unwrap_or_else(|e| panic!("{what}: {e}"));
+            let minor: u32 = line.trim_start_matches("1.").parse().unwrap();
+            for s in bin.sites.iter().filter(|s| s.spec.program == gostray_common::PROG_FATAL) {
+                let cookie = s.cookie.unwrap_or(0);
+                if cookie & death_cookie::CLOSURE == 0 {
+                    continue;
+                }
+                let want = match s.function {
+                    "runtime.fatal" if minor >= 26 => 16,
+                    _ => 8,
+                };
+                assert_eq!(
+                    death_cookie::closure_offset(cookie),
+                    want,
+                    "{what}: {}",
+                    s.function
+                );
+            }
+            // From Go 1.21 `fatalpanic` has no simulated instruction
+            // before its argument is overwritten.
+            let fatalpanic = bin
+                .sites
+                .iter()
+                .find(|s| s.function == "runtime.fatalpanic")
+                .and_then(|s| s.cookie);
+            let want = if minor >= 21 {
+                death_cookie::PANIC | death_cookie::closure_at(8)
+            } else {
+                death_cookie::PANIC
+            };
+            assert_eq!(fatalpanic, Some(want), "{what}");
         }
     }
 }

@@ -96,7 +96,7 @@ fn heap_layout_dwarf_equals_table_and_stripped_twins() {
 /// `arch`'s decoders find the heap roots `mheap_`, `semtable` and `allp`
 /// in `bin` where its symbol table `syms` says they are.
 pub(super) fn heap_roots_match_symbols(
-    arch: &dyn super::arch::Arch,
+    arch: &super::arch::Arch,
     bin: &GoBinary,
     syms: &HashMap<&str, u64>,
     what: &str,
@@ -108,19 +108,19 @@ pub(super) fn heap_roots_match_symbols(
     let (at, c) = code(heaproots::FN_MALLOCINIT);
     let init = bin.function(heaproots::FN_MHEAP_INIT).unwrap().entry;
     assert_eq!(
-        arch.address_argument(at, &c, init, 0),
+        (arch.address_argument)(at, &c, init, 0),
         Some(syms["runtime.mheap_"]),
         "{what}: mheap_"
     );
     let (at, c) = code(heaproots::FN_SEMRELEASE);
     assert_eq!(
-        arch.addresses_taken(at, &c).first(),
+        (arch.addresses_taken)(at, &c).first(),
         Some(&syms["runtime.semtable"]),
         "{what}: semtable"
     );
     let (at, c) = code(heaproots::FN_RETAKE);
     assert_eq!(
-        arch.slice_read(at, &c),
+        (arch.slice_read)(at, &c),
         Some(syms["runtime.allp"]),
         "{what}: allp"
     );
@@ -143,7 +143,7 @@ fn decoded_heap_roots_match_the_symbol_table() {
                 .filter_map(|s| Some((s.name().ok()?, s.address())))
                 .collect();
             let what = format!("Go {line}{variant}");
-            heap_roots_match_symbols(&arch::Amd64, &bin, &syms, &what);
+            heap_roots_match_symbols(&arch::AMD64, &bin, &syms, &what);
             let (off, len) = super::image::section_range(&file, ".gopclntab")
                 .or_else(|| super::image::section_range(&file, ".data.rel.ro.gopclntab"))
                 .unwrap();

@@ -36,7 +36,7 @@ const SYM_ALLP: &str = "runtime.allp";
 
 /// What the rest of the analysis already found.
 pub struct Found<'a, C> {
-    pub arch: &'a dyn Arch,
+    pub arch: &'a Arch,
     pub symbols: &'a HashMap<&'a str, (u64, u64)>,
     pub dwarf: Option<&'a DwarfFacts>,
     pub functions: &'a HashMap<&'a str, Func>,
@@ -73,7 +73,7 @@ where
 {
     let (offsets, offsets_source) = match found.dwarf {
         Some(d) => (d.heap.clone()?, LayoutSource::Dwarf),
-        None => offsets::lookup_heap(version, found.arch.machine())
+        None => offsets::lookup_heap(version, found.arch.machine)
             .ok_or_else(|| format!("no DWARF and no heap offsets in the table for {version}"))?,
     };
     let globals = global_sections(file)?;
@@ -138,15 +138,15 @@ where
     let mheap = named(SYM_MHEAP).or_else(|| {
         let callee = found.functions.get(FN_MHEAP_INIT)?.entry;
         let (at, c) = code(FN_MALLOCINIT)?;
-        decoded(arch.address_argument(at, c, callee, 0))
+        decoded((arch.address_argument)(at, c, callee, 0))
     });
     let semtable = named(SYM_SEMTABLE).or_else(|| {
         let (at, c) = code(FN_SEMRELEASE)?;
-        decoded(arch.addresses_taken(at, c).first().copied())
+        decoded((arch.addresses_taken)(at, c).first().copied())
     });
     let allp = named(SYM_ALLP).or_else(|| {
         let (at, c) = code(FN_RETAKE)?;
-        decoded(arch.slice_read(at, c))
+        decoded((arch.slice_read)(at, c))
     });
     let firstmoduledata = named(SYM_FIRSTMODULEDATA)
         .or_else(|| found.moduledata.map(|a| (a, AddressSource::Decoded)));

@@ -230,14 +230,14 @@ impl GoBinary {
 
     /// The register ABI of the binary's machine.
     pub fn abi(&self) -> &'static RegisterAbi {
-        arch::of(self.machine).abi()
+        arch::of(self.machine).abi
     }
 
     /// The instruction class at `site` and what the kernel does with a
     /// uprobe there, where the machine says more than the site's kind.
     pub fn describe_site(&self, site: &ProbeSite) -> Option<String> {
         let code = self.image.at(site.address, 4)?;
-        arch::of(self.machine).describe_site(code)
+        (arch::of(self.machine).describe_site)(code)
     }
 
     // Interface for the leak detector (and the tests) rather than the agent so far.

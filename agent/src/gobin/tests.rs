@@ -170,9 +170,9 @@ fn decoded_data_addresses_match_the_symbol_table() {
                 let r = bin.function(name).unwrap();
                 (r.entry, bin.code(r).unwrap().to_vec())
             };
-            let amd64 = arch::Amd64;
+            let amd64 = &arch::AMD64;
             let (entry, c) = code("runtime.allgadd");
-            let decoded = arch::Arch::allg_addresses(&amd64, entry, &c);
+            let decoded = (amd64.allg_addresses)(entry, &c);
             assert_eq!(
                 decoded,
                 Some((syms["runtime.allgs"].0, syms["runtime.allglen"].0)),
@@ -197,7 +197,7 @@ fn decoded_data_addresses_match_the_symbol_table() {
             let (entry, c) = code("runtime.waitReason.String");
             let (addr, size) = syms["runtime.waitReasonStrings"];
             assert_eq!(
-                arch::Arch::wait_reason_table(&amd64, entry, &c),
+                (amd64.wait_reason_table)(entry, &c),
                 Some((addr, size / 16)),
                 "Go {line}{variant}"
             );
@@ -365,5 +365,26 @@ fn real_world_binaries_are_supported() {
         let f = bin.symbolize(bin.create_site.address).unwrap();
         assert_eq!(f.function, "runtime.newproc.func1");
         assert!(f.file.ends_with("runtime/proc.go"), "{}", f.file);
+    }
+}
+
+/// On amd64 only Go 1.19 has no emulated instruction on a fatal path
+/// before the arguments are overwritten: its `throw` and `fatalpanic` sites
+/// are the `systemstack` call, the argument first in each closure.
+#[test]
+fn amd64_fatal_paths_read_the_closure_only_on_go_1_19() {
+    use gostray_common::{death_cookie, PROG_FATAL};
+    let Some((dir, tools)) = toolchains() else {
+        return;
+    };
+    for (line, _) in &tools {
+        let path = fixture(&dir, line, "");
+        let bin = GoBinary::open(&path).unwrap();
+        for s in bin.sites.iter().filter(|s| s.spec.program == PROG_FATAL) {
+            let cookie = s.cookie.unwrap_or(0);
+            let want = (line == "1.19").then_some(8);
+            let got = (cookie & death_cookie::CLOSURE != 0).then(|| death_cookie::closure_offset(cookie));
+            assert_eq!(got, want, "{}: {}", path.display(), s.function);
+        }
     }
 }

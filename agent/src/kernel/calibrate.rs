@@ -66,11 +66,15 @@ const BATCHES: usize = 15;
 /// Where the fake goroutine's fields are (`ProcConfig` offsets).
 const FAKE_GOID: u32 = 16;
 
-#[cfg(target_arch = "x86_64")]
+/// The calibration sites: only their instructions, the bytes between two
+/// and where the probe sits in one, and how they are called differ by
+/// architecture.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 mod sites {
     // Five call sites, one per program priced and one never probed, each
     // `call` (5 bytes) then `ret` (1 byte): a call is emulated by the
     // kernel's uprobe code, as at the Go sites, so no hit single-steps.
+    #[cfg(target_arch = "x86_64")]
     core::arch::global_asm!(
         ".pushsection .text.gostray_calibration,\"ax\",@progbits",
         ".globl gostray_calibration_sites",
@@ -91,14 +95,51 @@ mod sites {
         ".popsection",
     );
 
+    // Five sites as on x86-64, each `mov x17, x30; bl 2f; ret x17`: the
+    // probe sits on the `bl`, which the arm64 kernel simulates for a
+    // uprobe as it does at the Go call sites. LR is kept in x17 (IP1, a
+    // scratch register) because the `bl` overwrites it.
+    #[cfg(target_arch = "aarch64")]
+    core::arch::global_asm!(
+        ".pushsection .text.gostray_calibration,\"ax\",@progbits",
+        ".globl gostray_calibration_sites",
+        ".p2align 4",
+        "gostray_calibration_sites:",
+        "mov x17, x30",
+        "bl 2f",
+        "ret x17",
+        "mov x17, x30",
+        "bl 2f",
+        "ret x17",
+        "mov x17, x30",
+        "bl 2f",
+        "ret x17",
+        "mov x17, x30",
+        "bl 2f",
+        "ret x17",
+        "mov x17, x30",
+        "bl 2f",
+        "ret x17",
+        "2:",
+        "ret",
+        ".popsection",
+    );
+
     extern "C" {
         fn gostray_calibration_sites();
     }
 
     /// Bytes between two sites.
+    #[cfg(target_arch = "x86_64")]
     pub const STRIDE: usize = 6;
-    /// The probed instruction's place in a site: its `call`.
+    #[cfg(target_arch = "aarch64")]
+    pub const STRIDE: usize = 12;
+    /// The probed instruction's place in a site: its `call` (x86-64) or
+    /// its `bl` (arm64).
+    #[cfg(target_arch = "x86_64")]
     pub const PROBE_AT: usize = 0;
+    #[cfg(target_arch = "aarch64")]
+    pub const PROBE_AT: usize = 4;
     /// The site no program is attached to: the cost of the call itself.
     pub const BARE: usize = 4;
 
@@ -113,6 +154,7 @@ mod sites {
     ///
     /// # Safety
     /// `site` must be one of the sites above.
+    #[cfg(target_arch = "x86_64")]
     #[inline(never)]
     pub unsafe fn call(site: usize, a: u64, b: u64, g: u64) {
         // SAFETY: the site is `call; ret` into a bare `ret`: it touches no
@@ -135,60 +177,13 @@ mod sites {
             );
         }
     }
-}
-
-#[cfg(target_arch = "aarch64")]
-mod sites {
-    // Five sites as on x86-64, each `mov x17, x30; bl 2f; ret x17`: the
-    // probe sits on the `bl`, which the arm64 kernel simulates for a
-    // uprobe as it does at the Go call sites. LR is kept in x17 (IP1, a
-    // scratch register) because the `bl` overwrites it.
-    core::arch::global_asm!(
-        ".pushsection .text.gostray_calibration,\"ax\",@progbits",
-        ".globl gostray_calibration_sites",
-        ".p2align 4",
-        "gostray_calibration_sites:",
-        "mov x17, x30",
-        "bl 2f",
-        "ret x17",
-        "mov x17, x30",
-        "bl 2f",
-        "ret x17",
-        "mov x17, x30",
-        "bl 2f",
-        "ret x17",
-        "mov x17, x30",
-        "bl 2f",
-        "ret x17",
-        "mov x17, x30",
-        "bl 2f",
-        "ret x17",
-        "2:",
-        "ret",
-        ".popsection",
-    );
-
-    extern "C" {
-        fn gostray_calibration_sites();
-    }
-
-    /// Bytes between two sites.
-    pub const STRIDE: usize = 12;
-    /// The probed instruction's place in a site: its `bl`.
-    pub const PROBE_AT: usize = 4;
-    /// The site no program is attached to: the cost of the call itself.
-    pub const BARE: usize = 4;
-
-    /// The first site's address in the agent's memory.
-    pub fn base() -> usize {
-        gostray_calibration_sites as *const () as usize
-    }
 
     /// Calls site `site` with Go's arm64 ABI registers as a Go call would
     /// have them: `a` in R0, `b` in R1, 0 in R2, and `g` in R28.
     ///
     /// # Safety
     /// `site` must be one of the sites above.
+    #[cfg(target_arch = "aarch64")]
     #[inline(never)]
     pub unsafe fn call(site: usize, a: u64, b: u64, g: u64) {
         // SAFETY: a site touches x17 and LR only, both declared clobbered

@@ -30,11 +30,12 @@ const TYPE_KIND: u32 = 23;
 /// an error or a Stringer). None of them returns, and none is reached
 /// while the program is healthy. The site is the `push rbp` of the
 /// prologue, or on Go 1.19 (no emulated instruction before the arguments
-/// are overwritten) the call to `runtime.systemstack`, whose closure holds
-/// the arguments (attach cookie, see `death_cookie`).
+/// are overwritten; arm64, whose prologue stores are single-stepped) the
+/// call to `runtime.systemstack`, whose closure holds the arguments at an
+/// offset the agent decoded (attach cookie, see `death_cookie`).
 /// Only the first hit of a process is sent (two goroutines can throw at
 /// once): see the `DIED` map.
-/// Checked on Go 1.19, 1.24, 1.27 (amd64).
+/// Checked on Go 1.19, 1.24, 1.27 (amd64) and 1.19, 1.27 (arm64, emulated).
 #[uprobe]
 pub fn fatal_error(ctx: ProbeContext) -> u32 {
     finish(&ctx, try_fatal_error(&ctx))
@@ -59,7 +60,7 @@ fn try_fatal_error(ctx: &ProbeContext) -> Result<(), ProbeError> {
     let cookie = unsafe { bpf_get_attach_cookie(ctx.regs.cast()) };
     let [rax, rbx, _] = goabi::first_args(ctx);
     let [a0, a1] = if cookie & death_cookie::CLOSURE != 0 {
-        read_pair(rax, 8)?
+        read_pair(rax, death_cookie::closure_offset(cookie) as u32)?
     } else {
         [rax, rbx]
     };
