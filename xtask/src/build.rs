@@ -187,8 +187,10 @@ pub fn build_static_agent(arch: Arch) -> anyhow::Result<PathBuf> {
         // rust-lld with the musl start files and libc the Rust target
         // ships (self-contained), so no foreign C library is needed.
         let var = target.replace('-', "_");
-        cmd.env(format!("CC_{var}"), c_compiler(arch).0)
-            .env(format!("CARGO_TARGET_{}_LINKER", var.to_uppercase()), "rust-lld");
+        cmd.env(format!("CC_{var}"), c_compiler(arch).0).env(
+            format!("CARGO_TARGET_{}_LINKER", var.to_uppercase()),
+            "rust-lld",
+        );
     }
     run(&mut cmd)?;
     done(t);

@@ -95,7 +95,11 @@ pub fn image(arches: &[Arch], rootfs_only: bool) -> anyhow::Result<()> {
     println!(
         "manifest list {}: {}",
         tag(),
-        arches.iter().map(|a| a.name()).collect::<Vec<_>>().join(", ")
+        arches
+            .iter()
+            .map(|a| a.name())
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     Ok(())
 }
@@ -200,7 +204,7 @@ fn build_manifest_list(arches: &[Arch]) -> anyhow::Result<()> {
         run_quiet(
             Command::new("buildah")
                 .args(["manifest", "add", "--os", "linux", "--arch", arch.name()])
-                .arg(&tag())
+                .arg(tag())
                 .arg(format!("containers-storage:{}", arch_tag(arch))),
         )?;
     }

@@ -87,9 +87,7 @@ const GROUPS: [GroupSpec; 3] = [
 /// What the creations the scans see would cost: a create and an exit hit
 /// each.
 fn lifecycle_estimate(w: &Window, price: &Calibration) -> f64 {
-    w.created_rate
-        * (price.cost_ns[hit::CREATE as usize] + price.cost_ns[hit::EXIT as usize])
-        / 1e9
+    w.created_rate * (price.cost_ns[hit::CREATE as usize] + price.cost_ns[hit::EXIT as usize]) / 1e9
 }
 
 /// The budget's state, owned by the control loop.
@@ -352,7 +350,10 @@ impl Agent {
                         continue;
                     };
                     let path = procfs::exe_path(pid);
-                    match self.kernel.attach_group(file, &path, &target, GROUPS[i].group) {
+                    match self
+                        .kernel
+                        .attach_group(file, &path, &target, GROUPS[i].group)
+                    {
                         Ok(()) => {
                             state.rearmed(i, now);
                             tracing::info!(

@@ -294,7 +294,9 @@ pub fn closure_argument(address: u64, code: &[u8], site: u64, arg: usize) -> Opt
         match i.mnemonic() {
             Mnemonic::Sub if dst == Some(Register::RSP) && i.op1_kind() != OpKind::Register => {
                 let n = i64::try_from(i.immediate(1)).ok()?;
-                slots.iter_mut().for_each(|s| *s += n);
+                for s in &mut slots {
+                    *s += n;
+                }
                 frame += n;
             }
             Mnemonic::Lea if dst == Some(Register::RAX) => {
@@ -311,7 +313,8 @@ pub fn closure_argument(address: u64, code: &[u8], site: u64, arg: usize) -> Opt
                     }
                 } else if let Some(d) = dst {
                     let from_slot = on_stack(&i, 1).is_some_and(|at| slots.contains(&at));
-                    let from_reg = i.mnemonic() == Mnemonic::Mov && src.is_some_and(|r| holds.contains(&r));
+                    let from_reg =
+                        i.mnemonic() == Mnemonic::Mov && src.is_some_and(|r| holds.contains(&r));
                     holds.retain(|&r| r != d);
                     if i.mnemonic() == Mnemonic::Mov && (from_slot || from_reg) {
                         holds.push(d);

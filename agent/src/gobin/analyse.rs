@@ -334,39 +334,14 @@ fn choose<'a>(
             live_args,
             callee,
             fallback_cookie,
-        } => match arch.sites(f.entry, body, Find::Entry { live_args }, None) {
-            Ok(s) => (Ok(s), 0),
-            Err(_) => {
-                let sites = arch.sites(
-                    f.entry,
-                    body,
-                    Find::CallTo(callee),
-                    found.get(callee).map(|f| f.entry),
-                );
-                match sites {
-                    Ok(s) if fallback_cookie & death_cookie::CLOSURE != 0 => {
-                        // The arguments are in the closure: where exactly
-                        // differs by function and Go release.
-                        let at = s.first().and_then(|site| {
-                            (arch.closure_argument)(f.entry, body, site.address, 0)
-                        });
-                        match at {
-                            Some(offset) => (
-                                Ok(s),
-                                fallback_cookie | death_cookie::closure_at(offset),
-                            ),
-                            None => (
-                                Err(format!(
-                                    "the first argument is not traced into {callee}'s closure"
-                                )),
-                                0,
-                            ),
-                        }
-                    }
-                    other => (other, fallback_cookie),
-                }
+        } => {
+            if let Ok(s) = arch.sites(f.entry, body, Find::Entry { live_args }, None) {
+                (Ok(s), 0)
+            } else {
+                let callee_at = found.get(callee).map(|f| f.entry);
+                call_fallback(arch, f.entry, body, callee, callee_at, fallback_cookie)
             }
-        },
+        }
     };
     let mut sites = found_sites.map_err(|why| GoBinError::NoSite {
         function: spec.function,
@@ -381,6 +356,39 @@ fn choose<'a>(
             })?;
     }
     Ok((sites, extra))
+}
+
+/// The fallback of [`Find::EntryElseCallTo`] in the function at `entry`:
+/// the call to `callee`, and what to add to the cookie. A closure site also
+/// says where the first argument sits in the closure, decoded; without
+/// that, no site (a wrong offset would read the wrong word).
+fn call_fallback(
+    arch: &Arch,
+    entry: u64,
+    body: &[u8],
+    callee: &'static str,
+    callee_at: Option<u64>,
+    cookie: u64,
+) -> (Result<Vec<super::ProbeSite>, String>, u64) {
+    let sites = match arch.sites(entry, body, Find::CallTo(callee), callee_at) {
+        Ok(s) => s,
+        Err(e) => return (Err(e), cookie),
+    };
+    if cookie & death_cookie::CLOSURE == 0 {
+        return (Ok(sites), cookie);
+    }
+    match sites
+        .first()
+        .and_then(|site| (arch.closure_argument)(entry, body, site.address, 0))
+    {
+        Some(offset) => (Ok(sites), cookie | death_cookie::closure_at(offset)),
+        None => (
+            Err(format!(
+                "the first argument is not traced into {callee}'s closure"
+            )),
+            0,
+        ),
+    }
 }
 
 /// The runtime's wait reason names: the table's address from `.symtab`

@@ -48,6 +48,10 @@ impl std::fmt::Display for Machine {
     }
 }
 
+/// A decoder of a data table from a function's code at an address: the
+/// table's address and its length.
+type TableDecoder = fn(address: u64, code: &[u8]) -> Option<(u64, u64)>;
+
 /// What the rest of `gobin` asks of an instruction set: one table of
 /// that architecture's decoders, each a plain function of the code of a
 /// function at an address.
@@ -68,9 +72,9 @@ pub struct Arch {
     /// arguments.
     entry_site: fn(u64, &[u8], &[usize]) -> Found,
     /// `(runtime.allgs, runtime.allglen)` from `runtime.allgadd`'s code.
-    pub allg_addresses: fn(address: u64, code: &[u8]) -> Option<(u64, u64)>,
+    pub allg_addresses: TableDecoder,
     /// `(runtime.waitReasonStrings, length)` from `runtime.waitReason.String`.
-    pub wait_reason_table: fn(address: u64, code: &[u8]) -> Option<(u64, u64)>,
+    pub wait_reason_table: TableDecoder,
     /// The address of the string header a `gopanic(plainError(...))` call
     /// ending `code` (which starts at `address`) passes: where the code
     /// last loaded the argument register from static data.

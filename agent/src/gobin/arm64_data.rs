@@ -287,10 +287,7 @@ pub fn closure_argument(address: u64, code: &[u8], site: u64, arg: usize) -> Opt
         }
     }
     let base = closure?;
-    let slot = slots
-        .into_iter()
-        .filter(|&s| s > base && s < frame)
-        .min()?;
+    let slot = slots.into_iter().filter(|&s| s > base && s < frame).min()?;
     u64::try_from(slot - base).ok()
 }
 

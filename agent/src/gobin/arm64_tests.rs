@@ -358,7 +358,11 @@ fn arm64_fatal_paths_read_the_arguments_where_the_closure_holds_them() {
             let what = path.display().to_string();
             let bin = GoBinary::open(&path).unwrap_or_else(|e| panic!("{what}: {e}"));
             let minor: u32 = line.trim_start_matches("1.").parse().unwrap();
-            for s in bin.sites.iter().filter(|s| s.spec.program == gostray_common::PROG_FATAL) {
+            for s in bin
+                .sites
+                .iter()
+                .filter(|s| s.spec.program == gostray_common::PROG_FATAL)
+            {
                 let cookie = s.cookie.unwrap_or(0);
                 if cookie & death_cookie::CLOSURE == 0 {
                     continue;

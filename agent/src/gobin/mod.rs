@@ -417,9 +417,7 @@ impl GoBinary {
             locals_maps: funcdata(stackmap::FUNCDATA_LOCALS_POINTER_MAPS),
             objects: funcdata(stackmap::FUNCDATA_STACK_OBJECTS),
         };
-        stackmap::layout(self.machine, &facts, innermost, |a, n| {
-            self.image.at(a, n)
-        })
+        stackmap::layout(self.machine, &facts, innermost, |a, n| self.image.at(a, n))
     }
 
     // Interface for the leak detector (and the tests) rather than the agent so far.

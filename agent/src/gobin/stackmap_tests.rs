@@ -91,7 +91,12 @@ fn an_empty_frame_needs_no_locals_map() {
     assert_eq!((l.size, l.pointers.clone()), (8, vec![8, 24]));
     // Only the saved frame pointer: still no locals.
     f.spdelta = 8;
-    assert_eq!(layout(Machine::Amd64, &f, false, |a, n| m.at(a, n)).unwrap().size, 16);
+    assert_eq!(
+        layout(Machine::Amd64, &f, false, |a, n| m.at(a, n))
+            .unwrap()
+            .size,
+        16
+    );
     // A real frame without its map cannot be read.
     f.spdelta = 40;
     assert!(layout(Machine::Amd64, &f, false, |a, n| m.at(a, n)).is_err());
@@ -103,7 +108,9 @@ fn argument_rules() {
     let mut f = facts(40, 1);
     f.args = 0;
     assert_eq!(
-        layout(Machine::Amd64, &f, false, |a, n| m.at(a, n)).unwrap().pointers,
+        layout(Machine::Amd64, &f, false, |a, n| m.at(a, n))
+            .unwrap()
+            .pointers,
         [16, 24]
     );
     f.args = i32::MIN;
@@ -118,7 +125,11 @@ fn flags_top_frame_and_sp_write() {
     let m = mem();
     let mut f = facts(40, 0);
     f.flag = FLAG_TOP_FRAME;
-    assert!(layout(Machine::Amd64, &f, false, |a, n| m.at(a, n)).unwrap().top);
+    assert!(
+        layout(Machine::Amd64, &f, false, |a, n| m.at(a, n))
+            .unwrap()
+            .top
+    );
     f.flag = FLAG_SP_WRITE;
     assert!(layout(Machine::Amd64, &f, true, |a, n| m.at(a, n)).is_ok());
     assert!(layout(Machine::Amd64, &f, false, |a, n| m.at(a, n)).is_err());
@@ -164,7 +175,10 @@ fn lying_maps_are_refused() {
     for at in [0x300, 0x400, 0x500] {
         let mut f = facts(40, 0);
         f.objects = Some(at);
-        assert!(layout(Machine::Amd64, &f, false, |a, n| m.at(a, n)).is_err(), "{at:#x}");
+        assert!(
+            layout(Machine::Amd64, &f, false, |a, n| m.at(a, n)).is_err(),
+            "{at:#x}"
+        );
     }
 }
 

@@ -383,7 +383,8 @@ fn amd64_fatal_paths_read_the_closure_only_on_go_1_19() {
         for s in bin.sites.iter().filter(|s| s.spec.program == PROG_FATAL) {
             let cookie = s.cookie.unwrap_or(0);
             let want = (line == "1.19").then_some(8);
-            let got = (cookie & death_cookie::CLOSURE != 0).then(|| death_cookie::closure_offset(cookie));
+            let got =
+                (cookie & death_cookie::CLOSURE != 0).then(|| death_cookie::closure_offset(cookie));
             assert_eq!(got, want, "{}: {}", path.display(), s.function);
         }
     }

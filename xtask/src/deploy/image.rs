@@ -99,7 +99,11 @@ fn scheduled_architectures(text: &str) -> Option<Vec<String>> {
 fn platforms_match() -> anyhow::Result<()> {
     let mut platforms = image::manifest_platforms()?;
     platforms.sort();
-    println!("    manifest list {}: {}", image::tag(), platforms.join(", "));
+    println!(
+        "    manifest list {}: {}",
+        image::tag(),
+        platforms.join(", ")
+    );
     for file in [
         "deploy/helm/gostray/values.yaml",
         "deploy/kubernetes/daemonset.yaml",

@@ -272,7 +272,9 @@ fn line_checks(run: &Run, line: &str, batch: Option<u64>) -> Vec<(String, bool)>
     ));
     let misuse = run.misuse.get(line).copied();
     out.push((
-        format!("Go {line}: one double close and one send on a closed channel (recovered): {misuse:?}"),
+        format!(
+            "Go {line}: one double close and one send on a closed channel (recovered): {misuse:?}"
+        ),
         misuse == Some((1, 1)),
     ));
     let died = run.deaths.get(line).copied();
