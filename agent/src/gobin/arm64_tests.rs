@@ -190,113 +190,115 @@ fn fixture(dir: &std::path::Path, line: &str, variant: &str) -> PathBuf {
     p
 }
 
-#[test]
-fn every_arm64_fixture_has_its_sites_on_simulated_instructions() {
+/// Calls `check` with each arm64 fixture of every Go line in `variants`:
+/// its line, variant and path, and the binary read.
+fn each_fixture(variants: &[&str], mut check: impl FnMut(&str, &str, &std::path::Path, &GoBinary)) {
     let Some((dir, tools)) = toolchains() else {
         return;
     };
     for (line, _) in &tools {
-        for variant in VARIANTS {
+        for variant in variants {
             let path = fixture(&dir, line, variant);
-            let what = path.display().to_string();
-            let bin = GoBinary::open(&path).unwrap_or_else(|e| panic!("{what}: {e}"));
-            assert_eq!(bin.machine, Machine::Arm64, "{what}");
-            assert!(bin.version.to_string().starts_with(&format!("go{line}.")));
-            let stripped = variant == "-stripped";
-            assert_eq!(
-                (bin.stripped, bin.has_dwarf),
-                (stripped, !stripped),
-                "{what}"
-            );
-            assert_eq!(bin.pie, variant == "-pie", "{what}");
-            if stripped {
-                assert!(matches!(bin.layout_source, LayoutSource::Table { .. }));
-                assert_eq!(bin.allgs_source, AddressSource::Decoded, "{what}");
-            } else {
-                assert_eq!(bin.layout_source, LayoutSource::Dwarf, "{what}");
-            }
-            let count = |name: &str| bin.sites.iter().filter(|s| s.name == name).count();
-            assert_eq!((count(sites::SITE_CREATE), count(sites::SITE_EXIT)), (1, 1));
-            assert!(
-                count(sites::SITE_BLOCK_CHAN) >= 4,
-                "{what}: {:?}",
-                bin.sites
-            );
-            assert_eq!(count(sites::SITE_CLOSE), 1, "{what}");
-            assert!(count(sites::SITE_SEND_CLOSED) >= 2, "{what}");
-            assert!(count(sites::SITE_THROW) >= 2 && count(sites::SITE_FATAL_PANIC) == 1);
-            // The heap walker's roots, decoded when stripped.
-            let heap = bin.heap_layout().unwrap_or_else(|e| panic!("{what}: {e}"));
-            let r = heap.roots;
-            assert!([r.mheap, r.semtable, r.allp]
-                .iter()
-                .all(|&a| heap.globals.in_bss(a)));
-            // The create site is the `bl runqput`, the new g in R1.
-            assert_eq!(bin.create_site.kind, SiteKind::Call, "{what}");
-            assert_eq!(bin.abi().create_new_g.number, 1);
-            for s in &bin.sites {
-                let word = bin
-                    .code(FuncRange {
-                        entry: s.site.address,
-                        end: s.site.address + 4,
-                    })
-                    .map(|b| u32::from_le_bytes(b.try_into().unwrap()))
-                    .unwrap();
-                assert!(
-                    matches!(classify(word), Uprobe::Simulated(_)),
-                    "{what}: {} in {} at {:#x}: {word:#010x} is not simulated",
-                    s.name,
-                    s.function,
-                    s.site.address
-                );
-                let f = bin.symbolize(s.site.address).unwrap();
-                assert_eq!(f.function, s.function, "{what}");
-                assert!(bin.describe_site(&s.site).unwrap().contains("simulated: "));
-            }
-            let names: Vec<&str> = bin.wait_reasons.iter().map(String::as_str).collect();
-            for (name, kind) in [
-                ("chan send", WaitReason::ChanSend),
-                ("chan receive", WaitReason::ChanReceive),
-            ] {
-                let n = names.iter().position(|&w| w == name);
-                let n = n.unwrap_or_else(|| panic!("{what}: no {name:?} in {names:?}"));
-                assert_eq!(bin.wait_reason(u8::try_from(n).unwrap()), kind);
-            }
-            // This agent (x86-64) must not attach to it.
-            if cfg!(target_arch = "x86_64") {
-                assert!(matches!(
-                    GoBinary::open_for_host(&path),
-                    Err(GoBinError::ForeignMachine {
-                        binary: Machine::Arm64,
-                        ..
-                    })
-                ));
-            }
+            let bin = GoBinary::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            check(line, variant, &path, &bin);
         }
     }
 }
 
 #[test]
-fn arm64_offsets_table_equals_dwarf() {
-    let Some((dir, tools)) = toolchains() else {
-        return;
-    };
-    for (line, _) in &tools {
-        for variant in ["", "-pie"] {
-            let bin = GoBinary::open(&fixture(&dir, line, variant)).unwrap();
-            let (table, source) = offsets::lookup(bin.version, Machine::Arm64).expect("entry");
-            assert!(!source.is_guess(), "Go {line}: run `cargo xtask offsets`");
-            assert_eq!(table.g, bin.offsets, "Go {line}{variant}: runtime.g");
-            assert_eq!(table.hchan, bin.hchan, "Go {line}{variant}: runtime.hchan");
-            assert_eq!(table.waitq, bin.waitq, "Go {line}{variant}");
-            assert_eq!(table.sudog, bin.sudog, "Go {line}{variant}");
-            let heap = bin
-                .heap_layout()
-                .unwrap_or_else(|e| panic!("Go {line}: {e}"));
-            let (want, _) = offsets::lookup_heap(bin.version, Machine::Arm64).unwrap();
-            assert_eq!(heap.offsets, want, "Go {line}{variant}: heap offsets");
+fn every_arm64_fixture_has_its_sites_on_simulated_instructions() {
+    each_fixture(&VARIANTS, |line, variant, path, bin| {
+        let what = path.display().to_string();
+        assert_eq!(bin.machine, Machine::Arm64, "{what}");
+        assert!(bin.version.to_string().starts_with(&format!("go{line}.")));
+        let stripped = variant == "-stripped";
+        assert_eq!(
+            (bin.stripped, bin.has_dwarf),
+            (stripped, !stripped),
+            "{what}"
+        );
+        assert_eq!(bin.pie, variant == "-pie", "{what}");
+        if stripped {
+            assert!(matches!(bin.layout_source, LayoutSource::Table { .. }));
+            assert_eq!(bin.allgs_source, AddressSource::Decoded, "{what}");
+        } else {
+            assert_eq!(bin.layout_source, LayoutSource::Dwarf, "{what}");
         }
-    }
+        let count = |name: &str| bin.sites.iter().filter(|s| s.name == name).count();
+        assert_eq!((count(sites::SITE_CREATE), count(sites::SITE_EXIT)), (1, 1));
+        assert!(
+            count(sites::SITE_BLOCK_CHAN) >= 4,
+            "{what}: {:?}",
+            bin.sites
+        );
+        assert_eq!(count(sites::SITE_CLOSE), 1, "{what}");
+        assert!(count(sites::SITE_SEND_CLOSED) >= 2, "{what}");
+        assert!(count(sites::SITE_THROW) >= 2 && count(sites::SITE_FATAL_PANIC) == 1);
+        // The heap walker's roots, decoded when stripped.
+        let heap = bin.heap_layout().unwrap_or_else(|e| panic!("{what}: {e}"));
+        let r = heap.roots;
+        assert!([r.mheap, r.semtable, r.allp]
+            .iter()
+            .all(|&a| heap.globals.in_bss(a)));
+        // The create site is the `bl runqput`, the new g in R1.
+        assert_eq!(bin.create_site.kind, SiteKind::Call, "{what}");
+        assert_eq!(bin.abi().create_new_g.number, 1);
+        for s in &bin.sites {
+            let word = bin
+                .code(FuncRange {
+                    entry: s.site.address,
+                    end: s.site.address + 4,
+                })
+                .map(|b| u32::from_le_bytes(b.try_into().unwrap()))
+                .unwrap();
+            assert!(
+                matches!(classify(word), Uprobe::Simulated(_)),
+                "{what}: {} in {} at {:#x}: {word:#010x} is not simulated",
+                s.name,
+                s.function,
+                s.site.address
+            );
+            let f = bin.symbolize(s.site.address).unwrap();
+            assert_eq!(f.function, s.function, "{what}");
+            assert!(bin.describe_site(&s.site).unwrap().contains("simulated: "));
+        }
+        let names: Vec<&str> = bin.wait_reasons.iter().map(String::as_str).collect();
+        for (name, kind) in [
+            ("chan send", WaitReason::ChanSend),
+            ("chan receive", WaitReason::ChanReceive),
+        ] {
+            let n = names.iter().position(|&w| w == name);
+            let n = n.unwrap_or_else(|| panic!("{what}: no {name:?} in {names:?}"));
+            assert_eq!(bin.wait_reason(u8::try_from(n).unwrap()), kind);
+        }
+        // This agent (x86-64) must not attach to it.
+        if cfg!(target_arch = "x86_64") {
+            assert!(matches!(
+                GoBinary::open_for_host(&path),
+                Err(GoBinError::ForeignMachine {
+                    binary: Machine::Arm64,
+                    ..
+                })
+            ));
+        }
+    });
+}
+
+#[test]
+fn arm64_offsets_table_equals_dwarf() {
+    each_fixture(&["", "-pie"], |line, variant, _, bin| {
+        let (table, source) = offsets::lookup(bin.version, Machine::Arm64).expect("entry");
+        assert!(!source.is_guess(), "Go {line}: run `cargo xtask offsets`");
+        assert_eq!(table.g, bin.offsets, "Go {line}{variant}: runtime.g");
+        assert_eq!(table.hchan, bin.hchan, "Go {line}{variant}: runtime.hchan");
+        assert_eq!(table.waitq, bin.waitq, "Go {line}{variant}");
+        assert_eq!(table.sudog, bin.sudog, "Go {line}{variant}");
+        let heap = bin
+            .heap_layout()
+            .unwrap_or_else(|e| panic!("Go {line}: {e}"));
+        let (want, _) = offsets::lookup_heap(bin.version, Machine::Arm64).unwrap();
+        assert_eq!(heap.offsets, want, "Go {line}{variant}: heap offsets");
+    });
 }
 
 /// The decoders give the symbol table's answers on the builds that have
@@ -349,48 +351,41 @@ fn arm64_decoded_addresses_match_the_symbol_table() {
 #[test]
 fn arm64_fatal_paths_read_the_arguments_where_the_closure_holds_them() {
     use gostray_common::death_cookie;
-    let Some((dir, tools)) = toolchains() else {
-        return;
-    };
-    for (line, _) in &tools {
-        for variant in VARIANTS {
-            let path = fixture(&dir, line, variant);
-            let what = path.display().to_string();
-            let bin = GoBinary::open(&path).unwrap_or_else(|e| panic!("{what}: {e}"));
-            let minor: u32 = line.trim_start_matches("1.").parse().unwrap();
-            for s in bin
-                .sites
-                .iter()
-                .filter(|s| s.spec.program == gostray_common::PROG_FATAL)
-            {
-                let cookie = s.cookie.unwrap_or(0);
-                if cookie & death_cookie::CLOSURE == 0 {
-                    continue;
-                }
-                let want = match s.function {
-                    "runtime.fatal" if minor >= 26 => 16,
-                    _ => 8,
-                };
-                assert_eq!(
-                    death_cookie::closure_offset(cookie),
-                    want,
-                    "{what}: {}",
-                    s.function
-                );
+    each_fixture(&VARIANTS, |line, _, path, bin| {
+        let what = path.display().to_string();
+        let minor: u32 = line.trim_start_matches("1.").parse().unwrap();
+        for s in bin
+            .sites
+            .iter()
+            .filter(|s| s.spec.program == gostray_common::PROG_FATAL)
+        {
+            let cookie = s.cookie.unwrap_or(0);
+            if cookie & death_cookie::CLOSURE == 0 {
+                continue;
             }
-            // From Go 1.21 `fatalpanic` has no simulated instruction
-            // before its argument is overwritten.
-            let fatalpanic = bin
-                .sites
-                .iter()
-                .find(|s| s.function == "runtime.fatalpanic")
-                .and_then(|s| s.cookie);
-            let want = if minor >= 21 {
-                death_cookie::PANIC | death_cookie::closure_at(8)
-            } else {
-                death_cookie::PANIC
+            let want = match s.function {
+                "runtime.fatal" if minor >= 26 => 16,
+                _ => 8,
             };
-            assert_eq!(fatalpanic, Some(want), "{what}");
+            assert_eq!(
+                death_cookie::closure_offset(cookie),
+                want,
+                "{what}: {}",
+                s.function
+            );
         }
-    }
+        // From Go 1.21 `fatalpanic` has no simulated instruction
+        // before its argument is overwritten.
+        let fatalpanic = bin
+            .sites
+            .iter()
+            .find(|s| s.function == "runtime.fatalpanic")
+            .and_then(|s| s.cookie);
+        let want = if minor >= 21 {
+            death_cookie::PANIC | death_cookie::closure_at(8)
+        } else {
+            death_cookie::PANIC
+        };
+        assert_eq!(fatalpanic, Some(want), "{what}");
+    });
 }
