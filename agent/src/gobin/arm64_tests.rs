@@ -274,7 +274,7 @@ fn every_arm64_fixture_has_its_sites_on_simulated_instructions() {
         // This agent (x86-64) must not attach to it.
         if cfg!(target_arch = "x86_64") {
             assert!(matches!(
-                GoBinary::open_for_host(&path),
+                GoBinary::open_for_host(path),
                 Err(GoBinError::ForeignMachine {
                     binary: Machine::Arm64,
                     ..
