@@ -48,6 +48,7 @@ now_ms() {
 # polling, so the timed batches are timed to the line, and no poll loop
 # competes with them. One line's fixtures run at a time.
 start() {
+	rm -f /tmp/$1-$2.in /tmp/$1-$2.out
 	mkfifo /tmp/$1-$2.in /tmp/$1-$2.out
 	/$1-$2 </tmp/$1-$2.in >/tmp/$1-$2.out 2>&1 &
 	eval "PID_$1=\$!"
@@ -240,6 +241,30 @@ for L in $(echo "$LINES" | tr , ' '); do
 		sleep 1
 	done
 	say "death line=$L reason=unlock_of_unlocked count=$DIED waited=${i}s"
+
+	# A fresh leak fixture, and an unrecovered panic: the fatal panic
+	# probe, whose message the agent must have read.
+	exec 4>&- 6<&-
+	start vmleak $L
+	watched $PID_vmleak
+	tell vmleak panic
+	i=0
+	while kill -0 $PID_vmleak 2>/dev/null && [ $i -lt 30 ]; do
+		i=$((i + 1))
+		sleep 1
+	done
+	i=0
+	while :; do
+		scrape
+		DIED=$(metric gostray_process_deaths_total "$PID_vmleak" 'reason="panic"')
+		[ "$DIED" != 0 ] && break
+		i=$((i + 1))
+		[ $i -gt 30 ] && break
+		sleep 1
+	done
+	get /api/v1/leaks /tmp/leaks
+	MSG=$(grep -c 'vmleak: the worker pool is gone' /tmp/leaks)
+	say "panic line=$L reason=panic count=$DIED message_found=$MSG waited=${i}s"
 	exec 3>&- 4>&- 5<&- 6<&-
 done
 

@@ -15,6 +15,8 @@
 //	        "ok misuse"
 //	unlock  unlocks an unlocked mutex: the runtime's fatal error, which no
 //	        recover stops, and the process dies (exit status 2)
+//	panic   panics with PanicMessage and nothing recovers it: the process
+//	        dies (exit status 2)
 //	quit    exits
 package main
 
@@ -67,6 +69,15 @@ func unlock() {
 	mu.Unlock()
 }
 
+// PanicMessage is the unrecovered panic's value; the VM's judge looks for
+// it in the agent's record of the death.
+const PanicMessage = "vmleak: the worker pool is gone"
+
+//go:noinline
+func giveUp() {
+	panic(PanicMessage)
+}
+
 func main() {
 	fmt.Println("ready")
 	in := bufio.NewScanner(os.Stdin)
@@ -90,6 +101,8 @@ func main() {
 			fmt.Println("ok misuse")
 		case "unlock":
 			unlock()
+		case "panic":
+			giveUp()
 		default:
 			fmt.Println("error: unknown command")
 		}

@@ -36,6 +36,9 @@ pub struct Run {
     pub misuse: HashMap<String, (u64, u64)>,
     /// Deaths of the leak fixture with reason `unlock_of_unlocked`.
     pub deaths: HashMap<String, u64>,
+    /// Deaths of the second leak fixture by an unrecovered panic, and
+    /// whether the panic's value is in the agent's report.
+    pub panics: HashMap<String, (u64, bool)>,
     /// The leak fixture's parked stacks in the last heap walk: read
     /// through their stack maps, and conservatively.
     pub stacks: HashMap<String, (u64, u64)>,
@@ -113,6 +116,10 @@ pub fn parse(console: &str) -> Run {
             }
             "death" => {
                 run.deaths.insert(go, num(&f, "count"));
+            }
+            "panic" => {
+                run.panics
+                    .insert(go, (num(&f, "count"), num(&f, "message_found") > 0));
             }
             "stacks" => {
                 run.stacks
@@ -282,6 +289,11 @@ fn line_checks(run: &Run, line: &str, batch: Option<u64>) -> Vec<(String, bool)>
         format!("Go {line}: the fatal error's death recorded as unlock_of_unlocked: {died:?}"),
         died == Some(1),
     ));
+    let panicked = run.panics.get(line).copied();
+    out.push((
+        format!("Go {line}: the unrecovered panic's death recorded as panic, with its value: {panicked:?}"),
+        panicked == Some((1, true)),
+    ));
     out
 }
 
@@ -304,6 +316,7 @@ gostray-vm: report line=1.27 {"processes":[{"pid":77,"groups":[{"verdict":"live"
 gostray-vm: stacks line=1.27 precise=7 fallback=0
 gostray-vm: misuse line=1.27 double_closes=1 sends_on_closed=1 waited=1s
 gostray-vm: death line=1.27 reason=unlock_of_unlocked count=1 waited=0s
+gostray-vm: panic line=1.27 reason=panic count=1 message_found=1 waited=0s
 gostray-vm: counts line=1.19 phase=attach created=4 exited=1 live=4 lost=0 numgoroutine=1
 gostray-vm: counts line=1.19 phase=spawn exiting=100 blocking=50 created=154 exited=101 live=54 lost=0 numgoroutine=51
 gostray-vm: counts line=1.19 phase=release created=154 exited=151 live=4 lost=0 numgoroutine=1
@@ -312,6 +325,7 @@ gostray-vm: report line=1.19 {"processes":[{"pid":90,"groups":[{"verdict":"leak"
 gostray-vm: stacks line=1.19 precise=6 fallback=0
 gostray-vm: misuse line=1.19 double_closes=1 sends_on_closed=1 waited=1s
 gostray-vm: death line=1.19 reason=unlock_of_unlocked count=1 waited=0s
+gostray-vm: panic line=1.19 reason=panic count=1 message_found=2 waited=0s
 gostray-vm: end
 "#;
 
@@ -331,7 +345,7 @@ gostray-vm: end
         let run = parse(CONSOLE);
         let failed = failed(&run);
         assert!(failed.is_empty(), "{failed:?}");
-        assert_eq!(checks(&run, 1000, &lines()).len(), 4 + 9 + 8);
+        assert_eq!(checks(&run, 1000, &lines()).len(), 4 + 10 + 9);
         assert_eq!(leaked_functions(&run, "1.27"), [LEAK_FUNCTION]);
         assert_eq!(
             leak_group(&run, "1.19"),
@@ -354,6 +368,7 @@ gostray-vm: end
             ("\"verdict\":\"live\"", "\"verdict\":\"leak\""),
             ("line=1.19 precise=6 fallback=0", "line=1.19 precise=4 fallback=2"),
             ("line=1.27 reason=unlock_of_unlocked count=1", "line=1.27 reason=unlock_of_unlocked count=0"),
+            ("line=1.19 reason=panic count=1 message_found=2", "line=1.19 reason=panic count=1 message_found=0"),
         ] {
             assert!(CONSOLE.contains(from), "{from}");
             let run = parse(&CONSOLE.replace(from, to));
