@@ -36,7 +36,7 @@ const MAX_FILE_LEN: usize = 256;
 /// generic instantiations spell out their type arguments.
 const MAX_FUNCTION_LEN: usize = 256;
 
-fn site_of(f: Frame) -> Site {
+fn site_of(f: &Frame) -> Site {
     Site {
         function: bounded_to(&f.function, MAX_FUNCTION_LEN),
         file: bounded_to(&f.file, MAX_FILE_LEN),
@@ -46,13 +46,16 @@ fn site_of(f: Frame) -> Site {
 
 impl Symbols for ProcSymbols {
     fn site(&self, pc: u64) -> Option<Site> {
-        self.bin.symbolize(pc.wrapping_sub(self.bias)).map(site_of)
+        self.bin
+            .symbolize(pc.wrapping_sub(self.bias))
+            .as_ref()
+            .map(site_of)
     }
 
     fn frames(&self, pc: u64) -> Vec<Site> {
         self.bin
             .symbolize_inline(pc.wrapping_sub(self.bias))
-            .into_iter()
+            .iter()
             .map(site_of)
             .collect()
     }

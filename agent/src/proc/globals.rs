@@ -74,11 +74,11 @@ fn pointer_slots(
     if n == 0 || n > MAX_BITS || n * 8 > range.hi - range.lo + 8 {
         return None;
     }
-    let mut bits = vec![0u8; n.div_ceil(8) as usize];
-    mem::read(pid, bytes, &mut bits).ok()?;
+    let mut bitmap = vec![0u8; n.div_ceil(8) as usize];
+    mem::read(pid, bytes, &mut bitmap).ok()?;
     Some(
         (0..n)
-            .filter(|&i| bits[(i / 8) as usize] & (1 << (i % 8)) != 0)
+            .filter(|&i| bitmap[(i / 8) as usize] & (1 << (i % 8)) != 0)
             .map(|i| range.lo + i * 8)
             .collect(),
     )

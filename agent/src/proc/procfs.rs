@@ -199,7 +199,7 @@ mod tests {
         {
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
-        for state in ["zombie", "reaped"] {
+        let check = |state: &str| {
             assert!(FileId::of(&exe_path(pid)).is_err(), "{state}");
             assert!(exe_name(pid).is_err(), "{state}");
             assert!(crate::discovery::fingerprint(pid).is_err(), "{state}");
@@ -217,10 +217,10 @@ mod tests {
             // A zombie still has a cgroup file; a reaped PID has none.
             let placement = crate::k8s::cgroup::placement(pid);
             assert_eq!(placement.container_id, None, "{state}");
-            if state == "zombie" {
-                child.wait().unwrap();
-            }
-        }
+        };
+        check("zombie");
+        child.wait().unwrap();
+        check("reaped");
         assert!(running_since(pid).is_none());
     }
 

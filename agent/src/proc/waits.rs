@@ -164,7 +164,7 @@ pub(super) fn sema_waiters(pid: u32, layout: &BinLayout, bias: u64) -> SemaWaite
         sudogs: Vec::new(),
     };
     let base = layout.roots.semtable.wrapping_add(bias);
-    let mut work: Vec<u64> = (0..u64::from(t.entries))
+    let mut pending: Vec<u64> = (0..u64::from(t.entries))
         .filter_map(|i| {
             let at = base.wrapping_add(i * u64::from(t.entry_size) + u64::from(t.root_treap));
             mem::read_u64(pid, at).ok()
@@ -178,7 +178,7 @@ pub(super) fn sema_waiters(pid: u32, layout: &BinLayout, bias: u64) -> SemaWaite
         .unwrap_or(0) as usize
         + 8;
     let mut buf = vec![0u8; record];
-    while let Some(at) = work.pop() {
+    while let Some(at) = pending.pop() {
         if seen.len() >= MAX_SEMA_NODES || !seen.insert(at) || mem::read(pid, at, &mut buf).is_err()
         {
             continue;
@@ -189,7 +189,7 @@ pub(super) fn sema_waiters(pid: u32, layout: &BinLayout, bias: u64) -> SemaWaite
         if g != 0 && elem != 0 {
             out.by_g.insert(g, elem);
         }
-        work.extend(
+        pending.extend(
             [word(s.waitlink), word(s.next), word(s.prev)]
                 .into_iter()
                 .filter(|&p| p != 0),

@@ -97,6 +97,10 @@ impl std::error::Error for WalkError {}
 /// is one bit per 8 heap bytes at most (`max_heap_bytes / 64` bytes), the
 /// span table is `max_spans` entries, the work list `max_objects`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(
+    clippy::struct_field_names,
+    reason = "each field is a maximum, and says so where it is read"
+)]
 pub struct Budget {
     /// Bytes requested from [`Memory`] over the whole walk, failed reads included.
     pub max_bytes_read: u64,

@@ -153,12 +153,12 @@ fn classify(marker: &mut Marker<'_>, input: &Input) -> Wake {
         stack_waiters: HashMap::new(),
     };
     for (ci, c) in input.candidates.iter().enumerate() {
-        let placed = c
+        let classified = c
             .primitives
             .iter()
             .filter(|&&p| classify_one(marker, input, &places, &mut wake, ci, p, c.guessed))
             .count();
-        if c.guessed && placed == 0 {
+        if c.guessed && classified == 0 {
             // Nothing in its frames names a primitive: it cannot be judged.
             let addr = c.primitives.first().copied().unwrap_or(0);
             wake.queue.push_back((ci, RootKind::Unresolved { addr }));

@@ -196,7 +196,11 @@ impl Tracker {
             return;
         };
         let live = &proc.live;
-        let since = |goid| live.get(&goid).and_then(|g| g.blocked_since()).unwrap_or(0);
+        let since = |goid| {
+            live.get(&goid)
+                .and_then(goroutine::Goroutine::blocked_since)
+                .unwrap_or(0)
+        };
         proc.proofs
             .observe(now_ns, walked, since, proc.lost_total, min_gap_ns);
     }
