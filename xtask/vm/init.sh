@@ -127,6 +127,27 @@ watched() {
 	done
 }
 
+# die CMD REASON: tells the leak fixture CMD, which kills it, waits (30 s
+# at most) for it to be gone, then scrapes (30 s at most) until the agent
+# counts its death with REASON; the count is left in $DIED.
+die() {
+	tell vmleak "$1"
+	i=0
+	while kill -0 $PID_vmleak 2>/dev/null && [ $i -lt 30 ]; do
+		i=$((i + 1))
+		sleep 1
+	done
+	i=0
+	while :; do
+		scrape
+		DIED=$(metric gostray_process_deaths_total "$PID_vmleak" "reason=\"$2\"")
+		[ "$DIED" != 0 ] && break
+		i=$((i + 1))
+		[ $i -gt 30 ] && break
+		sleep 1
+	done
+}
+
 say "boot kernel=$(uname -r) machine=$(uname -m) cpus=$(grep -c ^processor /proc/cpuinfo) lines=$LINES"
 start spawner $FIRST
 start vmleak $FIRST
@@ -225,21 +246,7 @@ for L in $(echo "$LINES" | tr , ' '); do
 	say "misuse line=$L double_closes=$D sends_on_closed=$S waited=${i}s"
 
 	# The runtime's fatal error: the fixture dies.
-	tell vmleak unlock
-	i=0
-	while kill -0 $PID_vmleak 2>/dev/null && [ $i -lt 30 ]; do
-		i=$((i + 1))
-		sleep 1
-	done
-	i=0
-	while :; do
-		scrape
-		DIED=$(metric gostray_process_deaths_total "$PID_vmleak" 'reason="unlock_of_unlocked"')
-		[ "$DIED" != 0 ] && break
-		i=$((i + 1))
-		[ $i -gt 30 ] && break
-		sleep 1
-	done
+	die unlock unlock_of_unlocked
 	say "death line=$L reason=unlock_of_unlocked count=$DIED waited=${i}s"
 
 	# A fresh leak fixture, and an unrecovered panic: the fatal panic
@@ -247,21 +254,7 @@ for L in $(echo "$LINES" | tr , ' '); do
 	exec 4>&- 6<&-
 	start vmleak $L
 	watched $PID_vmleak
-	tell vmleak panic
-	i=0
-	while kill -0 $PID_vmleak 2>/dev/null && [ $i -lt 30 ]; do
-		i=$((i + 1))
-		sleep 1
-	done
-	i=0
-	while :; do
-		scrape
-		DIED=$(metric gostray_process_deaths_total "$PID_vmleak" 'reason="panic"')
-		[ "$DIED" != 0 ] && break
-		i=$((i + 1))
-		[ $i -gt 30 ] && break
-		sleep 1
-	done
+	die panic panic
 	get /api/v1/leaks /tmp/leaks
 	MSG=$(grep -c 'vmleak: the worker pool is gone' /tmp/leaks)
 	say "panic line=$L reason=panic count=$DIED message_found=$MSG waited=${i}s"

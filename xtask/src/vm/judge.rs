@@ -133,16 +133,20 @@ pub fn parse(console: &str) -> Run {
     run
 }
 
+/// The groups of Go `line`'s leak fixture's entry in its report.
+fn fixture_groups<'a>(run: &'a Run, line: &str) -> Option<&'a Vec<Value>> {
+    let pid = *run.leak_pid.get(line)?;
+    run.reports.get(line)?["processes"]
+        .as_array()?
+        .iter()
+        .find(|p| p["pid"] == pid)?["groups"]
+        .as_array()
+}
+
 /// The leak group of [`LEAK_FUNCTION`] in Go `line`'s leak fixture's
 /// report entry: (verdict, wait reason, count, created at), if there is one.
 pub fn leak_group(run: &Run, line: &str) -> Option<(String, String, u64, String)> {
-    let pid = *run.leak_pid.get(line)?;
-    let process = run.reports.get(line)?["processes"]
-        .as_array()?
-        .iter()
-        .find(|p| p["pid"] == pid)?;
-    let g = process["groups"]
-        .as_array()?
+    let g = fixture_groups(run, line)?
         .iter()
         .find(|g| g["start_function"] == LEAK_FUNCTION)?;
     let s = |v: &Value| v.as_str().unwrap_or_default().to_string();
@@ -161,20 +165,9 @@ pub fn leak_group(run: &Run, line: &str) -> Option<(String, String, u64, String)
 /// The start functions of every group judged `leak` in Go `line`'s leak
 /// fixture's report entry.
 pub fn leaked_functions(run: &Run, line: &str) -> Vec<String> {
-    let Some(pid) = run.leak_pid.get(line) else {
-        return Vec::new();
-    };
-    let groups = run.reports.get(line).and_then(|r| {
-        r["processes"]
-            .as_array()?
-            .iter()
-            .find(|p| p["pid"] == *pid)?["groups"]
-            .as_array()
-            .cloned()
-    });
-    groups
-        .unwrap_or_default()
-        .iter()
+    fixture_groups(run, line)
+        .into_iter()
+        .flatten()
         .filter(|g| g["verdict"] == "leak")
         .map(|g| g["start_function"].as_str().unwrap_or("?").to_string())
         .collect()
