@@ -119,11 +119,23 @@ struct ScanPass {
 /// goroutine IDs out in order, in batches of 16 per P, so the advance of
 /// the highest ID a scan sees is the number created since the last scan,
 /// short-lived goroutines included, to within 16 per P; exits follow from
-/// the live count.
+/// the live count, counted from where the scans took over (`since`).
 #[derive(Debug, Default)]
 struct ScanCounts {
     top_goid: u64,
-    live_at_attach: u64,
+    since: Tally,
+    /// Goroutines the last scan with the probes on no longer found while
+    /// their exit events were still in the ring. Should the probes go
+    /// before those events arrive, they are the exits nothing else counts.
+    dropped: GoidSet,
+}
+
+/// Created, exited and live at one moment.
+#[derive(Debug, Default, Clone, Copy)]
+struct Tally {
+    created: u64,
+    exited: u64,
+    live: u64,
 }
 
 impl ProcessState {
@@ -186,11 +198,25 @@ impl ProcessState {
     /// Switches where creations and exits are counted from: the lifecycle
     /// probes (`on`) or the scans, as when the overhead budget detaches or
     /// re-arms them. The totals carry on from where they are. In scan mode
-    /// the exits are the goroutines counted (live at attach, plus created)
-    /// that the live count no longer holds, which also counts the exits
-    /// still in flight when the probes went.
+    /// the exits are the goroutines counted (live at the switch, plus
+    /// created since) that the live count no longer holds, which also
+    /// counts the exits still in flight when the probes went. Counting from
+    /// the switch, not from attach, keeps the exits moving after events
+    /// were lost: a lost creation whose exit was counted would otherwise
+    /// hold them still.
     pub fn set_lifecycle_probes(&mut self, on: bool) {
+        if !on && !self.from_scans {
+            self.scan_counts.since = self.tally();
+        }
         self.from_scans = !on;
+    }
+
+    fn tally(&self) -> Tally {
+        Tally {
+            created: self.created_total,
+            exited: self.exited_total,
+            live: self.live_count(),
+        }
     }
 
     /// Whether creations and exits are counted from the lifecycle probes.
@@ -202,8 +228,13 @@ impl ProcessState {
     pub(super) fn created(&mut self, event: &GoroutineEvent) {
         if self.from_scans {
             // An event still in flight when the probes went: counted like a
-            // scan would count it, by the advance of the highest ID.
-            self.count_from_top(event.goid);
+            // scan would count it, by the advance of the highest ID. If a
+            // scan listed the goroutine before its event came, it was live
+            // at the switch with its creation not yet counted.
+            if self.count_from_top(event.goid) && self.live.contains_key(&event.goid) {
+                let since = &mut self.scan_counts.since;
+                since.live = since.live.saturating_sub(1);
+            }
         } else {
             self.created_total += 1;
             self.scan_counts.top_goid = self.scan_counts.top_goid.max(event.goid);
@@ -227,6 +258,13 @@ impl ProcessState {
     pub(super) fn exited(&mut self, goid: u64, at_ns: u64) {
         // In scan mode the scan's live count gives the exits.
         self.exited_total += u64::from(!self.from_scans);
+        if self.scan_counts.dropped.remove(&goid) {
+            if self.from_scans {
+                self.exited_total += 1;
+                self.scan_counts.since.exited += 1;
+            }
+            return;
+        }
         if let Some(g) = self.live.remove(&goid) {
             if g.created_ns != 0 && at_ns >= g.created_ns {
                 self.lifetimes.observe_ns(at_ns - g.created_ns);
@@ -306,7 +344,8 @@ impl ProcessState {
         self.phase = Phase::Ready;
         self.scan_counts = ScanCounts {
             top_goid: scanned.iter().map(|g| g.goid).max().unwrap_or(0),
-            live_at_attach: self.live_count(),
+            since: self.tally(),
+            dropped: GoidSet::default(),
         };
     }
 
@@ -372,15 +411,28 @@ impl ProcessState {
     pub(super) fn end_scan(&mut self, started_ns: u64) {
         let mark = self.pass.mark;
         let before = self.live.len();
-        self.live
-            .retain(|_, g| g.seen.mark == mark || g.created_ns >= started_ns);
+        let from_scans = self.from_scans;
+        let bound = self.max_goroutines;
+        let mut dropped = GoidSet::default();
+        self.live.retain(|&goid, g| {
+            let keep = g.seen.mark == mark || g.created_ns >= started_ns;
+            if !keep && !from_scans && dropped.len() < bound {
+                dropped.insert(goid);
+            }
+            keep
+        });
+        if !from_scans {
+            self.scan_counts.dropped = dropped;
+        }
         self.untracked = self.pass.beyond.len() as u64;
         self.pass.beyond = GoidSet::default();
         if self.from_scans {
             self.count_from_scan(self.pass.top_goid);
         } else {
+            // The highest ID stays the events' own: a scan runs ahead of the
+            // ring, and the creations still in it are counted when they
+            // arrive, even if the probes go in between.
             self.reconciled_exits += (before - self.live.len()) as u64;
-            self.scan_counts.top_goid = self.scan_counts.top_goid.max(self.pass.top_goid);
         }
     }
 
@@ -389,18 +441,22 @@ impl ProcessState {
     /// only ever grow.
     fn count_from_scan(&mut self, top_goid: u64) {
         self.count_from_top(top_goid);
-        let c = &self.scan_counts;
-        let gone = (c.live_at_attach + self.created_total).saturating_sub(self.live_count());
+        let since = self.scan_counts.since;
+        let gone = (since.exited + since.live + self.created_total)
+            .saturating_sub(since.created + self.live_count());
         self.exited_total = self.exited_total.max(gone);
     }
 
-    /// Counts the creations up to goroutine ID `goid` not counted yet.
-    fn count_from_top(&mut self, goid: u64) {
+    /// Counts the creations up to goroutine ID `goid` not counted yet;
+    /// whether `goid`'s own was one of them.
+    fn count_from_top(&mut self, goid: u64) -> bool {
         let c = &mut self.scan_counts;
-        if goid > c.top_goid {
-            self.created_total += goid - c.top_goid;
-            c.top_goid = goid;
+        if goid <= c.top_goid {
+            return false;
         }
+        self.created_total += goid - c.top_goid;
+        c.top_goid = goid;
+        true
     }
 
     /// Records this evaluation's group sizes and forgets groups that are gone.

@@ -180,6 +180,60 @@ fn without_lifecycle_probes_the_scans_count_creations_and_exits() {
 }
 
 #[test]
+fn exits_keep_counting_from_the_scans_after_creation_events_were_lost() {
+    let mut t = Tracker::new(100);
+    t.add_process(7, info());
+    t.merge_scan(7, &[scanned(1)]);
+    // A full ring: of 20 goroutines that came and went, the creation events
+    // of 8 were lost and every exit arrived.
+    for goid in 2..22 {
+        if goid >= 10 {
+            t.apply(&Event::Goroutine(ev(EventKind::Create, 7, goid)));
+        }
+        t.apply(&Event::Goroutine(ev(EventKind::Exit, 7, goid)));
+    }
+    let p = t.process_mut(7).unwrap();
+    assert_eq!((p.created_total, p.exited_total), (12, 20));
+    p.set_lifecycle_probes(false);
+    // Then 10 more come and go and 2 stay: IDs reach 33.
+    t.observe_scan(7, 1_000, vec![scanned(1), scanned(32), scanned(33)]);
+    let p = t.process(7).unwrap();
+    assert_eq!(
+        (p.created_total, p.exited_total, p.live_count()),
+        (24, 30, 3)
+    );
+}
+
+#[test]
+fn a_switch_with_events_still_in_the_ring_counts_each_goroutine_once() {
+    let mut t = Tracker::new(100);
+    t.add_process(7, info());
+    t.merge_scan(7, &[scanned(1)]);
+    for goid in 2..7 {
+        t.apply(&Event::Goroutine(ev(EventKind::Create, 7, goid)));
+    }
+    // The scan runs ahead of the ring: 2 and 3 have exited and 7 and 8
+    // exist, none of it drained yet.
+    let listed = [1, 4, 5, 6, 7, 8];
+    t.observe_scan(7, 1_000, listed.iter().map(|&g| scanned(g)).collect());
+    t.process_mut(7).unwrap().set_lifecycle_probes(false);
+    // The probes went; what was in the ring arrives, 7 among it exiting.
+    for (kind, goid) in [
+        (EventKind::Create, 7),
+        (EventKind::Create, 8),
+        (EventKind::Exit, 2),
+        (EventKind::Exit, 3),
+        (EventKind::Exit, 7),
+    ] {
+        t.apply(&Event::Goroutine(ev(kind, 7, goid)));
+    }
+    let listed = [1, 4, 5, 6, 8];
+    t.observe_scan(7, 2_000, listed.iter().map(|&g| scanned(g)).collect());
+    let p = t.process(7).unwrap();
+    assert_eq!((p.created_total, p.exited_total, p.live_count()), (7, 3, 5));
+}
+
+#[test]
 fn a_creation_event_arriving_during_a_scan_pass_keeps_the_goroutine() {
     let mut t = Tracker::new(100);
     t.add_process(7, info());
