@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use gostray_common::{ChanEvent, GoroutineEvent, EVENT_PCS};
 
 use super::goroutine::{GoidMap, GoidSet, Goroutine, Seen, NO_PARK, NO_STACK};
-use super::input::{ScannedG, G_WAITING};
+use super::input::{ScannedG, G_RUNNING, G_WAITING};
 use super::proof::Proofs;
 use super::{
     group::{Group, Misuse, MisuseReport},
@@ -384,6 +384,11 @@ impl ProcessState {
                     self.pass.beyond.insert(sg.goid);
                     continue;
                 }
+                // Running and unknown with the probes on: a goroutine whose
+                // exit event came, read before the runtime marks it dead
+                // (the exit probe fires as it starts to die), or a lost
+                // creation that the next scan will find settled.
+                None if !self.from_scans && sg.status == G_RUNNING => continue,
                 None => {
                     self.reconciled_creates += u64::from(!self.from_scans);
                     self.live.entry(sg.goid).or_insert(Goroutine::new(

@@ -234,6 +234,28 @@ fn a_switch_with_events_still_in_the_ring_counts_each_goroutine_once() {
 }
 
 #[test]
+fn a_dying_goroutine_read_after_its_exit_event_is_not_brought_back() {
+    let mut t = Tracker::new(100);
+    t.add_process(7, info());
+    t.merge_scan(7, &[scanned(1)]);
+    t.apply(&Event::Goroutine(ev(EventKind::Create, 7, 5)));
+    t.apply(&Event::Goroutine(ev(EventKind::Exit, 7, 5)));
+    // The scan reads 5 still running (not yet marked dead), and 9, running,
+    // whose creation event was lost.
+    let running = |goid| ScannedG {
+        status: super::input::G_RUNNING,
+        ..scanned(goid)
+    };
+    t.observe_scan(7, 1_000, vec![scanned(1), running(5), running(9)]);
+    let p = t.process(7).unwrap();
+    assert_eq!((p.live_count(), p.reconciled_creates), (1, 0));
+    // 9 settles (parked) by the next scan, which repairs it.
+    t.observe_scan(7, 2_000, vec![scanned(1), scanned(9)]);
+    let p = t.process(7).unwrap();
+    assert_eq!((p.live_count(), p.reconciled_creates), (2, 1));
+}
+
+#[test]
 fn a_creation_event_arriving_during_a_scan_pass_keeps_the_goroutine() {
     let mut t = Tracker::new(100);
     t.add_process(7, info());

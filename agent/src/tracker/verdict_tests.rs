@@ -320,12 +320,13 @@ fn a_scan_repairs_lost_creations_and_exits() {
     w.create(10, 0, 0x2000);
     w.create(11, 0, 0x2000);
     w.advance(1);
-    // The scan finds 11 and an unannounced 12, but not 10 (its exit was lost).
+    // The scan finds 11 and an unannounced 12 (runnable), but not 10 (its
+    // exit was lost).
     let p = w.t.process_mut(PID).unwrap();
     p.live.remove(&12);
     let g = |goid| ScannedG {
         goid,
-        status: 2,
+        status: 1,
         gopc: 0x2000,
         startpc: 0x2000,
         parent_goid: 0,
