@@ -23,7 +23,7 @@ fn agent_with_only(caps: &[&str]) -> Command {
     let mut cmd = Command::new("setpriv");
     cmd.arg(format!("--bounding-set=-all{bounding}"))
         .args(["--inh-caps=-all", "--no-new-privs", "--"])
-        .arg(env!("CARGO_BIN_EXE_gostray"))
+        .arg(support::agent_bin())
         .arg("run");
     cmd
 }

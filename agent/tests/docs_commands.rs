@@ -155,7 +155,7 @@ fn bin_dir(scratch: &Path) -> String {
     fs::create_dir_all(&dir).unwrap();
     let link = dir.join("gostray");
     let _ = fs::remove_file(&link);
-    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_gostray"), &link).unwrap();
+    std::os::unix::fs::symlink(support::agent_bin(), &link).unwrap();
     format!(
         "{}:{}",
         dir.display(),

@@ -249,7 +249,7 @@ fn processes_vanishing_during_discovery() {
     let dir = Scratch::new("churn");
     let path = dir.install(&env.fixture("spawner", "1.24"), "edge-churn");
     let log = dir.0.join("agent.log");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_gostray"));
+    let mut cmd = Command::new(support::agent_bin());
     cmd.args([
         "run",
         "--include",

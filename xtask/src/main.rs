@@ -256,12 +256,18 @@ fn test(args: &[String]) -> anyhow::Result<()> {
     let go_tools = tools::GO_RELEASES
         .map(|r| format!("{}={}", r.line, r.go().display()))
         .join(",");
+    // The agent the tests run is the one that ships: the static release
+    // build, which the image, the servers slice and the VM use too. Its
+    // event path keeps up with the churn tests on a loaded machine; a debug
+    // build's did not (it lost events with another test beside it).
+    let agent = build::build_static_agent(build::Arch::host())?;
     let t = util::step("running the tests (unit, then kernel)");
     let totals = util::run_counting_tests(
         build::host_cargo()
             .args(["test", "--workspace"])
             .args(args)
             .env("GOSTRAY_FIXTURES", &fixtures)
+            .env("GOSTRAY_AGENT", &agent)
             .env(
                 "GOSTRAY_GO_LINES",
                 tools::GO_RELEASES.map(|r| r.line).join(","),

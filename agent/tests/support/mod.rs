@@ -226,7 +226,7 @@ impl Agent {
 
     /// Starts the agent with or without `--pid-label`, and extra environment.
     pub fn start_with(args: &[&str], pid_label: bool, env: &[(&str, &str)]) -> Self {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_gostray"));
+        let mut cmd = Command::new(agent_bin());
         cmd.arg("run").args(args);
         if pid_label {
             cmd.arg("--pid-label");
@@ -290,7 +290,7 @@ impl Agent {
 
     /// `gostray leaks ARGS` against this agent.
     pub fn leaks_command(&self, args: &[&str]) -> std::process::Output {
-        Command::new(env!("CARGO_BIN_EXE_gostray"))
+        Command::new(agent_bin())
             .args(["leaks", "--url", &format!("http://127.0.0.1:{}", self.port)])
             .args(args)
             .output()
@@ -376,6 +376,16 @@ impl Metrics {
             get("gostray_goroutines"),
         )
     }
+}
+
+/// The agent under test: the static release build that ships, which
+/// `cargo xtask test` makes and names in `GOSTRAY_AGENT`, or else this
+/// package's own debug build (a plain `cargo test`).
+pub fn agent_bin() -> PathBuf {
+    std::env::var_os("GOSTRAY_AGENT").map_or_else(
+        || PathBuf::from(env!("CARGO_BIN_EXE_gostray")),
+        PathBuf::from,
+    )
 }
 
 fn free_port() -> u16 {
